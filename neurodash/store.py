@@ -1,0 +1,298 @@
+"""The store: one DuckDB file. This module is the only place with SQL.
+
+``StoreWriter`` builds a new store in a ``.partial`` file and renames it into place only when
+everything is written, so an interrupted run never leaves a half-written store behind or damages
+an existing one. ``Store`` opens a finished store read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from neurodash.errors import NeurodashError
+from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE meta (key VARCHAR, value VARCHAR);
+CREATE TABLE sources (
+    source_id VARCHAR, model VARCHAR, hook VARCHAR, kind VARCHAR, layer INTEGER,
+    n_units INTEGER, sae VARCHAR, n_tokens BIGINT, config JSON, created_at TIMESTAMPTZ);
+CREATE TABLE vocab (model VARCHAR, token_id INTEGER, token VARCHAR);
+CREATE TABLE sequences (seq_id BIGINT, doc_id BIGINT, start BIGINT, token_ids INTEGER[]);
+CREATE TABLE units (
+    source_id VARCHAR, unit INTEGER, max_act FLOAT, min_act FLOAT, mean_act FLOAT,
+    std_act FLOAT, skew FLOAT, kurtosis FLOAT, density FLOAT, n_tokens BIGINT,
+    hist_edges FLOAT[], hist_counts BIGINT[]);
+CREATE TABLE examples (
+    source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER, seq_id BIGINT,
+    pos INTEGER, start INTEGER, acts FLOAT[]);
+CREATE TABLE logits (
+    source_id VARCHAR, unit INTEGER, sign VARCHAR, rank INTEGER, token_id INTEGER, value FLOAT);
+CREATE TABLE neighbors (
+    source_id VARCHAR, unit INTEGER, rank INTEGER, neighbor INTEGER, cosine FLOAT);
+CREATE TABLE scores (source_id VARCHAR, unit INTEGER, metric VARCHAR, value DOUBLE);
+"""
+
+TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
+
+
+class StoreWriter:
+    """Write a new store; ``commit()`` renames it into place, anything else leaves no trace.
+
+    >>> with StoreWriter("store.duckdb") as w:  # doctest: +SKIP
+    ...     w.add_source(source); w.append("units", {...}); w.commit()
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
+        self.path = Path(path)
+        check_writable(self.path, overwrite)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial.unlink(missing_ok=True)
+        self.con = duckdb.connect(str(self.partial))
+        self.con.execute(SCHEMA)
+        self.set_meta(schema_version=SCHEMA_VERSION)
+        self.committed = False
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            self.abort()
+
+    def set_meta(self, **items: object) -> None:
+        for key, value in items.items():
+            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(value)])
+
+    def add_source(self, s: Source) -> None:
+        self.con.execute(
+            "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [s.source_id, s.model, s.hook, s.kind, s.layer, s.n_units, s.sae, s.n_tokens,
+             json.dumps(s.config), datetime.now(timezone.utc)],
+        )
+
+    def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
+        """Bulk-append columns (in the table's column order) through Arrow."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        data = columns if isinstance(columns, pa.Table) else pa.table(
+            {k: _arrow_column(v) for k, v in columns.items()}
+        )
+        if data.num_rows:
+            self.con.register("_incoming", data)
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+            self.con.unregister("_incoming")
+
+    def commit(self) -> Path:
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        os.replace(self.partial, self.path)
+        self.committed = True
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
+            Path(str(self.partial) + ".wal").unlink(missing_ok=True)
+
+
+def _arrow_column(values: Sequence | np.ndarray) -> pa.Array:
+    if isinstance(values, np.ndarray) and values.ndim == 2:  # fixed-width rows -> list column
+        flat = pa.array(values.reshape(-1))
+        offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), flat)
+    return pa.array(values)
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse an existing store (unless overwrite) or a folder that is missing or read-only."""
+    if path.exists() and not overwrite:
+        raise NeurodashError(f"{path} exists: pass --overwrite to replace it")
+    if path.is_dir():
+        raise NeurodashError(f"{path} is a directory, not a store file")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise NeurodashError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise NeurodashError(f"cannot write {path}: folder {folder} is not writable")
+
+
+class Store:
+    """A finished store, opened read-only. Safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NeurodashError(
+                f"no store at {self.path}: build one with `neurodash precompute` or `neurodash demo`"
+            )
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=True)
+            tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        except duckdb.Error as e:
+            raise NeurodashError(f"{self.path} is not a readable neurodash store ({e})") from None
+        missing = set(TABLES) - tables
+        if missing:
+            self._con.close()
+            raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sql(self, query: str, params: Sequence = ()) -> duckdb.DuckDBPyConnection:
+        """Run a query on this thread's cursor (DuckDB connections are not shared between threads)."""
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._con.cursor()
+        return cur.execute(query, list(params))
+
+    # --- sources and vocabulary -------------------------------------------------------------
+    @cached_property
+    def meta(self) -> dict[str, str]:
+        return dict(self.sql("SELECT key, value FROM meta").fetchall())
+
+    @cached_property
+    def _sources(self) -> dict[str, Source]:
+        rows = self.sql(
+            "SELECT source_id, model, hook, kind, layer, n_units, n_tokens, sae, config "
+            "FROM sources ORDER BY kind, layer, source_id"
+        ).fetchall()
+        return {r[0]: Source(*r[:8], config=json.loads(r[8] or "{}")) for r in rows}
+
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+    def source(self, source_id: str) -> Source:
+        try:
+            return self._sources[source_id]
+        except KeyError:
+            raise NeurodashError(f"no source {source_id!r} in {self.path}") from None
+
+    def has_unit(self, ref: UnitRef) -> bool:
+        s = self._sources.get(ref.source_id)
+        return s is not None and 0 <= ref.unit < s.n_units
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        rows = self.sql("SELECT token_id, token FROM vocab ORDER BY token_id").fetchall()
+        tokens = [""] * (rows[-1][0] + 1 if rows else 0)
+        for i, t in rows:
+            tokens[i] = t
+        return tokens
+
+    def tokens(self, token_ids: Iterable[int]) -> tuple[str, ...]:
+        v = self.vocab
+        return tuple(v[i] for i in token_ids)
+
+    # --- units ------------------------------------------------------------------------------
+    def unit_stats(self, ref: UnitRef) -> UnitStats:
+        row = self.sql(
+            "SELECT max_act, min_act, mean_act, std_act, skew, kurtosis, density, n_tokens, "
+            "hist_edges, hist_counts FROM units WHERE source_id = ? AND unit = ?",
+            [ref.source_id, ref.unit],
+        ).fetchone()
+        if row is None:
+            raise NeurodashError(f"no unit {ref} in {self.path}")
+        return UnitStats(ref, *row[:8], hist_edges=tuple(row[8]), hist_counts=tuple(row[9]))
+
+    def examples(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[Example]:
+        """A unit's examples, ordered by bucket (top, quantile groups high to low, bottom) and rank."""
+        where, params = "e.source_id = ? AND e.unit = ?", [ref.source_id, ref.unit]
+        if buckets:
+            where += f" AND e.bucket IN ({', '.join('?' * len(buckets))})"
+            params += list(buckets)
+        rows = self.sql(
+            "SELECT e.bucket, e.rank, e.seq_id, e.pos, e.start, e.acts, "
+            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+            f"FROM examples e JOIN sequences s USING (seq_id) WHERE {where} "
+            "ORDER BY e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
+            params,
+        ).fetchall()
+        return [
+            Example(ref, b, r, seq, pos, start, self.tokens(ids), tuple(ids), tuple(acts))
+            for b, r, seq, pos, start, acts, ids in rows
+        ]
+
+    def logit_effects(self, ref: UnitRef) -> list[LogitEffect]:
+        rows = self.sql(
+            "SELECT sign, rank, token_id, value FROM logits WHERE source_id = ? AND unit = ? "
+            "ORDER BY sign, rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [LogitEffect(sign, rank, tid, self.vocab[tid], value) for sign, rank, tid, value in rows]
+
+    def neighbors(self, ref: UnitRef) -> list[tuple[UnitRef, float]]:
+        """Units of the same source whose output directions are nearest by cosine similarity."""
+        rows = self.sql(
+            "SELECT neighbor, cosine FROM neighbors WHERE source_id = ? AND unit = ? ORDER BY rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [(UnitRef(ref.source_id, n), c) for n, c in rows]
+
+    def scores(self, ref: UnitRef) -> dict[str, float]:
+        rows = self.sql(
+            "SELECT metric, value FROM scores WHERE source_id = ? AND unit = ? ORDER BY metric",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return dict(rows)
+
+    # --- frames for notebooks, the overview and export -------------------------------------
+    def units_frame(self, source_id: str | None = None) -> pd.DataFrame:
+        """One row per unit: statistics plus one column per score metric."""
+        where = "WHERE u.source_id = ?" if source_id else ""
+        df = self.sql(
+            "SELECT u.source_id, s.layer, s.kind, u.unit, u.max_act, u.min_act, u.mean_act, "
+            "u.std_act, u.skew, u.kurtosis, u.density FROM units u JOIN sources s USING (source_id) "
+            f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
+            [source_id] if source_id else [],
+        ).df()
+        scores = self.sql(
+            f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
+            "ON metric USING first(value)",
+            [source_id] if source_id else [],
+        ).df() if self._has_scores else pd.DataFrame()
+        if len(scores):
+            df = df.merge(scores, on=["source_id", "unit"], how="left")
+        return df
+
+    @cached_property
+    def _has_scores(self) -> bool:
+        return bool(self.sql("SELECT count(*) FROM scores").fetchone()[0])
+
+    def examples_frame(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> pd.DataFrame:
+        """A unit's examples as a DataFrame: one row per example, text and per-token activations."""
+        return pd.DataFrame(
+            [
+                {"unit": str(e.ref), "bucket": e.bucket, "rank": e.rank, "seq_id": e.seq_id,
+                 "pos": e.pos, "start": e.start, "value": e.value, "text": e.text,
+                 "tokens": list(e.tokens), "acts": list(e.acts)}
+                for e in self.examples(ref, buckets)
+            ]
+        )
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a store read-only: ``open_store("demo.duckdb").units_frame()``."""
+    return Store(path)

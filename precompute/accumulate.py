@@ -1,0 +1,299 @@
+"""Streaming per-unit state: top/bottom examples, a uniform quantile sample, moments, histogram.
+
+One ``UnitAccumulator`` per source. ``update`` takes one batch of activations and keeps only
+bounded state on the device, so memory does not grow with the corpus:
+
+- top-k / bottom-k examples: the sequences with the highest (lowest) max (min) activation, one
+  example per sequence, each with the activation window around its extreme token;
+- a uniform sample of firing tokens (priority sampling on a hash of (token, unit)), sorted at the
+  end into quantile groups: the sample's quantiles estimate the true quantiles of the firing
+  distribution, and the whole selection is deterministic, so brute force can reproduce it;
+- count, sums of powers (mean, std, skew, kurtosis), min, max, density;
+- a histogram with per-unit power-of-two bin width that doubles (merging bin pairs exactly) when
+  a larger value arrives, so it equals a histogram over the final edges of every activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+NO_KEY = 1 << 30  # larger than any 30-bit key: an empty sample slot
+
+
+@dataclass(frozen=True)
+class AccumulatorConfig:
+    top_k: int = 20
+    bottom_k: int = 10
+    quantile_groups: int = 5
+    per_group: int = 4
+    window: int = 32  # tokens stored around each example's extreme token
+    window_before: int = 24  # of which this many come before it, where the sequence allows
+    hist_bins: int = 64  # bins on each side of zero
+    seed: int = 0
+
+    @property
+    def sample_size(self) -> int:
+        return self.quantile_groups * self.per_group
+
+
+def token_hash(global_pos: Int[Tensor, "..."], seed: int = 0) -> Int[Tensor, "..."]:
+    """A 30-bit integer hash (lowbias32, top bits dropped) of int64 positions.
+
+    Products may wrap in int64; the low 32 bits they are masked to stay exact.
+    """
+    x = (global_pos * 0x9E3779B1 + seed * 0x85EBCA77) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return (x ^ (x >> 16)) >> 2
+
+
+def unit_salts(n_units: int, seed: int = 0) -> Int[Tensor, "units"]:
+    """Per-unit 30-bit salts: a unit's key for a token is hash(token) XOR salt(unit)."""
+    return token_hash(torch.arange(n_units, dtype=torch.long) + (1 << 33), seed + 1)
+
+
+def _replace_evicted(slots: dict[str, Tensor], evicted: Tensor, incoming: dict[str, Tensor]) -> None:
+    """Write entrants into the slots they evict, in place.
+
+    ``evicted`` [u, k] marks the slots to free; ``incoming`` holds one entry per freed slot, grouped
+    by unit in ascending unit order (``nonzero`` order), so the two line up one to one.
+    """
+    eu, ek = evicted.nonzero(as_tuple=True)
+    for name, value in incoming.items():
+        slots[name][eu, ek] = value
+
+
+class _Extremes:
+    """The k sequences with the largest score per unit, with the window around the extreme token.
+
+    Slots are unordered while streaming (only entrants are written); ``sorted()`` ranks them.
+    """
+
+    def __init__(self, n_units: int, k: int, window: int, device: torch.device):
+        self.k = k
+        self.slots = {
+            "val": torch.full((n_units, k), -torch.inf, device=device),
+            "seq": torch.full((n_units, k), -1, dtype=torch.long, device=device),
+            "pos": torch.zeros((n_units, k), dtype=torch.long, device=device),
+            "start": torch.zeros((n_units, k), dtype=torch.long, device=device),
+            "win": torch.zeros((n_units, k, window), device=device),
+        }
+
+    def update(self, score: Float[Tensor, "b u"], locate, seq_ids, windows_at) -> None:
+        """Merge a batch's per-sequence scores; ``locate(b, u)`` gives the extreme token's position."""
+        k, vals = self.k, self.slots["val"]
+        # Only a batch holding a candidate above some unit's k-th value needs the merge.
+        if k == 0 or not bool((score.max(0).values > vals.min(1).values).any()):
+            return
+        idx = torch.cat([vals, score.T], 1).topk(k, dim=1).indices
+        chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
+        chosen.scatter_(1, idx, True)
+        fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
+        pos = locate(fb, fu)
+        start, windows = windows_at(fb, fu, pos)
+        incoming = {"val": score[fb, fu], "seq": seq_ids[fb], "pos": pos, "start": start, "win": windows}
+        _replace_evicted(self.slots, ~chosen[:, :k], incoming)
+
+    def sorted(self) -> dict[str, np.ndarray]:
+        order = self.slots["val"].argsort(1, descending=True)
+        return {name: _take(v, order).cpu().numpy() for name, v in self.slots.items()}
+
+
+def _take(value: Tensor, order: Tensor) -> Tensor:
+    idx = order.view(*order.shape, *([1] * (value.dim() - 2))).expand(*order.shape, *value.shape[2:])
+    return value.gather(1, idx)
+
+
+class UnitAccumulator:
+    """All streaming state of one source's units. See the module docstring."""
+
+    def __init__(self, n_units: int, ctx: int, cfg: AccumulatorConfig, device: str | torch.device = "cpu"):
+        self.cfg, self.n_units, self.device = cfg, n_units, torch.device(device)
+        self.window = min(cfg.window, ctx)
+        dev, u, r = self.device, n_units, cfg.sample_size
+        self.top = _Extremes(u, cfg.top_k, self.window, dev)
+        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev)
+        self.sample = {  # a uniform sample of firing tokens: the r smallest keys per unit
+            "key": torch.full((u, r), NO_KEY, dtype=torch.int32, device=dev),
+            "val": torch.zeros((u, r), device=dev),
+            "seq": torch.full((u, r), -1, dtype=torch.long, device=dev),
+            "pos": torch.zeros((u, r), dtype=torch.long, device=dev),
+            "start": torch.zeros((u, r), dtype=torch.long, device=dev),
+            "win": torch.zeros((u, r, self.window), device=dev),
+        }
+        self.sample_bound = torch.full((u,), NO_KEY, dtype=torch.int32, device=dev)  # r-th smallest key
+        self.salts = unit_salts(u, cfg.seed).to(dev, torch.int32)
+        self.count = 0
+        self.moments = torch.zeros((4, u), dtype=torch.float64, device=dev)
+        self.max = torch.full((u,), -torch.inf, device=dev)
+        self.min = torch.full((u,), torch.inf, device=dev)
+        self.bin_width = torch.zeros(u, dtype=torch.float64, device=dev)  # 0: not set yet
+        self.hist = torch.zeros((2 * cfg.hist_bins, u), dtype=torch.long, device=dev)
+        self._ones = torch.ones((1, 1), dtype=torch.long, device=dev)
+        self._buffers: dict[str, Tensor] = {}
+
+    @torch.inference_mode()
+    def update(
+        self,
+        acts: Float[Tensor, "batch pos units"],
+        seq_ids: Int[Tensor, "batch"],
+        first: int = 0,
+        ctx: int | None = None,
+    ) -> None:
+        """Add one batch. Positions before ``first`` (the BOS) are left out of everything.
+
+        ``acts`` is changed in place while the batch is read and restored before returning; the
+        reductions run on the whole contiguous tensor, which is ~10x faster than on a slice.
+        """
+        acts = acts.to(self.device, torch.float32).contiguous()
+        seq_ids = seq_ids.to(self.device)
+        ctx = ctx or acts.shape[1]
+        saved = acts[:, :first].clone()
+        acts[:, :first] = -torch.inf
+        smax = acts.amax(1)
+        acts[:, :first] = torch.inf
+        smin = acts.amin(1)
+        acts[:, :first] = 0.0  # adds nothing to the sums; taken out of the histogram's zero bin
+        self.max = torch.maximum(self.max, smax.amax(0))
+        self.min = torch.minimum(self.min, smin.amin(0))
+        self._update_moments(acts, first)
+        self._update_hist(acts, first)
+        candidates = self._sample_candidates(acts, seq_ids, first, ctx)
+        acts[:, :first] = saved
+        t, w, before = acts.shape[1], self.window, self.cfg.window_before
+
+        def rows(b: Tensor, u: Tensor, positions: Tensor) -> Tensor:
+            """acts[b[i], positions[i, j], u[i]] through one flat gather (fast for few rows)."""
+            return acts.view(-1)[(b[:, None] * t + positions) * self.n_units + u[:, None]]
+
+        def windows_at(b: Tensor, u: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+            start = (pos - before).clamp(0, t - w)
+            return start, rows(b, u, start[:, None] + torch.arange(w, device=self.device))
+
+        body = torch.arange(first, t, device=self.device)[None, :]
+        self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at)
+        self.bottom.update(-smin, lambda b, u: rows(b, u, body).argmin(1) + first, seq_ids, windows_at)
+        if candidates is not None:
+            self._merge_sample(*candidates, acts, seq_ids, windows_at)
+
+    def _scratch(self, name: str, like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A reused buffer: fresh multi-MB tensors per batch cost more in page faults than the math."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != dtype:
+            buf = self._buffers[name] = torch.empty(like.shape, dtype=dtype, device=self.device)
+        return buf
+
+    def _update_moments(self, a: Tensor, first: int) -> None:
+        a2 = torch.mul(a, a, out=self._scratch("a2", a))
+        a3 = torch.mul(a2, a, out=self._scratch("a3", a))
+        sums = [a.sum((0, 1)), a2.sum((0, 1)), a3.sum((0, 1)), torch.mul(a2, a2, out=a3).sum((0, 1))]
+        self.moments += torch.stack(sums).double()
+        self.count += a.shape[0] * (a.shape[1] - first)
+
+    def _update_hist(self, a: Tensor, first: int) -> None:
+        """Bins are right-closed, (k w, (k + 1) w], so bins k >= 0 count exactly the firing tokens.
+
+        ``hist`` is [2 * bins, units]: scatter-adding along dim 0 is faster than a flat bincount.
+        """
+        h = self.cfg.hist_bins
+        extent = torch.maximum(self.max.abs(), self.min.abs()).double()  # already includes this batch
+        needed = torch.where(extent > 0, torch.exp2(torch.floor(torch.log2(extent / h)) + 1), 0.0)
+        grow = needed > self.bin_width
+        if bool(grow.any()):
+            self._rebin(torch.where(grow, needed, self.bin_width))
+        inv_width = torch.where(self.bin_width > 0, 1 / self.bin_width, 1.0).float()
+        scaled = torch.mul(a, inv_width, out=self._scratch("scaled", a))  # exact: powers of two
+        scaled.ceil_().add_(h - 1)  # in [0, 2h - 1]: |a| <= extent < h * width
+        idx = self._scratch("idx", a, torch.long).copy_(scaled).view(-1, self.n_units)
+        self.hist.scatter_add_(0, idx, self._ones.expand_as(idx))
+        self.hist[h - 1] -= a.shape[0] * first  # the masked (zeroed) first positions
+
+    def _rebin(self, new_width: Tensor) -> None:
+        """Widen bins to ``new_width`` (a power-of-two multiple): bin k moves to floor(k / ratio)."""
+        h = self.cfg.hist_bins
+        ratio = torch.where(self.bin_width > 0, new_width / self.bin_width.clamp(min=1e-300), 1.0)
+        k = torch.arange(-h, h, device=self.device, dtype=torch.float64)
+        target = (torch.floor(k[:, None] / ratio[None, :]).long() + h).clamp(0, 2 * h - 1)
+        self.hist = torch.zeros_like(self.hist).scatter_add_(0, target, self.hist)
+        self.bin_width = new_width
+
+    def _sample_candidates(self, a: Tensor, seq_ids: Tensor, first: int, ctx: int):
+        """Firing tokens whose key is below their unit's current r-th key (few, after warm-up)."""
+        if self.sample["key"].shape[1] == 0:
+            return None
+        b, t, u = a.shape
+        global_pos = seq_ids[:, None] * ctx + torch.arange(t, device=self.device)
+        token_keys = token_hash(global_pos, self.cfg.seed).int()[..., None]
+        keys = torch.bitwise_xor(token_keys, self.salts, out=self._scratch("keys", a, torch.int32))
+        open_ = torch.lt(keys, self.sample_bound, out=self._scratch("open", a, torch.bool))
+        open_ &= torch.gt(a, 0, out=self._scratch("firing", a, torch.bool))  # masked positions are 0
+        bi, ti, ui = open_.nonzero(as_tuple=True)
+        if len(ui) == 0:
+            return None
+        return bi, ti, ui, keys[bi, ti, ui]
+
+    def _merge_sample(self, bi, ti, ui, cand_keys, acts: Tensor, seq_ids: Tensor, windows_at) -> None:
+        """Priority sampling: keep per unit the r firing tokens with the smallest keys.
+
+        One sort of (state + candidates) by (unit, key); entrants take the slots they evict.
+        """
+        state, (u, r) = self.sample, self.sample["key"].shape
+        all_units = torch.cat([torch.arange(u, device=self.device).repeat_interleave(r), ui])
+        all_keys = torch.cat([state["key"].view(-1), cand_keys]).long()
+        order = torch.argsort(all_units * (NO_KEY + 1) + all_keys)
+        counts = torch.bincount(all_units, minlength=u)
+        rank = torch.arange(len(order), device=self.device) - (counts.cumsum(0) - counts)[all_units[order]]
+        chosen = torch.zeros(len(order), dtype=torch.bool, device=self.device)
+        chosen[order[rank < r]] = True  # exactly r per unit
+        c = chosen[u * r :].nonzero(as_tuple=True)[0]  # entrants, grouped by unit
+        start, windows = windows_at(bi[c], ui[c], ti[c])
+        incoming = {
+            "key": cand_keys[c],
+            "val": acts[bi[c], ti[c], ui[c]],
+            "seq": seq_ids[bi[c]],
+            "pos": ti[c],
+            "start": start,
+            "win": windows,
+        }
+        _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
+        self.sample_bound = state["key"].max(1).values
+
+    def result(self) -> dict:
+        """Final statistics and examples as numpy arrays (see ``precompute.pipeline``)."""
+        n = max(self.count, 1)
+        m1, m2, m3, m4 = (self.moments / n).cpu().numpy()
+        var = np.maximum(m2 - m1**2, 0.0)
+        std = np.sqrt(var)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            skew = np.where(var > 0, (m3 - 3 * m1 * m2 + 2 * m1**3) / std**3, 0.0)
+            kurt = np.where(var > 0, (m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4) / var**2, 0.0)
+        hist = self.hist.T.cpu().numpy()
+        return {
+            "count": self.count,
+            "max": self.max.cpu().numpy(),
+            "min": self.min.cpu().numpy(),
+            "mean": m1,
+            "std": std,
+            "skew": skew,
+            "kurtosis": kurt,
+            "density": hist[:, self.cfg.hist_bins :].sum(1) / n,
+            "bin_width": self.bin_width.cpu().numpy(),
+            "hist": hist,
+            "top": self.top.sorted(),
+            "bottom": self.bottom.sorted(),
+            "sample": {k: _take(v, self.sample["key"].argsort(1)).cpu().numpy() for k, v in self.sample.items()},
+        }
+
+
+def hist_edges(bin_width: float, n_bins: int) -> np.ndarray:
+    """Edges of the 2 * n_bins right-closed bins: [k * w for k in -n_bins .. n_bins]."""
+    return np.arange(-n_bins, n_bins + 1, dtype=np.float64) * bin_width
+

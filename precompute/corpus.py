@@ -1,0 +1,176 @@
+"""Corpora: the embedded ``python-docs``, local files and hub datasets, packed into token windows."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from neurodash.errors import NeurodashError
+
+DEFAULT_DATASET = "python-docs"
+LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
+
+
+def python_docs() -> Iterator[dict]:
+    """Python's own documentation: the pydoc topics, then every stdlib module's docstrings.
+
+    Read from the interpreter's files (never imported), in a fixed order.
+    """
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield {"text": topics[name], "source": f"pydoc:{name}"}
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(stdlib.rglob("*.py")):
+        if _SKIP_DIRS & set(path.relative_to(stdlib).parts[:-1]):
+            continue
+        text = _docstrings(path)
+        if text:
+            yield {"text": text, "source": f"stdlib:{path.relative_to(stdlib)}"}
+
+
+def _docstrings(path: Path) -> str:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    parts = []
+    for node in [tree, *ast.walk(tree)]:
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and not (parts and node is tree):
+                name = getattr(node, "name", path.stem)
+                parts.append(f"{name}: {doc}" if name != path.stem else doc)
+    return "\n\n".join(dict.fromkeys(parts))
+
+
+def load_corpus(name: str = DEFAULT_DATASET, split: str = "train", text_column: str = "text"):
+    """A ``datasets`` dataset (or iterable dataset) with the text in ``text_column``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if name == DEFAULT_DATASET:
+        ds = datasets.Dataset.from_list(list(python_docs())).shuffle(seed=0)
+    elif Path(name).expanduser().exists():
+        ds = _load_local(Path(name).expanduser(), split)
+    else:
+        try:
+            ds = datasets.load_dataset(name, split=split, streaming=True)
+        except Exception as e:  # the hub raises many types; all mean "cannot get it"
+            raise NeurodashError(
+                f"cannot load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"Use the embedded {DEFAULT_DATASET!r}, a local .txt/.jsonl/.parquet file or folder, "
+                "or a hub dataset where the hub is reachable"
+            ) from None
+    columns = ds.column_names or list(next(iter(ds)).keys())
+    if text_column not in columns:
+        raise NeurodashError(
+            f"dataset {name!r} has no text column {text_column!r} (columns: {', '.join(columns)}); "
+            "choose one with --text-column"
+        )
+    return ds
+
+
+def _load_local(path: Path, split: str):
+    import datasets
+
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS) if path.is_dir() else [path]
+    if not files:
+        raise NeurodashError(f"{path} holds no .txt, .jsonl or .parquet files")
+    builders = {LOCAL_BUILDERS.get(p.suffix) for p in files}
+    if None in builders or len(builders) > 1:
+        raise NeurodashError(
+            f"{path}: use files of one kind, .txt, .jsonl or .parquet (got {sorted(p.suffix for p in files)})"
+        )
+    builder = builders.pop()
+    kwargs = {"sample_by": "document"} if builder == "text" else {}
+    try:
+        return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **kwargs)
+    except Exception as e:
+        raise NeurodashError(f"cannot read corpus {path}: {str(e).splitlines()[0]}") from None
+
+
+@dataclass
+class Batch:
+    seq_ids: Tensor  # [batch]
+    tokens: Tensor  # [batch, ctx]
+    doc_ids: Tensor  # [batch]
+    starts: Tensor  # [batch]: offset in its document of the window's first corpus token
+
+
+def pack_windows(
+    dataset, tokenizer, ctx: int, batch_size: int, text_column: str = "text", max_tokens: int | None = None
+) -> Iterator[Batch]:
+    """Tokenize documents and pack them into windows of ``ctx`` tokens, each starting with BOS.
+
+    Documents are joined with BOS as a separator; a window's first token is BOS (when the
+    tokenizer has one), the rest come from the stream. The last partial window is dropped.
+    """
+    bos = tokenizer.bos_token_id
+    body = ctx - (bos is not None)
+    if body < 1:
+        raise NeurodashError(f"--ctx {ctx} is too short")
+    max_windows = None if max_tokens is None else max(1, max_tokens // ctx)
+    stream = _token_stream(dataset, tokenizer, text_column, bos)
+    windows = _windows(stream, body, bos)
+    seq_id = 0
+    for chunk in _chunks(itertools.islice(windows, max_windows), batch_size):
+        ids, docs, starts = zip(*chunk)
+        n = len(ids)
+        yield Batch(
+            seq_ids=torch.arange(seq_id, seq_id + n),
+            tokens=torch.tensor(ids, dtype=torch.long),
+            doc_ids=torch.tensor(docs),
+            starts=torch.tensor(starts),
+        )
+        seq_id += n
+    if seq_id == 0:
+        raise NeurodashError(
+            f"the corpus is shorter than one window of --ctx {ctx} tokens"
+            if _nonempty(dataset, text_column)
+            else "the corpus is empty: no text in its documents"
+        )
+
+
+def _token_stream(dataset, tokenizer, text_column: str, bos: int | None) -> Iterator[tuple[int, int, int]]:
+    """(token, doc_id, offset in doc) for the whole corpus, BOS between documents."""
+    doc_id = 0
+    for rows in _chunks(iter(dataset), 64):
+        texts = [r[text_column] or "" for r in rows]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for ids in encoded:
+            if not ids:
+                doc_id += 1
+                continue
+            if bos is not None and doc_id > 0:
+                yield bos, doc_id, -1
+            for offset, t in enumerate(ids):
+                yield t, doc_id, offset
+            doc_id += 1
+
+
+def _windows(stream, body: int, bos: int | None) -> Iterator[tuple[list[int], int, int]]:
+    prefix = [bos] if bos is not None else []
+    while True:
+        piece = list(itertools.islice(stream, body))
+        if len(piece) < body:
+            return
+        first = next((p for p in piece if p[2] >= 0), piece[0])
+        yield prefix + [p[0] for p in piece], first[1], max(first[2], 0)
+
+
+def _chunks(it, n: int):
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
+
+
+def _nonempty(dataset, text_column: str) -> bool:
+    return any((r[text_column] or "").strip() for r in itertools.islice(iter(dataset), 1000))

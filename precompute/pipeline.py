@@ -1,0 +1,269 @@
+"""The precompute pipeline: corpus -> one streaming pass through the model -> a store.
+
+>>> from precompute import PrecomputeConfig, run_precompute
+>>> run_precompute(PrecomputeConfig(layers=(0, 15), tokens=8192, out="store.duckdb"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from neurodash.errors import NeurodashError
+from neurodash.store import StoreWriter, check_writable
+from neurodash.units import NEURON, Source, neuron_source_id
+from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
+from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
+from precompute.models import DEFAULT_MODEL, LoadedModel, load_model, mlp_hook
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    out: str | Path
+    model: str = DEFAULT_MODEL
+    dataset: str = DEFAULT_DATASET
+    split: str = "train"
+    text_column: str = "text"
+    layers: tuple[int, ...] | None = None  # None: every layer
+    tokens: int = 65_536
+    ctx: int = 128
+    batch_size: int = 8
+    device: str = "cpu"
+    keep_bos: bool = False  # keep the first (BOS) position in the examples and statistics
+    n_logits: int = 10
+    n_neighbors: int = 10
+    overwrite: bool = False
+    examples: AccumulatorConfig = field(default_factory=AccumulatorConfig)
+
+    def __post_init__(self):
+        for name in ("tokens", "ctx", "batch_size"):
+            if getattr(self, name) < 1:
+                raise NeurodashError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.tokens < self.ctx:
+            raise NeurodashError(f"--tokens {self.tokens} is less than one window (--ctx {self.ctx})")
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-29"``, ``"0,15,29"`` or a mix such as ``"0-3,10"`` -> a sorted tuple of layers."""
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise NeurodashError(f"cannot read --layers {text!r}: use ranges and lists such as 0-29 or 0,15,29") from None
+    if not layers:
+        raise NeurodashError(f"--layers {text!r} names no layer")
+    return tuple(sorted(layers))
+
+
+@dataclass
+class _Tracked:
+    """A source being accumulated: its metadata, the hook it reads, its output directions."""
+
+    source: Source
+    hook: str
+    directions: Tensor  # [n_units, d_model]: what each unit writes to the residual stream
+    acc: UnitAccumulator
+
+
+def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
+    """Stream the corpus through the model once and write a store to ``cfg.out``."""
+    out = Path(cfg.out)
+    check_writable(out, cfg.overwrite)
+    model = load_model(cfg.model, cfg.device)
+    layers = _check_layers(cfg.layers, model)
+    dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
+    first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
+    tracked = [_neurons(model, layer, cfg) for layer in layers]
+    hooks = [t.hook for t in tracked]
+    model.check_hooks(hooks)
+
+    with StoreWriter(out, overwrite=cfg.overwrite) as writer:
+        started = time.perf_counter()
+        n_tokens = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
+        stream_seconds = time.perf_counter() - started
+        writer.append("vocab", _vocab(model))
+        for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
+            t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
+            _write_source(writer, t, model, cfg)
+        writer.set_meta(
+            model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
+            stream_seconds=round(stream_seconds, 2), config=json.dumps(_config_dict(cfg)),
+        )
+        return writer.commit()
+
+
+def _check_layers(layers: tuple[int, ...] | None, model: LoadedModel) -> tuple[int, ...]:
+    if layers is None:
+        return tuple(range(model.n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
+    if bad:
+        raise NeurodashError(f"layer {bad[0]} is out of range: {model.name} has layers 0-{model.n_layers - 1}")
+    return layers
+
+
+def _neurons(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> _Tracked:
+    source = Source(
+        source_id=neuron_source_id(layer), model=cfg.model, hook=mlp_hook(layer), kind=NEURON,
+        layer=layer, n_units=model.d_mlp, n_tokens=0, config=_config_dict(cfg),
+    )
+    acc = UnitAccumulator(model.d_mlp, cfg.ctx, cfg.examples, cfg.device)
+    return _Tracked(source, source.hook, model.mlp_out_directions(layer), acc)
+
+
+def _config_dict(cfg: PrecomputeConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["out"] = str(d["out"])
+    return d
+
+
+def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> int:
+    """The one pass: run each batch once, update every source, append its sequences."""
+    batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
+    total = (cfg.tokens // cfg.ctx) * cfg.ctx
+    n_tokens = 0
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="precompute", disable=not progress) as bar:
+        for batch in batches:
+            acts = model.activations(batch.tokens, hooks)
+            for t in tracked:
+                t.acc.update(acts[t.hook], batch.seq_ids, first=first, ctx=cfg.ctx)
+            writer.append("sequences", {
+                "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
+                "start": batch.starts.numpy(), "token_ids": batch.tokens.numpy().astype(np.int32),
+            })
+            n_tokens += batch.tokens.numel()
+            bar.update(batch.tokens.numel())
+    return n_tokens
+
+
+def _vocab(model: LoadedModel) -> dict:
+    n = len(model.tokenizer)
+    tokens = model.tokenizer.batch_decode([[i] for i in range(n)])
+    return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
+
+
+def _write_source(writer: StoreWriter, t: _Tracked, model: LoadedModel, cfg: PrecomputeConfig) -> None:
+    writer.add_source(t.source)
+    res = t.acc.result()
+    sid = t.source.source_id
+    writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
+    writer.append("examples", examples_table(sid, res, cfg.examples))
+    directions = t.directions.to(cfg.device)
+    writer.append("logits", _logits_table(sid, directions, model.unembed().to(cfg.device), cfg.n_logits))
+    writer.append("neighbors", _neighbors_table(sid, directions, cfg.n_neighbors))
+
+
+def _units_table(sid: str, res: dict, n_bins: int) -> dict:
+    n = len(res["max"])
+    edges, counts = [], []
+    for w, h in zip(res["bin_width"], res["hist"]):
+        nz = np.flatnonzero(h)
+        lo, hi = (nz[0], nz[-1] + 1) if len(nz) else (n_bins - 1, n_bins)
+        edges.append(hist_edges(w if w > 0 else 1.0, n_bins)[lo : hi + 1].astype(np.float32))
+        counts.append(h[lo:hi])
+    return {
+        "source_id": [sid] * n, "unit": np.arange(n, dtype=np.int32),
+        "max_act": res["max"], "min_act": res["min"], "mean_act": res["mean"].astype(np.float32),
+        "std_act": res["std"].astype(np.float32), "skew": res["skew"].astype(np.float32),
+        "kurtosis": res["kurtosis"].astype(np.float32), "density": res["density"].astype(np.float32),
+        "n_tokens": np.full(n, res["count"], dtype=np.int64), "hist_edges": edges, "hist_counts": counts,
+    }
+
+
+def examples_table(sid: str, res: dict, cfg: AccumulatorConfig) -> dict:
+    """Top and bottom examples where the unit fires (> 0) or goes negative, and quantile groups."""
+    parts = []
+    top, bottom = res["top"], res["bottom"]
+    parts.append(_bucket_rows(top, top["val"] > 0, np.full(top["val"].shape, "top", dtype=object)))
+    parts.append(_bucket_rows(bottom, bottom["val"] > 0, np.full(bottom["val"].shape, "bottom", dtype=object)))
+    parts.append(_quantile_rows(res["sample"], cfg.quantile_groups))
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.lexsort((cols["rank"], cols["bucket"], cols["unit"]))
+    return {
+        "source_id": [sid] * len(order), "unit": cols["unit"][order].astype(np.int32),
+        "bucket": cols["bucket"][order], "rank": cols["rank"][order].astype(np.int32),
+        "seq_id": cols["seq"][order], "pos": cols["pos"][order].astype(np.int32),
+        "start": cols["start"][order].astype(np.int32), "acts": cols["win"][order],
+    }
+
+
+def _bucket_rows(e: dict, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None) -> dict:
+    units, slots = np.nonzero(keep)
+    return {
+        "unit": units, "bucket": bucket[units, slots],
+        "rank": (slots if rank is None else rank[units, slots]),
+        "seq": e["seq"][units, slots], "pos": e["pos"][units, slots],
+        "start": e["start"][units, slots], "win": e["win"][units, slots],
+    }
+
+
+def _quantile_rows(sample: dict, n_groups: int) -> dict:
+    """Sort each unit's sample by value; the i-th of n goes to group floor(i * G / n).
+
+    Group j holds the sample's quantiles [j / G, (j + 1) / G) and is named by its lower bound
+    (``q0.00``, ``q0.20``, ...); rank 0 is the group's strongest example.
+    """
+    valid = sample["key"] < NO_KEY
+    vals = np.where(valid, sample["val"], np.inf)
+    order = np.argsort(vals, axis=1, kind="stable")
+    s = {k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in sample.items()}
+    n = valid.sum(1, keepdims=True)
+    i = np.arange(vals.shape[1])[None, :]
+    group = (i * n_groups) // np.maximum(n, 1)
+    keep = i < n
+    in_group_from_top = np.zeros_like(group)
+    for g in range(n_groups):  # rank within a group counts down from its strongest member
+        members = (group == g) & keep
+        in_group_from_top = np.where(members, np.cumsum(members[:, ::-1], 1)[:, ::-1] - 1, in_group_from_top)
+    names = np.array([f"q{g / n_groups:.2f}" for g in range(n_groups)], dtype=object)
+    return _bucket_rows(s, keep, names[np.minimum(group, n_groups - 1)], in_group_from_top)
+
+
+def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict:
+    """Top ``k`` boosted and suppressed tokens of each unit's output direction through W_U."""
+    rows: dict[str, list] = {"source_id": [], "unit": [], "sign": [], "rank": [], "token_id": [], "value": []}
+    for chunk_start in range(0, directions.shape[0], 512):
+        effects = directions[chunk_start : chunk_start + 512] @ unembed  # [chunk, d_vocab]
+        for sign, (vals, ids) in (("+", effects.topk(k, dim=1)), ("-", (-effects).topk(k, dim=1))):
+            vals = vals if sign == "+" else -vals
+            n = vals.shape[0]
+            rows["unit"].append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
+            rows["rank"].append(np.tile(np.arange(k), n))
+            rows["token_id"].append(ids.reshape(-1).cpu().numpy())
+            rows["value"].append(vals.reshape(-1).cpu().numpy())
+            rows["sign"].append(np.full(n * k, sign, dtype=object))
+    out = {key: np.concatenate(v) for key, v in rows.items() if v}
+    out["source_id"] = [sid] * len(out["unit"])
+    return {key: out[key] for key in ("source_id", "unit", "sign", "rank", "token_id", "value")}
+
+
+def _neighbors_table(sid: str, directions: Tensor, k: int) -> dict:
+    """Each unit's ``k`` nearest units of the same source by cosine similarity of output directions."""
+    unit_dirs = torch.nn.functional.normalize(directions.float(), dim=1)
+    k = min(k, unit_dirs.shape[0] - 1)
+    units, ranks, neighbors, cosines = [], [], [], []
+    for chunk_start in range(0, unit_dirs.shape[0], 1024):
+        sims = unit_dirs[chunk_start : chunk_start + 1024] @ unit_dirs.T
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        sims[rows, rows + chunk_start] = -torch.inf  # not its own neighbor
+        vals, ids = sims.topk(k, dim=1)
+        n = vals.shape[0]
+        units.append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
+        ranks.append(np.tile(np.arange(k), n))
+        neighbors.append(ids.reshape(-1).cpu().numpy())
+        cosines.append(vals.reshape(-1).cpu().numpy())
+    units_np = np.concatenate(units)
+    return {
+        "source_id": [sid] * len(units_np), "unit": units_np.astype(np.int32),
+        "rank": np.concatenate(ranks).astype(np.int32), "neighbor": np.concatenate(neighbors).astype(np.int32),
+        "cosine": np.concatenate(cosines).astype(np.float32),
+    }
