@@ -125,11 +125,15 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise NeurodashError(f"{path} exists: pass --overwrite to replace it")
     if path.is_dir():
         raise NeurodashError(f"{path} is a directory, not a store file")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise NeurodashError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise NeurodashError(f"cannot write {path}: folder {folder} is not writable")
+    probe = folder / f".{path.name}.probe"
+    try:  # a real write: permissions, read-only mounts and root all answer truthfully
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise NeurodashError(f"cannot write {path}: folder {folder} is not writable ({e.strerror})") from None
 
 
 class Store:

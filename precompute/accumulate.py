@@ -60,6 +60,21 @@ def unit_salts(n_units: int, seed: int = 0) -> Int[Tensor, "units"]:
     return token_hash(torch.arange(n_units, dtype=torch.long) + (1 << 33), seed + 1)
 
 
+_BUFFERS: dict[tuple, Tensor] = {}
+
+
+def _scratch(name: str, like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A buffer reused across batches and accumulators (they run one after another).
+
+    Fresh multi-MB tensors per batch cost more in page faults than the arithmetic on them.
+    """
+    key = (name, like.device, dtype)
+    buf = _BUFFERS.get(key)
+    if buf is None or buf.shape != like.shape:
+        buf = _BUFFERS[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+    return buf
+
+
 def _replace_evicted(slots: dict[str, Tensor], evicted: Tensor, incoming: dict[str, Tensor]) -> None:
     """Write entrants into the slots they evict, in place.
 
@@ -138,7 +153,6 @@ class UnitAccumulator:
         self.bin_width = torch.zeros(u, dtype=torch.float64, device=dev)  # 0: not set yet
         self.hist = torch.zeros((2 * cfg.hist_bins, u), dtype=torch.long, device=dev)
         self._ones = torch.ones((1, 1), dtype=torch.long, device=dev)
-        self._buffers: dict[str, Tensor] = {}
 
     @torch.inference_mode()
     def update(
@@ -184,16 +198,9 @@ class UnitAccumulator:
         if candidates is not None:
             self._merge_sample(*candidates, acts, seq_ids, windows_at)
 
-    def _scratch(self, name: str, like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """A reused buffer: fresh multi-MB tensors per batch cost more in page faults than the math."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != like.shape or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.empty(like.shape, dtype=dtype, device=self.device)
-        return buf
-
     def _update_moments(self, a: Tensor, first: int) -> None:
-        a2 = torch.mul(a, a, out=self._scratch("a2", a))
-        a3 = torch.mul(a2, a, out=self._scratch("a3", a))
+        a2 = torch.mul(a, a, out=_scratch("a2", a))
+        a3 = torch.mul(a2, a, out=_scratch("a3", a))
         sums = [a.sum((0, 1)), a2.sum((0, 1)), a3.sum((0, 1)), torch.mul(a2, a2, out=a3).sum((0, 1))]
         self.moments += torch.stack(sums).double()
         self.count += a.shape[0] * (a.shape[1] - first)
@@ -210,9 +217,9 @@ class UnitAccumulator:
         if bool(grow.any()):
             self._rebin(torch.where(grow, needed, self.bin_width))
         inv_width = torch.where(self.bin_width > 0, 1 / self.bin_width, 1.0).float()
-        scaled = torch.mul(a, inv_width, out=self._scratch("scaled", a))  # exact: powers of two
+        scaled = torch.mul(a, inv_width, out=_scratch("scaled", a))  # exact: powers of two
         scaled.ceil_().add_(h - 1)  # in [0, 2h - 1]: |a| <= extent < h * width
-        idx = self._scratch("idx", a, torch.long).copy_(scaled).view(-1, self.n_units)
+        idx = _scratch("idx", a, torch.long).copy_(scaled).view(-1, self.n_units)
         self.hist.scatter_add_(0, idx, self._ones.expand_as(idx))
         self.hist[h - 1] -= a.shape[0] * first  # the masked (zeroed) first positions
 
@@ -232,9 +239,9 @@ class UnitAccumulator:
         b, t, u = a.shape
         global_pos = seq_ids[:, None] * ctx + torch.arange(t, device=self.device)
         token_keys = token_hash(global_pos, self.cfg.seed).int()[..., None]
-        keys = torch.bitwise_xor(token_keys, self.salts, out=self._scratch("keys", a, torch.int32))
-        open_ = torch.lt(keys, self.sample_bound, out=self._scratch("open", a, torch.bool))
-        open_ &= torch.gt(a, 0, out=self._scratch("firing", a, torch.bool))  # masked positions are 0
+        keys = torch.bitwise_xor(token_keys, self.salts, out=_scratch("keys", a, torch.int32))
+        open_ = torch.lt(keys, self.sample_bound, out=_scratch("open", a, torch.bool))
+        open_ &= torch.gt(a, 0, out=_scratch("firing", a, torch.bool))  # masked positions are 0
         bi, ti, ui = open_.nonzero(as_tuple=True)
         if len(ui) == 0:
             return None
@@ -253,7 +260,8 @@ class UnitAccumulator:
         rank = torch.arange(len(order), device=self.device) - (counts.cumsum(0) - counts)[all_units[order]]
         chosen = torch.zeros(len(order), dtype=torch.bool, device=self.device)
         chosen[order[rank < r]] = True  # exactly r per unit
-        c = chosen[u * r :].nonzero(as_tuple=True)[0]  # entrants, grouped by unit
+        c = chosen[u * r :].nonzero(as_tuple=True)[0]
+        c = c[torch.argsort(ui[c], stable=True)]  # entrants, grouped by unit like the slots they take
         start, windows = windows_at(bi[c], ui[c], ti[c])
         incoming = {
             "key": cand_keys[c],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import random
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from neurodash.errors import NeurodashError
+from precompute.hub import hub_reachable
 
 DEFAULT_DATASET = "python-docs"
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -20,21 +22,22 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dis
 
 
 def python_docs() -> Iterator[dict]:
-    """Python's own documentation: the pydoc topics, then every stdlib module's docstrings.
+    """Python's own documentation: the pydoc topics and every stdlib module's docstrings.
 
-    Read from the interpreter's files (never imported), in a fixed order.
+    Read from the interpreter's files (never imported), lazily, in a fixed shuffled order, so a
+    short run parses only the files it reads.
     """
     from pydoc_data.topics import topics
 
-    for name in sorted(topics):
-        yield {"text": topics[name], "source": f"pydoc:{name}"}
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(stdlib.rglob("*.py")):
-        if _SKIP_DIRS & set(path.relative_to(stdlib).parts[:-1]):
-            continue
-        text = _docstrings(path)
-        if text:
-            yield {"text": text, "source": f"stdlib:{path.relative_to(stdlib)}"}
+    modules = [p for p in sorted(stdlib.rglob("*.py")) if not _SKIP_DIRS & set(p.relative_to(stdlib).parts[:-1])]
+    docs: list[str | Path] = [*sorted(topics), *modules]
+    random.Random(0).shuffle(docs)
+    for doc in docs:
+        if isinstance(doc, str):
+            yield {"text": topics[doc], "source": f"pydoc:{doc}"}
+        elif text := _docstrings(doc):
+            yield {"text": text, "source": f"stdlib:{doc.relative_to(stdlib)}"}
 
 
 def _docstrings(path: Path) -> str:
@@ -58,15 +61,19 @@ def load_corpus(name: str = DEFAULT_DATASET, split: str = "train", text_column: 
 
     datasets.disable_progress_bars()
     if name == DEFAULT_DATASET:
-        ds = datasets.Dataset.from_list(list(python_docs())).shuffle(seed=0)
+        ds = datasets.IterableDataset.from_generator(python_docs)
     elif Path(name).expanduser().exists():
         ds = _load_local(Path(name).expanduser(), split)
     else:
+        online = hub_reachable()
         try:
-            ds = datasets.load_dataset(name, split=split, streaming=True)
+            ds = datasets.load_dataset(name, split=split, streaming=online)
         except Exception as e:  # the hub raises many types; all mean "cannot get it"
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not online:
+                why = "it is not cached and the Hugging Face hub is not reachable from here"
             raise NeurodashError(
-                f"cannot load dataset {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"cannot load dataset {name!r}: {why}. "
                 f"Use the embedded {DEFAULT_DATASET!r}, a local .txt/.jsonl/.parquet file or folder, "
                 "or a hub dataset where the hub is reachable"
             ) from None
@@ -111,15 +118,17 @@ def pack_windows(
 ) -> Iterator[Batch]:
     """Tokenize documents and pack them into windows of ``ctx`` tokens, each starting with BOS.
 
-    Documents are joined with BOS as a separator; a window's first token is BOS (when the
-    tokenizer has one), the rest come from the stream. The last partial window is dropped.
+    Documents are joined with EOS (BOS if there is none) as a separator; a window's first token
+    is BOS (when the tokenizer has one), the rest come from the stream. The last partial window
+    is dropped.
     """
     bos = tokenizer.bos_token_id
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     body = ctx - (bos is not None)
     if body < 1:
         raise NeurodashError(f"--ctx {ctx} is too short")
     max_windows = None if max_tokens is None else max(1, max_tokens // ctx)
-    stream = _token_stream(dataset, tokenizer, text_column, bos)
+    stream = _token_stream(dataset, tokenizer, text_column, separator)
     windows = _windows(stream, body, bos)
     seq_id = 0
     for chunk in _chunks(itertools.islice(windows, max_windows), batch_size):
@@ -140,8 +149,8 @@ def pack_windows(
         )
 
 
-def _token_stream(dataset, tokenizer, text_column: str, bos: int | None) -> Iterator[tuple[int, int, int]]:
-    """(token, doc_id, offset in doc) for the whole corpus, BOS between documents."""
+def _token_stream(dataset, tokenizer, text_column: str, separator: int | None) -> Iterator[tuple[int, int, int]]:
+    """(token, doc_id, offset in doc) for the whole corpus, ``separator`` between documents."""
     doc_id = 0
     for rows in _chunks(iter(dataset), 64):
         texts = [r[text_column] or "" for r in rows]
@@ -150,8 +159,8 @@ def _token_stream(dataset, tokenizer, text_column: str, bos: int | None) -> Iter
             if not ids:
                 doc_id += 1
                 continue
-            if bos is not None and doc_id > 0:
-                yield bos, doc_id, -1
+            if separator is not None and doc_id > 0:
+                yield separator, doc_id, -1
             for offset, t in enumerate(ids):
                 yield t, doc_id, offset
             doc_id += 1

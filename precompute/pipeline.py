@@ -79,9 +79,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     """Stream the corpus through the model once and write a store to ``cfg.out``."""
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
+    dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     model = load_model(cfg.model, cfg.device)
     layers = _check_layers(cfg.layers, model)
-    dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
     tracked = [_neurons(model, layer, cfg) for layer in layers]
     hooks = [t.hook for t in tracked]

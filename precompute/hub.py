@@ -1,0 +1,33 @@
+"""The Hugging Face hub: reachable or not, decided once, so offline errors come at once."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from urllib.parse import urlparse
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if the hub answers; otherwise switch the HF libraries to offline mode (cache only)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        go_offline()
+        return False
+
+
+def go_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:  # already imported: its constants were read at import time
+        import huggingface_hub.constants as constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass

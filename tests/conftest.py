@@ -1,0 +1,67 @@
+"""Shared fixtures. Models are session-scoped: a tiny Llama built here, and the real embedded one."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# --- pipeline fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into $NEURODASH_HOME (default ~/.cache/neurodash)."""
+    from precompute.models import embedded_model_folder
+
+    return embedded_model_folder()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """A 2-layer Llama with random weights and the real tokenizer: fast, and the same code path."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a visible final-norm scale, so folding it into W_U is tested
+        model.model.norm.weight.uniform_(0.5, 1.5)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def docs_jsonl(tmp_path_factory) -> Path:
+    """A small real corpus: the first documents of the embedded python-docs, as JSON lines."""
+    from precompute.corpus import python_docs
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with path.open("w") as f:
+        for doc in itertools.islice(python_docs(), 40):
+            f.write(json.dumps({"text": doc["text"][:4000], "source": doc["source"]}) + "\n")
+    return path
