@@ -1,0 +1,189 @@
+"""The CLI on bad input: one clear line, exit status 2, nothing written. And interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neurodash.cli import main
+from neurodash.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def precompute_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["precompute", "--model", str(model), "--out", str(out), "--tokens", "256", "--ctx", "32", *extra]
+
+
+def assert_failed(code: int, err: str, fragment: str, *paths: Path) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and fragment in lines[0], err
+    for p in paths:
+        assert not p.exists(), f"{p} was written"
+        assert not Path(str(p) + ".partial").exists()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_unknown_model(capsys, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, "precompute", "--model", "no-such-org/no-such-model", "--out", str(out))
+    assert_failed(code, err, "cannot load model 'no-such-org/no-such-model'", out)
+
+
+def test_folder_that_is_not_a_model(capsys, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tmp_path, out))
+    assert_failed(code, err, "not a Hugging Face model folder", out)
+
+
+def test_unknown_dataset(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", "no-such-dataset-xyz"))
+    assert_failed(code, err, "cannot load dataset 'no-such-dataset-xyz'", out)
+
+
+def test_unknown_text_column(capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"content": "hello world"}])
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(corpus)))
+    assert_failed(code, err, "no text column 'text' (columns: content)", out)
+
+
+def test_layer_out_of_range(capsys, tiny_model_dir, docs_jsonl, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "0,5"))
+    assert_failed(code, err, "layer 5 is out of range", out)
+
+
+def test_unreadable_layers(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--layers", "zero"))
+    assert_failed(code, err, "cannot read --layers 'zero'", out)
+
+
+def test_empty_corpus(capsys, tiny_model_dir, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": ""}, {"text": "   "}])
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(corpus)))
+    assert_failed(code, err, "the corpus is empty", out)
+
+
+def test_corpus_shorter_than_one_window(capsys, tiny_model_dir, tmp_path):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("Just a few words.")
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(corpus)))
+    assert_failed(code, err, "shorter than one window of --ctx 32 tokens", out)
+
+
+def test_malformed_corpus(capsys, tiny_model_dir, tmp_path):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": broken\n')
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(corpus)))
+    assert_failed(code, err, "cannot read corpus", out)
+
+
+def test_out_exists_is_refused_and_kept(capsys, tiny_model_dir, tmp_path):
+    out = tmp_path / "s.duckdb"
+    out.write_bytes(b"precious")
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out))
+    assert code == 2 and "exists: pass --overwrite" in err
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "file-as-folder", "read-only"])
+def test_store_path_not_writable(capsys, tiny_model_dir, tmp_path, where):
+    parent = tmp_path / where
+    if where == "file-as-folder":
+        parent.write_text("a file")
+    elif where == "read-only":
+        parent = Path("/proc/self")  # a folder nobody, root included, can create files in
+    out = parent / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out))
+    assert_failed(code, err, f"cannot write {out}", out)
+
+
+def test_missing_store(capsys, tmp_path):
+    code, err = run_cli(capsys, "info", str(tmp_path / "nope.duckdb"))
+    assert_failed(code, err, "no store at")
+
+
+def test_not_a_store(capsys, tmp_path):
+    bogus = tmp_path / "bogus.duckdb"
+    bogus.write_text("not a database")
+    code, err = run_cli(capsys, "serve", str(bogus))
+    assert_failed(code, err, "is not a readable neurodash store")
+
+
+def test_precompute_and_info(capsys, tiny_model_dir, docs_jsonl, tmp_path):
+    out = tmp_path / "s.duckdb"
+    assert main(precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "1")) == 0
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "L1.mlp" in printed and "blocks.1.mlp.hook_post" in printed
+
+
+def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "neurodash.cli", *precompute_args(model, out, "--dataset", str(corpus), *extra)]
+    cmd[cmd.index("--tokens") + 1] = "10000000"  # long enough to interrupt mid-stream
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_until_streaming(proc: subprocess.Popen, partial: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not partial.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "precompute never started writing"
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+@pytest.fixture
+def long_corpus(tmp_path, docs_jsonl) -> Path:
+    rows = [json.loads(line) for line in docs_jsonl.read_text().splitlines()]
+    return write_jsonl(tmp_path / "long.jsonl", rows * 50)
+
+
+@pytest.fixture
+def existing_store(tmp_path, tiny_model_dir, docs_jsonl) -> tuple[Path, bytes]:
+    out = tmp_path / "s.duckdb"
+    assert main(precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "0")) == 0
+    return out, out.read_bytes()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_store, how):
+    out, before = existing_store
+    partial = Path(str(out) + ".partial")
+    proc = _start_precompute(tiny_model_dir, long_corpus, out, "--overwrite")
+    _wait_until_streaming(proc, partial)
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert out.read_bytes() == before, "the existing store was damaged"
+    if how != signal.SIGKILL:  # a clean stop also removes its partial file
+        assert "interrupted: nothing was written" in err
+        assert not partial.exists()
+    with Store(out) as store:  # still a whole, readable store
+        assert [s.source_id for s in store.sources()] == ["L0.mlp"]
+    assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
+    assert not partial.exists(), "a later run cleans up a killed run's partial file"
