@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -82,7 +83,11 @@ class LoadedModel:
 
     def mlp_out_directions(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         """Each neuron's output direction: its row of W_out."""
-        return self.bridge.W_out[layer].detach().float()
+        return self._W_out[layer]
+
+    @cached_property
+    def _W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
+        return self.bridge.W_out.detach().float()  # the bridge stacks every layer on each access
 
     def unembed(self) -> Float[Tensor, "d_model d_vocab"]:
         """W_U with the final norm's elementwise scale folded in (as TransformerLens's fold_ln does)."""

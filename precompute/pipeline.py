@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -88,16 +89,15 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     model.check_hooks(hooks)
 
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
-        started = time.perf_counter()
-        n_tokens = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
-        stream_seconds = time.perf_counter() - started
+        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
         writer.append("vocab", _vocab(model))
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
             _write_source(writer, t, model, cfg)
         writer.set_meta(
             model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
-            stream_seconds=round(stream_seconds, 2), config=json.dumps(_config_dict(cfg)),
+            phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
+            config=json.dumps(_config_dict(cfg)),
         )
         return writer.commit()
 
@@ -126,23 +126,49 @@ def _config_dict(cfg: PrecomputeConfig) -> dict:
     return d
 
 
-def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> int:
-    """The one pass: run each batch once, update every source, append its sequences."""
+def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tuple[int, dict[str, float]]:
+    """The one pass: run each batch once, update every source, append its sequences.
+
+    Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
+    """
     batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
     total = (cfg.tokens // cfg.ctx) * cfg.ctx
+    clock = _PhaseClock(cfg.device)
     n_tokens = 0
     with tqdm(total=total, unit="tok", unit_scale=True, desc="precompute", disable=not progress) as bar:
-        for batch in batches:
-            acts = model.activations(batch.tokens, hooks)
-            for t in tracked:
-                t.acc.update(acts[t.hook], batch.seq_ids, first=first, ctx=cfg.ctx)
-            writer.append("sequences", {
-                "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
-                "start": batch.starts.numpy(), "token_ids": batch.tokens.numpy().astype(np.int32),
-            })
+        while (batch := clock.measure("tokenize", next, batches, None)) is not None:
+            acts = clock.measure("forward", model.activations, batch.tokens, hooks)
+            with clock.phase("accumulate"):
+                for t in tracked:
+                    t.acc.update(acts[t.hook], batch.seq_ids, first=first, ctx=cfg.ctx)
+            with clock.phase("write"):
+                writer.append("sequences", {
+                    "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
+                    "start": batch.starts.numpy(), "token_ids": batch.tokens.numpy().astype(np.int32),
+                })
             n_tokens += batch.tokens.numel()
             bar.update(batch.tokens.numel())
-    return n_tokens
+    return n_tokens, clock.seconds
+
+
+class _PhaseClock:
+    """Wall time per phase of the pass (synchronising the GPU at phase ends, so times are real)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        started = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def measure(self, name: str, fn, *args):
+        with self.phase(name):
+            return fn(*args)
 
 
 def _vocab(model: LoadedModel) -> dict:

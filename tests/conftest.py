@@ -65,3 +65,30 @@ def docs_jsonl(tmp_path_factory) -> Path:
         for doc in itertools.islice(python_docs(), 40):
             f.write(json.dumps({"text": doc["text"][:4000], "source": doc["source"]}) + "\n")
     return path
+
+
+# --- app fixtures (the dashboard: neurodash/app) ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory) -> Path:
+    """3 layers x 40 units, 45 examples each, a score metric, and the XSS tokens in every example."""
+    from synthetic import XSS_TOKENS, make_synthetic_store
+
+    path = tmp_path_factory.mktemp("app") / "synthetic.duckdb"
+    return make_synthetic_store(path, n_layers=3, n_units=40, tokens=XSS_TOKENS, score_metrics=("polysemanticity",))
+
+
+@pytest.fixture(scope="session")
+def probe_store(tmp_path_factory) -> Path:
+    """A tiny store of the real embedded model (layer 0, 512 tokens), for the text probe."""
+    from precompute import PrecomputeConfig, run_precompute
+
+    path = tmp_path_factory.mktemp("app") / "probe.duckdb"
+    return run_precompute(PrecomputeConfig(out=path, layers=(0,), tokens=512, ctx=64), progress=False)
+
+
+def pytest_setup_options():
+    """Headless Chromium for ``dash_duo`` (root, no network, no GPU)."""
+    from app_screenshot import chrome_options
+
+    return chrome_options()

@@ -1,0 +1,105 @@
+"""Screenshot a page of the dashboard in headless Chromium (the README's ``assets/unit_page.png``).
+
+    python tests/app_screenshot.py STORE [--unit L15N3 | --page /] [--out assets/unit_page.png]
+
+Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
+units make the clearest pictures). ``chrome_options()`` is also what the browser tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROME_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+    "--disable-default-apps", "--disable-features=Translate,MediaRouter,OptimizationHints",
+    "--hide-scrollbars", "--window-size=1400,1000", "--force-device-scale-factor=1",
+)
+
+
+def chrome_options():
+    """Headless Chromium as root on a machine without network or GPU."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    if Path("/usr/bin/chromium").is_file():
+        options.binary_location = "/usr/bin/chromium"
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    return options
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def screenshot(store_path: Path, path: str, out: Path, height: int = 1700, ready: str = ".nd-main > *") -> Path:
+    """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from werkzeug.serving import make_server
+
+    from neurodash.app import create_app
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server("127.0.0.1", free_port(), create_app(store_path).server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    driver = webdriver.Chrome(options=chrome_options())
+    try:
+        driver.set_window_size(1400, height)
+        driver.get(f"http://127.0.0.1:{server.server_port}{path}")
+        WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
+        marked = driver.find_elements(By.CSS_SELECTOR, ".nd-tok-max")
+        if marked:  # show the token inspector at work
+            webdriver.ActionChains(driver).move_to_element(marked[0]).perform()
+        time.sleep(0.5)  # let the figures finish drawing
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+        server.shutdown()
+    return out
+
+
+def unit_path(store_path: Path, unit: str | None) -> str:
+    """The page of ``unit`` (``L15N3``, ``L15.mlp/3``), by default a sparse unit of the middle layer."""
+    from neurodash.store import Store
+    from neurodash.units import parse_ref
+
+    with Store(store_path) as store:
+        sources = store.sources()
+        if unit is None:
+            middle = sources[len(sources) // 2].source_id
+            units = store.units_frame(middle)
+            unit = f"{middle}/{int(units.loc[units['skew'].idxmax(), 'unit'])}"
+        return parse_ref(unit, sources).path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store", type=Path)
+    parser.add_argument("--unit", help="e.g. L15N3 or L15.mlp/3 (default: a sparse unit of the middle layer)")
+    parser.add_argument("--page", help="another page instead, e.g. / or /probe")
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "unit_page.png")
+    parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
+    args = parser.parse_args()
+    path = args.page or unit_path(args.store, args.unit)
+    ready = ".nd-main > *" if args.page else "#unit-logits .ytick"
+    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready)} ({path})")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
