@@ -25,7 +25,11 @@ def cached_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
 
 
 def probe_text(
-    model_name: str, text: str, hooks: list[str], device: str = "cpu", keep_bos: bool = False,
+    model_name: str,
+    text: str,
+    hooks: list[str],
+    device: str = "cpu",
+    keep_bos: bool = False,
     max_tokens: int = MAX_TOKENS,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """(tokens, {hook: activations [pos, units]}) for ``text``, at most ``max_tokens`` tokens."""
