@@ -1,28 +1,61 @@
-"""The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``."""
+"""The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``.
+
+A multi-page app (overview, unit, text probe, not found) over one store opened read-only. The
+store reaches pages through the app's Flask server (``state.current()``), so several apps can
+live in one process. Everything is served locally: no CDN, fonts or external scripts.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from neurodash import paths
 from neurodash.store import Store
+
+ASSETS = Path(__file__).with_name("assets")
 
 
 def create_app(store_path: str | os.PathLike):
-    """A Dash app over one store, opened read-only (placeholder until the dashboard lands)."""
+    """A Dash app over the store at ``store_path``; a ``NeurodashError`` if it is missing or unreadable."""
+    store = Store(store_path)  # fails here, before any Dash set-up, with a clear message
     import dash
-    from dash import html
+    import diskcache
 
-    store = Store(store_path)
-    app = dash.Dash(__name__, title="neurodash")
-    app.layout = html.Div([
-        html.H1("neurodash"),
-        html.Ul([html.Li(f"{s.source_id}: {s.hook} ({s.n_units} units)") for s in store.sources()]),
-    ])
+    from neurodash.app import shell, state
+    from neurodash.app.pages import not_found_404, overview, probe, unit
+
+    app_state = state.AppState.load(store)
+    cache_dir = paths.home() / "cache" / "background"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    app = dash.Dash(
+        __name__,
+        title="neurodash",
+        use_pages=True,
+        pages_folder="",
+        assets_folder=str(ASSETS),
+        suppress_callback_exceptions=True,
+        background_callback_manager=dash.DiskcacheManager(diskcache.Cache(str(cache_dir))),
+        update_title=None,
+    )
+    state.attach(app.server, app_state)
+    dash.page_registry.clear()  # pages register globally: start clean for each app in this process
+    dash.register_page(overview.__name__, path=overview.PATH, title=overview.TITLE, layout=overview.layout)
+    dash.register_page(unit.__name__, path_template=unit.PATH_TEMPLATE, title=unit.title, layout=unit.layout)
+    dash.register_page(probe.__name__, path=probe.PATH, title=probe.TITLE, layout=probe.layout)
+    dash.register_page(
+        not_found_404.__name__, path="/404", title=not_found_404.TITLE, layout=not_found_404.layout
+    )
+    app.layout = shell.layout(Path(store_path).name, store.meta.get("model", "?"))
+    shell.register_callbacks(app)
+    overview.register_callbacks(app)
+    probe.register_callbacks(app, app_state.unit_max)
     return app
 
 
-def serve(store_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
+def serve(
+    store_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050, debug: bool = False
+) -> None:
     app = create_app(Path(store_path))
     print(f"neurodash: serving {store_path} on http://{host}:{port}")
     app.run(host=host, port=port, debug=debug)

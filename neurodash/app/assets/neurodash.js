@@ -1,0 +1,107 @@
+/* neurodash in the browser: keyboard shortcuts, the token inspector, the units grid's rows,
+ * link cells and number formats. Element ids match neurodash/app/ids.py. Text goes into the
+ * page only as text (textContent, React children), never as HTML. */
+(function () {
+  "use strict";
+
+  function isTyping(el) {
+    return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable);
+  }
+
+  function follow(id) {
+    const link = document.getElementById(id);
+    if (link && link.tagName === "A") link.click();
+  }
+
+  /* j / → next unit, k / ← previous unit, / jump box, Escape leaves a text box. */
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (isTyping(e.target)) {
+      if (e.key === "Escape") e.target.blur();
+      return;
+    }
+    if (e.key === "/") {
+      const box = document.getElementById("jump-input");
+      if (box) {
+        e.preventDefault();
+        box.focus();
+        box.select();
+      }
+    } else if (e.key === "j" || e.key === "ArrowRight") {
+      follow("unit-next");
+    } else if (e.key === "k" || e.key === "ArrowLeft") {
+      follow("unit-prev");
+    }
+  });
+
+  /* The token inspector: the hovered (or clicked) token's exact text and value, instantly. */
+  function inspect(e) {
+    const token = e.target.closest && e.target.closest(".nd-tok");
+    const inspector = document.getElementById("token-inspector");
+    if (token && inspector) inspector.textContent = token.title;
+  }
+  document.addEventListener("mouseover", inspect);
+  document.addEventListener("click", inspect);
+
+  /* Client-side navigation, as dcc.Link does it: no page reload. */
+  function navigate(path) {
+    window.history.pushState({}, "", path);
+    window.dispatchEvent(new CustomEvent("_dashprivate_pushstate"));
+    window.scrollTo(0, 0);
+  }
+
+  function decode(b64, Type) {
+    const bytes = Uint8Array.from(atob(b64), function (c) { return c.charCodeAt(0); });
+    return new Type(bytes.buffer);
+  }
+
+  /* units-data (columns of little-endian typed arrays) -> the grid's rows. */
+  function unitRows(data) {
+    if (!data) return [];
+    const source = decode(data.source, Uint16Array);
+    const unit = decode(data.unit, Int32Array);
+    const metrics = Object.keys(data.metrics).map(function (m) { return [m, decode(data.metrics[m], Float32Array)]; });
+    const rows = new Array(data.n);
+    for (let i = 0; i < data.n; i++) {
+      const s = data.sources[source[i]];
+      const row = {
+        ref: s.prefix ? s.prefix + unit[i] : s.id + "/" + unit[i],
+        path: "/unit/" + s.id + "/" + unit[i],
+        order: source[i] * 2147483648 + unit[i],
+        source: s.id, layer: s.layer, kind: s.kind,
+      };
+      for (const [m, values] of metrics) row[m] = Number.isNaN(values[i]) ? null : values[i];
+      rows[i] = row;
+    }
+    return rows;
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, { neurodash: { unitRows: unitRows } });
+
+  window.dashAgGridComponentFunctions = Object.assign({}, window.dashAgGridComponentFunctions, {
+    UnitLink: function (props) {
+      const path = props.data.path;
+      return React.createElement("a", {
+        href: path,
+        className: "nd-grid-link",
+        onClick: function (e) {
+          if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) return;
+          e.preventDefault();
+          navigate(path);
+        },
+      }, props.value);
+    },
+  });
+
+  window.dashAgGridFunctions = Object.assign({}, window.dashAgGridFunctions, {
+    ndFixed: function (value, digits) {
+      return value === null || value === undefined ? "" : value.toFixed(digits);
+    },
+    ndPercent: function (value) {
+      return value === null || value === undefined ? "" : (100 * value).toFixed(2) + "%";
+    },
+    ndCompareUnits: function (nodeA, nodeB) {
+      return nodeA.data.order - nodeB.data.order;
+    },
+  });
+})();

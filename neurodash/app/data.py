@@ -1,0 +1,161 @@
+"""Pure data shaping for the pages: labels, neighbours in the unit order, table payloads, probe summaries."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pandas as pd
+
+from neurodash.units import NEURON, SAE_FEATURE, Source, UnitRef
+
+STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
+UNIT_COLUMNS = {"source_id", "layer", "kind", "unit", *STAT_COLUMNS}
+
+
+def label_prefixes(sources: list[Source]) -> dict[str, str | None]:
+    """Per source, the prefix of its units' short names (``L12N``, ``L12F``), or None for long names.
+
+    Short feature names (``L12F7``) go to each layer's first SAE, as ``parse_ref`` reads them.
+    """
+    prefixes: dict[str, str | None] = {}
+    sae_layers: set[int] = set()
+    for s in sources:
+        if s.kind == NEURON:
+            prefixes[s.source_id] = f"L{s.layer}N"
+        elif s.kind == SAE_FEATURE and s.layer not in sae_layers:
+            prefixes[s.source_id] = f"L{s.layer}F"
+            sae_layers.add(s.layer)
+        else:
+            prefixes[s.source_id] = None
+    return prefixes
+
+
+def unit_label(ref: UnitRef, prefixes: dict[str, str | None]) -> str:
+    """``L12N345`` where the source has a short name, else ``L12.sae.x/7``."""
+    prefix = prefixes.get(ref.source_id)
+    return f"{prefix}{ref.unit}" if prefix else str(ref)
+
+
+def adjacent_units(ref: UnitRef, sources: list[Source]) -> tuple[UnitRef | None, UnitRef | None]:
+    """The units before and after ``ref``, running on across sources in the store's order."""
+    order = [s for s in sources if s.n_units > 0]
+    i = next(k for k, s in enumerate(order) if s.source_id == ref.source_id)
+    if ref.unit > 0:
+        prev = UnitRef(ref.source_id, ref.unit - 1)
+    else:
+        prev = UnitRef(order[i - 1].source_id, order[i - 1].n_units - 1) if i > 0 else None
+    if ref.unit < order[i].n_units - 1:
+        nxt = UnitRef(ref.source_id, ref.unit + 1)
+    else:
+        nxt = UnitRef(order[i + 1].source_id, 0) if i + 1 < len(order) else None
+    return prev, nxt
+
+
+def max_by_source(units: pd.DataFrame, sources: list[Source]) -> dict[str, np.ndarray]:
+    """Per source, each unit's max activation over the corpus (0 where a unit has no row)."""
+    out = {s.source_id: np.zeros(s.n_units, dtype=np.float32) for s in sources}
+    for sid, group in units.groupby("source_id", sort=False):
+        out[sid][group["unit"].to_numpy()] = group["max_act"].to_numpy()
+    return out
+
+
+def box_stats(units: pd.DataFrame, column: str) -> dict[str, dict[str, list]]:
+    """Per kind, per layer: quartiles and Tukey fences of ``column``, for precomputed box plots."""
+    out = {}
+    for kind, frame in units.dropna(subset=[column]).groupby("kind", sort=False):
+        grouped = frame.groupby("layer")[column]
+        q1, median, q3 = (grouped.quantile(q) for q in (0.25, 0.5, 0.75))
+        iqr = q3 - q1
+        values = frame.set_index("layer")[column]
+        low = values[values >= (q1 - 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).min()
+        high = values[values <= (q3 + 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).max()
+        out[kind] = {
+            "layer": q1.index.tolist(),
+            "q1": _rounded(q1),
+            "median": _rounded(median),
+            "q3": _rounded(q3),
+            "lowerfence": _rounded(low.reindex(q1.index)),
+            "upperfence": _rounded(high.reindex(q1.index)),
+            "max": _rounded(grouped.max()),
+        }
+    return out
+
+
+def _rounded(series: pd.Series) -> list[float]:
+    return [float(f"{v:.4g}") for v in series.to_numpy(dtype=np.float64)]
+
+
+def units_payload(units: pd.DataFrame, sources: list[Source], metrics: list[str]) -> dict:
+    """The units table, columnar and compact: numbers as base64 little-endian typed arrays.
+
+    ``assets/neurodash.js`` (``unitRows``) turns it into the grid's rows. Sending columns of
+    float32 keeps the overview fast at 100k+ units, where a list of JSON objects is not.
+    """
+    index = {s.source_id: i for i, s in enumerate(sources)}
+    prefixes = label_prefixes(sources)
+    return {
+        "n": len(units),
+        "sources": [
+            {"id": s.source_id, "layer": s.layer, "kind": s.kind, "prefix": prefixes[s.source_id]}
+            for s in sources
+        ],
+        "source": _b64(units["source_id"].map(index).to_numpy(np.uint16)),
+        "unit": _b64(units["unit"].to_numpy(np.int32)),
+        "metrics": {m: _b64(units[m].to_numpy(np.float32)) for m in metrics},
+    }
+
+
+def _b64(values: np.ndarray) -> str:
+    return base64.b64encode(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()).decode(
+        "ascii"
+    )
+
+
+def summarise_probe(
+    tokens: list[str],
+    acts: dict[str, np.ndarray],
+    unit_max: dict[str, np.ndarray],
+    per_token: int = 8,
+    top: int = 20,
+) -> dict:
+    """Rank units on a probed text by activation as a fraction of their max over the corpus.
+
+    ``acts`` maps a source id to its activations [pos, units]. A unit's max is floored at a tenth
+    of its source's median max, so that units nearly dead on the corpus do not swamp the ranking.
+    Returns JSON-ready lists: per token its top units (``[source, unit, act, fraction]``), the
+    strongest fraction at each token, the top units over the whole text (with the position where
+    each peaks), and for each of those its activation at every token and its (floored) max.
+    """
+    names = list(acts)
+    raw = np.concatenate([acts[s] for s in names], axis=1)
+    scale = np.concatenate(
+        [np.maximum(unit_max[s], 0.1 * max(float(np.median(unit_max[s])), 1e-6)) for s in names]
+    )
+    rel = raw / scale[None, :]
+    owner = np.concatenate([np.full(acts[s].shape[1], i) for i, s in enumerate(names)])
+    unit = np.concatenate([np.arange(acts[s].shape[1]) for s in names])
+
+    def entry(column: int, pos: int) -> list:
+        return [names[owner[column]], int(unit[column]), _round(raw[pos, column]), _round(rel[pos, column])]
+
+    peak_pos = rel.argmax(0)
+    top_columns = _top_columns(rel[peak_pos, np.arange(rel.shape[1])], top)
+    return {
+        "tokens": list(tokens),
+        "strength": [_round(v) for v in rel.max(1)],
+        "per_token": [[entry(c, p) for c in _top_columns(rel[p], per_token)] for p in range(len(tokens))],
+        "top": [entry(c, int(peak_pos[c])) + [int(peak_pos[c])] for c in top_columns],
+        "top_acts": [[_round(v) for v in raw[:, c]] for c in top_columns],
+        "top_max": [_round(scale[c]) for c in top_columns],
+    }
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, len(values))
+    part = np.argpartition(-values, k - 1)[:k] if k else np.array([], dtype=int)
+    return part[np.argsort(-values[part], kind="stable")]

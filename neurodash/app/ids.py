@@ -1,0 +1,39 @@
+"""Every component id of the app, in one place.
+
+``assets/neurodash.js`` refers to a few of them by value (marked *js*): keep the two in step.
+"""
+
+# the shell: top bar and navigation
+NAV_LOCATION = "nav-location"
+JUMP_INPUT = "jump-input"  # js: "/" focuses it
+JUMP_ERROR = "jump-error"
+
+# overview
+UNITS_GRID = "units-grid"
+UNITS_DATA = "units-data"
+LAYER_PLOTS = "layer-plots"
+
+# unit page
+UNIT_PREV = "unit-prev"  # js: "k" and the left arrow follow it
+UNIT_NEXT = "unit-next"  # js: "j" and the right arrow follow it
+PERMALINK = "permalink"
+PERMALINK_COPY = "permalink-copy"
+HISTOGRAM = "unit-histogram"
+LOGITS = "unit-logits"
+TOKEN_INSPECTOR = "token-inspector"  # js: shows the hovered token's title
+
+# text probe
+PROBE_CONFIG = "probe-config"
+PROBE_TEXT = "probe-text"
+PROBE_RUN = "probe-run"
+PROBE_CANCEL = "probe-cancel"
+PROBE_PROGRESS = "probe-progress"
+PROBE_PROGRESS_BOX = "probe-progress-box"
+PROBE_STAGE = "probe-stage"
+PROBE_STATUS = "probe-status"
+PROBE_RESULT = "probe-result"
+PROBE_COLOR_BY = "probe-color-by"
+PROBE_TOKENS = "probe-tokens"
+PROBE_TOKEN = "probe-token"  # pattern-matching type: {"type": PROBE_TOKEN, "index": i}
+PROBE_TOKEN_UNITS = "probe-token-units"
+PROBE_TOP_UNITS = "probe-top-units"

@@ -1,0 +1,78 @@
+"""Unit page (``/unit/<source>/<index>``): what one neuron or feature does."""
+
+from __future__ import annotations
+
+from dash import html
+
+from neurodash.app import ids, render, state
+from neurodash.app.data import adjacent_units, label_prefixes, unit_label
+from neurodash.store import Store
+from neurodash.units import UnitRef
+
+PATH_TEMPLATE = "/unit/<source_id>/<index>"
+
+
+def resolve(store: Store, source_id: str | None, index: str | None) -> UnitRef | None:
+    """The unit a path names, or None when the store has no such unit."""
+    if source_id is None or index is None or not index.isdigit():
+        return None
+    ref = UnitRef(source_id, int(index))
+    return ref if store.has_unit(ref) else None
+
+
+def title(source_id: str | None = None, index: str | None = None) -> str:
+    return f"{source_id}/{index} · neurodash"
+
+
+def layout(source_id: str | None = None, index: str | None = None, **_query) -> html.Div:
+    store = state.current().store
+    ref = resolve(store, source_id, index)
+    if ref is None:
+        names = ", ".join(s.source_id for s in store.sources()[:6])
+        return render.not_found(
+            f"This store has no unit {source_id}/{index}.", f"Its sources include {names}."
+        )
+    sources = store.sources()
+    source, prefixes = store.source(ref.source_id), label_prefixes(sources)
+    stats = store.unit_stats(ref)
+    neighbors = store.neighbors(ref)
+    prev, nxt = adjacent_units(ref, sources)
+    max_abs = max(stats.max_act, -stats.min_act, 1e-9)
+    return html.Div(
+        [
+            render.unit_header(
+                unit_label(ref, prefixes),
+                source,
+                (unit_label(prev, prefixes), prev) if prev else None,
+                (unit_label(nxt, prefixes), nxt) if nxt else None,
+                state.permalink(ref.path),
+            ),
+            html.Div(
+                [
+                    render.panel(
+                        "Statistics",
+                        render.unit_stat_cards(stats, store.scores(ref)),
+                        render.graph(render.histogram_figure(stats), ids.HISTOGRAM),
+                    ),
+                    render.panel(
+                        "Direct logit effect",
+                        render.graph(render.logit_figure(store.logit_effects(ref)), ids.LOGITS),
+                    ),
+                    render.panel(
+                        "Nearest units (cosine of output directions)",
+                        render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+                    ),
+                ],
+                className="nd-grid-3",
+            ),
+            html.Div(
+                id=ids.TOKEN_INSPECTOR,
+                className="nd-inspector",
+                children="Hover a token to see its exact value.",
+            ),
+            render.panel("Examples", *render.example_sections(store.examples(ref), max_abs)),
+            html.P(
+                "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
+            ),
+        ]
+    )

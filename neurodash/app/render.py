@@ -1,0 +1,459 @@
+"""Pure renderers: data in, Dash components or Plotly figure dicts out. No store, no callbacks.
+
+Untrusted text (corpus tokens, vocabulary) only ever becomes the ``children`` or ``title`` of a
+component, which React renders as text, or a Plotly label escaped with ``plotly_text``.
+Figures are plain dicts: building ``plotly.graph_objects`` figures costs milliseconds each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+from dash import dcc, html
+
+from neurodash.app import ids
+from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
+
+POSITIVE = (240, 120, 20)  # orange
+NEGATIVE = (30, 110, 200)  # blue
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+GRAPH_CONFIG = {"displayModeBar": False, "responsive": True}
+VISIBLE_WHITESPACE = str.maketrans({"\n": "↵\n", "\t": "→\t", "\r": "␍"})
+
+
+# --- tokens ---------------------------------------------------------------------------------
+def rgb(color: tuple[int, int, int], alpha: float = 1.0) -> str:
+    return f"rgba({color[0]},{color[1]},{color[2]},{alpha:.2f})"
+
+
+def act_color(act: float, max_abs: float) -> str | None:
+    """Orange for positive, blue for negative, opacity |act| / max_abs; None when (nearly) zero."""
+    alpha = min(abs(act) / max_abs, 1.0) if max_abs > 0 else 0.0
+    if alpha < 0.005:
+        return None
+    return rgb(POSITIVE if act > 0 else NEGATIVE, alpha)
+
+
+def token_display(token: str) -> str:
+    """The token as shown: newlines and tabs made visible (and kept), empty tokens marked."""
+    return token.translate(VISIBLE_WHITESPACE) if token else "∅"
+
+
+def token_title(token: str, act: float) -> str:
+    """The hover text: the exact token (quoted, escapes visible) and its activation."""
+    return f"{token!r}  {act:+.3f}"
+
+
+def token_row(
+    tokens: Sequence[str],
+    acts: Sequence[float],
+    max_abs: float,
+    marked_index: int | None = None,
+    click_type: str | None = None,
+) -> html.Div:
+    """A row of tokens coloured by activation; the marked token outlined; hover gives the exact value.
+
+    With ``click_type``, each token gets the id ``{"type": click_type, "index": i}`` for callbacks.
+    """
+    spans = []
+    for i, (token, act) in enumerate(zip(tokens, acts, strict=True)):
+        color = act_color(act, max_abs)
+        props = {
+            "title": token_title(token, act),
+            "className": "nd-tok nd-tok-max" if i == marked_index else "nd-tok",
+        }
+        if color:
+            props["style"] = {"backgroundColor": color}
+        if click_type:
+            props["id"] = {"type": click_type, "index": i}
+        spans.append(html.Span(token_display(token), **props))
+    return html.Div(spans, className="nd-tokens")
+
+
+def example_row(example: Example, max_abs: float) -> html.Div:
+    value = example.value
+    return html.Div(
+        [
+            html.Span(
+                f"{value:+.3f}",
+                className="nd-value",
+                style={"color": rgb(POSITIVE if value >= 0 else NEGATIVE)},
+                title=f"sequence {example.seq_id}, token {example.pos}",
+            ),
+            token_row(example.tokens, example.acts, max_abs, example.pos - example.start),
+        ],
+        className="nd-example",
+    )
+
+
+def bucket_title(bucket: str) -> str:
+    if bucket == "top":
+        return "Top activations"
+    if bucket == "bottom":
+        return "Bottom activations (most negative)"
+    low = float(bucket[1:])
+    return f"Quantile group {low:.2f}–{min(low + 0.2, 1.0):.2f} of firing tokens"
+
+
+def example_sections(examples: Sequence[Example], max_abs: float) -> list[html.Details]:
+    """One collapsible section per bucket, in the given (store) order: top, quantiles, bottom."""
+    groups: dict[str, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(e.bucket, []).append(e)
+    return [
+        html.Details(
+            [
+                html.Summary([bucket_title(bucket), html.Span(f"{len(group)}", className="nd-count")]),
+                html.Div([example_row(e, max_abs) for e in group], className="nd-examples"),
+            ],
+            open=bucket in ("top", "bottom") or len(groups) <= 2,
+            className="nd-section",
+        )
+        for bucket, group in groups.items()
+    ]
+
+
+# --- figures --------------------------------------------------------------------------------
+def plotly_text(text: str) -> str:
+    """Escape text for Plotly labels, which read a few HTML-like tags: shown verbatim, never markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def token_label(token: str, width: int = 32) -> str:
+    """A vocabulary token for a chart axis: quoted, escapes visible, shortened, Plotly-escaped."""
+    shown = repr(token)
+    return plotly_text(shown if len(shown) <= width else shown[: width - 1] + "…")
+
+
+def _layout(**extra) -> dict:
+    base = {
+        "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+        "font": {"family": FONT, "size": 12},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "showlegend": False,
+        "hoverlabel": {"font": {"family": FONT}},
+    }
+    return base | extra
+
+
+def histogram_figure(stats: UnitStats) -> dict:
+    """The activation histogram as the fraction of tokens per bin, log scale, sign-coloured."""
+    edges, counts = stats.hist_edges, stats.hist_counts
+    total = max(sum(counts), 1)
+    bins = list(pairwise(edges))
+    centres = [(a + b) / 2 for a, b in bins]
+    bar = {
+        "type": "bar",
+        "x": centres,
+        "y": [c / total for c in counts],
+        "width": [b - a for a, b in bins],
+        "marker": {
+            "color": [rgb(POSITIVE if c > 0 else NEGATIVE, 0.85) for c in centres],
+            "line": {"width": 0},
+        },
+        "customdata": [[a, b, c] for (a, b), c in zip(bins, counts, strict=True)],
+        "hovertemplate": "[%{customdata[0]:.3f}, %{customdata[1]:.3f}): %{customdata[2]:,} tokens<br>"
+        "%{y:.2%}<extra></extra>",
+    }
+    layout = _layout(
+        title={"text": f"Activations · {stats.density:.1%} of tokens > 0", "font": {"size": 13}, "x": 0.01},
+        xaxis={"title": {"text": "activation"}, "zeroline": True, "zerolinecolor": "#999"},
+        yaxis={
+            "type": "log",
+            "title": {"text": "tokens"},
+            "gridcolor": "#eee",
+            "dtick": 1,
+            "tickformat": ".1~%",
+        },
+        bargap=0.05,
+        height=260,
+    )
+    return {"data": [bar], "layout": layout}
+
+
+def logit_figure(effects: Sequence[LogitEffect]) -> dict:
+    """Top boosted and suppressed tokens (direct logit effect), side by side, strongest on top."""
+    traces, axes = [], {}
+    for i, (sign, color, title) in enumerate((("+", POSITIVE, "Boosted"), ("-", NEGATIVE, "Suppressed"))):
+        chosen = sorted((e for e in effects if e.sign == sign), key=lambda e: e.rank)
+        suffix = "" if i == 0 else "2"
+        traces.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": [e.value for e in chosen],
+                "y": list(range(len(chosen))),
+                "xaxis": f"x{suffix}",
+                "yaxis": f"y{suffix}",
+                "marker": {"color": rgb(color, 0.85)},
+                "customdata": [token_label(e.token, 60) for e in chosen],
+                "hovertemplate": "%{customdata}: %{x:+.3f}<extra></extra>",
+            }
+        )
+        axes[f"xaxis{suffix}"] = {
+            "domain": [0.0, 0.42] if i == 0 else [0.58, 1.0],
+            "gridcolor": "#eee",
+            "zerolinecolor": "#999",
+            "title": {"text": title},
+        }
+        axes[f"yaxis{suffix}"] = {
+            "anchor": f"x{suffix}",
+            "autorange": "reversed",
+            "tickvals": list(range(len(chosen))),
+            "ticktext": [token_label(e.token) for e in chosen],
+            "automargin": True,
+        }
+    return {
+        "data": traces,
+        "layout": _layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 40}, **axes),
+    }
+
+
+def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> dict:
+    """One panel per metric (max activation, density, scores): per layer, a box of its units."""
+    metrics = list(boxes)
+    traces, axes = [], {}
+    gap = 0.08
+    width = (1 - gap * (len(metrics) - 1)) / max(len(metrics), 1)
+    for i, metric in enumerate(metrics):
+        suffix = "" if i == 0 else str(i + 1)
+        for kind, stats in boxes[metric].items():
+            traces.append(
+                {
+                    "type": "box",
+                    "name": kind,
+                    "x": stats["layer"],
+                    "q1": stats["q1"],
+                    "median": stats["median"],
+                    "q3": stats["q3"],
+                    "lowerfence": stats["lowerfence"],
+                    "upperfence": stats["upperfence"],
+                    "xaxis": f"x{suffix}",
+                    "yaxis": f"y{suffix}",
+                    "marker": {"color": rgb(POSITIVE)},
+                    "line": {"width": 1},
+                    "fillcolor": rgb(POSITIVE, 0.35),
+                    "hoverinfo": "x+y",
+                }
+            )
+        start = i * (width + gap)
+        axes[f"xaxis{suffix}"] = {
+            "domain": [start, start + width],
+            "title": {"text": "layer"},
+            "type": "category",
+            "anchor": f"y{suffix}",
+        }
+        axes[f"yaxis{suffix}"] = {
+            "anchor": f"x{suffix}",
+            "title": {"text": metric_title(metric)},
+            "gridcolor": "#eee",
+        }
+    return {
+        "data": traces,
+        "layout": _layout(height=280, margin={"l": 60, "r": 10, "t": 20, "b": 40}, **axes),
+    }
+
+
+def metric_title(metric: str) -> str:
+    return {
+        "max_act": "max activation",
+        "min_act": "min activation",
+        "mean_act": "mean",
+        "std_act": "std",
+        "density": "density (fraction > 0)",
+    }.get(metric, metric.replace("_", " "))
+
+
+def graph(figure: dict, graph_id: str) -> dcc.Graph:
+    """A figure in a box of its own height (so it never spills out of its panel), no mode bar."""
+    return dcc.Graph(
+        id=graph_id, figure=figure, config=GRAPH_CONFIG, style={"height": f"{figure['layout']['height']}px"}
+    )
+
+
+# --- panels ---------------------------------------------------------------------------------
+def stat_cards(items: Sequence[tuple[str, str]]) -> html.Div:
+    return html.Div(
+        [
+            html.Div(
+                [html.Div(label, className="nd-stat-label"), html.Div(value, className="nd-stat-value")],
+                className="nd-stat",
+            )
+            for label, value in items
+        ],
+        className="nd-stats",
+    )
+
+
+def unit_stat_cards(stats: UnitStats, scores: dict[str, float]) -> html.Div:
+    items = [
+        ("max", f"{stats.max_act:+.3f}"),
+        ("min", f"{stats.min_act:+.3f}"),
+        ("mean", f"{stats.mean_act:+.4f}"),
+        ("std", f"{stats.std_act:.3f}"),
+        ("skew", f"{stats.skew:.2f}"),
+        ("kurtosis", f"{stats.kurtosis:.1f}"),
+        ("density", f"{stats.density:.2%}"),
+        ("tokens", f"{stats.n_tokens:,}"),
+    ]
+    items += [(metric_title(m), f"{v:.3f}") for m, v in scores.items()]
+    return stat_cards(items)
+
+
+def unit_link(label: str, ref: UnitRef, **props) -> dcc.Link:
+    return dcc.Link(label, href=ref.path, **props)
+
+
+def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div:
+    """The nearest units by cosine similarity of output directions, each a link with a bar."""
+    if not neighbors:
+        return html.P("No neighbours stored for this unit.", className="nd-muted")
+    return html.Div(
+        [
+            html.Div(
+                [
+                    unit_link(label, ref, className="nd-neighbor-link"),
+                    html.Div(
+                        html.Div(className="nd-bar-fill", style={"width": f"{max(cos, 0) * 100:.0f}%"}),
+                        className="nd-bar",
+                    ),
+                    html.Span(f"{cos:.3f}", className="nd-num"),
+                ],
+                className="nd-neighbor",
+            )
+            for (ref, cos), label in zip(neighbors, labels, strict=True)
+        ],
+        className="nd-neighbors",
+    )
+
+
+def unit_header(
+    label: str, source: Source, prev: tuple[str, UnitRef] | None, nxt: tuple[str, UnitRef] | None, url: str
+) -> html.Div:
+    """Title, source, previous / next links (keyboard: k / j), and the copyable permalink."""
+
+    def step(arrow: str, target: tuple[str, UnitRef] | None, link_id: str, key: str) -> html.Span | dcc.Link:
+        if target is None:
+            return html.Span(arrow, className="nd-step nd-step-off", id=link_id)
+        return dcc.Link(
+            f"{arrow} {target[0]}" if arrow == "←" else f"{target[0]} {arrow}",
+            href=target[1].path,
+            id=link_id,
+            className="nd-step",
+            title=f"{target[0]} ({key})",
+        )
+
+    return html.Div(
+        [
+            html.Div(
+                [
+                    html.H1(label, className="nd-title"),
+                    html.Span(f"{source.kind.replace('_', ' ')} · {source.hook}", className="nd-subtitle"),
+                ],
+                className="nd-title-block",
+            ),
+            html.Div(
+                [step("←", prev, ids.UNIT_PREV, "k"), step("→", nxt, ids.UNIT_NEXT, "j")],
+                className="nd-steps",
+            ),
+            html.Div(
+                [
+                    html.Code(url, id=ids.PERMALINK, className="nd-permalink"),
+                    dcc.Clipboard(
+                        target_id=ids.PERMALINK,
+                        id=ids.PERMALINK_COPY,
+                        title="copy the permalink",
+                        className="nd-copy",
+                    ),
+                ],
+                className="nd-permalink-box",
+            ),
+        ],
+        className="nd-unit-header",
+    )
+
+
+def panel(title: str, *children, class_name: str = "") -> html.Section:
+    return html.Section(
+        [html.H2(title, className="nd-panel-title"), *children], className=f"nd-panel {class_name}".strip()
+    )
+
+
+def not_found(message: str, hint: str = "") -> html.Div:
+    return html.Div(
+        [
+            html.H1("Not found", className="nd-title"),
+            html.P(message, className="nd-notfound-message"),
+            html.P(hint, className="nd-muted") if hint else None,
+            html.P(
+                [
+                    dcc.Link("Overview", href="/"),
+                    " · ",
+                    dcc.Link("Text probe", href="/probe"),
+                    " · or type a unit such as L3N42 in the box above.",
+                ]
+            ),
+        ],
+        className="nd-notfound",
+    )
+
+
+def sources_table(sources: Sequence[Source], labels: dict[str, str | None]) -> html.Table:
+    head = ["source", "kind", "hook", "layer", "units", "tokens seen", "jump"]
+    rows = [
+        html.Tr(
+            [
+                html.Td(s.source_id),
+                html.Td(s.kind.replace("_", " ")),
+                html.Td(html.Code(s.hook)),
+                html.Td(s.layer, className="nd-num"),
+                html.Td(f"{s.n_units:,}", className="nd-num"),
+                html.Td(f"{s.n_tokens:,}", className="nd-num"),
+                html.Td(unit_link(f"{labels[s.source_id] or s.source_id + '/'}0", UnitRef(s.source_id, 0))),
+            ]
+        )
+        for s in sources
+    ]
+    return html.Table(
+        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="nd-table"
+    )
+
+
+def ranked_units(
+    rows: Sequence[tuple[str, UnitRef, float, float, str | None]], empty: str
+) -> html.Table | html.P:
+    """Units found by the probe: link, activation, fraction of the unit's max, and where (if given)."""
+    if not rows:
+        return html.P(empty, className="nd-muted")
+    with_token = any(token is not None for *_, token in rows)
+    head = ["unit", "activation", "of its max", *(["at token"] if with_token else [])]
+    body = [
+        html.Tr(
+            [
+                html.Td(unit_link(label, ref)),
+                html.Td(f"{act:+.3f}", className="nd-num"),
+                html.Td(
+                    html.Div(
+                        [
+                            html.Div(
+                                html.Div(
+                                    className="nd-bar-fill",
+                                    style={"width": f"{min(max(rel, 0), 1) * 100:.0f}%"},
+                                ),
+                                className="nd-bar",
+                            ),
+                            html.Span(f"{rel:.0%}", className="nd-num"),
+                        ],
+                        className="nd-bar-cell",
+                    )
+                ),
+                *([html.Td(html.Code(token), className="nd-token-cell")] if with_token else []),
+            ]
+        )
+        for label, ref, act, rel, token in rows
+    ]
+    return html.Table(
+        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
+    )

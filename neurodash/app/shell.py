@@ -1,0 +1,70 @@
+"""The frame around every page: the top bar (Overview, Probe, the jump box) and its callback."""
+
+from __future__ import annotations
+
+import dash
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from neurodash.app import ids, state
+from neurodash.errors import NeurodashError
+from neurodash.units import parse_ref
+
+
+def layout(store_name: str, model: str) -> html.Div:
+    return html.Div(
+        [
+            dcc.Location(id=ids.NAV_LOCATION, refresh="callback-nav"),
+            html.Header(
+                [
+                    dcc.Link("neurodash", href="/", className="nd-brand"),
+                    html.Nav(
+                        [dcc.Link("Overview", href="/"), dcc.Link("Probe", href="/probe")],
+                        className="nd-links",
+                    ),
+                    html.Div(
+                        [
+                            dcc.Input(
+                                id=ids.JUMP_INPUT,
+                                type="text",
+                                placeholder="Jump to unit: L12N345   ( / )",
+                                debounce=True,
+                                autoComplete="off",
+                                spellCheck=False,
+                                className="nd-jump-input",
+                            ),
+                            html.Span(id=ids.JUMP_ERROR, className="nd-jump-error"),
+                        ],
+                        className="nd-jump",
+                    ),
+                    html.Span(f"{model} · {store_name}", className="nd-store-name"),
+                ],
+                className="nd-topbar",
+            ),
+            html.Main(dash.page_container, className="nd-main"),
+        ]
+    )
+
+
+def jump(text: str | None) -> tuple[str, str]:
+    """(path to go to or ``no_update``, error message) for what was typed in the jump box."""
+    if not (text or "").strip():
+        return no_update, ""
+    try:
+        ref = parse_ref(text, state.current().store.sources())
+    except NeurodashError as e:
+        return no_update, str(e)
+    return ref.path, ""
+
+
+def on_jump(_submits: int | None, text: str | None) -> tuple[str, str]:
+    return jump(text)
+
+
+def register_callbacks(app: Dash) -> None:
+    app.callback(
+        Output(ids.NAV_LOCATION, "href"),
+        Output(ids.JUMP_ERROR, "children"),
+        Input(ids.JUMP_INPUT, "n_submit"),
+        State(ids.JUMP_INPUT, "value"),
+        prevent_initial_call=True,
+    )(on_jump)

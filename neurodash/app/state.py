@@ -1,0 +1,70 @@
+"""What the pages read: one ``AppState`` per app, kept on its Flask server (no module globals)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import flask
+import numpy as np
+import pandas as pd
+
+from neurodash.app.data import max_by_source
+from neurodash.store import Store
+
+EXTENSION = "neurodash"
+
+
+@dataclass
+class AppState:
+    """The store an app serves and what is derived from it once, at start-up.
+
+    ``unit_max`` is loaded up front: the probe's background jobs are forked from the server and
+    read it from memory, never from DuckDB.
+    """
+
+    store: Store
+    units: pd.DataFrame = field(repr=False)  # one row per unit: ``Store.units_frame()``
+    unit_max: dict[str, np.ndarray] = field(repr=False)  # per source, each unit's max activation
+
+    @classmethod
+    def load(cls, store: Store) -> AppState:
+        units = store.units_frame()
+        return cls(store, units, max_by_source(units, store.sources()))
+
+    @cached_property
+    def score_metrics(self) -> list[str]:
+        fixed = {
+            "source_id",
+            "layer",
+            "kind",
+            "unit",
+            "max_act",
+            "min_act",
+            "mean_act",
+            "std_act",
+            "skew",
+            "kurtosis",
+            "density",
+        }
+        return [c for c in self.units.columns if c not in fixed]
+
+    @cached_property
+    def keep_bos(self) -> bool:
+        """Whether the store's statistics include the BOS position (the probe follows suit)."""
+        return bool(json.loads(self.store.meta.get("config") or "{}").get("keep_bos", False))
+
+
+def attach(server: flask.Flask, state: AppState) -> None:
+    server.extensions[EXTENSION] = state
+
+
+def current() -> AppState:
+    """The state of the app handling the current request."""
+    return flask.current_app.extensions[EXTENSION]
+
+
+def permalink(path: str) -> str:
+    """The full URL of ``path`` on the server handling the current request."""
+    return flask.request.host_url.rstrip("/") + path
