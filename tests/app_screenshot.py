@@ -18,10 +18,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROME_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-    "--disable-default-apps", "--disable-features=Translate,MediaRouter,OptimizationHints",
-    "--hide-scrollbars", "--window-size=1400,1000", "--force-device-scale-factor=1",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-features=Translate,MediaRouter,OptimizationHints",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--force-device-scale-factor=1",
 )
 
 
@@ -43,7 +53,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def screenshot(store_path: Path, path: str, out: Path, height: int = 1700, ready: str = ".nd-main > *") -> Path:
+def screenshot(
+    store_path: Path, path: str, out: Path, height: int = 1700, ready: str = ".nd-main > *"
+) -> Path:
     """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By

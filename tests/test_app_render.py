@@ -1,0 +1,197 @@
+"""The pure renderers: token heat-maps, figures, panels."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.io
+import pytest
+from app_helpers import find, texts
+from dash import dcc, html
+from synthetic import XSS_TOKENS
+
+from neurodash.app import render
+from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
+
+REF = UnitRef("L1.mlp", 7)
+
+
+def test_token_row_colours_titles_and_marks():
+    row = render.token_row(["Hello", " world", "!"], [2.0, -1.0, 0.0], max_abs=2.0, marked_index=0)
+    spans = row.children
+    assert [s.children for s in spans] == ["Hello", " world", "!"]
+    assert spans[0].style == {"backgroundColor": "rgba(240,120,20,1.00)"}
+    assert spans[1].style == {"backgroundColor": "rgba(30,110,200,0.50)"}
+    assert getattr(spans[2], "style", None) is None
+    assert spans[0].title == "'Hello'  +2.000"
+    assert spans[1].title == "' world'  -1.000"
+    assert "nd-tok-max" in spans[0].className and "nd-tok-max" not in spans[1].className
+
+
+def test_token_row_makes_whitespace_visible_and_keeps_it():
+    row = render.token_row(["a\n", "\t", "", "  "], [0.1] * 4, 1.0)
+    assert [s.children for s in row.children] == ["a↵\n", "→\t", "∅", "  "]
+    assert row.children[0].title == "'a\\n'  +0.100"
+
+
+def test_token_row_shows_html_as_text():
+    row = render.token_row(list(XSS_TOKENS), [1.0] * len(XSS_TOKENS), 1.0)
+    assert [s.children for s in row.children] == list(XSS_TOKENS)
+    payload = json.loads(plotly.io.to_json(row))  # what the browser receives: text props, no HTML prop
+    assert "dangerouslySetInnerHTML" not in json.dumps(payload)
+
+
+def test_token_row_click_ids():
+    row = render.token_row(["a", "b"], [0.0, 1.0], 1.0, click_type="tok")
+    assert [s.id for s in row.children] == [{"type": "tok", "index": 0}, {"type": "tok", "index": 1}]
+
+
+def test_token_row_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        render.token_row(["a", "b"], [1.0], 1.0)
+
+
+@pytest.mark.parametrize(
+    ("act", "max_abs", "expected"),
+    [
+        (1.0, 2.0, "rgba(240,120,20,0.50)"),
+        (-4.0, 2.0, "rgba(30,110,200,1.00)"),
+        (0.0, 2.0, None),
+        (1.0, 0.0, None),
+    ],
+)
+def test_act_color(act, max_abs, expected):
+    assert render.act_color(act, max_abs) == expected
+
+
+def example(bucket: str, rank: int, acts: tuple[float, ...], pos: int) -> Example:
+    tokens = tuple(f"t{i}" for i in range(len(acts)))
+    return Example(
+        REF,
+        bucket,
+        rank,
+        seq_id=3,
+        pos=pos + 10,
+        start=10,
+        tokens=tokens,
+        token_ids=tuple(range(len(acts))),
+        acts=acts,
+    )
+
+
+def test_example_sections_keep_store_order_and_mark_the_max():
+    examples = [
+        example("top", 0, (0.1, 2.0, 0.3), 1),
+        example("top", 1, (1.5, 0.0, 0.0), 0),
+        example("q0.80", 0, (0.5, 0.2, 0.0), 0),
+        example("bottom", 0, (-0.1, -0.9, 0.0), 1),
+    ]
+    sections = render.example_sections(examples, max_abs=2.0)
+    titles = [texts(s.children[0])[0] for s in sections]
+    assert titles == [
+        "Top activations",
+        "Quantile group 0.80–1.00 of firing tokens",
+        "Bottom activations (most negative)",
+    ]
+    top_rows = sections[0].children[1].children
+    assert [texts(r)[0] for r in top_rows] == ["+2.000", "+1.500"]
+    marked = find(sections[0], lambda c: "nd-tok-max" in (getattr(c, "className", "") or ""))
+    assert [m.children for m in marked] == ["t1", "t0"]
+
+
+def stats(**overrides) -> UnitStats:
+    values = dict(
+        ref=REF,
+        max_act=2.0,
+        min_act=-0.5,
+        mean_act=0.1,
+        std_act=0.3,
+        skew=1.5,
+        kurtosis=7.0,
+        density=0.25,
+        n_tokens=1000,
+        hist_edges=(-0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+        hist_counts=(100, 600, 200, 90, 10),
+    )
+    return UnitStats(**(values | overrides))
+
+
+def test_histogram_figure():
+    fig = render.histogram_figure(stats())
+    bar = fig["data"][0]
+    assert bar["x"] == [-0.25, 0.25, 0.75, 1.25, 1.75]
+    assert bar["y"] == pytest.approx([0.1, 0.6, 0.2, 0.09, 0.01])
+    assert bar["marker"]["color"][0].startswith("rgba(30,110,200") and bar["marker"]["color"][1].startswith(
+        "rgba(240"
+    )
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert "25.0% of tokens > 0" in fig["layout"]["title"]["text"]
+    json.dumps(fig)  # plain JSON, no Plotly objects
+
+
+def test_logit_figure_escapes_tokens_and_orders_by_rank():
+    effects = [
+        LogitEffect("+", 1, 5, " b", 1.0),
+        LogitEffect("+", 0, 4, XSS_TOKENS[0], 2.0),
+        LogitEffect("-", 0, 6, "\n", -3.0),
+    ]
+    fig = render.logit_figure(effects)
+    boosted, suppressed = fig["data"]
+    assert boosted["x"] == [2.0, 1.0] and suppressed["x"] == [-3.0]
+    assert fig["layout"]["yaxis"]["ticktext"] == ["'&lt;script&gt;alert(1)&lt;/script&gt;'", "' b'"]
+    assert fig["layout"]["yaxis2"]["ticktext"] == ["'\\n'"]
+    assert "<script>" not in json.dumps(fig)
+
+
+def test_token_label_shortens():
+    label = render.token_label("x" * 100, width=10)
+    assert label == "'xxxxxxxx…" and len(label) == 10
+
+
+def test_layer_distribution_figure_one_panel_per_metric():
+    box = {
+        "layer": [0, 1],
+        "q1": [0, 0],
+        "median": [1, 1],
+        "q3": [2, 2],
+        "lowerfence": [0, 0],
+        "upperfence": [3, 3],
+        "max": [4, 4],
+    }
+    fig = render.layer_distribution_figure({"max_act": {"neuron": box}, "density": {"neuron": box}})
+    assert [t["type"] for t in fig["data"]] == ["box", "box"]
+    assert fig["data"][1]["xaxis"] == "x2"
+    assert fig["layout"]["xaxis"]["domain"][1] < fig["layout"]["xaxis2"]["domain"][0]
+
+
+def test_unit_header_links_and_permalink():
+    source = Source("L1.mlp", "m", "blocks.1.mlp.hook_post", "neuron", 1, 10, 100)
+    header = render.unit_header(
+        "L1N7", source, ("L1N6", UnitRef("L1.mlp", 6)), None, "http://h/unit/L1.mlp/7"
+    )
+    links = find(header, lambda c: isinstance(c, dcc.Link))
+    assert [(link.id, link.href) for link in links] == [("unit-prev", "/unit/L1.mlp/6")]
+    assert find(header, lambda c: getattr(c, "id", None) == "unit-next")[0].className.endswith("nd-step-off")
+    assert find(header, lambda c: isinstance(c, html.Code))[0].children == "http://h/unit/L1.mlp/7"
+    assert find(header, lambda c: isinstance(c, dcc.Clipboard))[0].target_id == "permalink"
+
+
+def test_neighbor_list_links():
+    panel = render.neighbor_list([(UnitRef("L1.mlp", 3), 0.5)], ["L1N3"])
+    link = find(panel, lambda c: isinstance(c, dcc.Link))[0]
+    assert (link.children, link.href) == ("L1N3", "/unit/L1.mlp/3")
+    assert "No neighbours" in texts(render.neighbor_list([], []))[0]
+
+
+def test_ranked_units_table():
+    table = render.ranked_units([("L0N5", UnitRef("L0.mlp", 5), 1.25, 0.5, "' x'")], "none")
+    assert {"L0N5", "+1.250", "50%", "' x'", "at token"} <= set(texts(table))
+    without_tokens = render.ranked_units([("L0N5", UnitRef("L0.mlp", 5), 1.25, 1.5, None)], "none")
+    assert "at token" not in texts(without_tokens) and "150%" in texts(without_tokens)
+    assert texts(render.ranked_units([], "nothing here")) == ["nothing here"]
+
+
+def test_not_found_page_links_home():
+    page = render.not_found("No unit L9.mlp/1.")
+    assert "No unit L9.mlp/1." in texts(page)
+    assert "/" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
