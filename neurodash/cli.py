@@ -129,7 +129,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         from precompute import run_precompute
 
         store.parent.mkdir(parents=True, exist_ok=True)
-        demo_args = build_parser().parse_args(["precompute", "--out", str(store), "--layers", DEMO_LAYERS])
+        demo_args = build_parser().parse_args(
+            ["precompute", "--out", str(store), "--layers", DEMO_LAYERS, "--tokens", str(DEMO_TOKENS)]
+        )
         print(f"building the demo store at {store} (once; a few minutes on a laptop CPU)")
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:

@@ -187,3 +187,20 @@ def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_sto
         assert [s.source_id for s in store.sources()] == ["L0.mlp"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
     assert not partial.exists(), "a later run cleans up a killed run's partial file"
+
+
+@pytest.mark.model
+def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, capsys):
+    import neurodash.cli as cli
+
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "DEMO_LAYERS", "0,29")
+    monkeypatch.setattr(cli, "DEMO_TOKENS", 512)
+    monkeypatch.setattr("precompute.models.embedded_model_folder", lambda name=None: embedded_model_dir)
+    assert main(["demo", "--no-serve"]) == 0
+    store = tmp_path / "demo.duckdb"
+    with Store(store) as s:
+        assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp"]
+    built = store.stat().st_mtime_ns
+    assert main(["demo", "--no-serve"]) == 0
+    assert store.stat().st_mtime_ns == built, "a second run reuses the store"
