@@ -4,6 +4,7 @@
     neurodash serve STORE [--host 127.0.0.1] [--port 8050]
     neurodash demo
     neurodash info STORE
+    neurodash export STORE --units L3N12,L3.mlp/7 --buckets top --out examples.jsonl
 
 Errors the user can fix print one line, ``error: ...``, and exit with status 2.
 """
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a store's sources")
     p.add_argument("store", type=Path)
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("export", help="write examples to csv, jsonl, parquet or a standalone html report")
+    p.add_argument("store", type=Path)
+    add_export_args(p)
+    p.set_defaults(run=cmd_export)
     return parser
 
 
@@ -96,6 +102,25 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--debug", action="store_true", help="Dash debug mode (reloads, dev tools)")
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    many = {"action": "append", "default": []}
+    p.add_argument("--units", **many, help="unit references: L12N345, L12F7, L12.mlp/345 (comma-separated)")
+    p.add_argument("--layers", help="e.g. 0-3 or 0,15,29")
+    p.add_argument("--sources", **many, help="source ids such as L12.mlp (comma-separated)")
+    p.add_argument("--min-density", type=float)
+    p.add_argument("--max-density", type=float)
+    p.add_argument("--min-max-act", type=float)
+    p.add_argument("--max-max-act", type=float)
+    p.add_argument("--range", **many, metavar="METRIC=LOW:HIGH",
+                   help="a statistic or score metric within bounds, either open: skew=2:, polysemanticity=:0.3")
+    p.add_argument("--buckets", **many, help="top, bottom, q0.40, ... or quantiles (comma-separated; default all)")
+    p.add_argument("--set", help="a curated set's examples")
+    p.add_argument("--sets-file", type=Path, help="the curated sets file (default: STORE.sets.duckdb beside it)")
+    p.add_argument("--format", help="csv, jsonl, parquet or html (default: from --out's extension)")
+    p.add_argument("--out", required=True, type=Path, help="the file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
@@ -147,6 +172,24 @@ def cmd_info(args: argparse.Namespace) -> None:
               f"{meta.get('n_tokens')} tokens, ctx {meta.get('ctx')}")
         for s in store.sources():
             print(f"  {s.source_id:16s} {s.kind:12s} {s.hook:32s} {s.n_units:6d} units")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from neurodash.export import Selection, export, parse_layers, parse_range, split_list
+    from neurodash.store import Store
+
+    ranges = [parse_range(text) for text in args.range]
+    for metric, low, high in (("density", args.min_density, args.max_density),
+                              ("max_act", args.min_max_act, args.max_max_act)):
+        if low is not None or high is not None:
+            ranges.append((metric, low, high))
+    selection = Selection(
+        units=split_list(args.units), layers=parse_layers(args.layers) if args.layers else (),
+        sources=split_list(args.sources), ranges=ranges, buckets=split_list(args.buckets), set_name=args.set,
+    )
+    with Store(args.store) as store:
+        path = export(store, selection, args.format, args.out, args.overwrite, sets_file=args.sets_file)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

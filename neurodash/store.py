@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -167,10 +168,13 @@ class Store:
 
     def sql(self, query: str, params: Sequence = ()) -> duckdb.DuckDBPyConnection:
         """Run a query on this thread's cursor (DuckDB connections are not shared between threads)."""
+        return self._cursor().execute(query, list(params))
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cur", None)
         if cur is None:
             cur = self._local.cur = self._con.cursor()
-        return cur.execute(query, list(params))
+        return cur
 
     # --- sources and vocabulary -------------------------------------------------------------
     @cached_property
@@ -295,6 +299,160 @@ class Store:
                 for e in self.examples(ref, buckets)
             ]
         )
+
+    # --- selections and export (neurodash/export.py) ---------------------------------------
+    @cached_property
+    def bucket_names(self) -> list[str]:
+        """The buckets that examples are in, in display order: top, quantile groups high to low, bottom."""
+        rows = self.sql(
+            "SELECT DISTINCT bucket FROM examples ORDER BY bucket = 'bottom', bucket <> 'top', bucket DESC"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @cached_property
+    def score_metrics(self) -> list[str]:
+        return [r[0] for r in self.sql("SELECT DISTINCT metric FROM scores ORDER BY metric").fetchall()]
+
+    def select_units(
+        self,
+        source_ids: Sequence[str] | None = None,
+        refs: Sequence[UnitRef] | None = None,
+        ranges: Sequence[tuple[str, float | None, float | None]] = (),
+    ) -> pd.DataFrame:
+        """Units (``source_id``, ``unit``) in store order that are in ``source_ids`` and ``refs`` (None: any)
+        and within every ``(metric, low, high)`` range (None: open) of a statistic or score metric."""
+        where, params = ["TRUE"], []
+        if source_ids is not None:
+            where.append("u.source_id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(source_ids))
+        if refs is not None:
+            where.append("(u.source_id || '/' || u.unit) IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([str(r) for r in refs])
+        for metric, low, high in ranges:
+            clause, values = self._range_clause(metric, low, high)
+            where.append(clause)
+            params += values
+        return self.sql(
+            "SELECT u.source_id, u.unit FROM units u JOIN sources s USING (source_id) "
+            f"WHERE {' AND '.join(where)} ORDER BY s.kind, s.layer, u.source_id, u.unit",
+            params,
+        ).df()
+
+    def _range_clause(self, metric: str, low: float | None, high: float | None) -> tuple[str, list]:
+        bounds = "(? IS NULL OR {0} >= ?) AND (? IS NULL OR {0} <= ?)"
+        values = [low, low, high, high]
+        if metric in STAT_COLUMNS:
+            return bounds.format(f"u.{metric}"), values
+        if metric in self.score_metrics:
+            return (
+                "EXISTS (SELECT 1 FROM scores c WHERE c.source_id = u.source_id AND c.unit = u.unit "
+                f"AND c.metric = ? AND {bounds.format('c.value')})",
+                [metric, *values],
+            )
+        known = ", ".join([*STAT_COLUMNS, *self.score_metrics])
+        raise NeurodashError(f"no metric {metric!r} in {self.path} (known: {known})")
+
+    def count_examples(self, keys: pa.Table, buckets: Sequence[str] = ()) -> int:
+        """How many examples ``keys`` names (see ``_example_rows``)."""
+        cur = self._cursor()
+        query, params = _examples_joined(keys, buckets)
+        with _registered(cur, keys):
+            return cur.execute(f"SELECT count(*) {query}", params).fetchall()[0][0]
+
+    def example_rows(self, keys: pa.Table, buckets: Sequence[str] = ()) -> pa.Table:
+        """The examples that ``keys`` names, in store order, as Arrow; see ``_example_rows``."""
+        return _example_rows(self._cursor(), keys, buckets)
+
+    def example_batches(self, key_chunks: Iterable[pa.Table], buckets: Sequence[str] = ()) -> Iterator[pa.Table]:
+        """``example_rows`` per chunk of keys, on a cursor of its own: the stream may be read on any thread."""
+        cur = self._con.cursor()
+        try:
+            for keys in key_chunks:
+                yield _example_rows(cur, keys, buckets)
+        finally:
+            cur.close()
+
+
+STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
+EXAMPLE_KEYS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos")
+
+
+def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
+    """``FROM examples e`` joined to the registered ``keys`` on its columns among ``EXAMPLE_KEYS``."""
+    on = " AND ".join(f"e.{c} = k.{c}" for c in EXAMPLE_KEYS if c in keys.column_names)
+    query = (
+        f"FROM examples e JOIN _nd_keys k ON {on} JOIN sequences s ON s.seq_id = e.seq_id "
+        "JOIN sources src ON src.source_id = e.source_id"
+    )
+    if not buckets:
+        return query, []
+    return f"{query} WHERE e.bucket IN (SELECT unnest(?::VARCHAR[]))", [list(buckets)]
+
+
+@contextmanager
+def _registered(cur: duckdb.DuckDBPyConnection, keys: pa.Table) -> Iterator[None]:
+    cur.register("_nd_keys", keys)
+    try:
+        yield
+    finally:
+        cur.unregister("_nd_keys")
+
+
+def _example_rows(cur: duckdb.DuckDBPyConnection, keys: pa.Table, buckets: Sequence[str]) -> pa.Table:
+    """Examples of the units (``keys``: source_id, unit) or the exact examples (``keys`` with every
+    column of ``EXAMPLE_KEYS``, and optionally ``note``, carried along) in ``buckets`` (empty: all);
+    ordered by source, unit, bucket (top first) and rank.
+
+    Columns: unit (``L3.mlp/12``), source_id, unit_index, layer, bucket, rank, seq_id, pos, start,
+    value, max_token_id, token_ids (the window), acts, [note].
+    """
+    query, params = _examples_joined(keys, buckets)
+    note = ", k.note" if "note" in keys.column_names else ""
+    with _registered(cur, keys):
+        return cur.sql(
+            "SELECT e.source_id || '/' || e.unit AS unit, e.source_id, e.unit AS unit_index, src.layer, "
+            "e.bucket, e.rank, e.seq_id, e.pos, e.start, e.acts[e.pos - e.start + 1] AS value, "
+            "s.token_ids[e.pos + 1] AS max_token_id, "
+            f"list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) AS token_ids, e.acts{note} "
+            f"{query} ORDER BY src.kind, src.layer, e.source_id, e.unit, "
+            "e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
+            params=params,
+        ).to_arrow_table()
+
+
+COPY_OPTIONS = {
+    "parquet": "FORMAT PARQUET, ROW_GROUP_SIZE 16384",
+    "jsonl": "FORMAT JSON",
+    "csv": "FORMAT CSV, HEADER",
+}
+
+
+def copy_batches(reader: pa.RecordBatchReader, path: Path, fmt: str) -> None:
+    """Stream Arrow batches into one csv, jsonl or parquet file with DuckDB's ``COPY`` (a private
+    in-memory database reads the stream, so the batches may query a store).
+
+    Text formats write activations as doubles (the exact float32 values, so they parse back equal);
+    CSV writes list columns as JSON arrays.
+    """
+    as_double = "value::DOUBLE AS value, acts::DOUBLE[] AS acts"
+    select = {
+        "parquet": "SELECT * FROM _nd_batches",
+        "jsonl": f"SELECT * REPLACE ({as_double}) FROM _nd_batches",
+        "csv": "SELECT * REPLACE (value::DOUBLE AS value, to_json(tokens) AS tokens, "
+        "to_json(acts::DOUBLE[]) AS acts) FROM _nd_batches",
+    }[fmt]
+    con = duckdb.connect(config={"threads": 1})  # one thread: with more, DuckDB holds batches back to keep their order
+    try:
+        con.register("_nd_batches", reader)
+        con.execute(f"COPY ({select}) TO '{_sql_string(str(path))}' ({COPY_OPTIONS[fmt]})")
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None
+    finally:
+        con.close()
+
+
+def _sql_string(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def open_store(path: str | os.PathLike) -> Store:
