@@ -70,7 +70,7 @@ def _head(store: Store, description: str, n_examples: int) -> str:
         f'<p class="muted">{_esc(" · ".join(x for x in facts if x))}</p>\n'
         f'<p class="muted">{_esc(description)} · {n_examples:,} examples · {generated}</p>\n'
         f'<p class="legend muted">activation: <span style="background:{_rgb(POSITIVE, 0.8)}">positive</span>'
-        f'<span style="background:{_rgb(NEGATIVE, 0.8)}">negative</span> hover a token for its value</p>\n'
+        f'<span style="background:{_rgb(NEGATIVE, 0.8)};color:#fff">negative</span> hover a token for its value</p>\n'
     )
 
 

@@ -13,6 +13,7 @@ so an export can tell when the store was rebuilt under the set.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS set_examples (
 ITEM_COLUMNS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos", "note", "added_at")
 MAX_NAME = 200
 BUSY_TIMEOUT_S = 10.0
+_LOCK = threading.Lock()  # one connection at a time in this process
 
 
 @dataclass(frozen=True)
@@ -166,14 +168,16 @@ class ExampleSets:
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection in one transaction, committed on success; waits while another process has the file."""
-        con = _open(self.path)
-        try:
-            con.execute("BEGIN")
-            yield con
-            con.execute("COMMIT")
-        finally:
-            con.close()
+        """A connection in one transaction, committed on success. Threads take turns; a call waits
+        while another process has the file."""
+        with _LOCK:
+            con = _open(self.path)
+            try:
+                con.execute("BEGIN")
+                yield con
+                con.execute("COMMIT")
+            finally:
+                con.close()
 
     def _find(self, con: duckdb.DuckDBPyConnection, name: str) -> int | None:
         row = con.execute("SELECT set_id FROM sets WHERE name = ?", [name]).fetchone()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -404,6 +405,13 @@ def test_a_set_from_another_store_is_refused(store, sets, tmp_path):
     with Store(other) as s, pytest.raises(NeurodashError, match="3 example.* not in .*rebuilt"):
         export(s, Selection(set_name="paper"), "csv", tmp_path / "x.csv", sets_file=sets.path)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_sets_from_many_threads(store, sets):
+    examples = [e for u in range(5) for e in store.examples(UnitRef("L1.mlp", u))]
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(lambda e: sets.add("threads", [e]), examples)) == len(examples)
+    assert len(sets.items("threads")) == len(examples)
 
 
 def test_sets_wait_for_another_process_then_give_up(store, sets, monkeypatch):
