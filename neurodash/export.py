@@ -9,8 +9,9 @@ One row per example: ``unit`` (``L3.mlp/12``), ``source_id``, ``unit_index``, ``
 token at ``pos``), ``text``, ``tokens``, ``acts``, and ``note`` for a curated set. Rows come in store
 order: source, unit, bucket (top, quantile groups high to low, bottom), rank.
 
-Files stream chunk by chunk (memory does not grow with the selection) into ``<out>.partial``, which
-is renamed into place only when complete. CSV and JSONL write activations as doubles, the exact
+Files stream, ``CHUNK_UNITS`` units' rows at a time, into ``<out>.partial``, renamed into place only
+when complete: memory holds one chunk (and DuckDB's cache of the store's pages), whatever the size
+of the selection. CSV and JSONL write activations as doubles, the exact
 float32 values, so they parse back equal; CSV writes ``tokens`` and ``acts`` as JSON arrays.
 """
 
@@ -224,15 +225,12 @@ def batches(store: Store, p: Plan) -> Iterator[pa.Table]:
 
 
 def _decode(rows: pa.Table, vocab: pa.Array) -> pa.Table:
-    """Token ids to tokens, text and max token."""
+    """Token ids to tokens, text and max token; the columns in row order."""
     ids = rows["token_ids"].combine_chunks()
-    offsets = ids.offsets
-    tokens = pa.ListArray.from_arrays(pc.subtract(offsets, offsets[0]), vocab.take(ids.flatten()))
-    columns = {name: rows[name] for name in ROW_SCHEMA.names if name in rows.column_names}
-    columns |= {"max_token": vocab.take(rows["max_token_id"]), "text": pc.binary_join(tokens, ""), "tokens": tokens}
-    if "note" in rows.column_names:
-        columns["note"] = rows["note"]
-    return pa.table({name: columns[name] for name in ROW_SCHEMA.names + ["note"] if name in columns})
+    tokens = pa.ListArray.from_arrays(pc.subtract(ids.offsets, ids.offsets[0]), vocab.take(ids.flatten()))
+    decoded = {"max_token": vocab.take(rows["max_token_id"]), "text": pc.binary_join(tokens, ""), "tokens": tokens}
+    names = [n for n in (*ROW_SCHEMA.names, NOTE_FIELD.name) if n in decoded or n in rows.column_names]
+    return pa.table({n: decoded[n] if n in decoded else rows[n] for n in names})
 
 
 def examples_frame(store: Store, selection: Selection, sets_file: str | os.PathLike | None = None) -> pd.DataFrame:
