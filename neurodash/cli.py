@@ -124,7 +124,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
-    from precompute import PrecomputeConfig, parse_layers
+    from neurodash.units import parse_layers
+    from precompute import PrecomputeConfig
     from precompute.accumulate import AccumulatorConfig
 
     return PrecomputeConfig(
@@ -175,8 +176,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from neurodash.export import Selection, export, parse_layers, parse_range, split_list
+    from neurodash.export import Selection, export, parse_range, split_list
     from neurodash.store import Store
+    from neurodash.units import parse_layers
 
     ranges = [parse_range(text) for text in args.range]
     for metric, low, high in (("density", args.min_density, args.max_density),

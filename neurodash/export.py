@@ -180,20 +180,6 @@ def resolve_buckets(store: Store, names: Iterable[str]) -> tuple[str, ...]:
     return tuple(b for b in known if b in wanted)
 
 
-def parse_layers(text: str) -> tuple[int, ...]:
-    """``0-3,10`` -> (0, 1, 2, 3, 10)."""
-    layers: set[int] = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            layers.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise NeurodashError(f"cannot read layers {text!r}: use ranges and lists such as 0-3 or 0,15,29") from None
-    if not layers:
-        raise NeurodashError(f"layers {text!r} names no layer")
-    return tuple(sorted(layers))
-
-
 def parse_range(text: str) -> Range:
     """``METRIC=LOW:HIGH``, either bound may be left out: ``skew=2:`` -> ("skew", 2.0, None)."""
     metric, _, bounds = text.partition("=")

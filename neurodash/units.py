@@ -129,3 +129,17 @@ def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
             n = by_id[ref.source_id].n_units
             raise NeurodashError(f"unit {ref.unit} is out of range for {ref.source_id} (0..{n - 1})")
     return ref
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"0-29"``, ``"0,15,29"`` or a mix such as ``"0-3,10"`` -> a sorted tuple of layers."""
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            layers.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise NeurodashError(f"cannot read layers {text!r}: use ranges and lists such as 0-29 or 0,15,29") from None
+    if not layers:
+        raise NeurodashError(f"layers {text!r} names no layer")
+    return tuple(sorted(layers))

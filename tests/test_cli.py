@@ -75,7 +75,7 @@ def test_layer_out_of_range(capsys, tiny_model_dir, docs_jsonl, tmp_path):
 def test_unreadable_layers(capsys, tiny_model_dir, tmp_path):
     out = tmp_path / "s.duckdb"
     code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--layers", "zero"))
-    assert_failed(code, err, "cannot read --layers 'zero'", out)
+    assert_failed(code, err, "cannot read layers 'zero'", out)
 
 
 def test_empty_corpus(capsys, tiny_model_dir, tmp_path):
