@@ -6,9 +6,11 @@
 """
 
 from neurodash.errors import NeurodashError
+from neurodash.export import Selection, examples_frame, export
 from neurodash.store import Store, open_store
-from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats, parse_ref
+from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats, parse_layers, parse_ref
 
 __all__ = [
-    "Example", "LogitEffect", "NeurodashError", "Source", "Store", "UnitRef", "UnitStats", "open_store", "parse_ref",
+    "Example", "LogitEffect", "NeurodashError", "Selection", "Source", "Store", "UnitRef", "UnitStats",
+    "examples_frame", "export", "open_store", "parse_layers", "parse_ref",
 ]
