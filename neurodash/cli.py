@@ -4,6 +4,7 @@
     neurodash serve STORE [--host 127.0.0.1] [--port 8050]
     neurodash demo
     neurodash info STORE
+    neurodash train-sae --hook blocks.15.mlp.hook_post --out DIR [--d-sae 4096] [--tokens 200000] ...
     neurodash export STORE --units L3N12,L3.mlp/7 --buckets top --out examples.jsonl
 
 Errors the user can fix print one line, ``error: ...``, and exit with status 2.
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path)
     add_export_args(p)
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
+    add_train_sae_args(p)
+    p.set_defaults(run=cmd_train_sae)
     return parser
 
 
@@ -96,6 +101,27 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--keep-bos", action="store_true",
                    help="keep the first (BOS) position in examples and statistics")
+
+
+def add_train_sae_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name")
+    p.add_argument("--dataset", default="python-docs",
+                   help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name")
+    p.add_argument("--split", default="train", help="dataset split (hub datasets)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--hook", required=True, help="the TransformerLens hook to decompose, e.g. blocks.15.mlp.hook_post")
+    p.add_argument("--d-sae", type=int, default=4096, help="number of features (default 4096)")
+    p.add_argument("--k", type=int, default=32, help="features kept per token, TopK (default 32)")
+    p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200000)")
+    p.add_argument("--ctx", type=int, default=128, help="tokens per window")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimiser step (default 2048)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass of the model")
+    p.add_argument("--lr", type=float, default=4e-3, help="Adam learning rate (default 4e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", required=True, type=Path, help="the SAE folder to write (SAELens format)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -162,6 +188,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:
         cmd_serve(argparse.Namespace(store=store, host=args.host, port=args.port, debug=args.debug))
+
+
+def cmd_train_sae(args: argparse.Namespace) -> None:
+    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+
+    hyperparams = SAEHyperparams(d_sae=args.d_sae, k=args.k, lr=args.lr, batch_tokens=args.batch_tokens, seed=args.seed)
+    result = train_sae(TrainSAEConfig(
+        out=args.out, hook=args.hook, model=args.model, dataset=args.dataset, split=args.split,
+        text_column=args.text_column, tokens=args.tokens, ctx=args.ctx, batch_size=args.batch_size,
+        device=args.device, overwrite=args.overwrite, sae=hyperparams,
+    ))
+    print(f"wrote {result.path} ({result.train_tokens:,} training tokens, {result.seconds:.0f} s)")
+    print(result.metrics.summary())
 
 
 def cmd_info(args: argparse.Namespace) -> None:
