@@ -99,6 +99,8 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bottom-k", type=int, default=10, help="bottom (most negative) examples per unit")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--sae", action="append", default=[], metavar="SAE",
+                   help="an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)")
     p.add_argument("--keep-bos", action="store_true",
                    help="keep the first (BOS) position in examples and statistics")
 
@@ -157,7 +159,8 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
     return PrecomputeConfig(
         out=out, model=args.model, dataset=args.dataset, split=args.split, text_column=args.text_column,
         layers=parse_layers(args.layers) if args.layers else None, tokens=args.tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, keep_bos=args.keep_bos, overwrite=overwrite,
+        batch_size=args.batch_size, device=args.device, keep_bos=args.keep_bos, saes=tuple(args.sae),
+        overwrite=overwrite,
         examples=AccumulatorConfig(top_k=args.top_k, bottom_k=args.bottom_k),
     )
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 
 from neurodash.errors import NeurodashError
 from neurodash.store import StoreWriter, check_writable
-from neurodash.units import NEURON, Source, neuron_source_id
+from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
 from precompute.models import DEFAULT_MODEL, LoadedModel, load_model, mlp_hook
@@ -39,6 +42,7 @@ class PrecomputeConfig:
     batch_size: int = 8
     device: str = "cpu"
     keep_bos: bool = False  # keep the first (BOS) position in the examples and statistics
+    saes: tuple[str, ...] = ()  # SAELens folders or release/sae_id: their features are units too
     n_logits: int = 10
     n_neighbors: int = 10
     overwrite: bool = False
@@ -54,12 +58,14 @@ class PrecomputeConfig:
 
 @dataclass
 class _Tracked:
-    """A source being accumulated: its metadata, the hook it reads, its output directions."""
+    """A source being accumulated: its metadata, the hook it reads, its directions, its state."""
 
     source: Source
     hook: str
     directions: Tensor  # [n_units, d_model]: what each unit writes to the residual stream
     acc: UnitAccumulator
+    encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
+    similar: Tensor | None = None  # [n_units, d]: compared by cosine for neighbours (default: directions)
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -71,15 +77,17 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     layers = _check_layers(cfg.layers, model)
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
     tracked = [_neurons(model, layer, cfg) for layer in layers]
-    hooks = [t.hook for t in tracked]
+    tracked += _features(model, cfg)
+    hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
 
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
         writer.append("vocab", _vocab(model))
+        unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-            _write_source(writer, t, model, cfg)
+            _write_source(writer, t, unembed, cfg)
         writer.set_meta(
             model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
@@ -106,6 +114,33 @@ def _neurons(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> _Tracked:
     return _Tracked(source, source.hook, model.mlp_out_directions(layer), acc)
 
 
+def _features(model: LoadedModel, cfg: PrecomputeConfig) -> list[_Tracked]:
+    """One source per SAE: its features, read from its hook in the same pass as the neurons."""
+    from precompute.sae import load_sae
+
+    saes = [load_sae(spec, cfg.device) for spec in cfg.saes]
+    per_layer = Counter(_layer_of_hook(sae.hook) for sae in saes)
+    tracked = []
+    for sae in saes:
+        sae.check_fits(model)
+        layer = _layer_of_hook(sae.hook)
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sae.name).strip("-") if per_layer[layer] > 1 else ""
+        source = Source(
+            source_id=sae_source_id(layer, slug), model=cfg.model, hook=sae.hook, kind=SAE_FEATURE,
+            layer=layer, n_units=sae.d_sae, n_tokens=0, sae=sae.name, config=_config_dict(cfg),
+        )
+        acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device)
+        tracked.append(_Tracked(source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions()))
+    if len({t.source.source_id for t in tracked}) < len(tracked):
+        raise NeurodashError("two --sae options name the same SAE")
+    return tracked
+
+
+def _layer_of_hook(hook: str) -> int:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else 0
+
+
 def _config_dict(cfg: PrecomputeConfig) -> dict:
     d = dataclasses.asdict(cfg)
     d["out"] = str(d["out"])
@@ -126,7 +161,8 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tup
             acts = clock.measure("forward", model.activations, batch.tokens, hooks)
             with clock.phase("accumulate"):
                 for t in tracked:
-                    t.acc.update(acts[t.hook], batch.seq_ids, first=first, ctx=cfg.ctx)
+                    unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
+                    t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx)
             with clock.phase("write"):
                 writer.append("sequences", {
                     "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
@@ -163,15 +199,16 @@ def _vocab(model: LoadedModel) -> dict:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
-def _write_source(writer: StoreWriter, t: _Tracked, model: LoadedModel, cfg: PrecomputeConfig) -> None:
+def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
     sid = t.source.source_id
     writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", examples_table(sid, res, cfg.examples))
     directions = t.directions.to(cfg.device)
-    writer.append("logits", _logits_table(sid, directions, model.unembed().to(cfg.device), cfg.n_logits))
-    writer.append("neighbors", _neighbors_table(sid, directions, cfg.n_neighbors))
+    similar = directions if t.similar is None else t.similar.to(cfg.device)
+    writer.append("logits", _logits_table(sid, directions, unembed, cfg.n_logits))
+    writer.append("neighbors", _neighbors_table(sid, similar, cfg.n_neighbors))
 
 
 def _units_table(sid: str, res: dict, n_bins: int) -> dict:
@@ -259,7 +296,10 @@ def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict
 
 
 def _neighbors_table(sid: str, directions: Tensor, k: int) -> dict:
-    """Each unit's ``k`` nearest units of the same source by cosine similarity of output directions."""
+    """Each unit's ``k`` nearest units of the same source by cosine similarity of ``directions``.
+
+    Neurons: their output directions (rows of W_out); SAE features: their decoder rows.
+    """
     unit_dirs = torch.nn.functional.normalize(directions.float(), dim=1)
     k = min(k, unit_dirs.shape[0] - 1)
     units, ranks, neighbors, cosines = [], [], [], []

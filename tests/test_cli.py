@@ -204,3 +204,10 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
     built = store.stat().st_mtime_ns
     assert main(["demo", "--no-serve"]) == 0
     assert store.stat().st_mtime_ns == built, "a second run reuses the store"
+
+
+def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs_jsonl, tmp_path):
+    out = tmp_path / "s.duckdb"
+    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl),
+                                                "--sae", str(tmp_path / "no-such-sae")))
+    assert_failed(code, err, "no-such-sae", out)

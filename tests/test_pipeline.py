@@ -128,3 +128,75 @@ def test_neighbors_by_cosine(store, hf):
     got = store.neighbors(UnitRef("L0.mlp", 3))
     assert [r.unit for r, _ in got] == list(np.argsort(-cos[3])[:3])
     np.testing.assert_allclose([c for _, c in got], np.sort(cos[3])[::-1][:3], rtol=1e-5)
+
+
+SAE_HOOK = "blocks.1.mlp.hook_post"
+
+
+@pytest.fixture(scope="module")
+def sae_folder(tmp_path_factory) -> str:
+    """An untrained TopK SAE on the tiny Llama's last MLP, saved by SAELens itself."""
+    from sae_lens import SAE
+
+    torch.manual_seed(1)
+    sae = SAE.from_dict({"architecture": "topk", "d_in": 48, "d_sae": 24, "k": 4, "metadata": {"hook_name": SAE_HOOK}})
+    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
+    sae.save_model(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sae_store(tiny_model_dir, docs_jsonl, sae_folder, tmp_path_factory) -> Store:
+    out = tmp_path_factory.mktemp("store") / "tiny-sae.duckdb"
+    cfg = PrecomputeConfig(
+        out=out, model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0,), tokens=TOKENS, ctx=CTX,
+        batch_size=BATCH, n_logits=5, n_neighbors=3, examples=EXAMPLES, saes=(sae_folder,),
+    )
+    run_precompute(cfg, progress=False)
+    return Store(out)
+
+
+@pytest.fixture(scope="module")
+def features(brute, sae_folder) -> np.ndarray:
+    from precompute.sae import load_sae
+
+    return load_sae(sae_folder).encode(torch.from_numpy(brute[1])).numpy()
+
+
+def test_sae_features_are_a_source(sae_store):
+    s = sae_store.source("L1.sae")
+    assert (s.kind, s.hook, s.n_units, s.sae) == ("sae_feature", SAE_HOOK, 24, "tiny-topk")
+    assert [x.source_id for x in sae_store.sources()] == ["L0.mlp", "L1.sae"]
+
+
+def test_feature_activations_equal_sae_encode(sae_store, features):
+    f = features[:, 1:, :].reshape(-1, 24).astype(np.float64)
+    frame = sae_store.units_frame("L1.sae").set_index("unit")
+    np.testing.assert_allclose(frame["max_act"], f.max(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(frame["mean_act"], f.mean(0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(frame["density"], (f > 0).mean(0), atol=1e-6)
+    for unit in range(24):
+        examples = sae_store.examples(UnitRef("L1.sae", unit), ["top"])
+        per_seq = features[:, 1:, unit].max(1)
+        expected = [s for s in np.argsort(-per_seq, kind="stable")[:4] if per_seq[s] > 0]
+        assert [e.seq_id for e in examples] == expected
+        for e in examples:
+            window = features[e.seq_id, e.start : e.start + len(e.acts), unit]
+            np.testing.assert_allclose(e.acts, window, rtol=1e-4, atol=1e-5)
+        assert not sae_store.examples(UnitRef("L1.sae", unit), ["bottom"]), "ReLU-type features never go negative"
+
+
+def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf):
+    from precompute.sae import load_sae
+
+    model, _ = hf
+    W_dec = load_sae(sae_folder).decoder_directions()
+    W_out = model.model.layers[1].mlp.down_proj.weight.detach().T
+    W_U = model.model.norm.weight.detach()[:, None] * model.lm_head.weight.detach().T
+    effects = (W_dec @ W_out @ W_U).numpy()
+    boosted = [e.token_id for e in sae_store.logit_effects(UnitRef("L1.sae", 5)) if e.sign == "+"]
+    np.testing.assert_array_equal(boosted, np.argsort(-effects[5])[:5])
+    unit_dirs = torch.nn.functional.normalize(W_dec, dim=1)
+    cos = (unit_dirs @ unit_dirs.T).numpy()
+    np.fill_diagonal(cos, -np.inf)
+    assert [r.unit for r, _ in sae_store.neighbors(UnitRef("L1.sae", 5))] == list(np.argsort(-cos[5])[:3])
