@@ -119,7 +119,7 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=128, help="tokens per window")
     p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimiser step (default 2048)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass of the model")
-    p.add_argument("--lr", type=float, default=4e-3, help="Adam learning rate (default 4e-3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, type=Path, help="the SAE folder to write (SAELens format)")

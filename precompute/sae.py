@@ -47,6 +47,9 @@ from precompute.models import DEFAULT_MODEL, LoadedModel, load_model
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 METRICS_FILE = "metrics.json"
+# SAELens shuffles activations in a buffer of this many optimiser batches (keeping half for the next
+# fill): a window's tokens are alike, so a batch should mix many windows.
+MIX_BATCHES = 16
 RELEASES_HINT = (
     "SAELens releases are listed by sae_lens.loading.pretrained_saes_directory."
     "get_pretrained_saes_directory() and at https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
@@ -233,7 +236,7 @@ class SAEHyperparams:
 
     d_sae: int = 4096
     k: int = 32  # features kept per token (TopK)
-    lr: float = 4e-3  # Adam; constant, then linear decay to 0 over the last third of the steps
+    lr: float = 3e-3  # Adam; constant, then linear decay to 0 over the last third of the steps
     batch_tokens: int = 2048  # tokens per optimiser step
     dead_after: int = 50_000  # tokens without firing before a feature counts as dead (gets AuxK loss)
     seed: int = 0
@@ -354,7 +357,7 @@ def _windows(dataset, model: LoadedModel, cfg: TrainSAEConfig, per_window: int) 
     """Training windows (the tokens to train on, and the slack SAELens's mixing buffer holds back)
     and held-out windows after them; a short corpus gives what it has, at least one window each."""
     n_eval = math.ceil(cfg.eval_tokens / cfg.ctx)
-    slack = math.ceil(3 * cfg.sae.batch_tokens / cfg.ctx) + cfg.batch_size
+    slack = math.ceil((MIX_BATCHES / 2 + 1) * cfg.sae.batch_tokens / per_window) + cfg.batch_size
     n_train = math.ceil(cfg.steps * cfg.sae.batch_tokens / per_window) + slack
     batches = pack_windows(dataset, model.tokenizer, cfg.ctx, 256, cfg.text_column, (n_train + n_eval) * cfg.ctx)
     windows = torch.cat([b.tokens for b in batches])
@@ -377,7 +380,7 @@ def _run_sae_lens(
         dataset_path=cfg.dataset, is_dataset_tokenized=True, streaming=False, context_size=cfg.ctx,
         prepend_bos=bos is not None, sequence_separator_token="bos" if model.tokenizer.eos_token_id is None else "eos",
         store_batch_size_prompts=cfg.batch_size,
-        n_batches_in_buffer=math.ceil(4 * cfg.sae.batch_tokens / cfg.ctx),
+        n_batches_in_buffer=math.ceil(MIX_BATCHES * cfg.sae.batch_tokens / cfg.ctx),  # its unit: ctx tokens
         exclude_special_tokens=[bos] if bos is not None else False,
         autocast_lm=_bf16_lm(cfg), output_path=str(out),
     )
