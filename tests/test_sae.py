@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from precompute.sae import (
 )
 
 HOOK = "blocks.1.mlp.hook_post"  # the tiny Llama's last MLP: d_mlp 48
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +298,31 @@ def test_cli_existing_out(capsys, tmp_path):
     code, _, err = train_sae_cli(capsys, "--hook", HOOK, "--out", str(out))
     assert_failed(code, err, "exists: pass --overwrite to replace it")
     assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_keeps_the_old_sae(tmp_path, tiny_model_dir, docs_jsonl, trained, how):
+    """Ctrl-C and kill stay ours during SAELens's training loop: a clean stop, the old SAE intact."""
+    out = tmp_path / "sae"
+    shutil.copytree(trained.path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text(docs_jsonl.read_text() * 10)
+    log = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "neurodash.cli", "train-sae", "--model", str(tiny_model_dir), "--dataset", str(corpus),
+           "--hook", HOOK, "--d-sae", "64", "--k", "4", "--tokens", "200000", "--ctx", "32", "--batch-tokens", "128",
+           "--out", str(out), "--overwrite"]
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while "train-sae:" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(how)
+    assert proc.wait(timeout=60) == 130, log.read_text()
+    assert "interrupted: nothing was written" in log.read_text()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not Path(f"{out}.partial").exists()
