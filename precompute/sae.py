@@ -4,7 +4,7 @@ An SAE reads one TransformerLens hook (``blocks.15.mlp.hook_post``) and writes `
 per token. Two ways to name one (``load_sae``):
 
 - a local folder in SAELens's format, ``cfg.json`` + ``sae_weights.safetensors``, of any
-  architecture ``SAE.load_from_disk`` reads (standard, topk, batchtopk, jumprelu, gated, ...);
+  architecture ``SAE.load_from_disk`` reads (standard, topk, jumprelu, gated, transcoders, ...);
 - a SAELens pretrained release, ``release/sae_id`` (``gpt2-small-res-jb/blocks.8.hook_resid_pre``),
   where the Hugging Face hub is reachable or the SAE is in its cache.
 
@@ -14,8 +14,9 @@ the precompute pass packs it (``override_dataset``, pre-tokenized, BOS positions
 
 Architecture: TopK (SAELens's ``TopKTrainingSAE``): each token keeps its ``k`` strongest features,
 so L0 is fixed by construction and there is no sparsity coefficient to tune; its AuxK loss feeds
-features that stopped firing. On a CPU it reaches a useful explained variance in a few hundred
-optimizer steps, where a ReLU + L1 SAE needs its L1 coefficient swept and more steps to settle.
+features that stopped firing. It learns in the hundred or so optimiser steps a CPU budget allows
+(layer 15 of smollm2-135m, 200k tokens, about 2.5 minutes: explained variance 0.62 at L0 32), where
+a ReLU + L1 SAE needs its L1 coefficient swept and more steps to settle.
 """
 
 from __future__ import annotations
@@ -454,7 +455,7 @@ class _Counted:
 
 @contextlib.contextmanager
 def _trainer_bar_off():
-    """SAETrainer's own tqdm bar moves once per 100 steps: too coarse for runs of a few hundred."""
+    """SAETrainer's own tqdm bar moves once per 100 steps: too coarse for runs of about a hundred."""
     from sae_lens.training import sae_trainer
 
     original = sae_trainer.tqdm
