@@ -16,6 +16,12 @@ MAX_TOKENS = 512
 _MODELS: dict[tuple[str, str], LoadedModel] = {}
 
 
+def avoid_inherited_thread_pool() -> None:
+    """Run torch on one thread. A process forked from one that had already used torch's OpenMP
+    pool (a test run, a notebook) hangs at its first parallel op otherwise."""
+    torch.set_num_threads(1)
+
+
 def cached_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """``load_model`` once per (name, device) in this process."""
     key = (name, device)

@@ -6,6 +6,8 @@ from the server, which imports ``precompute`` (torch) there and never in a reque
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
@@ -101,10 +103,13 @@ def probe_job(
         return None, "Type or paste a text first."
     if not config["hooks"]:
         return None, "This store has no neuron sources to probe."
+    torch_inherited = "torch" in sys.modules  # forked from a process that had loaded torch
     try:
-        from precompute.probe import cached_model, probe_text
+        from precompute.probe import avoid_inherited_thread_pool, cached_model, probe_text
     except ImportError:
         return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
+    if torch_inherited:
+        avoid_inherited_thread_pool()
     try:
         set_progress(("1", str(STAGES), f"Loading {config['model']}…"))
         cached_model(config["model"])
@@ -219,6 +224,9 @@ def register_callbacks(app: Dash, unit_max: dict) -> None:
         prevent_initial_call=True,
     )
     def run_probe(set_progress, _clicks, text, config):
+        # This runs in a process forked from the (threaded) server: what it inherited is not its own
+        # to garbage-collect, and traversing it can crash; collect only what the job creates.
+        gc.freeze()
         return probe_job(set_progress, text, config, unit_max)
 
     app.callback(
