@@ -124,7 +124,7 @@ def test_untrusted_tokens_show_as_text_and_never_run(dash_duo, synthetic_store):
     dash_duo.wait_for_element(".nd-example")
     dash_duo.wait_for_element("#unit-logits .ytick")
     driver = dash_duo.driver
-    shown = {span.get_attribute("textContent") for span in dash_duo.find_elements(".nd-tok")}
+    shown = {span.get_attribute("textContent") for span in dash_duo.find_elements(".nd-tokens > span")}
     assert set(XSS_TOKENS) <= shown
     ticks = {t.get_attribute("textContent") for t in dash_duo.find_elements("#unit-logits .ytick text")}
     assert {repr(XSS_TOKENS[0]), repr(XSS_TOKENS[1])} <= ticks
@@ -147,8 +147,8 @@ def test_text_probe(dash_duo, probe_store):
     ).perform()
     text.send_keys("import os\nprint(os.path.join('a', 'b'))")
     dash_duo.find_element("#probe-run").click()
-    dash_duo.wait_for_contains_text("#probe-status", "tokens probed", timeout=180)
-    tokens = dash_duo.find_elements(".nd-probe-tokens .nd-tok")
+    dash_duo.wait_for_contains_text("#probe-status", "tokens probed", timeout=90)
+    tokens = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")
     assert (
         "".join(t.get_attribute("textContent") for t in tokens) == "import os↵\nprint(os.path.join('a', 'b'))"
     )

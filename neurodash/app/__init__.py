@@ -7,6 +7,7 @@ live in one process. Everything is served locally: no CDN, fonts or external scr
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -53,9 +54,18 @@ def create_app(store_path: str | os.PathLike):
     return app
 
 
+def freeze_startup_heap() -> None:
+    """Move everything start-up loaded (the units frame, Dash's registries) out of the garbage
+    collector's reach, so that its full collections stay short while serving pages (without
+    this, one unit page in twenty took twice as long)."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(
     store_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050, debug: bool = False
 ) -> None:
     app = create_app(Path(store_path))
+    freeze_startup_heap()
     print(f"neurodash: serving {store_path} on http://{host}:{port}")
     app.run(host=host, port=port, debug=debug)

@@ -11,6 +11,7 @@ JUMP_ERROR = "jump-error"
 # overview
 UNITS_GRID = "units-grid"
 UNITS_DATA = "units-data"
+UNITS_COUNT = "units-count"
 LAYER_PLOTS = "layer-plots"
 
 # unit page

@@ -55,14 +55,15 @@ def token_row(
     """A row of tokens coloured by activation; the marked token outlined; hover gives the exact value.
 
     With ``click_type``, each token gets the id ``{"type": click_type, "index": i}`` for callbacks.
+    Tokens are styled as ``.nd-tokens > span`` and get no class of their own (but the marked one):
+    a unit page holds some 1,500 of them, and every prop costs time to build and send.
     """
     spans = []
     for i, (token, act) in enumerate(zip(tokens, acts, strict=True)):
         color = act_color(act, max_abs)
-        props = {
-            "title": token_title(token, act),
-            "className": "nd-tok nd-tok-max" if i == marked_index else "nd-tok",
-        }
+        props = {"title": token_title(token, act)}
+        if i == marked_index:
+            props["className"] = "nd-tok-max"
         if color:
             props["style"] = {"backgroundColor": color}
         if click_type:

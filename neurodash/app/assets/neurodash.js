@@ -36,7 +36,7 @@
 
   /* The token inspector: the hovered (or clicked) token's exact text and value, instantly. */
   function inspect(e) {
-    const token = e.target.closest && e.target.closest(".nd-tok");
+    const token = e.target.closest && e.target.closest(".nd-tokens > span");
     const inspector = document.getElementById("token-inspector");
     if (token && inspector) inspector.textContent = token.title;
   }
@@ -51,7 +51,9 @@
   }
 
   function decode(b64, Type) {
-    const bytes = Uint8Array.from(atob(b64), function (c) { return c.charCodeAt(0); });
+    const text = atob(b64);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
     return new Type(bytes.buffer);
   }
 
@@ -76,7 +78,16 @@
     return rows;
   }
 
-  window.dash_clientside = Object.assign({}, window.dash_clientside, { neurodash: { unitRows: unitRows } });
+  /* Rows go to the grid through its API, not through a Dash prop: 100k row objects in Dash's
+   * store would be copied and walked on every update. */
+  async function fillUnitsGrid(data, gridId) {
+    const api = await window.dash_ag_grid.getApiAsync(gridId);
+    const rows = unitRows(data);
+    api.setGridOption("rowData", rows);
+    return rows.length.toLocaleString("en-US") + " units";
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, { neurodash: { fillUnitsGrid: fillUnitsGrid } });
 
   window.dashAgGridComponentFunctions = Object.assign({}, window.dashAgGridComponentFunctions, {
     UnitLink: function (props) {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dash_ag_grid as dag
-from dash import ClientsideFunction, Dash, Input, Output, dcc, html
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, units_payload
@@ -45,7 +45,10 @@ def layout(**_query) -> html.Div:
             render.panel(
                 "Units",
                 html.P(
-                    "Sort by a column, filter in the row under its header; click a unit to open it.",
+                    [
+                        html.Span("Loading units…", id=ids.UNITS_COUNT, className="nd-strong"),
+                        " · sort by a column, filter in the row under its header; click a unit to open it.",
+                    ],
                     className="nd-muted",
                 ),
                 dcc.Store(id=ids.UNITS_DATA, data=units_payload(app_state.units, sources, metrics)),
@@ -100,7 +103,6 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
             "headerHeight": 34,
         },
         columnSize="responsiveSizeToFit",
-        getRowId="params.data.ref",
         style={"height": "560px", "width": "100%"},
         className="nd-grid",
     )
@@ -108,7 +110,8 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
 
 def register_callbacks(app: Dash) -> None:
     app.clientside_callback(
-        ClientsideFunction(namespace="neurodash", function_name="unitRows"),
-        Output(ids.UNITS_GRID, "rowData"),
+        ClientsideFunction(namespace="neurodash", function_name="fillUnitsGrid"),
+        Output(ids.UNITS_COUNT, "children"),
         Input(ids.UNITS_DATA, "data"),
+        State(ids.UNITS_GRID, "id"),
     )
