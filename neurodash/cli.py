@@ -24,6 +24,9 @@ from neurodash.errors import NeurodashError
 
 DEMO_LAYERS = "0-29"
 DEMO_TOKENS = 65_536
+DEMO_SAE_LAYER = 15  # a middle layer: its SAE's features decompose that layer's neurons
+DEMO_SAE_TOKENS = 200_000
+DEMO_SAE_WIDTH = 4096
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,18 +182,37 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """Train the demo SAE and build the demo store, each once, then serve."""
     store = paths.demo_store_path()
     if args.rebuild or not store.is_file():
         from precompute import run_precompute
 
         store.parent.mkdir(parents=True, exist_ok=True)
-        demo_args = build_parser().parse_args(
-            ["precompute", "--out", str(store), "--layers", DEMO_LAYERS, "--tokens", str(DEMO_TOKENS)]
-        )
         print(f"building the demo store at {store} (once; a few minutes on a laptop CPU)")
+        sae = demo_sae()
+        demo_args = build_parser().parse_args(
+            ["precompute", "--out", str(store), "--layers", DEMO_LAYERS, "--tokens", str(DEMO_TOKENS),
+             "--sae", str(sae)]
+        )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:
         cmd_serve(argparse.Namespace(store=store, host=args.host, port=args.port, debug=args.debug))
+
+
+def demo_sae() -> Path:
+    """The demo's SAE on the default model's middle MLP, trained once into $NEURODASH_HOME."""
+    from precompute.models import mlp_hook
+    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+
+    folder = paths.home() / f"sae-L{DEMO_SAE_LAYER}"
+    if not (folder / "cfg.json").is_file():
+        print(f"training the demo SAE on {mlp_hook(DEMO_SAE_LAYER)} (once)")
+        result = train_sae(TrainSAEConfig(
+            out=folder, hook=mlp_hook(DEMO_SAE_LAYER), tokens=DEMO_SAE_TOKENS, overwrite=True,
+            sae=SAEHyperparams(d_sae=DEMO_SAE_WIDTH),
+        ))
+        print(result.metrics.summary())
+    return folder
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:

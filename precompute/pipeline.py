@@ -121,19 +121,28 @@ def _features(model: LoadedModel, cfg: PrecomputeConfig) -> list[_Tracked]:
     saes = [load_sae(spec, cfg.device) for spec in cfg.saes]
     per_layer = Counter(_layer_of_hook(sae.hook) for sae in saes)
     tracked = []
-    for sae in saes:
+    for spec, sae in zip(cfg.saes, saes):
         sae.check_fits(model)
         layer = _layer_of_hook(sae.hook)
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sae.name).strip("-") if per_layer[layer] > 1 else ""
         source = Source(
             source_id=sae_source_id(layer, slug), model=cfg.model, hook=sae.hook, kind=SAE_FEATURE,
-            layer=layer, n_units=sae.d_sae, n_tokens=0, sae=sae.name, config=_config_dict(cfg),
+            layer=layer, n_units=sae.d_sae, n_tokens=0, sae=sae.name,
+            config={**_config_dict(cfg), "sae_metrics": _sae_metrics(spec)},
         )
         acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device)
         tracked.append(_Tracked(source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions()))
     if len({t.source.source_id for t in tracked}) < len(tracked):
         raise NeurodashError("two --sae options name the same SAE")
     return tracked
+
+
+def _sae_metrics(spec: str) -> dict:
+    """The held-out metrics ``train-sae`` saved beside an SAE (explained variance, L0, dead), if any."""
+    from precompute.sae import METRICS_FILE
+
+    path = Path(spec) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _layer_of_hook(hook: str) -> int:

@@ -196,11 +196,15 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
     monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
     monkeypatch.setattr(cli, "DEMO_LAYERS", "0,29")
     monkeypatch.setattr(cli, "DEMO_TOKENS", 512)
+    monkeypatch.setattr(cli, "DEMO_SAE_TOKENS", 4096)
+    monkeypatch.setattr(cli, "DEMO_SAE_WIDTH", 256)
     monkeypatch.setattr("precompute.models.embedded_model_folder", lambda name=None: embedded_model_dir)
     assert main(["demo", "--no-serve"]) == 0
     store = tmp_path / "demo.duckdb"
     with Store(store) as s:
-        assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp"]
+        assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp", "L15.sae"]
+        sae = s.source("L15.sae")
+        assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(sae.config["sae_metrics"])
     built = store.stat().st_mtime_ns
     assert main(["demo", "--no-serve"]) == 0
     assert store.stat().st_mtime_ns == built, "a second run reuses the store"
