@@ -79,12 +79,19 @@ def test_unit_page_ends_run_on_to_the_next_source(app):
 
 
 @pytest.mark.parametrize(
-    ("source_id", "index"), [("L9.mlp", "1"), ("L0.mlp", "40"), ("L0.mlp", "x"), (None, None)]
+    ("source_id", "index", "hint"),
+    [
+        ("L9.mlp", "1", "Its sources are L0.mlp, L1.mlp, L2.mlp."),
+        ("L0.mlp", "40", "L0.mlp has units 0 to 39."),
+        ("L0.mlp", "x", "L0.mlp has units 0 to 39."),
+        (None, None, "Its sources are L0.mlp, L1.mlp, L2.mlp."),
+    ],
 )
-def test_unknown_unit_is_not_found(app, source_id, index):
+def test_unknown_unit_is_not_found(app, source_id, index, hint):
     page = render(app, unit.layout, source_id=source_id, index=index)
     assert "Not found" in texts(page)
-    assert any("has no unit" in t for t in texts(page))
+    assert f"This store has no unit {source_id}/{index}." in texts(page)
+    assert hint in texts(page)
 
 
 def test_not_found_page(app):

@@ -166,7 +166,7 @@ def histogram_figure(stats: UnitStats) -> dict:
             "title": {"text": "tokens"},
             "gridcolor": "#eee",
             "dtick": 1,
-            "tickformat": ".1~%",
+            "tickformat": "~%",
         },
         bargap=0.05,
         height=260,

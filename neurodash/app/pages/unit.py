@@ -20,6 +20,16 @@ def resolve(store: Store, source_id: str | None, index: str | None) -> UnitRef |
     return ref if store.has_unit(ref) else None
 
 
+def where_units_are(store: Store, source_id: str | None) -> str:
+    """A hint for a unit that is not there: the source's range, or the store's sources."""
+    sources = store.sources()
+    known = {s.source_id: s for s in sources}
+    if source_id in known:
+        return f"{source_id} has units 0 to {known[source_id].n_units - 1}."
+    names = ", ".join(s.source_id for s in sources[:6]) + (", …" if len(sources) > 6 else "")
+    return f"Its sources are {names}."
+
+
 def title(source_id: str | None = None, index: str | None = None) -> str:
     return f"{source_id}/{index} · neurodash"
 
@@ -28,9 +38,8 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
     store = state.current().store
     ref = resolve(store, source_id, index)
     if ref is None:
-        names = ", ".join(s.source_id for s in store.sources()[:6])
         return render.not_found(
-            f"This store has no unit {source_id}/{index}.", f"Its sources include {names}."
+            f"This store has no unit {source_id}/{index}.", where_units_are(store, source_id)
         )
     sources = store.sources()
     source, prefixes = store.source(ref.source_id), label_prefixes(sources)
