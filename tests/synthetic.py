@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from neurodash.store import StoreWriter
-from neurodash.units import NEURON, Source, neuron_source_id
+from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 
 MODEL = "synthetic"
 N_QUANTILE_GROUPS = 5
@@ -41,8 +41,11 @@ def make_synthetic_store(
     score_metrics: Sequence[str] = (),
     n_sequences: int = 1024,
     overwrite: bool = True,
+    sae_layers: Sequence[int] = (),
 ) -> Path:
     """Write a store of ``n_layers`` neuron sources of ``n_units`` units each; return its path.
+
+    ``sae_layers`` adds an SAE source (``L{layer}.sae``, ``n_units`` features) for each layer given.
 
     ``tokens`` (e.g. strings that look like HTML) become the first vocabulary entries, appear at
     positions 1, 2, ... of every sequence (so every example shows them) and are every unit's top
@@ -70,11 +73,13 @@ def make_synthetic_store(
             },
         )
         n_tokens = n_sequences * ctx
-        for layer in range(n_layers):
-            sid = neuron_source_id(layer)
-            writer.add_source(
-                Source(sid, MODEL, f"blocks.{layer}.mlp.hook_post", NEURON, layer, n_units, n_tokens)
-            )
+        layers = [(layer, NEURON) for layer in range(n_layers)] + [
+            (layer, SAE_FEATURE) for layer in sae_layers
+        ]
+        for layer, kind in layers:
+            sid = neuron_source_id(layer) if kind == NEURON else sae_source_id(layer)
+            hook = f"blocks.{layer}.mlp.hook_post" if kind == NEURON else f"blocks.{layer}.hook_resid_post"
+            writer.add_source(Source(sid, MODEL, hook, kind, layer, n_units, n_tokens))
             stats = _units(rng, sid, n_units, n_tokens)
             writer.append("units", stats)
             writer.append(

@@ -291,3 +291,22 @@ def test_serving_never_imports_torch(synthetic_store):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_store_with_sae_features(tmp_path):
+    mixed = create_app(
+        make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
+    )
+    page = render(mixed, overview.layout)
+    assert "kind" in [c["field"] for c in by_id(page, ids.UNITS_GRID).columnDefs]
+    assert by_id(page, ids.UNITS_DATA).data["sources"][-1]["prefix"] == "L1F"
+    feature = render(mixed, unit.layout, source_id="L1.sae", index="3")
+    assert "L1F3" in texts(feature) and by_id(feature, ids.UNIT_PREV).href == "/unit/L1.sae/2"
+    assert (
+        by_id(render(mixed, unit.layout, source_id="L1.mlp", index="4"), ids.UNIT_NEXT).href
+        == "/unit/L1.sae/0"
+    )
+    with mixed.server.test_request_context("/"):
+        assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "")
+    hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
+    assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only

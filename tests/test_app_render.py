@@ -162,6 +162,26 @@ def test_layer_distribution_figure_one_panel_per_metric():
     assert [t["type"] for t in fig["data"]] == ["box", "box"]
     assert fig["data"][1]["xaxis"] == "x2"
     assert fig["layout"]["xaxis"]["domain"][1] < fig["layout"]["xaxis2"]["domain"][0]
+    assert fig["layout"]["showlegend"] is False and fig["layout"]["yaxis"]["type"] == "linear"
+
+
+def test_layer_distribution_figure_groups_kinds_and_logs_tiny_densities():
+    def box(median: float) -> dict:
+        return {
+            "layer": [15],
+            "q1": [median / 2],
+            "median": [median],
+            "q3": [median * 2],
+            "lowerfence": [median / 4],
+            "upperfence": [median * 4],
+            "max": [median * 5],
+        }
+
+    fig = render.layer_distribution_figure({"density": {"neuron": box(0.4), "sae_feature": box(0.001)}})
+    assert [t["name"] for t in fig["data"]] == ["neuron", "sae feature"]
+    assert fig["data"][0]["marker"]["color"] != fig["data"][1]["marker"]["color"]
+    assert fig["layout"]["boxmode"] == "group" and fig["layout"]["showlegend"] is True
+    assert fig["layout"]["yaxis"]["type"] == "log"
 
 
 def test_unit_header_links_and_permalink():

@@ -13,7 +13,7 @@ from itertools import pairwise
 from dash import dcc, html
 
 from neurodash.app import ids
-from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import NEURON, SAE_FEATURE, Example, LogitEffect, Source, UnitRef, UnitStats
 
 POSITIVE = (240, 120, 20)  # orange
 NEGATIVE = (30, 110, 200)  # blue
@@ -212,19 +212,27 @@ def logit_figure(effects: Sequence[LogitEffect]) -> dict:
     }
 
 
+KIND_COLORS = {NEURON: POSITIVE, SAE_FEATURE: (40, 150, 130)}
+
+
 def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> dict:
-    """One panel per metric (max activation, density, scores): per layer, a box of its units."""
+    """One panel per metric (max activation, density, scores): per layer, a box of its units,
+    one colour per kind (neurons, SAE features); a log scale where a kind's median is tiny."""
     metrics = list(boxes)
+    kinds = sorted({kind for per_kind in boxes.values() for kind in per_kind})
     traces, axes = [], {}
     gap = 0.08
     width = (1 - gap * (len(metrics) - 1)) / max(len(metrics), 1)
     for i, metric in enumerate(metrics):
         suffix = "" if i == 0 else str(i + 1)
         for kind, stats in boxes[metric].items():
+            color = KIND_COLORS.get(kind, NEGATIVE)
             traces.append(
                 {
                     "type": "box",
-                    "name": kind,
+                    "name": kind.replace("_", " "),
+                    "legendgroup": kind,
+                    "showlegend": len(kinds) > 1 and i == 0,
                     "x": stats["layer"],
                     "q1": stats["q1"],
                     "median": stats["median"],
@@ -233,12 +241,13 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
                     "upperfence": stats["upperfence"],
                     "xaxis": f"x{suffix}",
                     "yaxis": f"y{suffix}",
-                    "marker": {"color": rgb(POSITIVE)},
+                    "marker": {"color": rgb(color)},
                     "line": {"width": 1},
-                    "fillcolor": rgb(POSITIVE, 0.35),
+                    "fillcolor": rgb(color, 0.35),
                     "hoverinfo": "x+y",
                 }
             )
+        medians = [m for stats in boxes[metric].values() for m in stats["median"]]
         start = i * (width + gap)
         axes[f"xaxis{suffix}"] = {
             "domain": [start, start + width],
@@ -250,10 +259,18 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
             "anchor": f"x{suffix}",
             "title": {"text": metric_title(metric)},
             "gridcolor": "#eee",
+            "type": "log" if medians and 0 < min(medians) < 0.05 else "linear",
         }
     return {
         "data": traces,
-        "layout": _layout(height=280, margin={"l": 60, "r": 10, "t": 20, "b": 40}, **axes),
+        "layout": _layout(
+            height=280,
+            margin={"l": 60, "r": 10, "t": 20, "b": 40},
+            boxmode="group",
+            showlegend=len(kinds) > 1,
+            legend={"orientation": "h", "y": 1.12, "x": 0},
+            **axes,
+        ),
     }
 
 
