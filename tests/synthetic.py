@@ -21,11 +21,13 @@ N_QUANTILE_GROUPS = 5
 N_LOGITS = 10
 N_NEIGHBORS = 10
 HIST_BINS = 24
-# Untrusted corpus text that would run script if it were ever rendered as HTML.
+# Untrusted corpus text that would run script, or make a request, if it were ever rendered as HTML.
 XSS_TOKENS = (
     "<script>alert(1)</script>",
     "<img src=x onerror=alert(1)>",
     '<img src=x onerror="window.__pwned=1">',
+    '<img src=x onerror="window.__xss=1">',
+    "<link rel=stylesheet href=http://127.0.0.1:9/x.css>",
 )
 
 

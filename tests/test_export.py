@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from synthetic import XSS_TOKENS
 
 from neurodash import export as ex
 from neurodash.cli import main
@@ -31,12 +32,6 @@ from neurodash.store import Store, StoreWriter
 from neurodash.units import NEURON, SAE_FEATURE, Source, UnitRef
 
 ROOT = Path(__file__).resolve().parents[1]
-XSS_TOKENS = (
-    "<script>alert(1)</script>",
-    "<img src=x onerror=alert(1)>",
-    '<img src=x onerror="window.__xss=1">',
-    "<link rel=stylesheet href=http://127.0.0.1:9/x.css>",
-)
 AWKWARD_TOKENS = ("", '"', ",", "\n", "\r\n", "\t", "nan", "NULL", ' a,b"c', "é", "\u2028", "&amp;", "'")
 SOURCES = (
     Source("L0.mlp", "test", "blocks.0.mlp.hook_post", NEURON, 0, 6, 192),

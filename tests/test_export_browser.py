@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
+from app_screenshot import chrome_options
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
-from test_export import XSS_TOKENS, build_store
+from synthetic import XSS_TOKENS
+from test_export import build_store
 
 from neurodash.export import Selection, export
 from neurodash.html_report import CSP, token_display
@@ -23,20 +25,12 @@ from neurodash.units import UnitRef
 
 pytestmark = pytest.mark.browser
 
-CHROME_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-)
 NOTE = '<img src=x onerror="window.__xss=1"> see <b>this</b>'
 
 
 @pytest.fixture(scope="module")
 def driver():
-    options = webdriver.ChromeOptions()
-    if Path("/usr/bin/chromium").is_file():
-        options.binary_location = "/usr/bin/chromium"
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
+    options = chrome_options()
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     chrome = webdriver.Chrome(options=options)
     yield chrome
