@@ -5,7 +5,9 @@ Every test ends with no console errors in the browser.
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
@@ -160,4 +162,18 @@ def test_text_probe(dash_duo, probe_store):
     link.click()
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", label)
     assert dash_duo.driver.current_url.startswith(dash_duo.server_url + "/unit/L0.mlp/")
+    assert dash_duo.get_logs() == []
+
+
+def test_unit_page_downloads_its_examples(dash_duo, synthetic_store, tmp_path):
+    dash_duo.driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    dash_duo.find_element(".nd-downloads button:nth-of-type(2)").click()  # JSONL
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "L1.mlp-5.jsonl").is_file():
+        assert time.monotonic() < deadline, "no download arrived"
+        time.sleep(0.2)
+    lines = (tmp_path / "L1.mlp-5.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["unit"] == "L1.mlp/5" for line in lines)
     assert dash_duo.get_logs() == []

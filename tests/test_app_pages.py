@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 import dash
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from app_helpers import by_id, find, texts
 from dash import dcc, html, no_update
@@ -24,6 +28,8 @@ from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app.pages import not_found_404, overview, probe, unit
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
+from neurodash.store import Store
+from neurodash.units import UnitRef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,3 +316,16 @@ def test_a_store_with_sae_features(tmp_path):
         assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
+
+
+def test_download_examples_round_trips(synthetic_store):
+    store = Store(synthetic_store)
+    sent = unit.download_examples(store, "/unit/L1.mlp/5", "csv")
+    assert sent["filename"] == "L1.mlp-5.csv"
+    frame = pd.read_csv(io.BytesIO(base64.b64decode(sent["content"])), keep_default_na=False)
+    examples = store.examples(UnitRef("L1.mlp", 5))
+    assert len(frame) == len(examples)
+    assert [json.loads(a) for a in frame["acts"]] == [list(e.acts) for e in examples]
+    for bad in ("/unit/L1.mlp/99999", "/", "/unit/nope/1"):
+        with pytest.raises(PreventUpdate):
+            unit.download_examples(store, bad, "csv")

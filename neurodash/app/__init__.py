@@ -50,6 +50,7 @@ def create_app(store_path: str | os.PathLike):
     app.layout = shell.layout(Path(store_path).name, store.meta.get("model", "?"))
     shell.register_callbacks(app)
     overview.register_callbacks(app)
+    unit.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
     return app
 

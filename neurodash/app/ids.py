@@ -22,6 +22,8 @@ PERMALINK_COPY = "permalink-copy"
 HISTOGRAM = "unit-histogram"
 LOGITS = "unit-logits"
 TOKEN_INSPECTOR = "token-inspector"  # js: shows the hovered token's title
+DOWNLOAD = "unit-download"
+DOWNLOAD_FORMAT = "unit-download-format"  # pattern-matching type: {"type": DOWNLOAD_FORMAT, "fmt": "csv"}
 
 # text probe
 PROBE_CONFIG = "probe-config"

@@ -393,6 +393,16 @@ def unit_header(
     )
 
 
+def download_buttons(formats: tuple[str, ...]) -> html.Div:
+    """One button per export format, and the download they trigger."""
+    buttons = [
+        html.Button(fmt.upper(), id={"type": ids.DOWNLOAD_FORMAT, "fmt": fmt}, className="nd-button nd-step")
+        for fmt in formats
+    ]
+    return html.Div([html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=ids.DOWNLOAD)],
+                    className="nd-downloads")
+
+
 def panel(title: str, *children, class_name: str = "") -> html.Section:
     return html.Section(
         [html.H2(title, className="nd-panel-title"), *children], className=f"nd-panel {class_name}".strip()

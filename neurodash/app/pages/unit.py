@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dash import html
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
@@ -10,6 +11,7 @@ from neurodash.store import Store
 from neurodash.units import UnitRef
 
 PATH_TEMPLATE = "/unit/<source_id>/<index>"
+DOWNLOAD_FORMATS = ("csv", "jsonl", "parquet", "html")
 
 
 def resolve(store: Store, source_id: str | None, index: str | None) -> UnitRef | None:
@@ -74,6 +76,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 ],
                 className="nd-grid-3",
             ),
+            render.download_buttons(DOWNLOAD_FORMATS),
             html.Div(
                 id=ids.TOKEN_INSPECTOR,
                 className="nd-inspector",
@@ -85,3 +88,28 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
             ),
         ]
     )
+
+
+def download_examples(store: Store, pathname: str | None, fmt: str) -> dict:
+    """Every example of the unit at ``pathname`` as a file of ``fmt``, for ``dcc.Download``."""
+    from neurodash.export import Selection, export_bytes
+
+    parts = (pathname or "").strip("/").split("/")
+    ref = resolve(store, *parts[1:3]) if len(parts) == 3 and parts[0] == "unit" else None
+    if ref is None or fmt not in DOWNLOAD_FORMATS:
+        raise PreventUpdate
+    data = export_bytes(store, Selection(units=[str(ref)]), fmt)
+    return dcc.send_bytes(data, f"{ref.source_id}-{ref.unit}.{fmt}")
+
+
+def register_callbacks(app: Dash) -> None:
+    @app.callback(
+        Output(ids.DOWNLOAD, "data"),
+        Input({"type": ids.DOWNLOAD_FORMAT, "fmt": ALL}, "n_clicks"),
+        State(ids.NAV_LOCATION, "pathname"),
+        prevent_initial_call=True,
+    )
+    def on_download(clicks: list[int | None], pathname: str | None) -> dict:
+        if not any(clicks) or not isinstance(ctx.triggered_id, dict):
+            raise PreventUpdate
+        return download_examples(state.current().store, pathname, ctx.triggered_id["fmt"])
