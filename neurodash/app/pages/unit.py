@@ -8,7 +8,7 @@ from dash.exceptions import PreventUpdate
 from neurodash.app import ids, render, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.store import Store
-from neurodash.units import UnitRef
+from neurodash.units import SAE_FEATURE, UnitRef
 
 PATH_TEMPLATE = "/unit/<source_id>/<index>"
 DOWNLOAD_FORMATS = ("csv", "jsonl", "parquet", "html")
@@ -70,7 +70,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                         render.graph(render.logit_figure(store.logit_effects(ref)), ids.LOGITS),
                     ),
                     render.panel(
-                        "Nearest units (cosine of output directions)",
+                        f"Nearest units (cosine of {'decoder' if source.kind == SAE_FEATURE else 'output'} directions)",
                         render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
                     ),
                 ],
