@@ -69,7 +69,7 @@ class LoadedModel:
     ) -> dict[str, Float[Tensor, "batch pos d"]]:
         """Run the model once, caching exactly ``hooks`` and stopping after the last layer needed."""
         wanted = set(hooks)
-        last = max(_layer_of(h) for h in hooks)
+        last = max(layer_of(h) for h in hooks)
         stop = last + 1 if last + 1 < self.n_layers else None
         _, cache = self.bridge.run_with_cache(
             tokens.to(self.device), names_filter=lambda name: name in wanted, stop_at_layer=stop
@@ -103,7 +103,8 @@ def _norm_weight(norm: torch.nn.Module) -> Tensor | None:
     return None
 
 
-def _layer_of(hook: str) -> int:
+def layer_of(hook: str) -> int:
+    """The layer of a per-layer hook: ``blocks.12.mlp.hook_post`` -> 12."""
     parts = hook.split(".")
     if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
         raise NeurodashError(f"hook {hook!r} is not a per-layer hook (blocks.L....)")

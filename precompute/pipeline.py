@@ -26,7 +26,7 @@ from neurodash.store import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
-from precompute.models import DEFAULT_MODEL, LoadedModel, load_model, mlp_hook
+from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,11 @@ def _features(model: LoadedModel, cfg: PrecomputeConfig) -> list[_Tracked]:
     from precompute.sae import load_sae
 
     saes = [load_sae(spec, cfg.device) for spec in cfg.saes]
-    per_layer = Counter(_layer_of_hook(sae.hook) for sae in saes)
+    per_layer = Counter(layer_of(sae.hook) for sae in saes)
     tracked = []
     for spec, sae in zip(cfg.saes, saes):
         sae.check_fits(model)
-        layer = _layer_of_hook(sae.hook)
+        layer = layer_of(sae.hook)
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sae.name).strip("-") if per_layer[layer] > 1 else ""
         source = Source(
             source_id=sae_source_id(layer, slug), model=cfg.model, hook=sae.hook, kind=SAE_FEATURE,
@@ -143,11 +143,6 @@ def _sae_metrics(spec: str) -> dict:
 
     path = Path(spec) / METRICS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _layer_of_hook(hook: str) -> int:
-    parts = hook.split(".")
-    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else 0
 
 
 def _config_dict(cfg: PrecomputeConfig) -> dict:
