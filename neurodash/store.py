@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from neurodash.errors import NeurodashError
-from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 SCHEMA_VERSION = 1
 
@@ -45,9 +45,13 @@ CREATE TABLE logits (
 CREATE TABLE neighbors (
     source_id VARCHAR, unit INTEGER, rank INTEGER, neighbor INTEGER, cosine FLOAT);
 CREATE TABLE scores (source_id VARCHAR, unit INTEGER, metric VARCHAR, value DOUBLE);
+CREATE TABLE links (
+    source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
+    weight FLOAT, share FLOAT);
 """
 
-TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
+TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores", "links")
+REQUIRED_TABLES = TABLES[:9]  # a store written before ``links`` existed still opens
 
 
 class StoreWriter:
@@ -151,10 +155,11 @@ class Store:
             tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         except duckdb.Error as e:
             raise NeurodashError(f"{self.path} is not a readable neurodash store ({e})") from None
-        missing = set(TABLES) - tables
+        missing = set(REQUIRED_TABLES) - tables
         if missing:
             self._con.close()
             raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
+        self._tables = tables
         self._local = threading.local()
 
     def close(self) -> None:
@@ -259,6 +264,17 @@ class Store:
         ).fetchall()
         return [(UnitRef(ref.source_id, n), c) for n, c in rows]
 
+    def links(self, ref: UnitRef) -> list[Link]:
+        """Units of another source tied to this one through an SAE's decoder, strongest first."""
+        if "links" not in self._tables:
+            return []
+        rows = self.sql(
+            "SELECT target_source_id, target_unit, weight, share FROM links "
+            "WHERE source_id = ? AND unit = ? ORDER BY target_source_id, rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [Link(UnitRef(s, u), w, share) for s, u, w, share in rows]
+
     def scores(self, ref: UnitRef) -> dict[str, float]:
         rows = self.sql(
             "SELECT metric, value FROM scores WHERE source_id = ? AND unit = ? ORDER BY metric",
@@ -276,14 +292,15 @@ class Store:
             f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
             [source_id] if source_id else [],
         ).df()
+        if not self._has_scores:
+            return df
         scores = self.sql(
-            f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
-            "ON metric USING first(value)",
+            f"SELECT source_id, unit, metric, value FROM scores {where.replace('u.', '')}",
             [source_id] if source_id else [],
-        ).df() if self._has_scores else pd.DataFrame()
-        if len(scores):
-            df = df.merge(scores, on=["source_id", "unit"], how="left")
-        return df
+        ).df()
+        wide = scores.pivot_table(index=["source_id", "unit"], columns="metric", values="value", aggfunc="first")
+        wide.columns.name = None
+        return df.merge(wide.reset_index(), on=["source_id", "unit"], how="left") if len(wide) else df
 
     @cached_property
     def _has_scores(self) -> bool:

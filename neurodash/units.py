@@ -59,6 +59,21 @@ class UnitStats:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A unit of another source that this unit is tied to through an SAE's decoder.
+
+    From a neuron: a feature of an SAE on its ``hook_post``, ``share`` being the feature's share of
+    the neuron's activation mass. From a feature: a neuron its decoder writes to, ``share`` being
+    that neuron's share of the decoder row's squared norm. ``weight`` is the decoder entry
+    ``W_dec[feature, neuron]`` either way.
+    """
+
+    ref: UnitRef
+    weight: float
+    share: float
+
+
+@dataclass(frozen=True)
 class Example:
     """One context window of one unit: tokens and the unit's activation at each of them."""
 

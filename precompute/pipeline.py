@@ -27,6 +27,7 @@ from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_s
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
 from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook
+from precompute.polysemanticity import effective_number, feature_mass, n_covering
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class _Tracked:
     directions: Tensor  # [n_units, d_model]: what each unit writes to the residual stream
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
-    similar: Tensor | None = None  # [n_units, d]: compared by cosine for neighbours (default: directions)
+    decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -88,6 +89,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
             _write_source(writer, t, unembed, cfg)
+        _write_links(writer, tracked, cfg.n_neighbors)
         writer.set_meta(
             model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
@@ -131,7 +133,9 @@ def _features(model: LoadedModel, cfg: PrecomputeConfig) -> list[_Tracked]:
             config={**_config_dict(cfg), "sae_metrics": _sae_metrics(spec)},
         )
         acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device)
-        tracked.append(_Tracked(source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions()))
+        tracked.append(
+            _Tracked(source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions())
+        )
     if len({t.source.source_id for t in tracked}) < len(tracked):
         raise NeurodashError("two --sae options name the same SAE")
     return tracked
@@ -210,7 +214,7 @@ def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: Precom
     writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", examples_table(sid, res, cfg.examples))
     directions = t.directions.to(cfg.device)
-    similar = directions if t.similar is None else t.similar.to(cfg.device)
+    similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
     writer.append("logits", _logits_table(sid, directions, unembed, cfg.n_logits))
     writer.append("neighbors", _neighbors_table(sid, similar, cfg.n_neighbors))
 
@@ -297,6 +301,45 @@ def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict
     out = {key: np.concatenate(v) for key, v in rows.items() if v}
     out["source_id"] = [sid] * len(out["unit"])
     return {key: out[key] for key in ("source_id", "unit", "sign", "rank", "token_id", "value")}
+
+
+def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
+    """The bridge between a layer's neurons and the features of each SAE read from its ``hook_post``.
+
+    Neuron -> features: each feature's share of the neuron's activation mass (``feature_mass``),
+    and two scores of the neuron: the effective number of features behind it and how many cover
+    80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
+    """
+    neurons = {t.hook: t for t in tracked if t.source.kind == NEURON}
+    saes = [t for t in tracked if t.decoder is not None and t.hook in neurons]
+    per_hook = Counter(t.hook for t in saes)
+    for sae in saes:
+        layer = neurons[sae.hook].source.source_id
+        decoder = sae.decoder.cpu().double().numpy()  # [d_sae, d_mlp]
+        mass = feature_mass(decoder, sae.acc.activation_sums())
+        writer.append("links", _links_table(layer, sae.source.source_id, mass, decoder.T, k))
+        energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
+        writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))
+        suffix = f"[{sae.source.source_id}]" if per_hook[sae.hook] > 1 else ""
+        for metric, values in (("sae_features", effective_number(mass)), ("sae_features_80", n_covering(mass))):
+            writer.append("scores", {
+                "source_id": [layer] * len(values), "unit": np.arange(len(values), dtype=np.int32),
+                "metric": [metric + suffix] * len(values), "value": values.astype(np.float64),
+            })
+
+
+def _links_table(sid: str, target: str, share: np.ndarray, weight: np.ndarray, k: int) -> dict:
+    """Each row's ``k`` largest ``share`` entries with a share above zero, largest first."""
+    k = min(k, share.shape[1])
+    top = np.argpartition(-share, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(share, top, 1), axis=1, kind="stable"), 1)
+    units, ranks = np.nonzero(np.take_along_axis(share, top, 1) > 0)
+    cols = top[units, ranks]
+    return {
+        "source_id": [sid] * len(units), "unit": units.astype(np.int32), "rank": ranks.astype(np.int32),
+        "target_source_id": [target] * len(units), "target_unit": cols.astype(np.int32),
+        "weight": weight[units, cols].astype(np.float32), "share": share[units, cols].astype(np.float32),
+    }
 
 
 def _neighbors_table(sid: str, directions: Tensor, k: int) -> dict:

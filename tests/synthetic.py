@@ -47,7 +47,9 @@ def make_synthetic_store(
 ) -> Path:
     """Write a store of ``n_layers`` neuron sources of ``n_units`` units each; return its path.
 
-    ``sae_layers`` adds an SAE source (``L{layer}.sae``, ``n_units`` features) for each layer given.
+    ``sae_layers`` adds an SAE source (``L{layer}.sae``, ``n_units`` features) for each layer given,
+    linked to that layer's neurons (neuron i to features i, i+1, i+2; each feature back to the
+    neurons that link to it), with its last feature dead (density 0).
 
     ``tokens`` (e.g. strings that look like HTML) become the first vocabulary entries, appear at
     positions 1, 2, ... of every sequence (so every example shows them) and are every unit's top
@@ -83,6 +85,8 @@ def make_synthetic_store(
             hook = f"blocks.{layer}.mlp.hook_post" if kind == NEURON else f"blocks.{layer}.hook_resid_post"
             writer.add_source(Source(sid, MODEL, hook, kind, layer, n_units, n_tokens))
             stats = _units(rng, sid, n_units, n_tokens)
+            if kind == SAE_FEATURE:
+                stats["density"][-1] = 0.0
             writer.append("units", stats)
             writer.append(
                 "examples",
@@ -92,6 +96,9 @@ def make_synthetic_store(
             writer.append("neighbors", _neighbors(rng, sid, n_units))
             if score_metrics:
                 writer.append("scores", _scores(rng, sid, n_units, score_metrics))
+            if kind == SAE_FEATURE and layer < n_layers:
+                for table in _links(neuron_source_id(layer), sid, n_units):
+                    writer.append("links", table)
         writer.set_meta(model=MODEL, dataset="synthetic", ctx=ctx, n_tokens=n_tokens)
         return writer.commit()
 
@@ -218,6 +225,27 @@ def _neighbors(rng: np.random.Generator, sid: str, n: int) -> dict:
         "neighbor": ((units + offsets) % n).astype(np.int32),
         "cosine": cosine.reshape(-1).astype(np.float32),
     }
+
+
+def _links(neurons: str, features: str, n: int) -> tuple[dict, dict]:
+    """Neuron i -> features i, i+1, i+2 (shares 0.5, 0.3, 0.2); feature f -> neurons f, f-1, f-2."""
+    units = np.repeat(np.arange(n), 3)
+    others = (units + np.tile([0, 1, 2], n)) % n
+    common = {
+        "rank": np.tile(np.arange(3), n).astype(np.int32),
+        "weight": np.tile([0.4, -0.3, 0.2], n).astype(np.float32),
+        "share": np.tile([0.5, 0.3, 0.2], n).astype(np.float32),
+    }
+
+    def table(sid, target, unit, target_unit):
+        return {
+            "source_id": [sid] * len(unit), "unit": unit.astype(np.int32), "rank": common["rank"],
+            "target_source_id": [target] * len(unit), "target_unit": target_unit.astype(np.int32),
+            "weight": common["weight"], "share": common["share"],
+        }
+
+    back = np.repeat(np.arange(n), 3)
+    return table(neurons, features, units, others), table(features, neurons, back, (back - np.tile([0, 1, 2], n)) % n)
 
 
 def _scores(rng: np.random.Generator, sid: str, n: int, metrics: Sequence[str]) -> dict:

@@ -177,3 +177,20 @@ def test_unit_page_downloads_its_examples(dash_duo, synthetic_store, tmp_path):
     lines = (tmp_path / "L1.mlp-5.jsonl").read_text().splitlines()
     assert lines and all(json.loads(line)["unit"] == "L1.mlp/5" for line in lines)
     assert dash_duo.get_logs() == []
+
+
+def test_dead_features_start_hidden_and_links_lead_across(dash_duo, tmp_path):
+    from synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
+    start(dash_duo, store)
+    dash_duo.wait_for_text_to_equal("#units-count", "14 of 15 units shown")  # L1F4 is dead
+    assert "L1F4" not in [e.text for e in dash_duo.find_elements(".ag-row .nd-grid-link")]
+    dash_duo.driver.get(dash_duo.server_url + "/unit/L1.mlp/2")
+    feature = dash_duo.wait_for_element('a.nd-neighbor-link[href="/unit/L1.sae/3"]')
+    titles = [e.text for e in dash_duo.find_elements(".nd-panel-title")]
+    assert "FEATURES OF L1.SAE BEHIND THIS NEURON (SHARE OF ITS ACTIVATION MASS)" in titles  # CSS upper-cases
+    feature.click()
+    wait_for_path(dash_duo, "/unit/L1.sae/3")
+    dash_duo.wait_for_element('a.nd-neighbor-link[href="/unit/L1.mlp/1"]')
+    assert dash_duo.get_logs() == []

@@ -308,6 +308,15 @@ def test_a_store_with_sae_features(tmp_path):
     assert by_id(page, ids.UNITS_DATA).data["sources"][-1]["prefix"] == "L1F"
     feature = render(mixed, unit.layout, source_id="L1.sae", index="3")
     assert "L1F3" in texts(feature) and by_id(feature, ids.UNIT_PREV).href == "/unit/L1.sae/2"
+    assert _link_hrefs(feature, "L1.sae") == ["/unit/L1.mlp/3", "/unit/L1.mlp/2", "/unit/L1.mlp/1"]
+    assert any("this feature writes to" in t for t in texts(feature))
+    neuron = render(mixed, unit.layout, source_id="L1.mlp", index="4")
+    assert _link_hrefs(neuron, "L1.mlp") == ["/unit/L1.sae/4", "/unit/L1.sae/0", "/unit/L1.sae/1"]
+    assert {"50.0%", "30.0%", "20.0%"} <= set(texts(neuron))
+    assert not _link_hrefs(render(mixed, unit.layout, source_id="L0.mlp", index="4"), "L0.mlp"), "no SAE on layer 0"
+    dead = render(mixed, unit.layout, source_id="L1.sae", index="4")
+    assert any(t.startswith("Dead: this unit never fired") for t in texts(dead))
+    assert not any(t.startswith("Dead:") for t in texts(feature))
     assert (
         by_id(render(mixed, unit.layout, source_id="L1.mlp", index="4"), ids.UNIT_NEXT).href
         == "/unit/L1.sae/0"
@@ -316,6 +325,12 @@ def test_a_store_with_sae_features(tmp_path):
         assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
+
+
+def _link_hrefs(page, own: str) -> list[str]:
+    """The units of other sources than ``own`` that a page links to (through an SAE decoder)."""
+    links = [c.href for c in find(page, lambda c: isinstance(c, dcc.Link) and "nd-neighbor-link" in c.className)]
+    return [href for href in links if href.split("/")[2] != own]
 
 
 def test_download_examples_round_trips(synthetic_store):

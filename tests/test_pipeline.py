@@ -149,7 +149,7 @@ def sae_folder(tmp_path_factory) -> str:
 def sae_store(tiny_model_dir, docs_jsonl, sae_folder, tmp_path_factory) -> Store:
     out = tmp_path_factory.mktemp("store") / "tiny-sae.duckdb"
     cfg = PrecomputeConfig(
-        out=out, model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0,), tokens=TOKENS, ctx=CTX,
+        out=out, model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0, 1), tokens=TOKENS, ctx=CTX,
         batch_size=BATCH, n_logits=5, n_neighbors=3, examples=EXAMPLES, saes=(sae_folder,),
     )
     run_precompute(cfg, progress=False)
@@ -166,7 +166,7 @@ def features(brute, sae_folder) -> np.ndarray:
 def test_sae_features_are_a_source(sae_store):
     s = sae_store.source("L1.sae")
     assert (s.kind, s.hook, s.n_units, s.sae) == ("sae_feature", SAE_HOOK, 24, "tiny-topk")
-    assert [x.source_id for x in sae_store.sources()] == ["L0.mlp", "L1.sae"]
+    assert [x.source_id for x in sae_store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
 
 
 def test_feature_activations_equal_sae_encode(sae_store, features):
@@ -200,3 +200,27 @@ def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf)
     cos = (unit_dirs @ unit_dirs.T).numpy()
     np.fill_diagonal(cos, -np.inf)
     assert [r.unit for r, _ in sae_store.neighbors(UnitRef("L1.sae", 5))] == list(np.argsort(-cos[5])[:3])
+
+
+def test_links_between_neurons_and_features(sae_store, sae_folder, features):
+    """Neuron -> features by share of activation mass; feature -> neurons by share of the decoder row."""
+    from precompute.sae import load_sae
+
+    W_dec = load_sae(sae_folder).decoder_directions().double().numpy()  # [24 features, 48 neurons]
+    sums = features[:, 1:, :].reshape(-1, 24).astype(np.float64).sum(0)
+    mass = np.abs(W_dec).T * sums  # [48, 24]
+    share = mass / mass.sum(1, keepdims=True)
+    scores = sae_store.units_frame("L1.mlp").set_index("unit")
+    for neuron in (0, 17, 47):
+        links = sae_store.links(UnitRef("L1.mlp", neuron))
+        assert [link.ref for link in links] == [UnitRef("L1.sae", f) for f in np.argsort(-share[neuron])[:3]]
+        np.testing.assert_allclose([link.share for link in links], np.sort(share[neuron])[::-1][:3], rtol=1e-4)
+        np.testing.assert_allclose([link.weight for link in links], W_dec[[link.ref.unit for link in links], neuron], rtol=1e-5)
+        p = share[neuron]
+        assert scores.loc[neuron, "sae_features"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
+        assert scores.loc[neuron, "sae_features_80"] == np.argmax(np.cumsum(np.sort(p)[::-1]) >= 0.8) + 1
+    energy = W_dec[5] ** 2 / (W_dec[5] ** 2).sum()
+    links = sae_store.links(UnitRef("L1.sae", 5))
+    assert [link.ref for link in links] == [UnitRef("L1.mlp", i) for i in np.argsort(-energy)[:3]]
+    np.testing.assert_allclose([link.share for link in links], np.sort(energy)[::-1][:3], rtol=1e-4)
+    assert sae_store.links(UnitRef("L0.mlp", 3)) == [], "no SAE reads layer 0"

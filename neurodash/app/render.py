@@ -13,7 +13,7 @@ from itertools import pairwise
 from dash import dcc, html
 
 from neurodash.app import ids
-from neurodash.units import NEURON, SAE_FEATURE, Example, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 POSITIVE = (240, 120, 20)  # orange
 NEGATIVE = (30, 110, 200)  # blue
@@ -326,24 +326,50 @@ def unit_link(label: str, ref: UnitRef, **props) -> dcc.Link:
 
 def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div:
     """The nearest units by cosine similarity of output directions, each a link with a bar."""
-    if not neighbors:
-        return html.P("No neighbours stored for this unit.", className="nd-muted")
+    rows = [(label, ref, max(cos, 0), f"{cos:.3f}", None) for (ref, cos), label in zip(neighbors, labels, strict=True)]
+    return bar_list(rows, "No neighbours stored for this unit.")
+
+
+def link_list(links: Sequence[Link], labels: Sequence[str]) -> html.Div:
+    """Units of another source tied to this one through an SAE decoder: share of mass, decoder weight."""
+    top = max((link.share for link in links), default=0) or 1
+    rows = [
+        (label, link.ref, link.share / top, f"{link.share:.1%}", f"decoder weight {link.weight:+.3f}")
+        for link, label in zip(links, labels, strict=True)
+    ]
+    return bar_list(rows, "None stored.")
+
+
+def bar_list(rows: Sequence[tuple[str, UnitRef, float, str, str | None]], empty: str) -> html.Div:
+    """Linked units, each with a bar (fraction 0..1), its value as text and an optional tooltip."""
+    if not rows:
+        return html.P(empty, className="nd-muted")
     return html.Div(
         [
             html.Div(
                 [
                     unit_link(label, ref, className="nd-neighbor-link"),
                     html.Div(
-                        html.Div(className="nd-bar-fill", style={"width": f"{max(cos, 0) * 100:.0f}%"}),
+                        html.Div(className="nd-bar-fill", style={"width": f"{min(fraction, 1) * 100:.0f}%"}),
                         className="nd-bar",
                     ),
-                    html.Span(f"{cos:.3f}", className="nd-num"),
+                    html.Span(value, className="nd-num"),
                 ],
                 className="nd-neighbor",
+                **({"title": tip} if tip else {}),
             )
-            for (ref, cos), label in zip(neighbors, labels, strict=True)
+            for label, ref, fraction, value, tip in rows
         ],
         className="nd-neighbors",
+    )
+
+
+def dead_note(stats: UnitStats) -> html.P | None:
+    """A unit that never fired on the corpus: said plainly above its (empty) examples."""
+    if stats.density > 0:
+        return None
+    return html.P(
+        f"Dead: this unit never fired (> 0) on the {stats.n_tokens:,} tokens seen.", className="nd-dead-note"
     )
 
 

@@ -84,7 +84,16 @@
     const api = await window.dash_ag_grid.getApiAsync(gridId);
     const rows = unitRows(data);
     api.setGridOption("rowData", rows);
-    return rows.length.toLocaleString("en-US") + " units";
+    const count = function () {
+      const shown = api.getDisplayedRowCount();
+      const total = rows.length.toLocaleString("en-US") + " units";
+      return shown === rows.length ? total : shown.toLocaleString("en-US") + " of " + total + " shown";
+    };
+    api.addEventListener("filterChanged", function () {  /* the count follows the filters */
+      const el = document.getElementById("units-count");
+      if (el) el.textContent = count();
+    });
+    return count();
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, { neurodash: { fillUnitsGrid: fillUnitsGrid } });

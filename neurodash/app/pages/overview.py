@@ -20,6 +20,7 @@ def layout(**_query) -> html.Div:
     meta = store.meta
     metrics = [*STAT_COLUMNS, *app_state.score_metrics]
     n_units = sum(s.n_units for s in sources)
+    n_dead = int((app_state.units["density"] == 0).sum())
     boxes = {m: box_stats(app_state.units, m) for m in (*DISTRIBUTIONS, *app_state.score_metrics)}
     return html.Div(
         [
@@ -48,18 +49,24 @@ def layout(**_query) -> html.Div:
                     [
                         html.Span("Loading units…", id=ids.UNITS_COUNT, className="nd-strong"),
                         " · sort by a column, filter in the row under its header; click a unit to open it.",
+                        f" {n_dead:,} dead units (never fired) are hidden by the density filter: clear it to see them."
+                        if n_dead
+                        else "",
                     ],
                     className="nd-muted",
                 ),
                 dcc.Store(id=ids.UNITS_DATA, data=units_payload(app_state.units, sources, metrics)),
-                units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1),
+                units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1, hide_dead=n_dead > 0),
             ),
         ]
     )
 
 
-def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
-    """The grid (rows arrive from ``units-data`` through a clientside callback), virtual scrolling."""
+def units_grid(metrics: list[str], multiple_kinds: bool, hide_dead: bool = False) -> dag.AgGrid:
+    """The grid (rows arrive from ``units-data`` through a clientside callback), virtual scrolling.
+
+    ``hide_dead``: start with a density > 0 filter, so units that never fired stay out of the way.
+    """
     number = {
         "filter": "agNumberColumnFilter",
         "type": "rightAligned",
@@ -102,6 +109,7 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
             "rowHeight": 30,
             "headerHeight": 34,
         },
+        filterModel={"density": {"filterType": "number", "type": "greaterThan", "filter": 0}} if hide_dead else {},
         columnSize="responsiveSizeToFit",
         style={"height": "560px", "width": "100%"},
         className="nd-grid",

@@ -69,13 +69,21 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                         "Direct logit effect",
                         render.graph(render.logit_figure(store.logit_effects(ref)), ids.LOGITS),
                     ),
-                    render.panel(
-                        f"Nearest units (cosine of {'decoder' if source.kind == SAE_FEATURE else 'output'} directions)",
-                        render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+                    html.Div(
+                        [
+                            render.panel(
+                                f"Nearest units (cosine of {'decoder' if source.kind == SAE_FEATURE else 'output'} "
+                                "directions)",
+                                render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+                            ),
+                            *links_panels(store, ref, prefixes),
+                        ],
+                        className="nd-stack",
                     ),
                 ],
                 className="nd-grid-3",
             ),
+            render.dead_note(stats),
             render.download_buttons(DOWNLOAD_FORMATS),
             html.Div(
                 id=ids.TOKEN_INSPECTOR,
@@ -88,6 +96,23 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
             ),
         ]
     )
+
+
+def links_panels(store: Store, ref: UnitRef, prefixes: dict[str, str | None]) -> list[html.Section]:
+    """The bridge between neurons and features: one panel per SAE (or layer) this unit is tied to."""
+    by_source: dict[str, list] = {}
+    for link in store.links(ref):
+        by_source.setdefault(link.ref.source_id, []).append(link)
+    feature_page = store.source(ref.source_id).kind == SAE_FEATURE
+    return [
+        render.panel(
+            f"Neurons of {target} this feature writes to (share of its decoder row)"
+            if feature_page
+            else f"Features of {target} behind this neuron (share of its activation mass)",
+            render.link_list(links, [unit_label(link.ref, prefixes) for link in links]),
+        )
+        for target, links in by_source.items()
+    ]
 
 
 def download_examples(store: Store, pathname: str | None, fmt: str) -> dict:
