@@ -5,7 +5,9 @@
 Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
 updated), (3) the whole precompute run including loading and writing the store, each as a ratio
-to (1); and (4) peak memory of a precompute run at N and 4N tokens, in separate processes.
+to (1); (4) the added cost of an SAE's features tracked in the same pass (the demo's layer-15
+SAE, when it has been trained: ``neurodash demo`` trains it), as a ratio to (1); and (5) peak
+memory of a precompute run at N and 4N tokens, in separate processes.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ def bare_forward_seconds(model_name: str, tokens: int, ctx: int, batch_size: int
     return time.perf_counter() - started
 
 
-def precompute_seconds(args, tokens: int, out: Path) -> tuple[dict[str, float], float]:
+def precompute_seconds(args, tokens: int, out: Path, saes: tuple[str, ...] = ()) -> tuple[dict[str, float], float]:
     from neurodash.store import Store
     from precompute import PrecomputeConfig, parse_layers, run_precompute
 
     cfg = PrecomputeConfig(
         out=out, model=args.model, layers=parse_layers(args.layers), tokens=tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, overwrite=True,
+        batch_size=args.batch_size, device=args.device, overwrite=True, saes=saes,
     )
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
@@ -68,6 +70,13 @@ def peak_rss_mb(args, tokens: int, out: Path) -> float:
     return int(done.stdout.strip().splitlines()[-1]) / 1024
 
 
+def demo_sae() -> Path:
+    from neurodash import paths
+    from neurodash.cli import DEMO_SAE_LAYER
+
+    return paths.home() / f"sae-L{DEMO_SAE_LAYER}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -78,6 +87,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-tokens", type=int, default=4096, help="N for the N vs 4N memory check")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--sae", default=str(demo_sae()), help="an SAE to time in the pass (default: the demo's)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +109,13 @@ def main() -> None:
             print(f"  {name:38s} {seconds:8.2f} s  {seconds / bare:6.2f}x")
         print(f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.25x); "
               f"bare {args.tokens / bare:.0f} tok/s")
+        if Path(args.sae).is_dir():
+            with_sae, _ = precompute_seconds(args, args.tokens, Path(tmp) / "sae.duckdb", (args.sae,))
+            added = with_sae["forward"] + with_sae["accumulate"] - stream
+            print(f"  with the SAE {args.sae}: pass {with_sae['forward'] + with_sae['accumulate']:.2f} s, "
+                  f"added cost of its features {added:.2f} s = {added / bare:.2f}x the bare forward")
+        else:
+            print(f"  (no SAE at {args.sae}: run `neurodash demo` once to train it, or pass --sae)")
         if not args.skip_memory:
             n = args.memory_tokens
             small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")
