@@ -165,7 +165,15 @@ def sets_table(infos: Sequence[SetInfo], selected: str | None) -> html.Table | h
         )
         for s in infos
     ]
-    head = html.Thead(html.Tr([html.Th("set"), html.Th("examples"), html.Th("created (UTC)")]))
+    head = html.Thead(
+        html.Tr(
+            [
+                html.Th("set"),
+                html.Th("examples", className="nd-num"),
+                html.Th("created (UTC)", className="nd-num"),
+            ]
+        )
+    )
     return html.Table([head, html.Tbody(rows)], className="nd-table nd-sets-table")
 
 

@@ -133,6 +133,7 @@ def download_bar(choices: list[str]) -> html.Div:
             html.Span(id=ids.UNITS_SHOWN, className="nd-strong"),
             html.Span("· download their examples:", className="nd-muted"),
             dcc.RadioItems(choices, choices[0], id=ids.UNITS_DOWNLOAD_BUCKETS, **radio),
+            html.Span("as", className="nd-muted"),
             dcc.RadioItems(
                 [{"label": f.upper(), "value": f} for f in FORMATS], "csv", id=ids.UNITS_DOWNLOAD_FORMAT, **radio
             ),
