@@ -35,7 +35,8 @@ SET_NAME = "set-name"
 SET_NAMES = "set-names"  # the datalist of existing sets
 SET_NOTE = "set-note"
 SET_ADD_TOP = "set-add-top"
-SET_ADD_EXAMPLE = "set-add-example"  # pattern-matching type: {"type": SET_ADD_EXAMPLE, "bucket": "top", "rank": 0}
+# pattern-matching type: {"type": SET_ADD_EXAMPLE, "bucket": "top", "rank": 0}
+SET_ADD_EXAMPLE = "set-add-example"
 SET_FEEDBACK = "set-feedback"
 
 # curated sets page
@@ -44,7 +45,8 @@ SETS_RENAME_INPUT = "sets-rename-input"
 SETS_RENAME = "sets-rename"
 SETS_DELETE = "sets-delete"  # a ConfirmDialogProvider around the delete button
 SETS_DOWNLOAD = "sets-download"
-SETS_DOWNLOAD_FORMAT = "sets-download-format"  # pattern-matching type: {"type": SETS_DOWNLOAD_FORMAT, "fmt": "csv"}
+# pattern-matching type: {"type": SETS_DOWNLOAD_FORMAT, "fmt": "csv"}
+SETS_DOWNLOAD_FORMAT = "sets-download-format"
 SETS_FEEDBACK = "sets-feedback"
 
 # text probe

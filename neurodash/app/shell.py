@@ -18,7 +18,11 @@ def layout(store_name: str, model: str) -> html.Div:
                 [
                     dcc.Link("neurodash", href="/", className="nd-brand"),
                     html.Nav(
-                        [dcc.Link("Overview", href="/"), dcc.Link("Probe", href="/probe"), dcc.Link("Sets", href="/sets")],
+                        [
+                            dcc.Link("Overview", href="/"),
+                            dcc.Link("Probe", href="/probe"),
+                            dcc.Link("Sets", href="/sets"),
+                        ],
                         className="nd-links",
                     ),
                     html.Div(

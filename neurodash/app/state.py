@@ -34,7 +34,9 @@ class AppState:
     @classmethod
     def load(cls, store: Store, sets_file: str | os.PathLike | None = None) -> AppState:
         units = store.units_frame()
-        return cls(store, units, max_by_source(units, store.sources()), ExampleSets.beside(store.path, sets_file))
+        return cls(
+            store, units, max_by_source(units, store.sources()), ExampleSets.beside(store.path, sets_file)
+        )
 
     @cached_property
     def score_metrics(self) -> list[str]:
