@@ -221,11 +221,12 @@ class Store:
 
     # --- units ------------------------------------------------------------------------------
     def unit_stats(self, ref: UnitRef) -> UnitStats:
-        row = self.sql(
+        rows = self.sql(  # fetchall, not fetchone: an unfinished result blocks this thread's cursor
             "SELECT max_act, min_act, mean_act, std_act, skew, kurtosis, density, n_tokens, "
             "hist_edges, hist_counts FROM units WHERE source_id = ? AND unit = ?",
             [ref.source_id, ref.unit],
-        ).fetchone()
+        ).fetchall()
+        row = rows[0] if rows else None
         if row is None:
             raise NeurodashError(f"no unit {ref} in {self.path}")
         return UnitStats(ref, *row[:8], hist_edges=tuple(row[8]), hist_counts=tuple(row[9]))
@@ -304,7 +305,7 @@ class Store:
 
     @cached_property
     def _has_scores(self) -> bool:
-        return bool(self.sql("SELECT count(*) FROM scores").fetchone()[0])
+        return bool(self.sql("SELECT count(*) FROM scores").fetchall()[0][0])
 
     def examples_frame(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> pd.DataFrame:
         """A unit's examples as a DataFrame: one row per example, text and per-token activations."""

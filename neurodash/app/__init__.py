@@ -1,6 +1,6 @@
 """The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``.
 
-A multi-page app (overview, unit, text probe, not found) over one store opened read-only. The
+A multi-page app (overview, unit, text probe, curated sets, not found) over one store opened read-only. The
 store reaches pages through the app's Flask server (``state.current()``), so several apps can
 live in one process. Everything is served locally: no CDN, fonts or external scripts.
 """
@@ -17,16 +17,17 @@ from neurodash.store import Store
 ASSETS = Path(__file__).with_name("assets")
 
 
-def create_app(store_path: str | os.PathLike):
-    """A Dash app over the store at ``store_path``; a ``NeurodashError`` if it is missing or unreadable."""
+def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | None = None):
+    """A Dash app over the store at ``store_path``; a ``NeurodashError`` if it is missing or unreadable.
+    Curated sets go to ``sets_file``, by default the file beside the store (``neurodash.sets``)."""
     store = Store(store_path)  # fails here, before any Dash set-up, with a clear message
     import dash
     import diskcache
 
-    from neurodash.app import shell, state
-    from neurodash.app.pages import not_found_404, overview, probe, unit
+    from neurodash.app import sets_panel, shell, state
+    from neurodash.app.pages import not_found_404, overview, probe, sets, unit
 
-    app_state = state.AppState.load(store)
+    app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"
     cache_dir.mkdir(parents=True, exist_ok=True)
     app = dash.Dash(
@@ -44,6 +45,7 @@ def create_app(store_path: str | os.PathLike):
     dash.register_page(overview.__name__, path=overview.PATH, title=overview.TITLE, layout=overview.layout)
     dash.register_page(unit.__name__, path_template=unit.PATH_TEMPLATE, title=unit.title, layout=unit.layout)
     dash.register_page(probe.__name__, path=probe.PATH, title=probe.TITLE, layout=probe.layout)
+    dash.register_page(sets.__name__, path=sets.PATH, title=sets.TITLE, layout=sets.layout)
     dash.register_page(
         not_found_404.__name__, path="/404", title=not_found_404.TITLE, layout=not_found_404.layout
     )
@@ -52,6 +54,8 @@ def create_app(store_path: str | os.PathLike):
     overview.register_callbacks(app)
     unit.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
+    sets_panel.register_callbacks(app)
+    sets.register_callbacks(app)
     return app
 
 

@@ -13,6 +13,11 @@ STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis",
 UNIT_COLUMNS = {"source_id", "layer", "kind", "unit", *STAT_COLUMNS}
 
 
+def plural(n: int, word: str) -> str:
+    """``plural(3, "example")`` -> ``3 examples``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def label_prefixes(sources: list[Source]) -> dict[str, str | None]:
     """Per source, the prefix of its units' short names (``L12N``, ``L12F``), or None for long names.
 
@@ -159,3 +164,13 @@ def _top_columns(values: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(values))
     part = np.argpartition(-values, k - 1)[:k] if k else np.array([], dtype=int)
     return part[np.argsort(-values[part], kind="stable")]
+
+
+def unit_magnitudes(units: pd.DataFrame, keys: pd.DataFrame) -> list[float]:
+    """Per row of ``keys`` (``source_id``, ``unit_index``), its unit's largest activation magnitude
+    (what its tokens are coloured relative to)."""
+    mags = units[["source_id", "unit"]].assign(mag=np.maximum(units["max_act"], -units["min_act"]))
+    merged = keys[["source_id", "unit_index"]].merge(
+        mags, left_on=["source_id", "unit_index"], right_on=["source_id", "unit"], how="left"
+    )
+    return merged["mag"].fillna(0.0).clip(lower=1e-9).tolist()

@@ -13,6 +13,13 @@ UNITS_GRID = "units-grid"
 UNITS_DATA = "units-data"
 UNITS_COUNT = "units-count"
 LAYER_PLOTS = "layer-plots"
+UNITS_SHOWN = "units-shown"  # how many units the grid's filter leaves
+UNITS_DOWNLOAD = "units-download"
+UNITS_DOWNLOAD_BUTTON = "units-download-button"
+UNITS_DOWNLOAD_FORMAT = "units-download-format"
+UNITS_DOWNLOAD_BUCKETS = "units-download-buckets"
+UNITS_DOWNLOAD_STATUS = "units-download-status"
+UNITS_SELECTION = "units-selection"  # the units shown when the button was pressed, read from the grid
 
 # unit page
 UNIT_PREV = "unit-prev"  # js: "k" and the left arrow follow it
@@ -24,6 +31,23 @@ LOGITS = "unit-logits"
 TOKEN_INSPECTOR = "token-inspector"  # js: shows the hovered token's title
 DOWNLOAD = "unit-download"
 DOWNLOAD_FORMAT = "unit-download-format"  # pattern-matching type: {"type": DOWNLOAD_FORMAT, "fmt": "csv"}
+SET_NAME = "set-name"
+SET_NAMES = "set-names"  # the datalist of existing sets
+SET_NOTE = "set-note"
+SET_ADD_TOP = "set-add-top"
+# pattern-matching type: {"type": SET_ADD_EXAMPLE, "bucket": "top", "rank": 0}
+SET_ADD_EXAMPLE = "set-add-example"
+SET_FEEDBACK = "set-feedback"
+
+# curated sets page
+SETS_SELECTED = "sets-selected"  # the set the page shows (from ?name=)
+SETS_RENAME_INPUT = "sets-rename-input"
+SETS_RENAME = "sets-rename"
+SETS_DELETE = "sets-delete"  # a ConfirmDialogProvider around the delete button
+SETS_DOWNLOAD = "sets-download"
+# pattern-matching type: {"type": SETS_DOWNLOAD_FORMAT, "fmt": "csv"}
+SETS_DOWNLOAD_FORMAT = "sets-download-format"
+SETS_FEEDBACK = "sets-feedback"
 
 # text probe
 PROBE_CONFIG = "probe-config"

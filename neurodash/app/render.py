@@ -72,10 +72,12 @@ def token_row(
     return html.Div(spans, className="nd-tokens")
 
 
-def example_row(example: Example, max_abs: float) -> html.Div:
+def example_row(example: Example, max_abs: float, add_button: bool = False) -> html.Div:
+    """Value and tokens; with ``add_button``, a "+" that adds the example to a curated set."""
     value = example.value
     return html.Div(
         [
+            *([add_example_button(example)] if add_button else []),
             html.Span(
                 f"{value:+.3f}",
                 className="nd-value",
@@ -88,6 +90,15 @@ def example_row(example: Example, max_abs: float) -> html.Div:
     )
 
 
+def add_example_button(example: Example) -> html.Button:
+    return html.Button(
+        "+",
+        id={"type": ids.SET_ADD_EXAMPLE, "bucket": example.bucket, "rank": example.rank},
+        className="nd-add",
+        title="add this example to the set named above",
+    )
+
+
 def bucket_title(bucket: str) -> str:
     if bucket == "top":
         return "Top activations"
@@ -97,7 +108,7 @@ def bucket_title(bucket: str) -> str:
     return f"Quantile group {low:.2f}–{min(low + 0.2, 1.0):.2f} of firing tokens"
 
 
-def example_sections(examples: Sequence[Example], max_abs: float) -> list[html.Details]:
+def example_sections(examples: Sequence[Example], max_abs: float, add_buttons: bool = False) -> list[html.Details]:
     """One collapsible section per bucket, in the given (store) order: top, quantiles, bottom."""
     groups: dict[str, list[Example]] = {}
     for e in examples:
@@ -106,7 +117,7 @@ def example_sections(examples: Sequence[Example], max_abs: float) -> list[html.D
         html.Details(
             [
                 html.Summary([bucket_title(bucket), html.Span(f"{len(group)}", className="nd-count")]),
-                html.Div([example_row(e, max_abs) for e in group], className="nd-examples"),
+                html.Div([example_row(e, max_abs, add_buttons) for e in group], className="nd-examples"),
             ],
             open=bucket in ("top", "bottom") or len(groups) <= 2,
             className="nd-section",
@@ -419,13 +430,15 @@ def unit_header(
     )
 
 
-def download_buttons(formats: tuple[str, ...]) -> html.Div:
+def download_buttons(
+    formats: tuple[str, ...], button_type: str = ids.DOWNLOAD_FORMAT, download_id: str = ids.DOWNLOAD
+) -> html.Div:
     """One button per export format, and the download they trigger."""
     buttons = [
-        html.Button(fmt.upper(), id={"type": ids.DOWNLOAD_FORMAT, "fmt": fmt}, className="nd-button nd-step")
+        html.Button(fmt.upper(), id={"type": button_type, "fmt": fmt}, className="nd-button nd-step")
         for fmt in formats
     ]
-    return html.Div([html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=ids.DOWNLOAD)],
+    return html.Div([html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=download_id)],
                     className="nd-downloads")
 
 

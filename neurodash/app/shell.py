@@ -1,4 +1,4 @@
-"""The frame around every page: the top bar (Overview, Probe, the jump box) and its callback."""
+"""The frame around every page: the top bar (Overview, Probe, Sets, the jump box) and its callback."""
 
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ def layout(store_name: str, model: str) -> html.Div:
                 [
                     dcc.Link("neurodash", href="/", className="nd-brand"),
                     html.Nav(
-                        [dcc.Link("Overview", href="/"), dcc.Link("Probe", href="/probe")],
+                        [
+                            dcc.Link("Overview", href="/"),
+                            dcc.Link("Probe", href="/probe"),
+                            dcc.Link("Sets", href="/sets"),
+                        ],
                         className="nd-links",
                     ),
                     html.Div(

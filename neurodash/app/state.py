@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from neurodash.app.data import max_by_source
+from neurodash.sets import ExampleSets
 from neurodash.store import Store
 
 EXTENSION = "neurodash"
@@ -27,11 +29,14 @@ class AppState:
     store: Store
     units: pd.DataFrame = field(repr=False)  # one row per unit: ``Store.units_frame()``
     unit_max: dict[str, np.ndarray] = field(repr=False)  # per source, each unit's max activation
+    sets: ExampleSets  # curated sets, in the app-owned file beside the store
 
     @classmethod
-    def load(cls, store: Store) -> AppState:
+    def load(cls, store: Store, sets_file: str | os.PathLike | None = None) -> AppState:
         units = store.units_frame()
-        return cls(store, units, max_by_source(units, store.sources()))
+        return cls(
+            store, units, max_by_source(units, store.sources()), ExampleSets.beside(store.path, sets_file)
+        )
 
     @cached_property
     def score_metrics(self) -> list[str]:

@@ -96,7 +96,19 @@
     return count();
   }
 
-  window.dash_clientside = Object.assign({}, window.dash_clientside, { neurodash: { fillUnitsGrid: fillUnitsGrid } });
+  /* The grid's rows after its filter (virtualRowData): how many, and which (as source/index). */
+  function countShownUnits(rows) {
+    if (!rows) return "";
+    return rows.length.toLocaleString("en-US") + (rows.length === 1 ? " unit shown" : " units shown");
+  }
+
+  function shownUnits(nClicks, rows) {
+    return { clicks: nClicks, units: (rows || []).map(function (row) { return row.path.slice("/unit/".length); }) };
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, {
+    neurodash: { fillUnitsGrid: fillUnitsGrid, countShownUnits: countShownUnits, shownUnits: shownUnits },
+  });
 
   window.dashAgGridComponentFunctions = Object.assign({}, window.dashAgGridComponentFunctions, {
     UnitLink: function (props) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, render, sets_panel, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.store import Store
 from neurodash.units import SAE_FEATURE, UnitRef
@@ -85,12 +85,13 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
             ),
             render.dead_note(stats),
             render.download_buttons(DOWNLOAD_FORMATS),
+            sets_panel.layout(),
             html.Div(
                 id=ids.TOKEN_INSPECTOR,
                 className="nd-inspector",
                 children="Hover a token to see its exact value.",
             ),
-            render.panel("Examples", *render.example_sections(store.examples(ref), max_abs)),
+            render.panel("Examples", *render.example_sections(store.examples(ref), max_abs, add_buttons=True)),
             html.P(
                 "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
             ),
@@ -115,12 +116,17 @@ def links_panels(store: Store, ref: UnitRef, prefixes: dict[str, str | None]) ->
     ]
 
 
+def unit_at(store: Store, pathname: str | None) -> UnitRef | None:
+    """The unit whose page is at ``pathname``, or None."""
+    parts = (pathname or "").strip("/").split("/")
+    return resolve(store, *parts[1:3]) if len(parts) == 3 and parts[0] == "unit" else None
+
+
 def download_examples(store: Store, pathname: str | None, fmt: str) -> dict:
     """Every example of the unit at ``pathname`` as a file of ``fmt``, for ``dcc.Download``."""
     from neurodash.export import Selection, export_bytes
 
-    parts = (pathname or "").strip("/").split("/")
-    ref = resolve(store, *parts[1:3]) if len(parts) == 3 and parts[0] == "unit" else None
+    ref = unit_at(store, pathname)
     if ref is None or fmt not in DOWNLOAD_FORMATS:
         raise PreventUpdate
     data = export_bytes(store, Selection(units=[str(ref)]), fmt)
