@@ -184,7 +184,8 @@ def test_dead_features_start_hidden_and_links_lead_across(dash_duo, tmp_path):
 
     store = make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
     start(dash_duo, store)
-    dash_duo.wait_for_text_to_equal("#units-count", "14 of 15 units shown")  # L1F4 is dead
+    dash_duo.wait_for_text_to_equal("#units-count", "15 units")
+    dash_duo.wait_for_text_to_equal("#units-shown", "14 units shown")  # L1F4 is dead
     assert "L1F4" not in [e.text for e in dash_duo.find_elements(".ag-row .nd-grid-link")]
     dash_duo.driver.get(dash_duo.server_url + "/unit/L1.mlp/2")
     feature = dash_duo.wait_for_element('a.nd-neighbor-link[href="/unit/L1.sae/3"]')

@@ -84,16 +84,7 @@
     const api = await window.dash_ag_grid.getApiAsync(gridId);
     const rows = unitRows(data);
     api.setGridOption("rowData", rows);
-    const count = function () {
-      const shown = api.getDisplayedRowCount();
-      const total = rows.length.toLocaleString("en-US") + " units";
-      return shown === rows.length ? total : shown.toLocaleString("en-US") + " of " + total + " shown";
-    };
-    api.addEventListener("filterChanged", function () {  /* the count follows the filters */
-      const el = document.getElementById("units-count");
-      if (el) el.textContent = count();
-    });
-    return count();
+    return rows.length.toLocaleString("en-US") + " units";
   }
 
   /* The grid's rows after its filter (virtualRowData): how many, and which (as source/index). */
