@@ -45,9 +45,11 @@ CREATE TABLE logits (
 CREATE TABLE neighbors (
     source_id VARCHAR, unit INTEGER, rank INTEGER, neighbor INTEGER, cosine FLOAT);
 CREATE TABLE scores (source_id VARCHAR, unit INTEGER, metric VARCHAR, value DOUBLE);
+CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
 """
 
 TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
+OPTIONAL_TABLES = ("clusters",)  # newer tables: a store without them still opens, and reads them empty
 
 
 class StoreWriter:
@@ -87,7 +89,7 @@ class StoreWriter:
 
     def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
         """Bulk-append columns (in the table's column order) through Arrow."""
-        if table not in TABLES:
+        if table not in TABLES and table not in OPTIONAL_TABLES:
             raise ValueError(f"unknown table {table!r}")
         data = columns if isinstance(columns, pa.Table) else pa.table(
             {k: _arrow_column(v) for k, v in columns.items()}
@@ -155,6 +157,7 @@ class Store:
         if missing:
             self._con.close()
             raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
+        self._tables = frozenset(tables)
         self._local = threading.local()
 
     def close(self) -> None:
@@ -266,6 +269,17 @@ class Store:
         ).fetchall()
         return dict(rows)
 
+    def clusters(self, ref: UnitRef) -> dict[tuple[int, int], int]:
+        """The context cluster of each of the unit's top and quantile examples, by (seq_id, pos);
+        empty for a store written before clusters were kept."""
+        if "clusters" not in self._tables:
+            return {}
+        rows = self.sql(
+            "SELECT DISTINCT seq_id, pos, cluster FROM clusters WHERE source_id = ? AND unit = ?",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return {(seq, pos): c for seq, pos, c in rows}
+
     # --- frames for notebooks, the overview and export -------------------------------------
     def units_frame(self, source_id: str | None = None) -> pd.DataFrame:
         """One row per unit: statistics plus one column per score metric."""
@@ -276,9 +290,11 @@ class Store:
             f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
             [source_id] if source_id else [],
         ).df()
+        # PIVOT takes no parameter in its source unless its columns are listed (the store's own metrics)
+        columns = ", ".join(f"'{_sql_string(m)}'" for m in self.score_metrics)
         scores = self.sql(
             f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
-            "ON metric USING first(value)",
+            f"ON metric IN ({columns}) USING first(value)",
             [source_id] if source_id else [],
         ).df() if self._has_scores else pd.DataFrame()
         if len(scores):

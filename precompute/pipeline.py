@@ -27,6 +27,7 @@ from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_s
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
 from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook
+from precompute.polysemanticity import bimodality, combined, example_scores, kept_examples, projection
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class PrecomputeConfig:
     saes: tuple[str, ...] = ()  # SAELens folders or release/sae_id: their features are units too
     n_logits: int = 10
     n_neighbors: int = 10
+    scores: bool = True  # polysemanticity scores (precompute.polysemanticity); off for a bare pass
+    context_dims: int = 32  # dimensions of the random projection kept per example for context clusters
     overwrite: bool = False
     examples: AccumulatorConfig = field(default_factory=AccumulatorConfig)
 
@@ -81,13 +84,14 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
 
+    contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
-        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
+        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts)
         writer.append("vocab", _vocab(model))
         unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-            _write_source(writer, t, unembed, cfg)
+            _write_source(writer, t, unembed, cfg, contexts)
         writer.set_meta(
             model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
@@ -151,7 +155,7 @@ def _config_dict(cfg: PrecomputeConfig) -> dict:
     return d
 
 
-def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tuple[int, dict[str, float]]:
+def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts=None) -> tuple[int, dict[str, float]]:
     """The one pass: run each batch once, update every source, append its sequences.
 
     Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
@@ -164,9 +168,13 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tup
         while (batch := clock.measure("tokenize", next, batches, None)) is not None:
             acts = clock.measure("forward", model.activations, batch.tokens, hooks)
             with clock.phase("accumulate"):
+                at_token = {}
+                if contexts is not None:
+                    tokens = batch.tokens.to(cfg.device)
+                    at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in hooks}
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx)
+                    t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.hook))
             with clock.phase("write"):
                 writer.append("sequences", {
                     "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
@@ -175,6 +183,33 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tup
             n_tokens += batch.tokens.numel()
             bar.update(batch.tokens.numel())
     return n_tokens, clock.seconds
+
+
+class _Contexts:
+    """Per hook, a fixed random projection of its activation vector at every token (the
+    representation that context clusters compare), and the projections' running sum for centring."""
+
+    def __init__(self, dims: int, device: str, seed: int):
+        self.dims, self.device, self.seed = dims, device, seed
+        self.matrix: dict[str, Tensor] = {}
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def project(self, hook: str, acts: Tensor, first: int) -> Tensor:
+        if hook not in self.matrix:
+            p = projection(acts.shape[-1], self.dims, self.seed)
+            self.matrix[hook] = torch.from_numpy(p).to(self.device)
+            self.sums[hook] = torch.zeros(self.dims, dtype=torch.float64, device=self.device)
+            self.counts[hook] = 0
+        rep = acts.float() @ self.matrix[hook]
+        self.sums[hook] += rep[:, first:].sum((0, 1)).double()
+        self.counts[hook] += rep.shape[0] * (rep.shape[1] - first)
+        return rep.half()
+
+    def mean(self, hook: str) -> np.ndarray:
+        if hook not in self.sums:
+            return np.zeros(self.dims, dtype=np.float32)
+        return (self.sums[hook] / max(self.counts[hook], 1)).float().cpu().numpy()
 
 
 class _PhaseClock:
@@ -203,12 +238,16 @@ def _vocab(model: LoadedModel) -> dict:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
-def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig) -> None:
+def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig, contexts=None) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
     sid = t.source.source_id
     writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", examples_table(sid, res, cfg.examples))
+    if contexts is not None:
+        scores, clusters = polysemanticity_tables(sid, res, contexts.mean(t.hook), cfg.context_dims)
+        writer.append("scores", scores)
+        writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)
     similar = directions if t.similar is None else t.similar.to(cfg.device)
     writer.append("logits", _logits_table(sid, directions, unembed, cfg.n_logits))
@@ -247,6 +286,40 @@ def examples_table(sid: str, res: dict, cfg: AccumulatorConfig) -> dict:
         "seq_id": cols["seq"][order], "pos": cols["pos"][order].astype(np.int32),
         "start": cols["start"][order].astype(np.int32), "acts": cols["win"][order],
     }
+
+
+def polysemanticity_tables(sid: str, res: dict, rep_mean: np.ndarray, dims: int) -> tuple[dict, dict]:
+    """The scores (long format, NaN left out) and each kept example's context cluster."""
+    n = len(res["max"])
+    for part in (res["top"], res["sample"]):  # slots that no example ever entered
+        k = part["val"].shape[1]
+        part.setdefault("tok", np.zeros((n, k), dtype=np.int64))
+        part.setdefault("rep", np.zeros((n, k, dims), dtype=np.float16))
+    kept = kept_examples(res["top"], res["sample"])
+    ex = example_scores(kept, rep_mean)
+    metrics = {
+        "context_diversity": ex["context_diversity"],
+        "token_diversity": ex["token_diversity"],
+        "bimodality": bimodality(res["skew"], res["kurtosis"]),
+    }
+    metrics["polysemanticity"] = combined(metrics["context_diversity"], metrics["token_diversity"])
+    units, names, values = [], [], []
+    for name, v in metrics.items():
+        ok = np.flatnonzero(np.isfinite(v))
+        units.append(ok)
+        names.append(np.full(len(ok), name, dtype=object))
+        values.append(v[ok])
+    units_np = np.concatenate(units)
+    scores = {
+        "source_id": [sid] * len(units_np), "unit": units_np.astype(np.int32),
+        "metric": np.concatenate(names), "value": np.concatenate(values).astype(np.float64),
+    }
+    u, j = np.nonzero(kept["valid"])
+    clusters = {
+        "source_id": [sid] * len(u), "unit": u.astype(np.int32), "seq_id": kept["seq"][u, j].astype(np.int64),
+        "pos": kept["pos"][u, j].astype(np.int32), "cluster": ex["cluster"][u, j].astype(np.int32),
+    }
+    return scores, clusters
 
 
 def _bucket_rows(e: dict, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None) -> dict:
