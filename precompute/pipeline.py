@@ -26,7 +26,7 @@ from neurodash.store import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
-from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook
+from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.polysemanticity import bimodality, combined, example_scores, kept_examples, projection
 
 
@@ -69,6 +69,13 @@ class _Tracked:
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
     similar: Tensor | None = None  # [n_units, d]: compared by cosine for neighbours (default: directions)
+    context_hook: str | None = None  # the representation kept at each example's token (scores)
+
+
+def _context_hook(model: LoadedModel, hook: str) -> str:
+    """The MLP input of the hook's layer where the model has that hook, else the hook itself."""
+    wanted = mlp_input_hook(layer_of(hook))
+    return wanted if model.has_hook(wanted) else hook
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -83,6 +90,10 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     tracked += _features(model, cfg)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
+    if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
+        for t in tracked:
+            t.context_hook = _context_hook(model, t.hook)
+        hooks = list(dict.fromkeys([*hooks, *(t.context_hook for t in tracked)]))
 
     contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
@@ -171,10 +182,13 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contex
                 at_token = {}
                 if contexts is not None:
                     tokens = batch.tokens.to(cfg.device)
-                    at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in hooks}
+                    context_hooks = dict.fromkeys(t.context_hook for t in tracked)
+                    at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.hook))
+                    t.acc.update(
+                        unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
+                    )
             with clock.phase("write"):
                 writer.append("sequences", {
                     "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
@@ -245,7 +259,7 @@ def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: Precom
     writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", examples_table(sid, res, cfg.examples))
     if contexts is not None:
-        scores, clusters = polysemanticity_tables(sid, res, contexts.mean(t.hook), cfg.context_dims)
+        scores, clusters = polysemanticity_tables(sid, res, contexts.mean(t.context_hook), cfg.context_dims)
         writer.append("scores", scores)
         writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)

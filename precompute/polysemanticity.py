@@ -132,7 +132,9 @@ def kept_examples(top: dict[str, np.ndarray], sample: dict[str, np.ndarray]) -> 
     both = {k: np.concatenate([top[k], sample[k]], axis=1) for k in names}
     valid = both["val"] > 0
     order = np.argsort(-np.where(valid, both["val"], -np.inf), axis=1, kind="stable")
-    out = {k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in both.items()}
+    out = {
+        k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in both.items()
+    }
     out["valid"] = np.take_along_axis(valid, order, 1)
     return out
 
