@@ -5,7 +5,8 @@
 Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
 updated), (3) the whole precompute run including loading and writing the store, each as a ratio
-to (1); and (4) peak memory of a precompute run at N and 4N tokens, in separate processes.
+to (1); (4) the pass and the whole run with polysemanticity scoring over without it; and (5) peak
+memory of a precompute run at N and 4N tokens, in separate processes.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ def bare_forward_seconds(model_name: str, tokens: int, ctx: int, batch_size: int
     return time.perf_counter() - started
 
 
-def precompute_seconds(args, tokens: int, out: Path) -> tuple[dict[str, float], float]:
+def precompute_seconds(args, tokens: int, out: Path, scores: bool = True) -> tuple[dict[str, float], float]:
     from neurodash.store import Store
     from precompute import PrecomputeConfig, parse_layers, run_precompute
 
     cfg = PrecomputeConfig(
         out=out, model=args.model, layers=parse_layers(args.layers), tokens=tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, overwrite=True,
+        batch_size=args.batch_size, device=args.device, overwrite=True, saes=tuple(args.sae), scores=scores,
     )
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
@@ -77,6 +78,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-tokens", type=int, default=4096, help="N for the N vs 4N memory check")
+    p.add_argument("--sae", action="append", default=[], help="an SAE folder to track too (the demo's: sae-L15)")
     p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
 
@@ -99,6 +101,11 @@ def main() -> None:
             print(f"  {name:38s} {seconds:8.2f} s  {seconds / bare:6.2f}x")
         print(f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.25x); "
               f"bare {args.tokens / bare:.0f} tok/s")
+        plain, plain_total = precompute_seconds(args, args.tokens, Path(tmp) / "plain.duckdb", scores=False)
+        plain_stream = plain["forward"] + plain["accumulate"]
+        print(f"  polysemanticity scoring: pass {stream:.2f} s vs {plain_stream:.2f} s without "
+              f"({stream / plain_stream:.3f}x), whole run {total:.2f} s vs {plain_total:.2f} s "
+              f"({total / plain_total:.3f}x) (target <= 1.10x)")
         if not args.skip_memory:
             n = args.memory_tokens
             small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")

@@ -7,7 +7,7 @@ under decaying feature importance. Several instances (one per sparsity) train at
 
 Truth: a neuron represents feature f when f alone (``x_f = 1``) turns it on, to at least
 ``TRUTH_FRACTION`` of the strongest such single-feature response. Each neuron is wired to a
-known set of features (1 to 8) and trained; the neurons wired to a single feature are the
+known set of features (1 to 18; training keeps some) and trained; the neurons wired to a single feature are the
 monosemantic controls.
 
 The toy is mapped to what the pipeline's scores consume and scored by the very same code:
@@ -44,7 +44,7 @@ MAIN_METRICS = ("sae_features", "context_diversity", "token_diversity", "polysem
 @dataclass(frozen=True)
 class ToyConfig:
     n_features: int = 40
-    set_sizes: tuple[int, ...] = (1, 1, 2, 2, 3, 3, 4, 5, 6, 8)  # features wired to each neuron
+    set_sizes: tuple[int, ...] = (1, 1, 2, 3, 5, 7, 9, 12, 15, 18)  # features wired to each neuron
     sparsities: tuple[float, ...] = (0.97, 0.98, 0.99)  # one instance each
     importance_decay: float = 0.97
     steps: int = 2000
@@ -53,9 +53,9 @@ class ToyConfig:
     tokens: int = 65_536  # the "corpus" each instance's neurons are scored on
     seq_len: int = 16
     context_dims: int = 32  # the representation (the input x) is projected as in the pipeline
-    sae_features: int = 80
+    sae_features: int = 60
     sae_k: int = 2
-    sae_tokens: int = 150_000
+    sae_tokens: int = 100_000
     seed: int = 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dash_ag_grid as dag
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, polysemanticity, render, state
 from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, units_payload
 
 PATH = "/"
@@ -42,6 +42,7 @@ def layout(**_query) -> html.Div:
                 className="nd-section",
             ),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
+            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
             render.panel(
                 "Units",
                 html.P(
