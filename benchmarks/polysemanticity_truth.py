@@ -26,10 +26,14 @@ def main() -> None:
     units, scores = ground_truth(cfg)
     truth = np.array([u.truth for u in units])
     control = np.array([u.control for u in units])
-    print(f"toy: {len(cfg.sparsities)} instances x {len(cfg.set_sizes)} ReLU neurons, {cfg.n_features} features, "
-          f"sparsity {cfg.sparsities}; {len(units)} live neurons ({control.sum()} controls), true counts "
-          f"{truth.min()}-{truth.max()} (median {np.median(truth):.0f}); {time.perf_counter() - started:.0f} s")
-    print(f"| score | Spearman with true count | controls' max | polysemantic (>= 2) units' min | controls lowest |")
+    print(
+        f"toy: {len(cfg.sparsities)} instances x {len(cfg.set_sizes)} ReLU neurons, {cfg.n_features} features, "
+        f"sparsity {cfg.sparsities}; {len(units)} live neurons ({control.sum()} controls), true counts "
+        f"{truth.min()}-{truth.max()} (median {np.median(truth):.0f}); {time.perf_counter() - started:.0f} s"
+    )
+    print(
+        "| score | Spearman with true count | controls' max | polysemantic (>= 2) units' min | controls lowest |"
+    )
     print("|---|---|---|---|---|")
     for name, values in scores.items():
         if name == "n_examples":
@@ -39,7 +43,9 @@ def main() -> None:
         if name == "bimodality":  # high bimodality: the sparse, monosemantic end
             lo, hi = -values[control].min(), -values[truth >= 2].max()
         main = " (main)" if name in MAIN_METRICS else ""
-        print(f"| `{name}`{main} | {rho:+.2f} | {abs(lo):.2f} | {abs(hi):.2f} | {'yes' if lo < hi else 'no'} |")
+        print(
+            f"| `{name}`{main} | {rho:+.2f} | {abs(lo):.2f} | {abs(hi):.2f} | {'yes' if lo < hi else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ CLUSTERS = {(1, 11): 0, (2, 11): 1, (3, 11): 0, (4, 11): 0}
 
 def test_breakdown_groups_by_cluster_and_token_largest_first():
     contexts, tokens = breakdown(EXAMPLES, CLUSTERS)
-    assert [(g.label, g.count, g.example.seq_id) for g in contexts] == [("context 1", 3, 1), ("context 2", 1, 2)]
+    assert [(g.label, g.count, g.example.seq_id) for g in contexts] == [
+        ("context 1", 3, 1),
+        ("context 2", 1, 2),
+    ]
     assert [(g.label, g.count, g.example.seq_id) for g in tokens] == [("'def'", 3, 1), ("'class'", 1, 2)]
 
 
@@ -44,8 +47,13 @@ def test_unit_panel_shows_scores_and_groups_or_nothing_without_scores():
 
 def test_ranking_lists_link_the_extremes_and_skip_unscored_units():
     units = pd.DataFrame(
-        {"source_id": ["L0.mlp"] * 4, "layer": [0] * 4, "kind": ["neuron"] * 4, "unit": [0, 1, 2, 3],
-         "polysemanticity": [3.0, None, 1.0, 2.0]}
+        {
+            "source_id": ["L0.mlp"] * 4,
+            "layer": [0] * 4,
+            "kind": ["neuron"] * 4,
+            "unit": [0, 1, 2, 3],
+            "polysemanticity": [3.0, None, 1.0, 2.0],
+        }
     )
     most, least = ranked(units, n=2)
     assert most["unit"].tolist() == [0, 3] and least["unit"].tolist() == [2, 3]

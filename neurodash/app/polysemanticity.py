@@ -38,7 +38,10 @@ METRICS = {  # name: (label, what it means)
         "SAE features",
         "exp(entropy) of the SAE features' shares of this neuron's activation mass: the effective number of features.",
     ),
-    "sae_features_80": ("SAE features (80%)", "How many SAE features cover 80% of this neuron's activation mass."),
+    "sae_features_80": (
+        "SAE features (80%)",
+        "How many SAE features cover 80% of this neuron's activation mass.",
+    ),
     "bimodality": (
         "bimodality",
         "(skew² + 1) / kurtosis of the activations: 5/9 for a uniform distribution, towards 1 for a rare, "
@@ -56,7 +59,9 @@ class Group:
     example: Example
 
 
-def breakdown(examples: Sequence[Example], clusters: dict[tuple[int, int], int]) -> tuple[list[Group], list[Group]]:
+def breakdown(
+    examples: Sequence[Example], clusters: dict[tuple[int, int], int]
+) -> tuple[list[Group], list[Group]]:
     """The unit's top and quantile examples grouped by context cluster and by max token, largest first.
 
     Each group's example is its strongest (for a cluster: its leader)."""
@@ -81,7 +86,10 @@ def breakdown(examples: Sequence[Example], clusters: dict[tuple[int, int], int])
 def score_cards(scores: dict[str, float]) -> html.Div:
     items = [
         html.Div(
-            [html.Div(label, className="nd-stat-label"), html.Div(f"{scores[m]:.2f}", className="nd-stat-value")],
+            [
+                html.Div(label, className="nd-stat-label"),
+                html.Div(f"{scores[m]:.2f}", className="nd-stat-value"),
+            ],
             className="nd-stat",
             title=meaning,
         )
@@ -115,14 +123,20 @@ def group_list(title: str, groups: Sequence[Group], max_abs: float, shown: int =
     if more > 0:
         rows.append(html.P(f"… and {more} smaller groups", className="nd-muted"))
     return html.Details(
-        [html.Summary([title, html.Span(f"{len(groups)}", className="nd-count")]), html.Div(rows, className="nd-examples")],
+        [
+            html.Summary([title, html.Span(f"{len(groups)}", className="nd-count")]),
+            html.Div(rows, className="nd-examples"),
+        ],
         open=True,
         className="nd-section",
     )
 
 
 def unit_panel(
-    scores: dict[str, float], examples: Sequence[Example], clusters: dict[tuple[int, int], int], max_abs: float
+    scores: dict[str, float],
+    examples: Sequence[Example],
+    clusters: dict[tuple[int, int], int],
+    max_abs: float,
 ) -> html.Section | None:
     """The unit's polysemanticity scores (hover a card for its meaning) and what makes them: the
     context clusters and the max tokens of its examples, one example of each. None without scores."""
@@ -131,7 +145,11 @@ def unit_panel(
     by_context, by_token = breakdown(examples, clusters)
     parts = [score_cards(scores)]
     if by_context:
-        parts.append(group_list("Contexts its examples fall into (each cluster's strongest example)", by_context, max_abs))
+        parts.append(
+            group_list(
+                "Contexts its examples fall into (each cluster's strongest example)", by_context, max_abs
+            )
+        )
     if by_token:
         parts.append(group_list("Tokens its examples peak on", by_token, max_abs))
     return render.panel("Polysemanticity", *parts)
@@ -166,7 +184,9 @@ def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int =
             for row in frame.itertuples(index=False)
             for ref in [UnitRef(row.source_id, int(row.unit))]
         ]
-        return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table")
+        return html.Table(
+            [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
+        )
 
     counts = Counter(units[COMBINED].notna())
     return render.panel(
@@ -177,8 +197,10 @@ def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int =
             className="nd-muted",
         ),
         html.Div(
-            [html.Div([html.H3("Most", className="nd-panel-title"), table(most)]),
-             html.Div([html.H3("Least", className="nd-panel-title"), table(least)])],
+            [
+                html.Div([html.H3("Most", className="nd-panel-title"), table(most)]),
+                html.Div([html.H3("Least", className="nd-panel-title"), table(least)]),
+            ],
             className="nd-grid-2",
         ),
     )
