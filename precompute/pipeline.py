@@ -181,7 +181,7 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contex
             with clock.phase("accumulate"):
                 at_token = {}
                 if contexts is not None:
-                    tokens = batch.tokens.to(cfg.device)
+                    tokens = batch.tokens.to(cfg.device, torch.int32)
                     context_hooks = dict.fromkeys(t.context_hook for t in tracked)
                     at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
                 for t in tracked:
@@ -307,7 +307,7 @@ def polysemanticity_tables(sid: str, res: dict, rep_mean: np.ndarray, dims: int)
     n = len(res["max"])
     for part in (res["top"], res["sample"]):  # slots that no example ever entered
         k = part["val"].shape[1]
-        part.setdefault("tok", np.zeros((n, k), dtype=np.int64))
+        part.setdefault("tok", np.zeros((n, k), dtype=np.int32))
         part.setdefault("rep", np.zeros((n, k, dims), dtype=np.float16))
     kept = kept_examples(res["top"], res["sample"])
     ex = example_scores(kept, rep_mean)
