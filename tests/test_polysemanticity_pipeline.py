@@ -124,3 +124,25 @@ def test_scores_can_be_turned_off(tiny_model_dir, docs_jsonl, tmp_path):
     )
     store = Store(run_precompute(cfg, progress=False))
     assert store.score_metrics == [] and store.clusters(UnitRef("L0.mlp", 0)) == {}
+
+
+def test_pages_show_the_scores_breakdown_and_rankings(store):
+    from app_helpers import find, texts
+    from dash import dcc
+
+    from neurodash.app import create_app
+    from neurodash.app.pages import overview, unit
+
+    app = create_app(store.path)
+    ref = next(
+        UnitRef("L1.mlp", u) for u in range(48) if "context_diversity" in store.scores(UnitRef("L1.mlp", u))
+    )
+    with app.server.test_request_context(ref.path):
+        page = unit.layout(source_id=ref.source_id, index=str(ref.unit))
+    shown = texts(page)
+    assert {"Polysemanticity", "context clusters", "max tokens", "context 1"} <= set(shown)
+    with app.server.test_request_context("/"):
+        page = overview.layout()
+    assert "Most and least polysemantic" in texts(page)
+    links = [c.href for c in find(page, lambda c: isinstance(c, dcc.Link) and c.href.startswith("/unit/"))]
+    assert len(links) >= 20
