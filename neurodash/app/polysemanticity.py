@@ -116,6 +116,7 @@ def group_list(title: str, groups: Sequence[Group], max_abs: float, shown: int =
                 render.token_row(g.example.tokens, g.example.acts, max_abs),
             ],
             className="nd-poly-group",
+            style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
         )
         for g in groups[:shown]
     ]
