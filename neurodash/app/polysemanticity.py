@@ -99,7 +99,9 @@ def score_cards(scores: dict[str, float]) -> html.Div:
     return html.Div(items, className="nd-stats")
 
 
-def group_list(title: str, groups: Sequence[Group], max_abs: float, shown: int = 6) -> html.Details:
+def group_list(
+    title: str, groups: Sequence[Group], max_abs: float, shown: int = 6, open_: bool = True
+) -> html.Details:
     total = sum(g.count for g in groups)
     rows = [
         html.Div(
@@ -128,7 +130,7 @@ def group_list(title: str, groups: Sequence[Group], max_abs: float, shown: int =
             html.Summary([title, html.Span(f"{len(groups)}", className="nd-count")]),
             html.Div(rows, className="nd-examples"),
         ],
-        open=True,
+        open=open_,
         className="nd-section",
     )
 
@@ -152,7 +154,7 @@ def unit_panel(
             )
         )
     if by_token:
-        parts.append(group_list("Tokens its examples peak on", by_token, max_abs))
+        parts.append(group_list("Tokens its examples peak on", by_token, max_abs, open_=False))
     return render.panel("Polysemanticity", *parts)
 
 
