@@ -5,9 +5,10 @@
 Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
 updated), (3) the whole precompute run including loading and writing the store, each as a ratio
-to (1); (4) the added cost of an SAE's features tracked in the same pass (the demo's layer-15
-SAE, when it has been trained: ``neurodash demo`` trains it), as a ratio to (1); and (5) peak
-memory of a precompute run at N and 4N tokens, in separate processes.
+to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
+layer-15 SAE once ``neurodash demo`` has trained it), as a ratio to (1); (5) the pass and the whole
+run with polysemanticity scoring over without it; and (6) peak memory of a precompute run at N and
+4N tokens, in separate processes.
 """
 
 from __future__ import annotations
@@ -41,19 +42,102 @@ def bare_forward_seconds(model_name: str, tokens: int, ctx: int, batch_size: int
     return time.perf_counter() - started
 
 
-def precompute_seconds(args, tokens: int, out: Path, saes: tuple[str, ...] = ()) -> tuple[dict[str, float], float]:
+def precompute_seconds(
+    args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
+) -> tuple[dict[str, float], float]:
     from neurodash.store import Store
     from precompute import PrecomputeConfig, parse_layers, run_precompute
 
     cfg = PrecomputeConfig(
         out=out, model=args.model, layers=parse_layers(args.layers), tokens=tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, overwrite=True, saes=saes,
+        batch_size=args.batch_size, device=args.device, overwrite=True, saes=saes, scores=scores,
     )
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
     total = time.perf_counter() - started
     with Store(out) as store:
         return json.loads(store.meta["phase_seconds"]), total
+
+
+def scoring_overhead(args) -> dict[str, float]:
+    """Seconds of the pass with and without polysemanticity scoring, measured side by side: every
+    batch runs the forward once (caching the context hooks too), then updates two sets of
+    accumulators, one copying each entrant's token and projected context, one not, alternating
+    which goes first; the scores are then computed and written. Side by side, a shared machine's
+    changing load falls on both alike."""
+    import torch
+
+    from neurodash.store import StoreWriter
+    from precompute import PrecomputeConfig, parse_layers
+    from precompute.corpus import load_corpus, pack_windows
+    from precompute.models import load_model
+    from precompute.pipeline import (
+        _context_hook,
+        _Contexts,
+        _features,
+        _neurons,
+        examples_table,
+        polysemanticity_tables,
+    )
+
+    cfg = PrecomputeConfig(
+        out="unused", model=args.model, layers=parse_layers(args.layers), tokens=args.tokens, ctx=args.ctx,
+        batch_size=args.batch_size, device=args.device, saes=tuple(args.sae),
+    )
+    model = load_model(cfg.model, cfg.device)
+    plain = [_neurons(model, layer, cfg) for layer in cfg.layers] + _features(model, cfg)
+    scored = [_neurons(model, layer, cfg) for layer in cfg.layers] + _features(model, cfg)
+    for t in scored:
+        t.context_hook = _context_hook(model, t.hook)
+    hooks = list(dict.fromkeys([*(t.hook for t in plain), *(t.context_hook for t in scored)]))
+    contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed)
+    first = 1
+    seconds = {"forward": 0.0, "plain": 0.0, "scored": 0.0, "write plain": 0.0, "write scored": 0.0}
+
+    def update(tracked, acts, batch, with_scores: bool) -> float:
+        started = time.perf_counter()
+        at_token = {}
+        if with_scores:
+            tokens = batch.tokens.to(cfg.device, torch.int32)
+            for h in dict.fromkeys(t.context_hook for t in tracked):
+                at_token[h] = {"rep": contexts.project(h, acts[h], first), "tok": tokens}
+        for t in tracked:
+            unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
+            t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook))
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    batches = pack_windows(load_corpus(), model.tokenizer, cfg.ctx, cfg.batch_size, max_tokens=cfg.tokens)
+    for i, batch in enumerate(batches):
+        started = time.perf_counter()
+        acts = model.activations(batch.tokens, hooks)
+        seconds["forward"] += time.perf_counter() - started
+        for name, tracked in ([("plain", plain), ("scored", scored)] if i % 2 else [("scored", scored), ("plain", plain)]):
+            seconds[name] += update(tracked, acts, batch, name == "scored")
+    with tempfile.TemporaryDirectory() as tmp, StoreWriter(Path(tmp) / "w.duckdb") as writer:
+        for t_plain, t_scored in zip(plain, scored):
+            started = time.perf_counter()
+            writer.append("examples", examples_table(t_plain.source.source_id, t_plain.acc.result(), cfg.examples))
+            seconds["write plain"] += time.perf_counter() - started
+            started = time.perf_counter()
+            res = t_scored.acc.result()
+            writer.append("examples", examples_table(t_scored.source.source_id, res, cfg.examples))
+            tables = polysemanticity_tables(t_scored.source.source_id, res, contexts.mean(t_scored.context_hook), cfg.context_dims)
+            writer.append("scores", tables[0])
+            writer.append("clusters", tables[1])
+            seconds["write scored"] += time.perf_counter() - started
+    return seconds
+
+
+def print_scoring_overhead(args) -> None:
+    s = scoring_overhead(args)
+    plain, scored = s["forward"] + s["plain"], s["forward"] + s["scored"]
+    whole_plain, whole_scored = plain + s["write plain"], scored + s["write scored"]
+    print(f"  polysemanticity scoring, side by side: update {s['scored']:.2f} s vs {s['plain']:.2f} s without; "
+          f"pass (forward {s['forward']:.2f} s + update) {scored / plain:.3f}x; with writing the examples and "
+          f"scores ({s['write scored']:.2f} s vs {s['write plain']:.2f} s) {whole_scored / whole_plain:.3f}x "
+          "(target <= 1.10x)")
 
 
 def peak_rss_mb(args, tokens: int, out: Path) -> float:
@@ -86,10 +170,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-tokens", type=int, default=4096, help="N for the N vs 4N memory check")
+    p.add_argument("--sae", action="append", default=[], help="an SAE folder to time (default: the demo's, if trained)")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--sae", default=str(demo_sae()), help="an SAE to time in the pass (default: the demo's)")
+    p.add_argument("--only-scoring", action="store_true", help="only the scoring overhead line")
     args = p.parse_args()
+    if not args.sae and demo_sae().is_dir():
+        args.sae = [str(demo_sae())]
 
+    if args.only_scoring:
+        print(f"model {args.model}, layers {args.layers}, {args.tokens} tokens, sae {args.sae}")
+        print_scoring_overhead(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         bare = bare_forward_seconds(args.model, args.tokens, args.ctx, args.batch_size, args.device)
         phases, total = precompute_seconds(args, args.tokens, Path(tmp) / "bench.duckdb")
@@ -109,13 +200,12 @@ def main() -> None:
             print(f"  {name:38s} {seconds:8.2f} s  {seconds / bare:6.2f}x")
         print(f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.25x); "
               f"bare {args.tokens / bare:.0f} tok/s")
-        if Path(args.sae).is_dir():
-            with_sae, _ = precompute_seconds(args, args.tokens, Path(tmp) / "sae.duckdb", (args.sae,))
+        if args.sae:
+            with_sae, _ = precompute_seconds(args, args.tokens, Path(tmp) / "sae.duckdb", tuple(args.sae))
             added = with_sae["forward"] + with_sae["accumulate"] - stream
-            print(f"  with the SAE {args.sae}: pass {with_sae['forward'] + with_sae['accumulate']:.2f} s, "
+            print(f"  with the SAE {', '.join(args.sae)}: pass {with_sae['forward'] + with_sae['accumulate']:.2f} s, "
                   f"added cost of its features {added:.2f} s = {added / bare:.2f}x the bare forward")
-        else:
-            print(f"  (no SAE at {args.sae}: run `neurodash demo` once to train it, or pass --sae)")
+        print_scoring_overhead(args)
         if not args.skip_memory:
             n = args.memory_tokens
             small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")

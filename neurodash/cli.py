@@ -106,6 +106,7 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
                    help="an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)")
     p.add_argument("--keep-bos", action="store_true",
                    help="keep the first (BOS) position in examples and statistics")
+    p.add_argument("--no-scores", action="store_true", help="skip the polysemanticity scores (a bare pass)")
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
@@ -163,6 +164,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
         out=out, model=args.model, dataset=args.dataset, split=args.split, text_column=args.text_column,
         layers=parse_layers(args.layers) if args.layers else None, tokens=args.tokens, ctx=args.ctx,
         batch_size=args.batch_size, device=args.device, keep_bos=args.keep_bos, saes=tuple(args.sae),
+        scores=not args.no_scores,
         overwrite=overwrite,
         examples=AccumulatorConfig(top_k=args.top_k, bottom_k=args.bottom_k),
     )

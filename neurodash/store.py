@@ -48,10 +48,11 @@ CREATE TABLE scores (source_id VARCHAR, unit INTEGER, metric VARCHAR, value DOUB
 CREATE TABLE links (
     source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
     weight FLOAT, share FLOAT);
+CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
 """
 
-TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores", "links")
-REQUIRED_TABLES = TABLES[:9]  # a store written before ``links`` existed still opens
+TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
+OPTIONAL_TABLES = ("links", "clusters")  # newer tables: a store without them still opens, and reads them empty
 
 
 class StoreWriter:
@@ -91,7 +92,7 @@ class StoreWriter:
 
     def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
         """Bulk-append columns (in the table's column order) through Arrow."""
-        if table not in TABLES:
+        if table not in TABLES and table not in OPTIONAL_TABLES:
             raise ValueError(f"unknown table {table!r}")
         data = columns if isinstance(columns, pa.Table) else pa.table(
             {k: _arrow_column(v) for k, v in columns.items()}
@@ -155,11 +156,11 @@ class Store:
             tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         except duckdb.Error as e:
             raise NeurodashError(f"{self.path} is not a readable neurodash store ({e})") from None
-        missing = set(REQUIRED_TABLES) - tables
+        missing = set(TABLES) - tables
         if missing:
             self._con.close()
             raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
-        self._tables = tables
+        self._tables = frozenset(tables)
         self._local = threading.local()
 
     def close(self) -> None:
@@ -267,7 +268,7 @@ class Store:
 
     def links(self, ref: UnitRef) -> list[Link]:
         """Units of another source tied to this one through an SAE's decoder, strongest first."""
-        if "links" not in self._tables:
+        if "links" not in self._tables:  # a store from before links
             return []
         rows = self.sql(
             "SELECT target_source_id, target_unit, weight, share FROM links "
@@ -283,6 +284,17 @@ class Store:
         ).fetchall()
         return dict(rows)
 
+    def clusters(self, ref: UnitRef) -> dict[tuple[int, int], int]:
+        """The context cluster of each of the unit's top and quantile examples, by (seq_id, pos);
+        empty for a store written before clusters were kept."""
+        if "clusters" not in self._tables:
+            return {}
+        rows = self.sql(
+            "SELECT DISTINCT seq_id, pos, cluster FROM clusters WHERE source_id = ? AND unit = ?",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return {(seq, pos): c for seq, pos, c in rows}
+
     # --- frames for notebooks, the overview and export -------------------------------------
     def units_frame(self, source_id: str | None = None) -> pd.DataFrame:
         """One row per unit: statistics plus one column per score metric."""
@@ -295,13 +307,14 @@ class Store:
         ).df()
         if not self._has_scores:
             return df
+        # PIVOT takes no parameter in its source unless its columns are listed (the store's own metrics)
+        columns = ", ".join(f"'{_sql_string(m)}'" for m in self.score_metrics)
         scores = self.sql(
-            f"SELECT source_id, unit, metric, value FROM scores {where.replace('u.', '')}",
+            f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
+            f"ON metric IN ({columns}) USING first(value)",
             [source_id] if source_id else [],
         ).df()
-        wide = scores.pivot_table(index=["source_id", "unit"], columns="metric", values="value", aggfunc="first")
-        wide.columns.name = None
-        return df.merge(wide.reset_index(), on=["source_id", "unit"], how="left") if len(wide) else df
+        return df.merge(scores, on=["source_id", "unit"], how="left")
 
     @cached_property
     def _has_scores(self) -> bool:

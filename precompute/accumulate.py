@@ -79,10 +79,13 @@ def _replace_evicted(slots: dict[str, Tensor], evicted: Tensor, incoming: dict[s
     """Write entrants into the slots they evict, in place.
 
     ``evicted`` [u, k] marks the slots to free; ``incoming`` holds one entry per freed slot, grouped
-    by unit in ascending unit order (``nonzero`` order), so the two line up one to one.
+    by unit in ascending unit order (``nonzero`` order), so the two line up one to one. A slot
+    array first met here (a value copied at the example's token) is created, zero-filled.
     """
     eu, ek = evicted.nonzero(as_tuple=True)
     for name, value in incoming.items():
+        if name not in slots:
+            slots[name] = torch.zeros((*evicted.shape, *value.shape[1:]), dtype=value.dtype, device=value.device)
         slots[name][eu, ek] = value
 
 
@@ -102,8 +105,9 @@ class _Extremes:
             "win": torch.zeros((n_units, k, window), device=device),
         }
 
-    def update(self, score: Float[Tensor, "b u"], locate, seq_ids, windows_at) -> None:
-        """Merge a batch's per-sequence scores; ``locate(b, u)`` gives the extreme token's position."""
+    def update(self, score: Float[Tensor, "b u"], locate, seq_ids, windows_at, at_token=None) -> None:
+        """Merge a batch's per-sequence scores; ``locate(b, u)`` gives the extreme token's position;
+        ``at_token(b, pos)`` (optional) the values to copy from the entrants' tokens."""
         k, vals = self.k, self.slots["val"]
         # Only a batch holding a candidate above some unit's k-th value needs the merge.
         if k == 0 or not bool((score.max(0).values > vals.min(1).values).any()):
@@ -115,6 +119,8 @@ class _Extremes:
         pos = locate(fb, fu)
         start, windows = windows_at(fb, fu, pos)
         incoming = {"val": score[fb, fu], "seq": seq_ids[fb], "pos": pos, "start": start, "win": windows}
+        if at_token is not None:
+            incoming |= at_token(fb, pos)
         _replace_evicted(self.slots, ~chosen[:, :k], incoming)
 
     def sorted(self) -> dict[str, np.ndarray]:
@@ -161,8 +167,13 @@ class UnitAccumulator:
         seq_ids: Int[Tensor, "batch"],
         first: int = 0,
         ctx: int | None = None,
+        at_token: dict[str, Tensor] | None = None,
     ) -> None:
         """Add one batch. Positions before ``first`` (the BOS) are left out of everything.
+
+        ``at_token`` maps names to per-token values ``[batch, pos, ...]`` (the token id, a projected
+        representation) that a top or quantile-sample example copies from its token when it enters;
+        ``result()`` returns them beside the example's other slots.
 
         ``acts`` is changed in place while the batch is read and restored before returning; the
         reductions run on the whole contiguous tensor, which is ~10x faster than on a slice.
@@ -192,11 +203,15 @@ class UnitAccumulator:
             start = (pos - before).clamp(0, t - w)
             return start, rows(b, u, start[:, None] + torch.arange(w, device=self.device))
 
+        def copied(b: Tensor, pos: Tensor) -> dict[str, Tensor]:
+            return {name: v[b, pos] for name, v in at_token.items()}
+
+        copy = copied if at_token else None
         body = torch.arange(first, t, device=self.device)[None, :]
-        self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at)
+        self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at, copy)
         self.bottom.update(-smin, lambda b, u: rows(b, u, body).argmin(1) + first, seq_ids, windows_at)
         if candidates is not None:
-            self._merge_sample(*candidates, acts, seq_ids, windows_at)
+            self._merge_sample(*candidates, acts, seq_ids, windows_at, copy)
 
     def _update_moments(self, a: Tensor, first: int) -> None:
         a2 = torch.mul(a, a, out=_scratch("a2", a))
@@ -247,7 +262,7 @@ class UnitAccumulator:
             return None
         return bi, ti, ui, keys[bi, ti, ui]
 
-    def _merge_sample(self, bi, ti, ui, cand_keys, acts: Tensor, seq_ids: Tensor, windows_at) -> None:
+    def _merge_sample(self, bi, ti, ui, cand_keys, acts: Tensor, seq_ids: Tensor, windows_at, copy=None) -> None:
         """Priority sampling: keep per unit the r firing tokens with the smallest keys.
 
         One sort of (state + candidates) by (unit, key); entrants take the slots they evict.
@@ -271,6 +286,8 @@ class UnitAccumulator:
             "start": start,
             "win": windows,
         }
+        if copy is not None:
+            incoming |= copy(bi[c], ti[c])
         _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
         self.sample_bound = state["key"].max(1).values
 

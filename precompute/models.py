@@ -30,6 +30,11 @@ def mlp_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def mlp_input_hook(layer: int) -> str:
+    """What a layer's MLP reads: the normalised residual stream (before the norm's scale)."""
+    return f"blocks.{layer}.ln2.hook_normalized"
+
+
 @dataclass
 class LoadedModel:
     """A TransformerBridge with the few things the pipeline reads from it."""
@@ -57,6 +62,9 @@ class LoadedModel:
     @property
     def bos_token_id(self) -> int | None:
         return self.tokenizer.bos_token_id
+
+    def has_hook(self, hook: str) -> bool:
+        return hook in self.bridge.hook_dict
 
     def check_hooks(self, hooks: list[str]) -> None:
         unknown = [h for h in hooks if h not in self.bridge.hook_dict]

@@ -26,8 +26,17 @@ from neurodash.store import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hist_edges
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
-from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook
-from precompute.polysemanticity import effective_number, feature_mass, n_covering
+from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
+from precompute.polysemanticity import (
+    bimodality,
+    combined,
+    effective_number,
+    example_scores,
+    feature_mass,
+    kept_examples,
+    n_covering,
+    projection,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class PrecomputeConfig:
     saes: tuple[str, ...] = ()  # SAELens folders or release/sae_id: their features are units too
     n_logits: int = 10
     n_neighbors: int = 10
+    scores: bool = True  # polysemanticity scores (precompute.polysemanticity); off for a bare pass
+    context_dims: int = 32  # dimensions of the random projection kept per example for context clusters
     overwrite: bool = False
     examples: AccumulatorConfig = field(default_factory=AccumulatorConfig)
 
@@ -67,6 +78,13 @@ class _Tracked:
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
     decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
+    context_hook: str | None = None  # the representation kept at each example's token (scores)
+
+
+def _context_hook(model: LoadedModel, hook: str) -> str:
+    """The MLP input of the hook's layer where the model has that hook, else the hook itself."""
+    wanted = mlp_input_hook(layer_of(hook))
+    return wanted if model.has_hook(wanted) else hook
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -81,14 +99,19 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     tracked += _features(model, cfg)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
+    if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
+        for t in tracked:
+            t.context_hook = _context_hook(model, t.hook)
+        hooks = list(dict.fromkeys([*hooks, *(t.context_hook for t in tracked)]))
 
+    contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
-        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress)
+        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts)
         writer.append("vocab", _vocab(model))
         unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-            _write_source(writer, t, unembed, cfg)
+            _write_source(writer, t, unembed, cfg, contexts)
         _write_links(writer, tracked, cfg.n_neighbors)
         writer.set_meta(
             model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
@@ -155,7 +178,7 @@ def _config_dict(cfg: PrecomputeConfig) -> dict:
     return d
 
 
-def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tuple[int, dict[str, float]]:
+def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts=None) -> tuple[int, dict[str, float]]:
     """The one pass: run each batch once, update every source, append its sequences.
 
     Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
@@ -168,9 +191,16 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tup
         while (batch := clock.measure("tokenize", next, batches, None)) is not None:
             acts = clock.measure("forward", model.activations, batch.tokens, hooks)
             with clock.phase("accumulate"):
+                at_token = {}
+                if contexts is not None:
+                    tokens = batch.tokens.to(cfg.device, torch.int32)
+                    context_hooks = dict.fromkeys(t.context_hook for t in tracked)
+                    at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx)
+                    t.acc.update(
+                        unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
+                    )
             with clock.phase("write"):
                 writer.append("sequences", {
                     "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
@@ -179,6 +209,33 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress) -> tup
             n_tokens += batch.tokens.numel()
             bar.update(batch.tokens.numel())
     return n_tokens, clock.seconds
+
+
+class _Contexts:
+    """Per hook, a fixed random projection of its activation vector at every token (the
+    representation that context clusters compare), and the projections' running sum for centring."""
+
+    def __init__(self, dims: int, device: str, seed: int):
+        self.dims, self.device, self.seed = dims, device, seed
+        self.matrix: dict[str, Tensor] = {}
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def project(self, hook: str, acts: Tensor, first: int) -> Tensor:
+        if hook not in self.matrix:
+            p = projection(acts.shape[-1], self.dims, self.seed)
+            self.matrix[hook] = torch.from_numpy(p).to(self.device)
+            self.sums[hook] = torch.zeros(self.dims, dtype=torch.float64, device=self.device)
+            self.counts[hook] = 0
+        rep = acts.float() @ self.matrix[hook]
+        self.sums[hook] += rep[:, first:].sum((0, 1)).double()
+        self.counts[hook] += rep.shape[0] * (rep.shape[1] - first)
+        return rep.half()
+
+    def mean(self, hook: str) -> np.ndarray:
+        if hook not in self.sums:
+            return np.zeros(self.dims, dtype=np.float32)
+        return (self.sums[hook] / max(self.counts[hook], 1)).float().cpu().numpy()
 
 
 class _PhaseClock:
@@ -207,12 +264,16 @@ def _vocab(model: LoadedModel) -> dict:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
-def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig) -> None:
+def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig, contexts=None) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
     sid = t.source.source_id
     writer.append("units", _units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", examples_table(sid, res, cfg.examples))
+    if contexts is not None:
+        scores, clusters = polysemanticity_tables(sid, res, contexts.mean(t.context_hook), cfg.context_dims)
+        writer.append("scores", scores)
+        writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
     writer.append("logits", _logits_table(sid, directions, unembed, cfg.n_logits))
@@ -251,6 +312,40 @@ def examples_table(sid: str, res: dict, cfg: AccumulatorConfig) -> dict:
         "seq_id": cols["seq"][order], "pos": cols["pos"][order].astype(np.int32),
         "start": cols["start"][order].astype(np.int32), "acts": cols["win"][order],
     }
+
+
+def polysemanticity_tables(sid: str, res: dict, rep_mean: np.ndarray, dims: int) -> tuple[dict, dict]:
+    """The scores (long format, NaN left out) and each kept example's context cluster."""
+    n = len(res["max"])
+    for part in (res["top"], res["sample"]):  # slots that no example ever entered
+        k = part["val"].shape[1]
+        part.setdefault("tok", np.zeros((n, k), dtype=np.int32))
+        part.setdefault("rep", np.zeros((n, k, dims), dtype=np.float16))
+    kept = kept_examples(res["top"], res["sample"])
+    ex = example_scores(kept, rep_mean)
+    metrics = {
+        "context_diversity": ex["context_diversity"],
+        "token_diversity": ex["token_diversity"],
+        "bimodality": bimodality(res["skew"], res["kurtosis"]),
+    }
+    metrics["polysemanticity"] = combined(metrics["context_diversity"], metrics["token_diversity"])
+    units, names, values = [], [], []
+    for name, v in metrics.items():
+        ok = np.flatnonzero(np.isfinite(v))
+        units.append(ok)
+        names.append(np.full(len(ok), name, dtype=object))
+        values.append(v[ok])
+    units_np = np.concatenate(units)
+    scores = {
+        "source_id": [sid] * len(units_np), "unit": units_np.astype(np.int32),
+        "metric": np.concatenate(names), "value": np.concatenate(values).astype(np.float64),
+    }
+    u, j = np.nonzero(kept["valid"])
+    clusters = {
+        "source_id": [sid] * len(u), "unit": u.astype(np.int32), "seq_id": kept["seq"][u, j].astype(np.int64),
+        "pos": kept["pos"][u, j].astype(np.int32), "cluster": ex["cluster"][u, j].astype(np.int32),
+    }
+    return scores, clusters
 
 
 def _bucket_rows(e: dict, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None) -> dict:

@@ -41,3 +41,116 @@ def feature_mass(decoder: np.ndarray, feature_sums: np.ndarray) -> np.ndarray:
     mass = np.abs(np.asarray(decoder, dtype=np.float64)).T * np.maximum(feature_sums, 0)[None, :]
     total = mass.sum(axis=1, keepdims=True)
     return np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
+
+
+# --- diversity of a unit's kept examples -----------------------------------------------------
+MIN_EXAMPLES = 8  # fewer kept examples than this: too little evidence, the diversity scores are NaN
+CLUSTER_COSINE = 0.5  # an example joins a cluster whose leader is at least this similar
+
+
+def projection(d_in: int, dims: int, seed: int = 0) -> np.ndarray:
+    """A fixed Gaussian random projection ``[d_in, dims]`` (Johnson-Lindenstrauss): cosines survive it."""
+    g = np.random.default_rng(np.random.SeedSequence([seed, d_in, dims]))
+    return (g.standard_normal((d_in, dims)) / np.sqrt(dims)).astype(np.float32)
+
+
+def leader_clusters(reps: np.ndarray, valid: np.ndarray, threshold: float = CLUSTER_COSINE) -> np.ndarray:
+    """Cluster each unit's examples by cosine similarity: ``[units, n]`` cluster ids (-1 where invalid).
+
+    ``reps`` is ``[units, n, d]``, examples in decreasing activation. Leader clustering, vectorised
+    across units: each example joins the first earlier leader whose cosine with it is at least
+    ``threshold``, or else leads a new cluster. Clusters are numbered in the order their leaders
+    appear, so a cluster's leader is its strongest example; no cluster is wider than the threshold
+    around its leader (unlike connected components, similarities do not chain).
+    """
+    r = np.asarray(reps, dtype=np.float32)
+    r = r / np.maximum(np.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+    cos = r @ r.transpose(0, 2, 1)  # [units, n, n]
+    n_units, n = valid.shape
+    labels = np.full((n_units, n), -1, dtype=np.int32)
+    leader = np.zeros((n_units, n), dtype=bool)
+    n_clusters = np.zeros(n_units, dtype=np.int32)
+    rows = np.arange(n_units)
+    for j in range(n):
+        close = leader[:, :j] & (cos[:, j, :j] >= threshold)
+        joins = close.any(1)
+        first = close.argmax(1) if j else np.zeros(n_units, dtype=np.int64)
+        labels[:, j] = np.where(valid[:, j], np.where(joins, labels[rows, first], n_clusters), -1)
+        leader[:, j] = valid[:, j] & ~joins
+        n_clusters += leader[:, j]
+    return labels
+
+
+def group_counts(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, the sizes of its groups of equal ``labels`` among ``valid`` entries: ``[rows, n]``, zero-padded."""
+    n_rows, n = labels.shape
+    big = np.iinfo(np.int64).max
+    s = np.sort(np.where(valid, labels.astype(np.int64), big), axis=1)
+    ok = s != big
+    new = np.ones_like(ok)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    group = np.cumsum(new & ok, axis=1) - 1
+    counts = np.zeros((n_rows, n), dtype=np.int64)
+    r, c = np.nonzero(ok)
+    np.add.at(counts, (r, group[r, c]), 1)
+    return counts
+
+
+def diversity(labels: np.ndarray, valid: np.ndarray, min_examples: int = MIN_EXAMPLES) -> np.ndarray:
+    """exp(H) of the distribution of ``labels`` (cluster ids, token ids) over each row's valid entries;
+    NaN for rows with fewer than ``min_examples`` of them."""
+    eff = effective_number(group_counts(labels, valid), axis=1)
+    return np.where(valid.sum(1) >= min_examples, eff, np.nan)
+
+
+def bimodality(skew: np.ndarray, kurtosis: np.ndarray) -> np.ndarray:
+    """Sarle's bimodality coefficient (skew² + 1) / kurtosis (Pearson kurtosis, 3 for a Gaussian).
+
+    5/9 for a uniform distribution; above it hints at two or more modes, 1 for two point masses.
+    NaN where the kurtosis is not positive (a constant unit).
+    """
+    k = np.asarray(kurtosis, dtype=np.float64)
+    return np.divide(np.square(skew) + 1.0, k, out=np.full(k.shape, np.nan), where=k > 0)
+
+
+def combined(*effective_numbers: np.ndarray) -> np.ndarray:
+    """The geometric mean of the effective numbers given (NaN ones left out; NaN if none is there)."""
+    x = np.stack([np.asarray(e, dtype=np.float64) for e in effective_numbers])
+    ok = np.isfinite(x) & (x > 0)
+    n = ok.sum(0)
+    logs = np.where(ok, np.log(np.where(ok, x, 1.0)), 0.0).sum(0)
+    return np.where(n > 0, np.exp(logs / np.maximum(n, 1)), np.nan)
+
+
+def kept_examples(top: dict[str, np.ndarray], sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each unit's top and quantile-sample examples where it fires, strongest first: ``[units, n]`` arrays
+    ``val``, ``seq``, ``pos``, ``tok`` and ``rep`` (``[units, n, d]``), and ``valid``.
+
+    ``top`` and ``sample`` are the accumulator's slots (``val`` 0 or less marks an empty one).
+    """
+    names = ("val", "seq", "pos", "tok", "rep")
+    both = {k: np.concatenate([top[k], sample[k]], axis=1) for k in names}
+    valid = both["val"] > 0
+    order = np.argsort(-np.where(valid, both["val"], -np.inf), axis=1, kind="stable")
+    out = {
+        k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in both.items()
+    }
+    out["valid"] = np.take_along_axis(valid, order, 1)
+    return out
+
+
+def example_scores(
+    kept: dict[str, np.ndarray], rep_mean: np.ndarray, threshold: float = CLUSTER_COSINE
+) -> dict[str, np.ndarray]:
+    """Context and token diversity of each unit's kept examples, and each example's cluster.
+
+    Representations are centred on ``rep_mean`` (their mean over the corpus) before clustering, so
+    that what all tokens share does not make every context look alike.
+    """
+    valid = kept["valid"]
+    cluster = leader_clusters(kept["rep"].astype(np.float32) - rep_mean, valid, threshold)
+    return {
+        "context_diversity": diversity(cluster, valid),
+        "token_diversity": diversity(kept["tok"], valid),
+        "cluster": cluster,
+    }

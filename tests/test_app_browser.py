@@ -75,6 +75,7 @@ def test_unit_page_hover_keys_and_permalink(dash_duo, synthetic_store):
     dash_duo.wait_for_text_to_equal("#token-inspector", title)
     assert dash_duo.find_element("#permalink").text == dash_duo.server_url + "/unit/L1.mlp/5"
 
+    dash_duo.driver.execute_script("window.scrollTo(0, 0)")  # hovering a token scrolled the page
     dash_duo.find_element(".nd-title").click()  # focus the page, not a text box
     press(dash_duo, "j")
     wait_for_path(dash_duo, "/unit/L1.mlp/6")

@@ -6,7 +6,7 @@ import dash_ag_grid as dag
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, polysemanticity, render, state
 from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, plural, units_payload
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
@@ -51,6 +51,7 @@ def layout(**_query) -> html.Div:
                 className="nd-section",
             ),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
+            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
             render.panel(
                 "Units",
                 html.P(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, sets_panel, state
+from neurodash.app import ids, polysemanticity, render, sets_panel, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.store import Store
 from neurodash.units import SAE_FEATURE, UnitRef
@@ -49,6 +49,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
     neighbors = store.neighbors(ref)
     prev, nxt = adjacent_units(ref, sources)
     max_abs = max(stats.max_act, -stats.min_act, 1e-9)
+    examples, scores = store.examples(ref), store.scores(ref)
     return html.Div(
         [
             render.unit_header(
@@ -62,7 +63,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 [
                     render.panel(
                         "Statistics",
-                        render.unit_stat_cards(stats, store.scores(ref)),
+                        render.unit_stat_cards(stats, scores),
                         render.graph(render.histogram_figure(stats), ids.HISTOGRAM),
                     ),
                     render.panel(
@@ -91,7 +92,8 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 className="nd-inspector",
                 children="Hover a token to see its exact value.",
             ),
-            render.panel("Examples", *render.example_sections(store.examples(ref), max_abs, add_buttons=True)),
+            polysemanticity.unit_panel(scores, examples, store.clusters(ref), max_abs),
+            render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
             html.P(
                 "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
             ),

@@ -1,0 +1,213 @@
+"""Polysemanticity on the dashboard: a unit's scores with their breakdown (the context clusters and
+max tokens its examples fall into, one example of each), and the most / least polysemantic units.
+
+Pure: data in, components out; the pages call these with what the store returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from dash import html
+
+from neurodash.app import render
+from neurodash.app.data import unit_label
+from neurodash.units import Example, UnitRef
+
+COMBINED = "polysemanticity"
+METRICS = {  # name: (label, what it means)
+    COMBINED: (
+        "polysemanticity",
+        "Geometric mean of the diversity scores this unit has (context clusters, max tokens, SAE features "
+        "where its layer has an SAE): about 1 when everything agrees it does one thing. A heuristic average.",
+    ),
+    "context_diversity": (
+        "context clusters",
+        "exp(entropy) of how the top and quantile examples split into clusters of similar contexts "
+        "(cosine >= 0.5 between the MLP inputs at their tokens): the effective number of contexts.",
+    ),
+    "token_diversity": (
+        "max tokens",
+        "exp(entropy) of the tokens the top and quantile examples peak on: the effective number of tokens.",
+    ),
+    "sae_features": (
+        "SAE features",
+        "exp(entropy) of the SAE features' shares of this neuron's activation mass: the effective number of features.",
+    ),
+    "sae_features_80": (
+        "SAE features (80%)",
+        "How many SAE features cover 80% of this neuron's activation mass.",
+    ),
+    "bimodality": (
+        "bimodality",
+        "(skew² + 1) / kurtosis of the activations: 5/9 for a uniform distribution, towards 1 for a rare, "
+        "sparse unit (a mass at zero and a tail). High values go with monosemantic units in the toy model.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Examples that share a cluster or a max token: how many, and the strongest one."""
+
+    label: str
+    count: int
+    example: Example
+
+
+def breakdown(
+    examples: Sequence[Example], clusters: dict[tuple[int, int], int]
+) -> tuple[list[Group], list[Group]]:
+    """The unit's top and quantile examples grouped by context cluster and by max token, largest first.
+
+    Each group's example is its strongest (for a cluster: its leader)."""
+    kept = sorted((e for e in examples if e.bucket != "bottom"), key=lambda e: -e.value)
+    by_cluster: dict[int, list[Example]] = {}
+    by_token: dict[str, list[Example]] = {}
+    for e in kept:
+        if (e.seq_id, e.pos) in clusters:
+            by_cluster.setdefault(clusters[(e.seq_id, e.pos)], []).append(e)
+        by_token.setdefault(e.tokens[e.pos - e.start], []).append(e)
+
+    def groups(members: dict, label) -> list[Group]:
+        ordered = sorted(members.items(), key=lambda kv: (-len(kv[1]), -kv[1][0].value))
+        return [Group(label(key, i), len(es), es[0]) for i, (key, es) in enumerate(ordered)]
+
+    return (
+        groups(by_cluster, lambda _key, i: f"context {i + 1}"),
+        groups(by_token, lambda token, _i: repr(token)),
+    )
+
+
+def score_cards(scores: dict[str, float]) -> html.Div:
+    items = [
+        html.Div(
+            [
+                html.Div(label, className="nd-stat-label"),
+                html.Div(f"{scores[m]:.2f}", className="nd-stat-value"),
+            ],
+            className="nd-stat",
+            title=meaning,
+        )
+        for m, (label, meaning) in METRICS.items()
+        if m in scores and math.isfinite(scores[m])
+    ]
+    return html.Div(items, className="nd-stats")
+
+
+def group_list(
+    title: str, groups: Sequence[Group], max_abs: float, shown: int = 6, open_: bool = True
+) -> html.Details:
+    total = sum(g.count for g in groups)
+    rows = [
+        html.Div(
+            [
+                html.Div(
+                    [
+                        html.Span(g.label, className="nd-strong"),
+                        f" · {g.count} of {total} examples ({g.count / total:.0%}) · strongest peaks at "
+                        f"{g.example.value:+.3f} on {g.example.tokens[g.example.pos - g.example.start]!r}",
+                    ],
+                    className="nd-muted",
+                    title=f"sequence {g.example.seq_id}, token {g.example.pos}",
+                ),
+                render.token_row(g.example.tokens, g.example.acts, max_abs),
+            ],
+            className="nd-poly-group",
+            style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
+        )
+        for g in groups[:shown]
+    ]
+    more = len(groups) - shown
+    if more > 0:
+        rows.append(html.P(f"… and {more} smaller groups", className="nd-muted"))
+    return html.Details(
+        [
+            html.Summary([title, html.Span(f"{len(groups)}", className="nd-count")]),
+            html.Div(rows, className="nd-examples"),
+        ],
+        open=open_,
+        className="nd-section",
+    )
+
+
+def unit_panel(
+    scores: dict[str, float],
+    examples: Sequence[Example],
+    clusters: dict[tuple[int, int], int],
+    max_abs: float,
+) -> html.Section | None:
+    """The unit's polysemanticity scores (hover a card for its meaning) and what makes them: the
+    context clusters and the max tokens of its examples, one example of each. None without scores."""
+    if not any(m in scores for m in METRICS):
+        return None
+    by_context, by_token = breakdown(examples, clusters)
+    parts = [score_cards(scores)]
+    if by_context:
+        parts.append(
+            group_list(
+                "Contexts its examples fall into (each cluster's strongest example)", by_context, max_abs
+            )
+        )
+    if by_token:
+        parts.append(group_list("Tokens its examples peak on", by_token, max_abs, open_=False))
+    return render.panel("Polysemanticity", *parts)
+
+
+def ranked(units: pd.DataFrame, metric: str = COMBINED, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` units with the highest and the lowest ``metric`` (units without it left out)."""
+    if metric not in units:
+        empty = units.iloc[:0]
+        return empty, empty
+    scored = units.dropna(subset=[metric])
+    return scored.nlargest(n, metric), scored.nsmallest(n, metric)
+
+
+def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int = 10) -> html.Section | None:
+    """Most and least polysemantic units of the store (by the combined score), linked."""
+    most, least = ranked(units, COMBINED, n)
+    if most.empty:
+        return None
+    extra = [m for m in ("context_diversity", "token_diversity", "sae_features") if m in units]
+
+    def table(frame: pd.DataFrame) -> html.Table:
+        head = ["unit", "layer", COMBINED, *(METRICS[m][0] for m in extra)]
+        body = [
+            html.Tr(
+                [
+                    html.Td(render.unit_link(unit_label(ref, prefixes), ref)),
+                    html.Td(row.layer, className="nd-num"),
+                    *(html.Td(_fmt(getattr(row, m)), className="nd-num") for m in (COMBINED, *extra)),
+                ]
+            )
+            for row in frame.itertuples(index=False)
+            for ref in [UnitRef(row.source_id, int(row.unit))]
+        ]
+        return html.Table(
+            [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
+        )
+
+    counts = Counter(units[COMBINED].notna())
+    return render.panel(
+        "Most and least polysemantic",
+        html.P(
+            f"By the combined score, over the {counts[True]:,} units with enough examples to score "
+            "(sort the table below by any score for more).",
+            className="nd-muted",
+        ),
+        html.Div(
+            [
+                html.Div([html.H3("Most", className="nd-panel-title"), table(most)]),
+                html.Div([html.H3("Least", className="nd-panel-title"), table(least)]),
+            ],
+            className="nd-grid-2",
+        ),
+    )
+
+
+def _fmt(value: float) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
