@@ -65,6 +65,7 @@ def test_add_to_a_set_then_view_rename_download_and_delete_it(dash_duo, syntheti
         "#set-feedback", f"added 19 examples to {HOSTILE!r}: 1 example was there already, with the new note"
     )
     assert [o.get_attribute("value") for o in dash_duo.find_elements("#set-names option")] == [HOSTILE]
+    dash_duo.driver.execute_script("window.scrollTo(0, 0)")  # the header's link, not under the top bar
     dash_duo.find_element("#unit-next").click()
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N6")
     assert dash_duo.find_element("#set-name").get_attribute("value") == HOSTILE  # kept from unit to unit
