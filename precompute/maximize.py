@@ -48,7 +48,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from neurodash.errors import NeurodashError
-from neurodash.maximize_results import FoundPrompt, Frontier
+from neurodash.maximize_results import DEFAULT_LENGTH, DEFAULT_STEPS, FoundPrompt, Frontier
 from neurodash.store import Store
 from neurodash.units import SAE_FEATURE, Source, UnitRef, parse_ref
 from precompute.models import LoadedModel
@@ -65,8 +65,8 @@ class MaximizeConfig:
     """The search. The defaults keep a middle-layer unit of the default model under 2 minutes on a
     2-core CPU (``benchmarks/maximize_quality.py``)."""
 
-    length: int = 12  # prompt tokens after BOS
-    steps: int = 40
+    length: int = DEFAULT_LENGTH  # prompt tokens after BOS
+    steps: int = DEFAULT_STEPS
     seed: int = 0
     penalties: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # fluency penalties: one member each
     batch: int = 96  # single-token swaps screened per step, over the population
