@@ -129,7 +129,7 @@ class MaximizeResults:
     def _runs(self, where: str, params: list) -> list[Frontier]:
         if not self.path.is_file():
             return []
-        with self._connect() as con:
+        with self._connect(read_only=True) as con:
             runs = con.execute(
                 "SELECT run_id, source_id, unit, model, length, steps, seed, corpus_max, seconds, settings, "
                 f"created_at FROM runs {where}", params,
@@ -150,10 +150,10 @@ class MaximizeResults:
         ]
 
     @contextmanager
-    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success; waits while another process has the file."""
         with _LOCK:
-            con = _open(self.path)
+            con = _open(self.path, read_only)
             try:
                 con.execute("BEGIN")
                 yield con
@@ -162,14 +162,15 @@ class MaximizeResults:
                 con.close()
 
 
-def _open(path: Path) -> duckdb.DuckDBPyConnection:
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     if not path.parent.is_dir():
         raise NeurodashError(f"cannot open results file {path}: folder {path.parent} does not exist")
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         try:
-            con = duckdb.connect(str(path))
-            con.execute(SCHEMA)
+            con = duckdb.connect(str(path), read_only=read_only)
+            if not read_only:
+                con.execute(SCHEMA)
             return con
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
@@ -177,6 +178,8 @@ def _open(path: Path) -> duckdb.DuckDBPyConnection:
             if time.monotonic() > deadline:
                 raise NeurodashError(f"results file {path} is busy: another process has it open") from None
             time.sleep(0.1)
+        except duckdb.Error as e:
+            raise NeurodashError(f"{path} is not a readable results file ({e})") from None
 
 
 def frontier_from_json(data: dict) -> Frontier:

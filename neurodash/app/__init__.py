@@ -23,7 +23,7 @@ def create_app(store_path: str | os.PathLike):
     import dash
     import diskcache
 
-    from neurodash.app import shell, state
+    from neurodash.app import maximize_panel, shell, state
     from neurodash.app.pages import not_found_404, overview, probe, unit
 
     app_state = state.AppState.load(store)
@@ -52,6 +52,7 @@ def create_app(store_path: str | os.PathLike):
     overview.register_callbacks(app)
     unit.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
+    maximize_panel.register_callbacks(app, store.path)
     return app
 
 

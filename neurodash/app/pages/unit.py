@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, maximize_panel, render, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.store import Store
 from neurodash.units import SAE_FEATURE, UnitRef
@@ -83,6 +83,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 children="Hover a token to see its exact value.",
             ),
             render.panel("Examples", *render.example_sections(store.examples(ref), max_abs)),
+            maximize_panel.panel(ref, store.path),
             html.P(
                 "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
             ),
