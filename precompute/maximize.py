@@ -20,8 +20,10 @@ models", Thompson et al. 2024), with GCG-style gradient-guided token swaps:
   Every swap is *screened* by a forward pass that runs only up to the unit's hook (its activation is
   exact there) with its cross-entropy estimated from the member's log-probabilities; the best
   ``shortlist / population`` per member, by that member's objective, get the *full* forward pass
-  (exact cross-entropy and the log-probabilities for the next step). Then every member takes the
-  best prompt for its λ among the population and the shortlist (EPO's shared selection).
+  (exact cross-entropy and the log-probabilities for the next step). Screening pays for hooks in
+  the first 2/3 of the layers (``screening_pays``); deeper, every swap gets the full pass. Then every
+  member takes the best prompt for its λ among the population and the evaluated swaps (EPO's
+  shared selection). Only fully evaluated prompts are reported.
 - **Starts**: the contexts ending at the unit's top corpus examples' max tokens (up to
   ``corpus_seeds`` members) and random prompts for the rest.
 - **Deterministic** for a given seed (one ``torch.Generator`` draws every random choice).

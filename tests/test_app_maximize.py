@@ -116,3 +116,10 @@ def test_maximize_in_the_browser(dash_duo, tiny_store, tmp_path):
     dash_duo.wait_for_element(f"#{ids.MAXIMIZE_FIGURE} .scatterlayer .point")
     time.sleep(0.2)
     assert dash_duo.get_logs() == []
+
+
+def test_an_unreadable_results_file_does_not_break_the_page(tmp_path):
+    path = make_synthetic_store(tmp_path / "s.duckdb", n_layers=2, n_units=8)
+    (tmp_path / "s.maximize.duckdb").write_text("not a database")
+    page = render(create_app(path), source_id="L1.mlp", index="5")
+    assert any(t.startswith("Previous runs cannot be shown") for t in texts(by_id(page, ids.MAXIMIZE_RESULT)))

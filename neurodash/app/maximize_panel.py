@@ -132,8 +132,16 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
             className="nd-toolbar",
         ),
         dcc.Store(id=ids.MAXIMIZE_DATA),
-        html.Div(show(MaximizeResults.beside(store_path).latest(ref)), id=ids.MAXIMIZE_RESULT),
+        html.Div(latest(ref, store_path), id=ids.MAXIMIZE_RESULT),
     )
+
+
+def latest(ref: UnitRef, store_path: str | os.PathLike) -> list:
+    """The unit's latest run, drawn; a line saying why when the results file cannot be read."""
+    try:
+        return show(MaximizeResults.beside(store_path).latest(ref))
+    except NeurodashError as e:
+        return [html.P(f"Previous runs cannot be shown: {e}", className="nd-muted")]
 
 
 # --- the job and its callbacks ---------------------------------------------------------------
