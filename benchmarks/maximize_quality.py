@@ -117,9 +117,11 @@ def main() -> None:
           f"({config.steps} steps, population {config.population}, batch {config.batch}, shortlist {config.shortlist})")
     with Store(args.store) as store:
         mid = next((f.ref for f, layer in rows if 10 <= layer <= 20), rows[0][0].ref)
-        screen, full = screening_costs(store, mid, config)
-    print(f"screening {config.batch} candidates of {mid}: truncated forward {screen:.2f} s, full forward "
-          f"{full:.2f} s ({full / screen:.1f}x)")
+        deepest = max(rows, key=lambda r: r[1])[0].ref
+        for ref in dict.fromkeys([mid, deepest]):
+            screen, full = screening_costs(store, ref, config)
+            print(f"screening {config.batch} candidates of {ref}: truncated forward {screen:.2f} s, full forward "
+                  f"{full:.2f} s (truncated / full {screen / full:.2f})")
     print("load average after " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
