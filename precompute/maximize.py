@@ -326,7 +326,7 @@ def screening_pays(model: LoadedModel, hook: str) -> bool:
     """Whether screening candidates up to ``hook`` saves time over evaluating them all with the full
     forward pass. Screening ``batch`` and evaluating ``shortlist = batch / 4`` costs less than
     evaluating ``batch`` while the truncated pass costs under 3/4 of the full one. Measured on the
-    default model (``benchmarks/maximize_quality.py``): 0.29 of it at layer 11, 0.76 at the last
+    default model (``benchmarks/maximize_quality.py``): 0.27 of it at layer 11, 0.71 at the last
     layer (the full pass adds the unembedding); so every hook but those in the last tenth."""
     return layer_of(hook) + 1 <= SCREEN_UP_TO * model.n_layers
 
