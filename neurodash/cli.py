@@ -6,6 +6,7 @@
     neurodash info STORE
     neurodash train-sae --hook blocks.15.mlp.hook_post --out DIR [--d-sae 4096] [--tokens 200000] ...
     neurodash export STORE --units L3N12,L3.mlp/7 --buckets top --out examples.jsonl
+    neurodash maximize STORE --unit L15N345 [--unit L15F7] [--length 12] [--steps 40] [--seed 0] [--json]
 
 Errors the user can fix print one line, ``error: ...``, and exit with status 2.
 """
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_args(p)
     p.set_defaults(run=cmd_export)
 
+    p = sub.add_parser("maximize", help="search prompts that drive units hardest (activation maximization)")
+    p.add_argument("store", type=Path)
+    add_maximize_args(p)
+    p.set_defaults(run=cmd_maximize)
+
     p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
     add_train_sae_args(p)
     p.set_defaults(run=cmd_train_sae)
@@ -128,6 +134,20 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, type=Path, help="the SAE folder to write (SAELens format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def add_maximize_args(p: argparse.ArgumentParser) -> None:
+    from neurodash.maximize_results import DEFAULT_LENGTH, DEFAULT_STEPS
+
+    p.add_argument("--unit", action="append", default=[], metavar="REF",
+                   help="L12N345, L15F7 or <source>/<index> (repeatable, or comma-separated)")
+    p.add_argument("--units-file", type=Path, help="a file of unit references, one per line (# comments)")
+    p.add_argument("--length", type=int, default=DEFAULT_LENGTH, help=f"prompt tokens (default {DEFAULT_LENGTH})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--results", type=Path, help="the results file (default: STORE.maximize.duckdb beside it)")
+    p.add_argument("--json", action="store_true", help="print the frontiers as JSON (a list, one per unit)")
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -258,6 +278,69 @@ def cmd_export(args: argparse.Namespace) -> None:
     with Store(args.store) as store:
         path = export(store, selection, args.format, args.out, args.overwrite, sets_file=args.sets_file)
     print(f"wrote {path}")
+
+
+def cmd_maximize(args: argparse.Namespace) -> None:
+    """Each unit's frontier as a table (or JSON), saved to the results file beside the store."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from neurodash.export import split_list
+    from neurodash.maximize_results import MaximizeResults
+    from neurodash.store import Store
+
+    refs = list(split_list(args.unit)) + _units_file(args.units_file)
+    if not refs:
+        raise NeurodashError("name the units to maximize with --unit or --units-file")
+    from precompute.maximize import MaximizeConfig, maximize_many
+
+    config = MaximizeConfig(length=args.length, steps=args.steps, seed=args.seed)
+    Store(args.store).close()  # a missing or unreadable store fails here, before the model loads
+    results = MaximizeResults.beside(args.store, args.results)
+    if not results.path.parent.is_dir():
+        raise NeurodashError(f"cannot write {results.path}: folder {results.path.parent} does not exist")
+    bars: list = []
+
+    def progress_for(ref):
+        bars.append(tqdm(total=config.steps, desc=str(ref), unit="step", file=sys.stderr))
+        return lambda done, total: bars[-1].update(done - bars[-1].n)
+
+    found = []
+    for frontier in maximize_many(args.store, refs, config, progress_for, args.device):
+        bars[-1].close()
+        results.save(frontier)
+        found.append(frontier)
+        if not args.json:
+            print(frontier_table(frontier))
+    if args.json:
+        print(json.dumps([f.to_json() for f in found], indent=1))
+
+
+def _units_file(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise NeurodashError(f"cannot read --units-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    from neurodash.export import split_list
+
+    return list(split_list(line.split("#")[0] for line in lines))
+
+
+def frontier_table(frontier) -> str:
+    """A frontier as text: one prompt a line, by rising cross-entropy (the prompt as a Python string)."""
+    f = frontier
+    lines = [
+        f"{f.ref}: corpus max {f.corpus_max:.3f}; {len(f.prompts)} prompts on the frontier "
+        f"({f.steps} steps, length {f.length}, seed {f.seed}, {f.seconds:.0f} s)",
+        f"  {'activation':>10}  {'x corpus':>8}  {'CE':>6}  prompt",
+    ]
+    for p in f.prompts:
+        ratio = f"{p.activation / f.corpus_max:7.2f}x" if f.corpus_max > 0 else f"{'-':>8}"
+        lines.append(f"  {p.activation:10.3f}  {ratio}  {p.cross_entropy:6.2f}  {p.text!r}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,13 @@ class Store:
             for b, r, seq, pos, start, acts, ids in rows
         ]
 
+    def sequence(self, seq_id: int) -> tuple[int, ...]:
+        """A stored window's token ids."""
+        row = self.sql("SELECT token_ids FROM sequences WHERE seq_id = ?", [seq_id]).fetchone()
+        if row is None:
+            raise NeurodashError(f"no sequence {seq_id} in {self.path}")
+        return tuple(row[0])
+
     def logit_effects(self, ref: UnitRef) -> list[LogitEffect]:
         rows = self.sql(
             "SELECT sign, rank, token_id, value FROM logits WHERE source_id = ? AND unit = ? "

@@ -89,6 +89,28 @@ class LoadedModel:
         """The bare forward pass (logits): the baseline the benchmarks compare against."""
         return self.bridge(tokens.to(self.device))
 
+    # --- for activation maximization (precompute/maximize.py) -------------------------------
+    def embedding_matrix(self) -> Float[Tensor, "d_vocab d_model"]:
+        """W_E: a one-hot row times it is the token's input embedding."""
+        return self.bridge.W_E.detach().float()
+
+    def run_to_hook(self, inputs: Tensor, hook: str) -> Float[Tensor, "batch pos d"]:
+        """``hook``'s activations for token ids or input embeddings (float ``[batch, pos, d_model]``),
+        running only the model up to that hook (a hook on it raises TransformerLens's stop exception,
+        the mechanism of ``stop_at_layer``). Differentiable when grad is enabled; nothing is cached."""
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+        def stop(tensor: Tensor, hook) -> None:
+            raise StopAtLayerException(tensor)
+
+        return self.bridge.run_with_hooks(inputs.to(self.device), fwd_hooks=[(hook, stop)])
+
+    @torch.inference_mode()
+    def logits_and_hook(self, tokens: Int[Tensor, "batch pos"], hook: str) -> tuple[Tensor, Tensor]:
+        """The full forward pass: (logits ``[batch, pos, d_vocab]``, ``hook``'s activations)."""
+        logits, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=lambda name: name == hook)
+        return logits, cache[hook]
+
     def mlp_out_directions(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         """Each neuron's output direction: its row of W_out."""
         return self._W_out[layer]

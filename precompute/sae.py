@@ -87,6 +87,24 @@ class LoadedSAE:
         """Feature activations of the hook's activations (as ``LoadedModel.activations`` returns them)."""
         return self.sae.encode(acts.to(self.sae.W_dec.device, self.sae.W_dec.dtype))
 
+    def pre_activations(self, acts: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_sae"]:
+        """The encoder's pre-activations (SAELens's ``hook_sae_acts_pre``), differentiable: where a
+        feature is off (below its threshold, or out of the top k) its activation has no gradient,
+        its pre-activation has one. Used to steer activation maximization."""
+        kept: list[Tensor] = []
+
+        def keep(tensor: Tensor, hook) -> Tensor:
+            kept.append(tensor)
+            return tensor
+
+        point = self.sae.hook_sae_acts_pre
+        point.add_hook(keep)
+        try:
+            self.sae.encode(acts.to(self.sae.W_dec.device, self.sae.W_dec.dtype))
+        finally:
+            point.remove_hooks()
+        return kept[-1]
+
     @torch.inference_mode()
     def decode(self, feats: Float[Tensor, "batch pos d_sae"]) -> Float[Tensor, "batch pos d_in"]:
         return self.sae.decode(feats)

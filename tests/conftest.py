@@ -87,6 +87,23 @@ def probe_store(tmp_path_factory) -> Path:
     return run_precompute(PrecomputeConfig(out=path, layers=(0,), tokens=512, ctx=64), progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_store(tiny_model_dir, docs_jsonl, tmp_path_factory):
+    """A store of the tiny Llama (layers 0-1) with the features of an SAE on its last MLP."""
+    from precompute import PrecomputeConfig, run_precompute
+    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+
+    folder = tmp_path_factory.mktemp("maximize")
+    sae = train_sae(TrainSAEConfig(
+        out=folder / "tiny-sae", hook="blocks.1.mlp.hook_post", model=str(tiny_model_dir), dataset=str(docs_jsonl),
+        tokens=2048, ctx=64, batch_size=8, eval_tokens=512, sae=SAEHyperparams(d_sae=64, k=8, batch_tokens=256),
+    ), progress=False)
+    return run_precompute(PrecomputeConfig(
+        out=folder / "tiny.duckdb", model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0, 1),
+        tokens=2048, ctx=64, saes=(str(sae.path),),
+    ), progress=False)
+
+
 def pytest_setup_options():
     """Headless Chromium for ``dash_duo`` (root, no network, no GPU)."""
     from app_screenshot import chrome_options

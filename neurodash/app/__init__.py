@@ -24,7 +24,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import sets_panel, shell, state
+    from neurodash.app import maximize_panel, sets_panel, shell, state
     from neurodash.app.pages import not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
@@ -56,6 +56,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     probe.register_callbacks(app, app_state.unit_max)
     sets_panel.register_callbacks(app)
     sets.register_callbacks(app)
+    maximize_panel.register_callbacks(app, store.path)
     return app
 
 

@@ -64,3 +64,17 @@ PROBE_TOKENS = "probe-tokens"
 PROBE_TOKEN = "probe-token"  # pattern-matching type: {"type": PROBE_TOKEN, "index": i}
 PROBE_TOKEN_UNITS = "probe-token-units"
 PROBE_TOP_UNITS = "probe-top-units"
+
+# unit page: activation maximization (neurodash/app/maximize_panel.py)
+MAXIMIZE_UNIT = "maximize-unit"
+MAXIMIZE_RUN = "maximize-run"
+MAXIMIZE_CANCEL = "maximize-cancel"
+MAXIMIZE_LENGTH = "maximize-length"
+MAXIMIZE_STEPS = "maximize-steps"
+MAXIMIZE_PROGRESS = "maximize-progress"
+MAXIMIZE_PROGRESS_BOX = "maximize-progress-box"
+MAXIMIZE_STAGE = "maximize-stage"
+MAXIMIZE_STATUS = "maximize-status"
+MAXIMIZE_DATA = "maximize-data"
+MAXIMIZE_RESULT = "maximize-result"
+MAXIMIZE_FIGURE = "maximize-figure"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, polysemanticity, render, sets_panel, state
+from neurodash.app import ids, maximize_panel, polysemanticity, render, sets_panel, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.store import Store
 from neurodash.units import SAE_FEATURE, UnitRef
@@ -94,6 +94,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
             ),
             polysemanticity.unit_panel(scores, examples, store.clusters(ref), max_abs),
             render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
+            maximize_panel.panel(ref, store.path),
             html.P(
                 "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
             ),

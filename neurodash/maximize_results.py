@@ -1,0 +1,199 @@
+"""Activation-maximization results: the frontier of prompts found for a unit, and the file keeping them.
+
+``Frontier`` and ``FoundPrompt`` are what ``precompute.maximize`` returns (plain values, no torch).
+Results live in a small DuckDB file the app owns, beside the store (``demo.duckdb`` ->
+``demo.maximize.duckdb``), never in the read-only analysis store: its own schema, so its SQL lives
+here. As with ``neurodash.sets``, every call opens the file, works in one transaction and closes it,
+so the dashboard's background jobs and a ``neurodash maximize`` in another process take turns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from neurodash.errors import NeurodashError
+from neurodash.units import UnitRef
+
+SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS run_ids;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id BIGINT PRIMARY KEY, source_id VARCHAR, unit INTEGER, model VARCHAR, length INTEGER,
+    steps INTEGER, seed INTEGER, corpus_max DOUBLE, seconds DOUBLE, settings JSON, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS prompts (
+    run_id BIGINT, rank INTEGER, token_ids INTEGER[], tokens VARCHAR[], text VARCHAR,
+    activation DOUBLE, cross_entropy DOUBLE, acts DOUBLE[], PRIMARY KEY (run_id, rank));
+"""
+DEFAULT_LENGTH = 12  # prompt tokens after BOS
+DEFAULT_STEPS = 40  # optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores
+BUSY_TIMEOUT_S = 10.0
+_LOCK = threading.Lock()  # one connection at a time in this process
+
+
+@dataclass(frozen=True)
+class FoundPrompt:
+    """A prompt (after BOS) and what the unit does on it."""
+
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]  # each id decoded on its own (the store's vocabulary)
+    text: str  # the ids decoded together
+    activation: float  # the unit at the prompt's last token: what is maximized
+    cross_entropy: float  # the model's mean cross-entropy on the prompt's tokens (nats per token)
+    acts: tuple[float, ...]  # the unit at every token of the prompt
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The Pareto frontier of one run: prompts by rising cross-entropy and rising activation
+    (no found prompt has both a higher activation and a lower cross-entropy than one of them)."""
+
+    ref: UnitRef
+    model: str
+    length: int
+    steps: int
+    seed: int
+    corpus_max: float  # the unit's max activation over the corpus (``unit_stats(ref).max_act``)
+    prompts: tuple[FoundPrompt, ...]
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict, compare=False, hash=False)
+    created_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def best(self) -> FoundPrompt:
+        """The prompt with the highest activation (the frontier's last)."""
+        return max(self.prompts, key=lambda p: p.activation)
+
+    def to_json(self) -> dict:
+        return {
+            "unit": str(self.ref), "model": self.model, "length": self.length, "steps": self.steps,
+            "seed": self.seed, "corpus_max": self.corpus_max, "seconds": round(self.seconds, 3),
+            "settings": self.settings,
+            "frontier": [
+                {"token_ids": list(p.token_ids), "tokens": list(p.tokens), "text": p.text,
+                 "activation": p.activation, "cross_entropy": p.cross_entropy, "acts": list(p.acts)}
+                for p in self.prompts
+            ],
+        }
+
+
+def results_path(store_path: str | os.PathLike) -> Path:
+    """The results file beside a store: ``demo.duckdb`` -> ``demo.maximize.duckdb``."""
+    path = Path(store_path)
+    return path.with_name(f"{path.stem}.maximize.duckdb")
+
+
+class MaximizeResults:
+    """The maximization runs of one store, in the file ``path``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> MaximizeResults:
+        return cls(path if path is not None else results_path(store_path))
+
+    def save(self, frontier: Frontier) -> int:
+        """Keep a run; returns its id."""
+        f = frontier
+        with self._connect() as con:
+            run_id = con.execute(
+                "INSERT INTO runs VALUES (nextval('run_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
+                [f.ref.source_id, f.ref.unit, f.model, f.length, f.steps, f.seed, f.corpus_max, f.seconds,
+                 json.dumps(f.settings), f.created_at or _now()],
+            ).fetchone()[0]
+            con.executemany(
+                "INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, rank, list(p.token_ids), list(p.tokens), p.text, p.activation, p.cross_entropy,
+                  list(p.acts)) for rank, p in enumerate(f.prompts)],
+            )
+        return run_id
+
+    def latest(self, ref: UnitRef) -> Frontier | None:
+        """The unit's most recent run, or None."""
+        runs = self._runs("WHERE source_id = ? AND unit = ? ORDER BY run_id DESC LIMIT 1", [ref.source_id, ref.unit])
+        return runs[0] if runs else None
+
+    def all(self) -> list[Frontier]:
+        """Every run, oldest first."""
+        return self._runs("ORDER BY run_id", [])
+
+    def _runs(self, where: str, params: list) -> list[Frontier]:
+        if not self.path.is_file():
+            return []
+        with self._connect(read_only=True) as con:
+            runs = con.execute(
+                "SELECT run_id, source_id, unit, model, length, steps, seed, corpus_max, seconds, settings, "
+                f"created_at FROM runs {where}", params,
+            ).fetchall()
+            prompts = con.execute(
+                "SELECT run_id, token_ids, tokens, text, activation, cross_entropy, acts FROM prompts "
+                "WHERE run_id IN (SELECT unnest(?::BIGINT[])) ORDER BY run_id, rank", [[r[0] for r in runs]],
+            ).fetchall()
+        by_run: dict[int, list[FoundPrompt]] = {}
+        for run_id, ids, tokens, text, act, ce, acts in prompts:
+            by_run.setdefault(run_id, []).append(
+                FoundPrompt(tuple(ids), tuple(tokens), text, act, ce, tuple(acts))
+            )
+        return [
+            Frontier(UnitRef(src, unit), model, length, steps, seed, corpus_max, tuple(by_run.get(run_id, ())),
+                     seconds, json.loads(settings or "{}"), created_at)
+            for run_id, src, unit, model, length, steps, seed, corpus_max, seconds, settings, created_at in runs
+        ]
+
+    @contextmanager
+    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection in one transaction, committed on success; waits while another process has the file."""
+        with _LOCK:
+            con = _open(self.path, read_only)
+            try:
+                con.execute("BEGIN")
+                yield con
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    if not path.parent.is_dir():
+        raise NeurodashError(f"cannot open results file {path}: folder {path.parent} does not exist")
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            if not read_only:
+                con.execute(SCHEMA)
+            return con
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise NeurodashError(f"cannot open results file {path} ({e})") from None
+            if time.monotonic() > deadline:
+                raise NeurodashError(f"results file {path} is busy: another process has it open") from None
+            time.sleep(0.1)
+        except duckdb.Error as e:
+            raise NeurodashError(f"{path} is not a readable results file ({e})") from None
+
+
+def frontier_from_json(data: dict) -> Frontier:
+    """The inverse of ``Frontier.to_json`` (timings rounded)."""
+    from neurodash.units import parse_ref
+
+    return Frontier(
+        parse_ref(data["unit"]), data["model"], data["length"], data["steps"], data["seed"], data["corpus_max"],
+        tuple(FoundPrompt(tuple(p["token_ids"]), tuple(p["tokens"]), p["text"], p["activation"],
+                          p["cross_entropy"], tuple(p["acts"])) for p in data["frontier"]),
+        data["seconds"], data["settings"],
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
