@@ -291,10 +291,6 @@ class UnitAccumulator:
         _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
         self.sample_bound = state["key"].max(1).values
 
-    def activation_sums(self) -> np.ndarray:
-        """Each unit's activation summed over every counted token."""
-        return self.moments[0].cpu().numpy()
-
     def result(self) -> dict:
         """Final statistics and examples as numpy arrays (see ``precompute.pipeline``)."""
         n = max(self.count, 1)

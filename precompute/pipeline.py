@@ -78,6 +78,7 @@ class _Tracked:
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
     decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
+    co_activation: Tensor | None = None  # SAEs on tracked neurons: [d_in, n_units], see ``feature_mass``
     context_hook: str | None = None  # the representation kept at each example's token (scores)
 
 
@@ -97,6 +98,10 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
     tracked = [_neurons(model, layer, cfg) for layer in layers]
     tracked += _features(model, cfg)
+    neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
+    for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
+        if t.decoder is not None and t.hook in neuron_hooks:
+            t.co_activation = torch.zeros(t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -198,6 +203,9 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contex
                     at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
+                    if t.co_activation is not None:  # an SAE on tracked neurons: what drives them
+                        x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
+                        t.co_activation += (x.clamp(min=0).T @ a).double()
                     t.acc.update(
                         unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
                     )
@@ -401,7 +409,8 @@ def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict
 def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     """The bridge between a layer's neurons and the features of each SAE read from its ``hook_post``.
 
-    Neuron -> features: each feature's share of the neuron's activation mass (``feature_mass``),
+    Neuron -> features: each feature's share of the neuron's activation mass where it fires
+    (``feature_mass``),
     and two scores of the neuron: the effective number of features behind it and how many cover
     80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
     """
@@ -411,7 +420,7 @@ def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     for sae in saes:
         layer = neurons[sae.hook].source.source_id
         decoder = sae.decoder.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_mass(decoder, sae.acc.activation_sums())
+        mass = feature_mass(decoder, sae.co_activation.cpu().numpy())
         writer.append("links", _links_table(layer, sae.source.source_id, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))

@@ -30,17 +30,24 @@ def n_covering(weights: np.ndarray, fraction: float = 0.8, axis: int = -1) -> np
     return np.where(total.squeeze(axis) > 0, np.argmax(reached, axis=axis) + 1, 0)
 
 
-def feature_mass(decoder: np.ndarray, feature_sums: np.ndarray) -> np.ndarray:
+def feature_mass(decoder: np.ndarray, co_activation: np.ndarray) -> np.ndarray:
     """Each feature's share of each neuron's activation mass: ``[n_neurons, n_features]``.
 
-    An SAE on a layer's neurons reconstructs neuron i as ``sum_f a_f W_dec[f, i]`` (plus a bias),
-    with feature activations ``a_f >= 0``. Over the corpus, feature f contributes
-    ``|W_dec[f, i]| * sum_t a_f(t)`` to neuron i's absolute activation mass; ``feature_sums`` is
-    ``sum_t a_f(t)``. Rows are normalised to sum to 1 (a row of zeros stays zeros).
+    An SAE on a layer's neurons reconstructs neuron i as ``x_i ≈ sum_f a_f W_dec[f, i]`` (plus a
+    bias). Weighting each token by how strongly the neuron fires there, its mass
+    ``sum_t x_i(t)^+ x_i(t)`` splits into one part per feature, ``W_dec[f, i] * C[i, f]`` with
+    ``co_activation`` ``C[i, f] = sum_t x_i(t)^+ a_f(t)``: the features that drive the neuron where
+    it fires. Negative parts (features that push it down) are dropped; rows are normalised to sum
+    to 1 (a row of zeros stays zeros).
     """
-    mass = np.abs(np.asarray(decoder, dtype=np.float64)).T * np.maximum(feature_sums, 0)[None, :]
+    mass = np.maximum(np.asarray(decoder, dtype=np.float64).T * np.asarray(co_activation, dtype=np.float64), 0)
     total = mass.sum(axis=1, keepdims=True)
     return np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
+
+
+def co_activation(neurons: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """``C[i, f] = sum_t max(x_i(t), 0) a_f(t)`` over tokens t: ``[n_neurons, n_features]``."""
+    return np.maximum(neurons, 0).T @ features
 
 
 # --- diversity of a unit's kept examples -----------------------------------------------------

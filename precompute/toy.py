@@ -29,6 +29,7 @@ from precompute.accumulate import AccumulatorConfig, UnitAccumulator
 from precompute.polysemanticity import (
     MIN_EXAMPLES,
     bimodality,
+    co_activation,
     combined,
     effective_number,
     example_scores,
@@ -170,8 +171,8 @@ def _sae_scores(w1: torch.Tensor, b1: torch.Tensor, cfg: ToyConfig, sparsity: fl
     sae = train_on_activations(batches(), d_in=w1.shape[0], tokens=cfg.sae_tokens, hp=hp)
     with torch.inference_mode():
         hidden = torch.relu(sample_features(cfg.tokens, cfg.n_features, sparsity, g) @ w1.T + b1)
-        sums = sae.encode(hidden).sum(0).numpy()
-    mass = feature_mass(sae.decoder_directions().numpy(), sums)
+        joint = co_activation(hidden.numpy(), sae.encode(hidden).numpy())
+    mass = feature_mass(sae.decoder_directions().numpy(), joint)
     return {"sae_features": effective_number(mass, axis=1), "sae_features_80": n_covering(mass, 0.8, axis=1)}
 
 

@@ -202,13 +202,15 @@ def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf)
     assert [r.unit for r, _ in sae_store.neighbors(UnitRef("L1.sae", 5))] == list(np.argsort(-cos[5])[:3])
 
 
-def test_links_between_neurons_and_features(sae_store, sae_folder, features):
-    """Neuron -> features by share of activation mass; feature -> neurons by share of the decoder row."""
+def test_links_between_neurons_and_features(sae_store, sae_folder, features, brute):
+    """Neuron -> features by share of activation mass where it fires; feature -> neurons by share
+    of the decoder row."""
     from precompute.sae import load_sae
 
     W_dec = load_sae(sae_folder).decoder_directions().double().numpy()  # [24 features, 48 neurons]
-    sums = features[:, 1:, :].reshape(-1, 24).astype(np.float64).sum(0)
-    mass = np.abs(W_dec).T * sums  # [48, 24]
+    neurons = np.maximum(brute[1][:, 1:, :].reshape(-1, 48), 0).astype(np.float64)
+    joint = neurons.T @ features[:, 1:, :].reshape(-1, 24).astype(np.float64)  # [48, 24]
+    mass = np.maximum(W_dec.T * joint, 0)
     share = mass / mass.sum(1, keepdims=True)
     scores = sae_store.units_frame("L1.mlp").set_index("unit")
     for neuron in (0, 17, 47):
@@ -216,7 +218,7 @@ def test_links_between_neurons_and_features(sae_store, sae_folder, features):
         assert [link.ref for link in links] == [UnitRef("L1.sae", f) for f in np.argsort(-share[neuron])[:3]]
         np.testing.assert_allclose([link.share for link in links], np.sort(share[neuron])[::-1][:3], rtol=1e-4)
         np.testing.assert_allclose([link.weight for link in links], W_dec[[link.ref.unit for link in links], neuron], rtol=1e-5)
-        p = share[neuron]
+        p = share[neuron][share[neuron] > 0]
         assert scores.loc[neuron, "sae_features"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
         assert scores.loc[neuron, "sae_features_80"] == np.argmax(np.cumsum(np.sort(p)[::-1]) >= 0.8) + 1
     energy = W_dec[5] ** 2 / (W_dec[5] ** 2).sum()
