@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 
+from neurodash import paths
 from neurodash.errors import NeurodashError
 from neurodash.units import UnitRef
 
@@ -87,8 +88,7 @@ class Frontier:
 
 def results_path(store_path: str | os.PathLike) -> Path:
     """The results file beside a store: ``demo.duckdb`` -> ``demo.maximize.duckdb``."""
-    path = Path(store_path)
-    return path.with_name(f"{path.stem}.maximize.duckdb")
+    return paths.beside(store_path, "maximize")
 
 
 class MaximizeResults:

@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from neurodash import paths
 from neurodash.errors import NeurodashError
 from neurodash.store import Store
 from neurodash.units import Example, UnitRef, parse_ref
@@ -52,8 +53,7 @@ class SetInfo:
 
 def sets_path(store_path: str | os.PathLike) -> Path:
     """The sets file beside a store: ``demo.duckdb`` -> ``demo.sets.duckdb``."""
-    path = Path(store_path)
-    return path.with_name(f"{path.stem}.sets.duckdb")
+    return paths.beside(store_path, "sets")
 
 
 class ExampleSets:
