@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
     args = parser.parse_args()
     path = args.page or unit_path(args.store, args.unit)
-    ready = ".nd-main > *" if args.page else "#unit-logits .ytick"
+    ready = {None: "#unit-logits .ytick", "/": "#layer-plots .box"}.get(args.page, ".nd-main > *")
     print(f"wrote {screenshot(args.store, path, args.out, args.height, ready)} ({path})")
 
 
