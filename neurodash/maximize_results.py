@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
-from neurodash import paths
-from neurodash.errors import NeurodashError
+from neurodash import owned_files, paths
 from neurodash.units import UnitRef
 
 SCHEMA = """
@@ -37,7 +33,6 @@ CREATE TABLE IF NOT EXISTS prompts (
 DEFAULT_LENGTH = 12  # prompt tokens after BOS
 DEFAULT_STEPS = 40  # optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores
 BUSY_TIMEOUT_S = 10.0
-_LOCK = threading.Lock()  # one connection at a time in this process
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class MaximizeResults:
             run_id = con.execute(
                 "INSERT INTO runs VALUES (nextval('run_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
                 [f.ref.source_id, f.ref.unit, f.model, f.length, f.steps, f.seed, f.corpus_max, f.seconds,
-                 json.dumps(f.settings), f.created_at or _now()],
+                 json.dumps(f.settings), f.created_at or owned_files.now()],
             ).fetchone()[0]
             con.executemany(
                 "INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -149,37 +144,9 @@ class MaximizeResults:
             for run_id, src, unit, model, length, steps, seed, corpus_max, seconds, settings, created_at in runs
         ]
 
-    @contextmanager
-    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success; waits while another process has the file."""
-        with _LOCK:
-            con = _open(self.path, read_only)
-            try:
-                con.execute("BEGIN")
-                yield con
-                con.execute("COMMIT")
-            finally:
-                con.close()
-
-
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    if not path.parent.is_dir():
-        raise NeurodashError(f"cannot open results file {path}: folder {path.parent} does not exist")
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            if not read_only:
-                con.execute(SCHEMA)
-            return con
-        except duckdb.IOException as e:
-            if "lock" not in str(e).lower():
-                raise NeurodashError(f"cannot open results file {path} ({e})") from None
-            if time.monotonic() > deadline:
-                raise NeurodashError(f"results file {path} is busy: another process has it open") from None
-            time.sleep(0.1)
-        except duckdb.Error as e:
-            raise NeurodashError(f"{path} is not a readable results file ({e})") from None
+        return owned_files.transaction(self.path, SCHEMA, "results file", BUSY_TIMEOUT_S, read_only)
 
 
 def frontier_from_json(data: dict) -> Frontier:
@@ -193,7 +160,4 @@ def frontier_from_json(data: dict) -> Frontier:
         data["seconds"], data["settings"],
     )
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 

@@ -13,18 +13,16 @@ so an export can tell when the store was rebuilt under the set.
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 
-from neurodash import paths
+from neurodash import owned_files, paths
 from neurodash.errors import NeurodashError
 from neurodash.store import Store
 from neurodash.units import Example, UnitRef, parse_ref
@@ -41,7 +39,6 @@ CREATE TABLE IF NOT EXISTS set_examples (
 ITEM_COLUMNS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos", "note", "added_at")
 MAX_NAME = 200
 BUSY_TIMEOUT_S = 10.0
-_LOCK = threading.Lock()  # one connection at a time in this process
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ class ExampleSets:
             set_id = self._find(con, name)
             if set_id is None:
                 set_id = self._create(con, name)
-            now = _now()
+            now = owned_files.now()
             con.executemany(
                 "INSERT INTO set_examples VALUES (?, nextval('item_ids'), ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET note = coalesce(excluded.note, note)",
@@ -166,18 +163,10 @@ class ExampleSets:
         if not self.path.is_file():
             raise NeurodashError(f"no set named {name!r}: there is no sets file {self.path}")
 
-    @contextmanager
-    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success. Threads take turns; a call waits
         while another process has the file."""
-        with _LOCK:
-            con = _open(self.path)
-            try:
-                con.execute("BEGIN")
-                yield con
-                con.execute("COMMIT")
-            finally:
-                con.close()
+        return owned_files.transaction(self.path, SCHEMA, "sets file", BUSY_TIMEOUT_S)
 
     def _find(self, con: duckdb.DuckDBPyConnection, name: str) -> int | None:
         row = con.execute("SELECT set_id FROM sets WHERE name = ?", [name]).fetchone()
@@ -194,25 +183,8 @@ class ExampleSets:
         if self._find(con, name) is not None:
             raise NeurodashError(f"a set named {name!r} exists already")
         return con.execute(
-            "INSERT INTO sets VALUES (nextval('set_ids'), ?, ?) RETURNING set_id", [name, _now()]
+            "INSERT INTO sets VALUES (nextval('set_ids'), ?, ?) RETURNING set_id", [name, owned_files.now()]
         ).fetchone()[0]
-
-
-def _open(path: Path) -> duckdb.DuckDBPyConnection:
-    if not path.parent.is_dir():
-        raise NeurodashError(f"cannot open sets file {path}: folder {path.parent} does not exist")
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            con = duckdb.connect(str(path))
-            con.execute(SCHEMA)
-            return con
-        except duckdb.IOException as e:
-            if "lock" not in str(e).lower():
-                raise NeurodashError(f"cannot open sets file {path} ({e})") from None
-            if time.monotonic() > deadline:
-                raise NeurodashError(f"sets file {path} is busy: another process has it open") from None
-            time.sleep(0.1)
 
 
 def find_example(
@@ -245,6 +217,3 @@ def _valid_name(name: str) -> str:
         raise NeurodashError(f"a set's name must have 1 to {MAX_NAME} characters")
     return name
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
