@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from neurodash.app import ids, render
+from neurodash.app import ids, jobs, render
 from neurodash.errors import NeurodashError
 from neurodash.maximize_results import (
     DEFAULT_LENGTH,
@@ -193,21 +193,10 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         State(ids.MAXIMIZE_UNIT, "data"),
         State(ids.MAXIMIZE_LENGTH, "value"),
         State(ids.MAXIMIZE_STEPS, "value"),
-        background=True,
-        progress=[
-            Output(ids.MAXIMIZE_PROGRESS, "value"),
-            Output(ids.MAXIMIZE_PROGRESS, "max"),
-            Output(ids.MAXIMIZE_STAGE, "children"),
-        ],
-        progress_default=["0", str(DEFAULT_STEPS), "Starting…"],
-        running=[
-            (Output(ids.MAXIMIZE_RUN, "disabled"), True, False),
-            (Output(ids.MAXIMIZE_CANCEL, "disabled"), False, True),
-            (Output(ids.MAXIMIZE_PROGRESS_BOX, "style"), {"display": "flex"}, {"display": "none"}),
-        ],
-        cancel=[Input(ids.MAXIMIZE_CANCEL, "n_clicks")],
-        interval=500,
-        prevent_initial_call=True,
+        **jobs.background_options(
+            ids.MAXIMIZE_RUN, ids.MAXIMIZE_CANCEL, ids.MAXIMIZE_PROGRESS, ids.MAXIMIZE_PROGRESS_BOX,
+            ids.MAXIMIZE_STAGE, DEFAULT_STEPS, interval_ms=500,
+        ),
     )
     def run_maximize(set_progress, _clicks, unit, length, steps):
         gc.freeze()  # forked from the threaded server: collect only what the job creates (see pages/probe.py)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, jobs, render, state
 from neurodash.app.data import label_prefixes, summarise_probe, unit_label
 from neurodash.errors import NeurodashError
 from neurodash.units import NEURON, UnitRef
@@ -207,21 +207,10 @@ def register_callbacks(app: Dash, unit_max: dict) -> None:
         Input(ids.PROBE_RUN, "n_clicks"),
         State(ids.PROBE_TEXT, "value"),
         State(ids.PROBE_CONFIG, "data"),
-        background=True,
-        progress=[
-            Output(ids.PROBE_PROGRESS, "value"),
-            Output(ids.PROBE_PROGRESS, "max"),
-            Output(ids.PROBE_STAGE, "children"),
-        ],
-        progress_default=["0", str(STAGES), "Starting…"],
-        running=[
-            (Output(ids.PROBE_RUN, "disabled"), True, False),
-            (Output(ids.PROBE_CANCEL, "disabled"), False, True),
-            (Output(ids.PROBE_PROGRESS_BOX, "style"), {"display": "flex"}, {"display": "none"}),
-        ],
-        cancel=[Input(ids.PROBE_CANCEL, "n_clicks")],
-        interval=250,
-        prevent_initial_call=True,
+        **jobs.background_options(
+            ids.PROBE_RUN, ids.PROBE_CANCEL, ids.PROBE_PROGRESS, ids.PROBE_PROGRESS_BOX, ids.PROBE_STAGE,
+            STAGES, interval_ms=250,
+        ),
     )
     def run_probe(set_progress, _clicks, text, config):
         # This runs in a process forked from the (threaded) server: what it inherited is not its own
