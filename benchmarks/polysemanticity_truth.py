@@ -32,21 +32,24 @@ def main() -> None:
         f"{truth.min()}-{truth.max()} (median {np.median(truth):.0f}); {time.perf_counter() - started:.0f} s"
     )
     print(
-        "| score | Spearman with true count | controls' max | polysemantic (>= 2) units' min | controls lowest |"
+        "| score | Spearman with true count | controls' max | polysemantic (>= 2) units' min | controls lowest "
+        "| (control, polysemantic) pairs ordered |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name, values in scores.items():
         if name == "n_examples":
             continue
         rho = spearman(values, truth)
+        ordered = (values[control][:, None] < values[truth >= 2][None, :]).mean()
         main = " (main)" if name in MAIN_METRICS else ""
         if name == "bimodality":  # reversed: the sparse, monosemantic units score highest
             lo, hi = values[control].min(), np.median(values[truth >= 2])
             verdict = "highest" if lo > hi else "no"
-            print(f"| `{name}` (reversed) | {rho:+.2f} | min {lo:.2f} | median {hi:.2f} | {verdict} |")
+            print(f"| `{name}` (reversed) | {rho:+.2f} | min {lo:.2f} | median {hi:.2f} | {verdict} | |")
             continue
         lo, hi = values[control].max(), values[truth >= 2].min()
-        print(f"| `{name}`{main} | {rho:+.2f} | {lo:.2f} | {hi:.2f} | {'yes' if lo < hi else 'no'} |")
+        verdict = "yes" if lo < hi else "no"
+        print(f"| `{name}`{main} | {rho:+.2f} | {lo:.2f} | {hi:.2f} | {verdict} | {ordered:.0%} |")
 
 
 if __name__ == "__main__":

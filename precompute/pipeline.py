@@ -28,11 +28,12 @@ from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hi
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
 from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.polysemanticity import (
+    attributed_mass,
     bimodality,
     combined,
     effective_number,
     example_scores,
-    feature_mass,
+    feature_shares,
     kept_examples,
     n_covering,
     projection,
@@ -78,7 +79,7 @@ class _Tracked:
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
     decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
-    co_activation: Tensor | None = None  # SAEs on tracked neurons: [d_in, n_units], see ``feature_mass``
+    mass: Tensor | None = None  # SAEs on tracked neurons: [d_in, n_units], see ``attributed_mass``
     context_hook: str | None = None  # the representation kept at each example's token (scores)
 
 
@@ -101,7 +102,8 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
-            t.co_activation = torch.zeros(t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device)
+            t.decoder = t.decoder.to(cfg.device)
+            t.mass = torch.zeros(t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -203,9 +205,9 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contex
                     at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    if t.co_activation is not None:  # an SAE on tracked neurons: what drives them
+                    if t.mass is not None:  # an SAE on tracked neurons: what drives them
                         x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
-                        t.co_activation += (x.clamp(min=0).T @ a).double()
+                        t.mass += attributed_mass(x.float(), a.float(), t.decoder.float()).double()
                     t.acc.update(
                         unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
                     )
@@ -409,8 +411,7 @@ def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict
 def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     """The bridge between a layer's neurons and the features of each SAE read from its ``hook_post``.
 
-    Neuron -> features: each feature's share of the neuron's activation mass where it fires
-    (``feature_mass``),
+    Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``),
     and two scores of the neuron: the effective number of features behind it and how many cover
     80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
     """
@@ -420,7 +421,7 @@ def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     for sae in saes:
         layer = neurons[sae.hook].source.source_id
         decoder = sae.decoder.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_mass(decoder, sae.co_activation.cpu().numpy())
+        mass = feature_shares(sae.mass.cpu().numpy())
         writer.append("links", _links_table(layer, sae.source.source_id, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))

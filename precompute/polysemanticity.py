@@ -1,12 +1,14 @@
 """Polysemanticity scores: how many distinct things one unit responds to.
 
-Pure functions over numpy arrays, shared by the pipeline and the ground-truth tests, so that what
+Pure functions over numpy arrays (torch tensors for the one that runs on every batch), shared by the pipeline and the ground-truth tests, so that what
 is validated on a toy model is exactly what runs on a real one.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 
 def effective_number(weights: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -30,24 +32,29 @@ def n_covering(weights: np.ndarray, fraction: float = 0.8, axis: int = -1) -> np
     return np.where(total.squeeze(axis) > 0, np.argmax(reached, axis=axis) + 1, 0)
 
 
-def feature_mass(decoder: np.ndarray, co_activation: np.ndarray) -> np.ndarray:
-    """Each feature's share of each neuron's activation mass: ``[n_neurons, n_features]``.
+def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor) -> Tensor:
+    """How much of each neuron's activation each SAE feature accounts for, summed over tokens:
+    ``[n_neurons, n_features]``.
 
-    An SAE on a layer's neurons reconstructs neuron i as ``x_i ≈ sum_f a_f W_dec[f, i]`` (plus a
-    bias). Weighting each token by how strongly the neuron fires there, its mass
-    ``sum_t x_i(t)^+ x_i(t)`` splits into one part per feature, ``W_dec[f, i] * C[i, f]`` with
-    ``co_activation`` ``C[i, f] = sum_t x_i(t)^+ a_f(t)``: the features that drive the neuron where
-    it fires. Negative parts (features that push it down) are dropped; rows are normalised to sum
-    to 1 (a row of zeros stays zeros).
+    An SAE on a layer's neurons reconstructs neuron i at token t as ``sum_f a_f(t) W_dec[f, i]``
+    (plus a bias). Each token's positive activation ``x_i(t)`` is split among the features active
+    there in proportion to what each writes to the neuron, ``a_f(t) W_dec[f, i]``; features that
+    push the neuron down get no share, and a token where no active feature pushes it up leaves its
+    activation unattributed. Two matrix products per batch of tokens ``[t, n_neurons]`` and
+    ``[t, n_features]``; ``decoder`` is ``[n_features, n_neurons]``.
     """
-    mass = np.maximum(np.asarray(decoder, dtype=np.float64).T * np.asarray(co_activation, dtype=np.float64), 0)
+    up = decoder.clamp(min=0)
+    written = features @ up  # [t, neurons]: what the active features write to each neuron
+    ratio = torch.where(written > 0, neurons.clamp(min=0) / written.clamp(min=1e-30), 0.0)
+    return up.T * (ratio.T @ features)
+
+
+def feature_shares(mass: np.ndarray) -> np.ndarray:
+    """Rows of ``attributed_mass`` normalised to sum to 1: each feature's share of each neuron's
+    activation mass over the corpus (a row of zeros stays zeros)."""
+    mass = np.asarray(mass, dtype=np.float64)
     total = mass.sum(axis=1, keepdims=True)
     return np.divide(mass, total, out=np.zeros_like(mass), where=total > 0)
-
-
-def co_activation(neurons: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """``C[i, f] = sum_t max(x_i(t), 0) a_f(t)`` over tokens t: ``[n_neurons, n_features]``."""
-    return np.maximum(neurons, 0).T @ features
 
 
 # --- diversity of a unit's kept examples -----------------------------------------------------

@@ -28,12 +28,12 @@ import torch
 from precompute.accumulate import AccumulatorConfig, UnitAccumulator
 from precompute.polysemanticity import (
     MIN_EXAMPLES,
+    attributed_mass,
     bimodality,
-    co_activation,
     combined,
     effective_number,
     example_scores,
-    feature_mass,
+    feature_shares,
     kept_examples,
     n_covering,
     projection,
@@ -57,7 +57,7 @@ class ToyConfig:
     context_dims: int = 32  # the representation (the input x) is projected as in the pipeline
     sae_features: int = 60
     sae_k: int = 2
-    sae_tokens: int = 100_000
+    sae_tokens: int = 400_000
     seed: int = 0
 
 
@@ -158,7 +158,9 @@ def score_instance(
 
 
 def _sae_scores(w1: torch.Tensor, b1: torch.Tensor, cfg: ToyConfig, sparsity: float, seed: int) -> dict:
-    """Train the project's TopK SAE on the hidden states; each neuron's features by ``feature_mass``."""
+    """Each neuron's SAE decomposition scores (``attributed_mass``), from the project's TopK SAE trained
+    on the hidden states, and from the oracle dictionary a perfect SAE would hold: one latent per
+    true feature, active as much as the feature, decoding to the neurons' response to it alone."""
     from precompute.sae import SAEHyperparams, train_on_activations
 
     g = torch.Generator().manual_seed(seed + 1)
@@ -169,11 +171,17 @@ def _sae_scores(w1: torch.Tensor, b1: torch.Tensor, cfg: ToyConfig, sparsity: fl
             yield torch.relu(sample_features(hp.batch_tokens, cfg.n_features, sparsity, g) @ w1.T + b1)
 
     sae = train_on_activations(batches(), d_in=w1.shape[0], tokens=cfg.sae_tokens, hp=hp)
+    x = sample_features(cfg.tokens, cfg.n_features, sparsity, g)
+    hidden = torch.relu(x @ w1.T + b1)
     with torch.inference_mode():
-        hidden = torch.relu(sample_features(cfg.tokens, cfg.n_features, sparsity, g) @ w1.T + b1)
-        joint = co_activation(hidden.numpy(), sae.encode(hidden).numpy())
-    mass = feature_mass(sae.decoder_directions().numpy(), joint)
-    return {"sae_features": effective_number(mass, axis=1), "sae_features_80": n_covering(mass, 0.8, axis=1)}
+        trained = attributed_mass(hidden, sae.encode(hidden), sae.decoder_directions())
+    oracle = attributed_mass(hidden, x, torch.relu(w1 + b1[:, None]).T)
+    shares, oracle_shares = feature_shares(trained.numpy()), feature_shares(oracle.numpy())
+    return {
+        "sae_features": effective_number(shares, axis=1),
+        "sae_features_80": n_covering(shares, 0.8, axis=1),
+        "sae_features_oracle": effective_number(oracle_shares, axis=1),
+    }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

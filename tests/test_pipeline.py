@@ -203,14 +203,18 @@ def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf)
 
 
 def test_links_between_neurons_and_features(sae_store, sae_folder, features, brute):
-    """Neuron -> features by share of activation mass where it fires; feature -> neurons by share
+    """Neuron -> features by share of activation mass, token by token; feature -> neurons by share
     of the decoder row."""
     from precompute.sae import load_sae
 
     W_dec = load_sae(sae_folder).decoder_directions().double().numpy()  # [24 features, 48 neurons]
     neurons = np.maximum(brute[1][:, 1:, :].reshape(-1, 48), 0).astype(np.float64)
-    joint = neurons.T @ features[:, 1:, :].reshape(-1, 24).astype(np.float64)  # [48, 24]
-    mass = np.maximum(W_dec.T * joint, 0)
+    acts = features[:, 1:, :].reshape(-1, 24).astype(np.float64)
+    mass = np.zeros((48, 24))
+    for x, a in zip(neurons, acts):  # each token's activation split among the features pushing it up
+        written = a[:, None] * np.maximum(W_dec, 0)  # [features, neurons]
+        total = written.sum(0)
+        mass += np.divide(x * written, total, out=np.zeros_like(written), where=total > 0).T
     share = mass / mass.sum(1, keepdims=True)
     scores = sae_store.units_frame("L1.mlp").set_index("unit")
     for neuron in (0, 17, 47):
