@@ -1,20 +1,27 @@
 """Screenshot a page of the dashboard in headless Chromium (the README's ``assets/unit_page.png``).
 
     python tests/app_screenshot.py STORE [--unit L15N3 | --page /] [--out assets/unit_page.png]
+    python tests/app_screenshot.py STORE --unit L15N631 --panel maximize --out assets/maximize_panel.png
+    python tests/app_screenshot.py STORE --page "/sets?name=comparison words" --out assets/sets_page.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
-units make the clearest pictures). ``chrome_options()`` is also what the browser tests use.
+units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it.
+The maximization panel shows the unit's latest run in ``STORE.maximize.duckdb`` and the sets page
+the sets in ``STORE.sets.duckdb``: make them first (``neurodash maximize``, ``ExampleSets``).
+``chrome_options()`` is also what the browser tests use.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROME_FLAGS = (
@@ -33,6 +40,10 @@ CHROME_FLAGS = (
     "--window-size=1400,1000",
     "--force-device-scale-factor=1",
 )
+# what each page shows once drawn (CSS), by URL path; a unit page is "unit"
+READY = {"unit": "#unit-logits .ytick", "/": "#layer-plots .box", "/sets": ".nd-main .nd-panel"}
+# --panel NAME: the panel saved, and what it shows once drawn
+PANELS = {"maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick")}
 
 
 def chrome_options():
@@ -54,9 +65,15 @@ def free_port() -> int:
 
 
 def screenshot(
-    store_path: Path, path: str, out: Path, height: int = 1700, ready: str = ".nd-main > *"
+    store_path: Path,
+    path: str,
+    out: Path,
+    height: int = 1700,
+    ready: str = ".nd-main > *",
+    crop: str | None = None,
 ) -> Path:
-    """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG."""
+    """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG:
+    the window, or only the element ``crop`` (CSS)."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -74,18 +91,37 @@ def screenshot(
         driver.get(f"http://127.0.0.1:{server.server_port}{path}")
         WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
         marked = driver.find_elements(By.CSS_SELECTOR, ".nd-tok-max")
-        if marked:  # show the token inspector at work
+        if marked and not crop:  # show the token inspector at work
             webdriver.ActionChains(driver).move_to_element(marked[0]).perform()
         WebDriverWait(driver, 30).until(  # every figure on the page has drawn its axes
             lambda d: all(g.find_elements(By.CSS_SELECTOR, ".main-svg") for g in d.find_elements(By.CSS_SELECTOR, ".dash-graph"))
         )
         time.sleep(0.5)  # let the figures finish drawing
         out.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(out))
+        if crop:
+            out.write_bytes(element_png(driver, crop))
+        else:
+            driver.save_screenshot(str(out))
     finally:
         driver.quit()
         server.shutdown()
     return out
+
+
+def element_png(driver, css: str) -> bytes:
+    """The element ``css`` as a PNG, whole however tall, as it lies on the page scrolled to the top
+    (where the sticky top bar and token inspector do not cover it)."""
+    driver.execute_script("window.scrollTo(0, 0)")
+    x, y, width, height = driver.execute_script(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        "return [r.x, r.y + window.scrollY, r.width, r.height];",
+        css,
+    )
+    clip = {"x": x, "y": y, "width": width, "height": height, "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}
+    )
+    return base64.b64decode(shot["data"])
 
 
 def unit_path(store_path: Path, unit: str | None) -> str:
@@ -106,13 +142,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path)
     parser.add_argument("--unit", help="e.g. L15N3 or L15.mlp/3 (default: a sparse unit of the middle layer)")
-    parser.add_argument("--page", help="another page instead, e.g. / or /probe")
+    parser.add_argument("--page", help="another page instead, e.g. / or /probe or '/sets?name=my set'")
+    parser.add_argument("--panel", choices=sorted(PANELS), help="save only this panel of the unit page")
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "unit_page.png")
     parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
     args = parser.parse_args()
     path = args.page or unit_path(args.store, args.unit)
-    ready = {None: "#unit-logits .ytick", "/": "#layer-plots .box"}.get(args.page, ".nd-main > *")
-    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready)} ({path})")
+    ready = READY.get(urlsplit(args.page).path if args.page else "unit", ".nd-main > *")
+    crop = None
+    if args.panel:
+        crop, ready = PANELS[args.panel]
+    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready, crop)} ({path})")
 
 
 if __name__ == "__main__":
