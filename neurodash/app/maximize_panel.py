@@ -104,7 +104,7 @@ def show(frontier: Frontier | None) -> list:
 
 def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
     """The panel, with the unit's latest run drawn at once."""
-    number = {"type": "number", "step": 1, "min": 1, "debounce": True, "style": {"width": "64px"},
+    number = {"type": "number", "step": 1, "min": 1, "debounce": True, "style": {"width": "88px"},
               "className": "nd-button"}
     return render.panel(
         "Activation maximization",
