@@ -22,8 +22,8 @@ COMBINED = "polysemanticity"
 METRICS = {  # name: (label, what it means)
     COMBINED: (
         "polysemanticity",
-        "Geometric mean of the diversity scores this unit has (context clusters, max tokens, SAE features "
-        "where its layer has an SAE): about 1 when everything agrees it does one thing. A heuristic average.",
+        "Geometric mean of the context clusters and max tokens scores: about 1 when both agree it does one "
+        "thing. A heuristic average; the SAE features score is shown beside it, not folded in.",
     ),
     "context_diversity": (
         "context clusters",
@@ -36,7 +36,9 @@ METRICS = {  # name: (label, what it means)
     ),
     "sae_features": (
         "SAE features",
-        "exp(entropy) of the SAE features' shares of this neuron's activation mass: the effective number of features.",
+        "exp(entropy) of the SAE features' shares of this neuron's activation mass (each token's activation "
+        "split among the features active there by what each writes to the neuron): the effective number "
+        "of SAE latents behind it.",
     ),
     "sae_features_80": (
         "SAE features (80%)",
