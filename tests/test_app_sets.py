@@ -141,6 +141,11 @@ def test_app_keeps_its_sets_beside_the_store(synthetic_store, tmp_path):
     app = create_app(copy)
     with app.server.test_request_context("/"):
         assert state.current().sets.path == sets_path(copy) == tmp_path / "copy.sets.duckdb"
+        assert "kept in copy.sets.duckdb beside the store." in texts(sets.layout())[1]
+    chosen = tmp_path / "elsewhere.duckdb"
+    with create_app(copy, sets_file=chosen).server.test_request_context("/"):
+        assert state.current().sets.path == chosen
+        assert f"kept in {chosen}." in texts(sets.layout())[1]
 
 
 # --- the sets page --------------------------------------------------------------------------

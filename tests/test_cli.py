@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from neurodash.app import ids
 from neurodash.cli import main
+from neurodash.sets import ExampleSets, sets_path
 from neurodash.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +220,94 @@ def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs
     code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl),
                                                 "--sae", str(tmp_path / "no-such-sae")))
     assert_failed(code, err, "no-such-sae", out)
+
+
+# --- serve --sets-file ------------------------------------------------------------------------
+def _post_callback(url: str, outputs: list[dict], inputs: list, state: list, changed: str) -> dict:
+    """What the served app answers to one callback, as Dash's renderer asks for it."""
+    names = [f"{o['id']}.{o['property']}" for o in outputs]
+    one = len(outputs) == 1  # one output goes by itself, more as a list
+    body = {
+        "output": names[0] if one else f"..{'...'.join(names)}..",
+        "outputs": outputs[0] if one else outputs,
+        "inputs": inputs,
+        "state": state,
+        "changedPropIds": [changed],
+    }
+    request = urllib.request.Request(
+        url + "/_dash-update-component", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())["response"]
+
+
+def _wait_until_serving(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 300  # a hang guard only: each try waits for the server's answer
+    while True:
+        assert proc.poll() is None, "the server stopped"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the server never answered"
+            time.sleep(0.2)
+
+
+def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_path):
+    store = tmp_path / "store.duckdb"
+    shutil.copy(synthetic_store, store)
+    chosen = tmp_path / "elsewhere" / "mine.duckdb"
+    chosen.parent.mkdir()
+    sets = ExampleSets(chosen)
+    with Store(store) as s:
+        sets.add_top(s, "only-in-mine", "L1.mlp/5")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "neurodash.cli", "serve", str(store), "--port", str(port), "--sets-file", str(chosen)]
+    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would stop the server
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")})
+    try:
+        _wait_until_serving(proc, url)
+        page = _post_callback(  # the page router, for /sets?name=only-in-mine
+            url,
+            [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
+            [{"id": "_pages_location", "property": "pathname", "value": "/sets"},
+             {"id": "_pages_location", "property": "search", "value": "?name=only-in-mine"}],
+            [], "_pages_location.pathname",
+        )
+        text = json.dumps(page)
+        assert f"kept in {chosen}." in text and '"only-in-mine"' in text and "20 examples" in text
+        button = {"type": ids.SETS_REMOVE_EXAMPLE, "source": "L1.mlp", "unit": 5, "bucket": "top", "rank": 3}
+        removed = _post_callback(  # the "×" of top #3
+            url,
+            [{"id": ids.SETS_BODY, "property": "children"}],
+            [[{"id": button, "property": "n_clicks", "value": 1}]],
+            [{"id": ids.SETS_SELECTED, "property": "data", "value": "only-in-mine"}],
+            json.dumps(button, sort_keys=True, separators=(",", ":")) + ".n_clicks",
+        )
+        assert "removed L1N5 top #3 from 'only-in-mine'" in json.dumps(removed)
+    except Exception:
+        print(log.read_text()[-5000:])  # what the server said, shown with the failure
+        raise
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert sorted(sets.items("only-in-mine")["rank"]) == [r for r in range(20) if r != 3]
+    assert not sets_path(store).exists(), "the sets file beside the store was made"
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_serve_with_a_sets_file_it_cannot_write(capsys, synthetic_store, tmp_path, where):
+    if where == "missing-folder":
+        path = tmp_path / "nope" / "sets.duckdb"
+        message = f"cannot write the sets file {path}: folder {path.parent} does not exist"
+    else:
+        path, message = tmp_path, f"cannot use {tmp_path} as the sets file: it is a folder"
+    code, err = run_cli(capsys, "serve", str(synthetic_store), "--sets-file", str(path))
+    assert_failed(code, err, message)
+    assert not (tmp_path / "nope").exists()

@@ -17,7 +17,7 @@ from neurodash.app.data import label_prefixes, plural, unit_label, unit_magnitud
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, Selection, examples_frame, export_bytes
-from neurodash.sets import ExampleSets, SetInfo
+from neurodash.sets import ExampleSets, SetInfo, sets_path
 from neurodash.store import Store
 from neurodash.units import UnitRef
 
@@ -29,9 +29,10 @@ VIEW_MAX = 500  # examples shown on a set's page; downloads hold them all
 def layout(name: str | list[str] | None = None, **_query) -> html.Div:
     app_state = state.current()
     name = name[0] if isinstance(name, list) else name
+    path = app_state.sets.path
+    where = f"{path.name} beside the store" if path == sets_path(app_state.store.path) else str(path)
     intro = html.P(
-        f"Named lists of examples with notes, kept in {app_state.sets.path.name} beside the store. "
-        "Add to them from a unit page.",
+        f"Named lists of examples with notes, kept in {where}. Add to them from a unit page.",
         className="nd-muted",
     )
     return html.Div(
