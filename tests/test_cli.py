@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -149,17 +151,41 @@ def test_precompute_and_info(capsys, tiny_model_dir, docs_jsonl, tmp_path):
 def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "neurodash.cli", *precompute_args(model, out, "--dataset", str(corpus), *extra)]
     cmd[cmd.index("--tokens") + 1] = "10000000"  # long enough to interrupt mid-stream
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _wait_until_streaming(proc: subprocess.Popen, partial: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not partial.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "precompute never started writing"
-        time.sleep(0.2)
-    time.sleep(1.0)
+# tqdm's "precompute" bar once it counts tokens: a batch went through the model into the partial store
+STREAMED = re.compile(rb"precompute: +\d+%\|[^|]*\| *[1-9]")
+
+
+class _Stderr(threading.Thread):
+    """A child's stderr, read as it comes (so the pipe never fills), and whether it says it streams."""
+
+    def __init__(self, proc: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.proc, self.text, self.streaming = proc, b"", threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while chunk := self.proc.stderr.read1(65536):
+            self.text += chunk
+            if STREAMED.search(self.text):
+                self.streaming.set()
+
+    def read(self) -> str:
+        self.join(timeout=60)
+        return self.text.decode(errors="replace")
+
+
+def _wait_until_streaming(proc: subprocess.Popen, err: _Stderr, partial: Path) -> None:
+    """Until the run says it has streamed tokens into its partial store. No fixed sleep: on a loaded
+    machine the wait grows, and the signal still lands mid-stream."""
+    deadline = time.monotonic() + 600  # a hang guard only
+    while not err.streaming.wait(0.2):
+        assert proc.poll() is None, err.read()
+        assert time.monotonic() < deadline, "precompute never started streaming"
+    assert partial.exists()
 
 
 @pytest.fixture
@@ -175,19 +201,23 @@ def existing_store(tmp_path, tiny_model_dir, docs_jsonl) -> tuple[Path, bytes]:
     return out, out.read_bytes()
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda how: how.name)
 def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_store, how):
     out, before = existing_store
     partial = Path(str(out) + ".partial")
     proc = _start_precompute(tiny_model_dir, long_corpus, out, "--overwrite")
-    _wait_until_streaming(proc, partial)
+    stderr = _Stderr(proc)
+    _wait_until_streaming(proc, stderr, partial)
     proc.send_signal(how)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    proc.wait(timeout=300)
+    err = stderr.read()
+    assert proc.returncode != 0, err
     assert out.read_bytes() == before, "the existing store was damaged"
     if how != signal.SIGKILL:  # a clean stop also removes its partial file
         assert "interrupted: nothing was written" in err
         assert not partial.exists()
+    else:  # killed mid-stream: the partial file stays, for the next run to clean up
+        assert partial.exists()
     with Store(out) as store:  # still a whole, readable store
         assert [s.source_id for s in store.sources()] == ["L0.mlp"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
