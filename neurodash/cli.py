@@ -1,7 +1,7 @@
 """The ``neurodash`` command: a thin layer over the Python API.
 
     neurodash precompute --out store.duckdb [--model M] [--dataset D] [--layers 0-29] ...
-    neurodash serve STORE [--host 127.0.0.1] [--port 8050]
+    neurodash serve STORE [--host 127.0.0.1] [--port 8050] [--sets-file PATH]
     neurodash demo
     neurodash info STORE
     neurodash train-sae --hook blocks.15.mlp.hook_post --out DIR [--d-sae 4096] [--tokens 200000] ...
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="browse a store in the dashboard")
     p.add_argument("store", type=Path)
     add_server_args(p)
+    p.add_argument("--sets-file", type=Path, help="the curated sets file to read and write "
+                   "(default: STORE.sets.duckdb beside it)")
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("demo", help="build the demo store (once), then serve it")
@@ -200,7 +202,7 @@ def cmd_precompute(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from neurodash.app import serve
 
-    serve(args.store, host=args.host, port=args.port, debug=args.debug)
+    serve(args.store, host=args.host, port=args.port, debug=args.debug, sets_file=args.sets_file)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -218,7 +220,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:
-        cmd_serve(argparse.Namespace(store=store, host=args.host, port=args.port, debug=args.debug))
+        cmd_serve(argparse.Namespace(
+            store=store, host=args.host, port=args.port, debug=args.debug, sets_file=None
+        ))
 
 
 def demo_sae() -> Path:

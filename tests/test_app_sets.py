@@ -141,6 +141,11 @@ def test_app_keeps_its_sets_beside_the_store(synthetic_store, tmp_path):
     app = create_app(copy)
     with app.server.test_request_context("/"):
         assert state.current().sets.path == sets_path(copy) == tmp_path / "copy.sets.duckdb"
+        assert "kept in copy.sets.duckdb beside the store." in texts(sets.layout())[1]
+    chosen = tmp_path / "elsewhere.duckdb"
+    with create_app(copy, sets_file=chosen).server.test_request_context("/"):
+        assert state.current().sets.path == chosen
+        assert f"kept in {chosen}." in texts(sets.layout())[1]
 
 
 # --- the sets page --------------------------------------------------------------------------
@@ -194,6 +199,44 @@ def test_rename_and_delete(app, ctx):
         with pytest.raises(PreventUpdate):
             triggered(sets.on_change, f"{ids.SETS_RENAME}.n_clicks", None, None, None, None, "x", HOSTILE)
     assert ctx.sets.all() == []
+
+
+def remove_buttons(page) -> list[dict]:
+    return [
+        c.id
+        for c in find(page, lambda c: isinstance(getattr(c, "id", None), dict))
+        if c.id["type"] == ids.SETS_REMOVE_EXAMPLE
+    ]
+
+
+def test_remove_one_example_from_a_set(app, ctx):
+    fill(ctx)
+    before = keys(ctx.sets.items("dates"))
+    page = sets.layout(name="dates")
+    buttons = remove_buttons(page)
+    shown = examples_frame(ctx.store, Selection(set_name="dates"), sets_file=ctx.sets.path)
+    assert [(b["source"], b["unit"], b["bucket"], b["rank"]) for b in buttons] == list(
+        zip(shown["source_id"], shown["unit_index"], shown["bucket"], shown["rank"], strict=True)
+    )  # one "×" per example shown, in the page's order
+    gone = buttons[3]
+    with app.server.test_request_context("/sets?name=dates"):
+        prop = json.dumps(gone, sort_keys=True, separators=(",", ":")) + ".n_clicks"
+        redrawn = html.Div(triggered(sets.on_remove, prop, 1, [None, None, None, 1], "dates"))
+    assert keys(ctx.sets.items("dates")) == [k for k in before if k != ("L1.mlp", 5, "top", 3)]
+    assert (gone["source"], gone["unit"], gone["bucket"], gone["rank"]) == ("L1.mlp", 5, "top", 3)
+    assert by_id(redrawn, ids.SETS_FEEDBACK).children.children == "removed L1N5 top #3 from 'dates'"
+    assert gone not in remove_buttons(redrawn) and len(remove_buttons(redrawn)) == 19
+    table = find(redrawn, lambda c: isinstance(c, html.Tr))[1:]
+    assert [texts(r)[:2] for r in table] == [[HOSTILE, "1"], ["dates", "19"]]
+    assert "19 examples" in " ".join(texts(redrawn))
+
+    again = sets.remove_example(ctx, "dates", L1N5, "top", 3)  # a second click on the same one
+    assert again.className == "nd-error" and again.children == "L1N5 top #3 was not in 'dates'"
+    gone_set = sets.remove_example(ctx, "years", L1N5, "top", 4)
+    assert gone_set.className == "nd-error" and "no set named 'years'" in gone_set.children
+    assert len(ctx.sets.items("dates")) == 19 and len(ctx.sets.items(HOSTILE)) == 1
+    with pytest.raises(PreventUpdate):  # the buttons of a redrawn set appearing, not a click
+        triggered(sets.on_remove, prop, None, [None] * 19, "dates")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])

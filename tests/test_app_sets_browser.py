@@ -27,6 +27,10 @@ pytestmark = pytest.mark.browser
 HOSTILE = '<img src=x onerror="window.__xss=1">'
 
 
+def keys(items: pd.DataFrame) -> list[tuple]:
+    return list(items[["source_id", "unit", "bucket", "rank"]].itertuples(index=False, name=None))
+
+
 def start(dash_duo, app, path: str, downloads: Path) -> None:
     dash_duo.driver.execute_cdp_cmd(
         "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
@@ -52,7 +56,7 @@ def assert_inert(dash_duo) -> None:
     assert dash_duo.driver.execute_script("return document.querySelectorAll('.nd-main img').length") == 0
 
 
-def test_add_to_a_set_then_view_rename_download_and_delete_it(dash_duo, synthetic_store, tmp_path):
+def test_add_to_a_set_then_view_rename_download_remove_one_and_delete_it(dash_duo, synthetic_store, tmp_path):
     sets = ExampleSets(tmp_path / "sets.duckdb")
     start(dash_duo, create_app(synthetic_store, sets_file=sets.path), "/unit/L1.mlp/5", tmp_path)
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
@@ -97,9 +101,22 @@ def test_add_to_a_set_then_view_rename_download_and_delete_it(dash_duo, syntheti
         zip(want["unit"], want["bucket"], want["rank"], want["note"], strict=True)
     )
 
+    before = keys(sets.items("dates"))
+    assert [m.text for m in dash_duo.find_elements(".nd-set-meta .nd-muted")] == [
+        f"top #{r}" for r in range(20)
+    ]
+    dash_duo.find_elements(".nd-remove")[3].click()  # top #3
+    dash_duo.wait_for_text_to_equal("#sets-feedback", "removed L1N5 top #3 from 'dates'")
+    assert [m.text for m in dash_duo.find_elements(".nd-set-meta .nd-muted")] == [
+        f"top #{r}" for r in range(20) if r != 3
+    ]
+    assert dash_duo.find_element(".nd-sets-table tbody td:nth-child(2)").text == "19"
+    assert len(before) == 20
+    assert keys(sets.items("dates")) == [k for k in before if k != ("L1.mlp", 5, "top", 3)]
+
     dash_duo.find_element(".nd-danger").click()
     alert = WebDriverWait(dash_duo.driver, 5).until(lambda d: d.switch_to.alert)
-    assert alert.text == "Delete the set 'dates' and its 20 examples? This cannot be undone."
+    assert alert.text == "Delete the set 'dates' and its 19 examples? This cannot be undone."
     alert.accept()
     wait_for_path(dash_duo, "/sets")
     dash_duo.wait_for_contains_text(".nd-panel", "No sets yet.")

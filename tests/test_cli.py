@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from neurodash.app import ids
 from neurodash.cli import main
+from neurodash.sets import ExampleSets, sets_path
 from neurodash.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,17 +151,41 @@ def test_precompute_and_info(capsys, tiny_model_dir, docs_jsonl, tmp_path):
 def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "neurodash.cli", *precompute_args(model, out, "--dataset", str(corpus), *extra)]
     cmd[cmd.index("--tokens") + 1] = "10000000"  # long enough to interrupt mid-stream
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _wait_until_streaming(proc: subprocess.Popen, partial: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not partial.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "precompute never started writing"
-        time.sleep(0.2)
-    time.sleep(1.0)
+# tqdm's "precompute" bar once it counts tokens: a batch went through the model into the partial store
+STREAMED = re.compile(rb"precompute: +\d+%\|[^|]*\| *[1-9]")
+
+
+class _Stderr(threading.Thread):
+    """A child's stderr, read as it comes (so the pipe never fills), and whether it says it streams."""
+
+    def __init__(self, proc: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.proc, self.text, self.streaming = proc, b"", threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while chunk := self.proc.stderr.read1(65536):
+            self.text += chunk
+            if STREAMED.search(self.text):
+                self.streaming.set()
+
+    def read(self) -> str:
+        self.join(timeout=60)
+        return self.text.decode(errors="replace")
+
+
+def _wait_until_streaming(proc: subprocess.Popen, err: _Stderr, partial: Path) -> None:
+    """Until the run says it has streamed tokens into its partial store. No fixed sleep: on a loaded
+    machine the wait grows, and the signal still lands mid-stream."""
+    deadline = time.monotonic() + 600  # a hang guard only
+    while not err.streaming.wait(0.2):
+        assert proc.poll() is None, err.read()
+        assert time.monotonic() < deadline, "precompute never started streaming"
+    assert partial.exists()
 
 
 @pytest.fixture
@@ -170,19 +201,23 @@ def existing_store(tmp_path, tiny_model_dir, docs_jsonl) -> tuple[Path, bytes]:
     return out, out.read_bytes()
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda how: how.name)
 def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_store, how):
     out, before = existing_store
     partial = Path(str(out) + ".partial")
     proc = _start_precompute(tiny_model_dir, long_corpus, out, "--overwrite")
-    _wait_until_streaming(proc, partial)
+    stderr = _Stderr(proc)
+    _wait_until_streaming(proc, stderr, partial)
     proc.send_signal(how)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    proc.wait(timeout=300)
+    err = stderr.read()
+    assert proc.returncode != 0, err
     assert out.read_bytes() == before, "the existing store was damaged"
     if how != signal.SIGKILL:  # a clean stop also removes its partial file
         assert "interrupted: nothing was written" in err
         assert not partial.exists()
+    else:  # killed mid-stream: the partial file stays, for the next run to clean up
+        assert partial.exists()
     with Store(out) as store:  # still a whole, readable store
         assert [s.source_id for s in store.sources()] == ["L0.mlp"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
@@ -215,3 +250,94 @@ def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs
     code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl),
                                                 "--sae", str(tmp_path / "no-such-sae")))
     assert_failed(code, err, "no-such-sae", out)
+
+
+# --- serve --sets-file ------------------------------------------------------------------------
+def _post_callback(url: str, outputs: list[dict], inputs: list, state: list, changed: str) -> dict:
+    """What the served app answers to one callback, as Dash's renderer asks for it."""
+    names = [f"{o['id']}.{o['property']}" for o in outputs]
+    one = len(outputs) == 1  # one output goes by itself, more as a list
+    body = {
+        "output": names[0] if one else f"..{'...'.join(names)}..",
+        "outputs": outputs[0] if one else outputs,
+        "inputs": inputs,
+        "state": state,
+        "changedPropIds": [changed],
+    }
+    request = urllib.request.Request(
+        url + "/_dash-update-component", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())["response"]
+
+
+def _wait_until_serving(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 300  # a hang guard only: each try waits for the server's answer
+    while True:
+        assert proc.poll() is None, "the server stopped"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the server never answered"
+            time.sleep(0.2)
+
+
+def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_path):
+    store = tmp_path / "store.duckdb"
+    shutil.copy(synthetic_store, store)
+    chosen = tmp_path / "elsewhere" / "mine.duckdb"
+    chosen.parent.mkdir()
+    sets = ExampleSets(chosen)
+    with Store(store) as s:
+        sets.add_top(s, "only-in-mine", "L1.mlp/5")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "neurodash.cli", "serve", str(store), "--port", str(port), "--sets-file", str(chosen)]
+    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would stop the server
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")})
+    try:
+        _wait_until_serving(proc, url)
+        page = _post_callback(  # the page router, for /sets?name=only-in-mine
+            url,
+            [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
+            [{"id": "_pages_location", "property": "pathname", "value": "/sets"},
+             {"id": "_pages_location", "property": "search", "value": "?name=only-in-mine"}],
+            [], "_pages_location.pathname",
+        )
+        text = json.dumps(page)
+        assert f"kept in {chosen}." in text and '"only-in-mine"' in text and "20 examples" in text
+        button = {"type": ids.SETS_REMOVE_EXAMPLE, "source": "L1.mlp", "unit": 5, "bucket": "top", "rank": 3}
+        removed = _post_callback(  # the "×" of top #3
+            url,
+            [{"id": ids.SETS_BODY, "property": "children"}],
+            [[{"id": button, "property": "n_clicks", "value": 1}]],
+            [{"id": ids.SETS_SELECTED, "property": "data", "value": "only-in-mine"}],
+            json.dumps(button, sort_keys=True, separators=(",", ":")) + ".n_clicks",
+        )
+        assert "removed L1N5 top #3 from 'only-in-mine'" in json.dumps(removed)
+    except Exception:
+        print(log.read_text()[-5000:])  # what the server said, shown with the failure
+        raise
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert sorted(sets.items("only-in-mine")["rank"]) == [r for r in range(20) if r != 3]
+    assert not sets_path(store).exists(), "the sets file beside the store was made"
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_serve_with_a_sets_file_it_cannot_write(capsys, synthetic_store, tmp_path, where):
+    if where == "missing-folder":
+        path = tmp_path / "nope" / "sets.duckdb"
+        message = f"cannot write the sets file {path}: folder {path.parent} does not exist"
+    else:
+        path, message = tmp_path, f"cannot use {tmp_path} as the sets file: it is a folder"
+    code, err = run_cli(capsys, "serve", str(synthetic_store), "--sets-file", str(path))
+    assert_failed(code, err, message)
+    assert not (tmp_path / "nope").exists()

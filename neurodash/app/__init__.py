@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from neurodash import paths
+from neurodash.errors import NeurodashError
 from neurodash.store import Store
 
 ASSETS = Path(__file__).with_name("assets")
@@ -19,7 +20,10 @@ ASSETS = Path(__file__).with_name("assets")
 
 def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | None = None):
     """A Dash app over the store at ``store_path``; a ``NeurodashError`` if it is missing or unreadable.
-    Curated sets go to ``sets_file``, by default the file beside the store (``neurodash.sets``)."""
+    Curated sets go to ``sets_file``, by default the file beside the store (``neurodash.sets``); a
+    ``NeurodashError`` if its folder does not exist."""
+    if sets_file is not None:
+        check_sets_file(Path(sets_file))
     store = Store(store_path)  # fails here, before any Dash set-up, with a clear message
     import dash
     import diskcache
@@ -60,6 +64,14 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     return app
 
 
+def check_sets_file(path: Path) -> None:
+    """A chosen sets file must be a file (new or not) in a folder that exists."""
+    if path.is_dir():
+        raise NeurodashError(f"cannot use {path} as the sets file: it is a folder")
+    if not path.parent.is_dir():
+        raise NeurodashError(f"cannot write the sets file {path}: folder {path.parent} does not exist")
+
+
 def freeze_startup_heap() -> None:
     """Move everything start-up loaded (the units frame, Dash's registries) out of the garbage
     collector's reach, so that its full collections stay short while serving pages (without
@@ -69,9 +81,13 @@ def freeze_startup_heap() -> None:
 
 
 def serve(
-    store_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050, debug: bool = False
+    store_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    debug: bool = False,
+    sets_file: str | os.PathLike | None = None,
 ) -> None:
-    app = create_app(Path(store_path))
+    app = create_app(Path(store_path), sets_file)
     freeze_startup_heap()
     print(f"neurodash: serving {store_path} on http://{host}:{port}")
     app.run(host=host, port=port, debug=debug)

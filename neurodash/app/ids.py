@@ -48,6 +48,9 @@ SETS_DOWNLOAD = "sets-download"
 # pattern-matching type: {"type": SETS_DOWNLOAD_FORMAT, "fmt": "csv"}
 SETS_DOWNLOAD_FORMAT = "sets-download-format"
 SETS_FEEDBACK = "sets-feedback"
+SETS_BODY = "sets-body"  # the sets table and the set shown: drawn again when an example is removed
+# pattern-matching type: {"type": SETS_REMOVE_EXAMPLE, "source": "L1.mlp", "unit": 5, "bucket": "top", "rank": 0}
+SETS_REMOVE_EXAMPLE = "sets-remove-example"
 
 # text probe
 PROBE_CONFIG = "probe-config"

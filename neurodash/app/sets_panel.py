@@ -1,5 +1,6 @@
 """Curated sets in the app. On the unit page: add one example (its "+") or all top examples to a
-named set. On the sets page (``pages/sets.py``): the renderers of sets and their examples.
+named set. On the sets page (``pages/sets.py``): the renderers of sets and their examples (each
+with a "×" that removes it).
 
 The set is chosen by name (an input with a datalist of the existing sets; a new name makes a new
 set), with an optional note. Adding is idempotent: an example already in the set stays once, and
@@ -177,8 +178,8 @@ def sets_table(infos: Sequence[SetInfo], selected: str | None) -> html.Table | h
     return html.Table([head, html.Tbody(rows)], className="nd-table nd-sets-table")
 
 
-def set_actions(info: SetInfo, formats: Sequence[str]) -> html.Div:
-    """Rename, delete (confirmed first), download in each format, and what came of it."""
+def set_actions(info: SetInfo, formats: Sequence[str], message: html.Span | None = None) -> html.Div:
+    """Rename, delete (confirmed first), download in each format, and what came of it (``message``)."""
     return html.Div(
         [
             dcc.Input(
@@ -196,21 +197,38 @@ def set_actions(info: SetInfo, formats: Sequence[str]) -> html.Div:
                 "This cannot be undone.",
             ),
             render.download_buttons(tuple(formats), ids.SETS_DOWNLOAD_FORMAT, ids.SETS_DOWNLOAD),
-            html.Span(id=ids.SETS_FEEDBACK, role="status", className="nd-feedback"),
+            html.Span(message, id=ids.SETS_FEEDBACK, role="status", className="nd-feedback"),
             dcc.Store(id=ids.SETS_SELECTED, data=info.name),
         ],
         className="nd-set-actions",
     )
 
 
+def remove_example_button(ref: UnitRef, bucket: str, rank: int) -> html.Button:
+    return html.Button(
+        "×",
+        id={
+            "type": ids.SETS_REMOVE_EXAMPLE,
+            "source": ref.source_id,
+            "unit": ref.unit,
+            "bucket": bucket,
+            "rank": rank,
+        },
+        className="nd-add nd-remove",
+        title="remove this example from the set",
+    )
+
+
 def set_example_row(row: dict, label: str, max_abs: float) -> html.Div:
-    """One example of a set: its unit (a link), bucket and rank, note, value and tokens."""
+    """One example of a set: a "×" that removes it, its unit (a link), bucket and rank, note, value
+    and tokens."""
     ref = UnitRef(row["source_id"], int(row["unit_index"]))
     value = row["value"]
     return html.Div(
         [
             html.Div(
                 [
+                    remove_example_button(ref, row["bucket"], int(row["rank"])),
                     render.unit_link(label, ref, className="nd-set-unit"),
                     html.Span(f"{row['bucket']} #{row['rank']}", className="nd-muted"),
                     html.Span(row["note"], className="nd-note") if row.get("note") else None,

@@ -1,4 +1,5 @@
-"""Curated sets (``/sets``, one set at ``/sets?name=...``): list, view, rename, delete, download.
+"""Curated sets (``/sets``, one set at ``/sets?name=...``): list, view, rename, delete, download,
+and remove one example (its "×").
 
 Sets are added to from the unit page (``sets_panel``); they live in the app-owned file beside
 the store, never in the read-only store.
@@ -16,7 +17,7 @@ from neurodash.app.data import label_prefixes, plural, unit_label, unit_magnitud
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, Selection, examples_frame, export_bytes
-from neurodash.sets import ExampleSets, SetInfo
+from neurodash.sets import ExampleSets, SetInfo, sets_path
 from neurodash.store import Store
 from neurodash.units import UnitRef
 
@@ -28,35 +29,38 @@ VIEW_MAX = 500  # examples shown on a set's page; downloads hold them all
 def layout(name: str | list[str] | None = None, **_query) -> html.Div:
     app_state = state.current()
     name = name[0] if isinstance(name, list) else name
+    path = app_state.sets.path
+    where = f"{path.name} beside the store" if path == sets_path(app_state.store.path) else str(path)
     intro = html.P(
-        f"Named lists of examples with notes, kept in {app_state.sets.path.name} beside the store. "
-        "Add to them from a unit page.",
+        f"Named lists of examples with notes, kept in {where}. Add to them from a unit page.",
         className="nd-muted",
     )
+    return html.Div(
+        [
+            html.H1("Curated sets", className="nd-title"),
+            intro,
+            html.Div(page_body(app_state, name), id=ids.SETS_BODY),
+        ]
+    )
+
+
+def page_body(app_state: AppState, name: str | None, message: html.Span | None = None) -> list:
+    """The sets table and set ``name``'s page (with ``message`` beside its actions), or why not."""
     try:
         infos = app_state.sets.all()
     except NeurodashError as e:
-        return html.Div(
-            [html.H1("Curated sets", className="nd-title"), intro, sets_panel.feedback(str(e), False)]
-        )
+        return [sets_panel.feedback(str(e), False)]
     chosen = next((s for s in infos if s.name == name), None)
     if name is None:
         detail = None
     elif chosen is None:
         detail = html.P(["There is no set named ", html.Code(name), "."], className="nd-notfound-message")
     else:
-        detail = set_detail(app_state, chosen)
-    return html.Div(
-        [
-            html.H1("Curated sets", className="nd-title"),
-            intro,
-            render.panel("Sets", sets_panel.sets_table(infos, name)),
-            detail,
-        ]
-    )
+        detail = set_detail(app_state, chosen, message)
+    return [render.panel("Sets", sets_panel.sets_table(infos, name)), detail]
 
 
-def set_detail(app_state: AppState, info: SetInfo) -> html.Section:
+def set_detail(app_state: AppState, info: SetInfo, message: html.Span | None = None) -> html.Section:
     """A set's actions and its first ``VIEW_MAX`` examples, in store order."""
     store = app_state.store
     body: list = []
@@ -84,7 +88,7 @@ def set_detail(app_state: AppState, info: SetInfo) -> html.Section:
                 f"{plural(info.n_examples, 'example')} · created {info.created_at:%Y-%m-%d %H:%M} UTC",
                 className="nd-muted",
             ),
-            sets_panel.set_actions(info, FORMATS),
+            sets_panel.set_actions(info, FORMATS, message),
             html.Div(
                 id=ids.TOKEN_INSPECTOR,
                 className="nd-inspector",
@@ -130,6 +134,23 @@ def delete(sets: ExampleSets, name: str | None) -> tuple[str, html.Span | str]:
     return PATH, ""
 
 
+def remove_example(app_state: AppState, name: str | None, ref: UnitRef, bucket: str, rank: int) -> html.Span:
+    """Remove one example from set ``name``; what was done, in words."""
+    if name is None:
+        raise PreventUpdate
+    sets = app_state.sets
+    what = f"{unit_label(ref, label_prefixes(app_state.store.sources()))} {bucket} #{rank}"
+    try:
+        before = sets_panel.size(sets, name)
+        sets.remove(name, ref, bucket, rank)
+        removed = before - sets_panel.size(sets, name)
+    except NeurodashError as e:
+        return sets_panel.feedback(str(e), ok=False)
+    if not removed:
+        return sets_panel.feedback(f"{what} was not in {name!r}", ok=False)
+    return sets_panel.feedback(f"removed {what} from {name!r}", ok=True)
+
+
 def file_name(name: str, fmt: str) -> str:
     """A file name for set ``name``: its letters, digits, dots and dashes."""
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-.') or 'set'}.{fmt}"
@@ -158,6 +179,17 @@ def on_change(
     return delete(sets, name) if ctx.triggered_id == ids.SETS_DELETE else rename(sets, name, new)
 
 
+def on_remove(_clicks: list[int | None], name: str | None) -> list:
+    """A "×" was pressed: remove its example, then draw the sets and the set again."""
+    which = ctx.triggered_id
+    if not ctx.triggered or not ctx.triggered[0]["value"] or not isinstance(which, dict):
+        raise PreventUpdate  # new buttons appearing, not a click
+    app_state = state.current()
+    ref = UnitRef(which["source"], int(which["unit"]))
+    message = remove_example(app_state, name, ref, which["bucket"], int(which["rank"]))
+    return page_body(app_state, name, message)
+
+
 def on_download(clicks: list[int | None], name: str | None):
     if not any(clicks) or not isinstance(ctx.triggered_id, dict):
         raise PreventUpdate
@@ -176,6 +208,15 @@ def register_callbacks(app: Dash) -> None:
         State(ids.SETS_SELECTED, "data"),
         prevent_initial_call=True,
     )(on_change)
+    app.callback(
+        Output(ids.SETS_BODY, "children"),
+        Input(
+            {"type": ids.SETS_REMOVE_EXAMPLE, "source": ALL, "unit": ALL, "bucket": ALL, "rank": ALL},
+            "n_clicks",
+        ),
+        State(ids.SETS_SELECTED, "data"),
+        prevent_initial_call=True,
+    )(on_remove)
     app.callback(
         Output(ids.SETS_DOWNLOAD, "data"),
         Output(ids.SETS_FEEDBACK, "children", allow_duplicate=True),
