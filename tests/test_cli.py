@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -253,24 +252,6 @@ def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs
 
 
 # --- serve --sets-file ------------------------------------------------------------------------
-def _post_callback(url: str, outputs: list[dict], inputs: list, state: list, changed: str) -> dict:
-    """What the served app answers to one callback, as Dash's renderer asks for it."""
-    names = [f"{o['id']}.{o['property']}" for o in outputs]
-    one = len(outputs) == 1  # one output goes by itself, more as a list
-    body = {
-        "output": names[0] if one else f"..{'...'.join(names)}..",
-        "outputs": outputs[0] if one else outputs,
-        "inputs": inputs,
-        "state": state,
-        "changedPropIds": [changed],
-    }
-    request = urllib.request.Request(
-        url + "/_dash-update-component", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as answer:
-        return json.loads(answer.read())["response"]
-
-
 def _wait_until_serving(proc: subprocess.Popen, url: str) -> None:
     deadline = time.monotonic() + 300  # a hang guard only: each try waits for the server's answer
     while True:
@@ -284,7 +265,14 @@ def _wait_until_serving(proc: subprocess.Popen, url: str) -> None:
             time.sleep(0.2)
 
 
+@pytest.mark.browser
 def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_path):
+    """``neurodash serve --sets-file`` as a user runs it, driven in headless Chromium."""
+    from app_screenshot import chrome_options, free_port
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     store = tmp_path / "store.duckdb"
     shutil.copy(synthetic_store, store)
     chosen = tmp_path / "elsewhere" / "mine.duckdb"
@@ -292,39 +280,33 @@ def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_p
     sets = ExampleSets(chosen)
     with Store(store) as s:
         sets.add_top(s, "only-in-mine", "L1.mlp/5")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "neurodash.cli", "serve", str(store), "--port", str(port), "--sets-file", str(chosen)]
     log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would stop the server
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")})
+    driver = None
     try:
         _wait_until_serving(proc, url)
-        page = _post_callback(  # the page router, for /sets?name=only-in-mine
-            url,
-            [{"id": "_pages_content", "property": "children"}, {"id": "_pages_store", "property": "data"}],
-            [{"id": "_pages_location", "property": "pathname", "value": "/sets"},
-             {"id": "_pages_location", "property": "search", "value": "?name=only-in-mine"}],
-            [], "_pages_location.pathname",
-        )
-        text = json.dumps(page)
-        assert f"kept in {chosen}." in text and '"only-in-mine"' in text and "20 examples" in text
-        button = {"type": ids.SETS_REMOVE_EXAMPLE, "source": "L1.mlp", "unit": 5, "bucket": "top", "rank": 3}
-        removed = _post_callback(  # the "×" of top #3
-            url,
-            [{"id": ids.SETS_BODY, "property": "children"}],
-            [[{"id": button, "property": "n_clicks", "value": 1}]],
-            [{"id": ids.SETS_SELECTED, "property": "data", "value": "only-in-mine"}],
-            json.dumps(button, sort_keys=True, separators=(",", ":")) + ".n_clicks",
-        )
-        assert "removed L1N5 top #3 from 'only-in-mine'" in json.dumps(removed)
+        options = chrome_options()
+        options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})  # console errors
+        driver = webdriver.Chrome(options=options)
+        driver.get(f"{url}/sets?name=only-in-mine")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".nd-remove")) == 20)
+        assert f"kept in {chosen}." in driver.find_element(By.TAG_NAME, "body").text
+        driver.find_elements(By.CSS_SELECTOR, ".nd-remove")[3].click()  # top #3
+        wait.until(lambda d: "removed L1N5 top #3 from 'only-in-mine'" in d.find_element(By.ID, ids.SETS_FEEDBACK).text)
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".nd-remove")) == 19
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     except Exception:
         print(log.read_text()[-5000:])  # what the server said, shown with the failure
         raise
     finally:
+        if driver is not None:
+            driver.quit()
         proc.terminate()
         proc.wait(timeout=60)
     assert sorted(sets.items("only-in-mine")["rank"]) == [r for r in range(20) if r != 3]
