@@ -56,7 +56,10 @@ def html_selection(store_path: Path) -> dict:
     with Store(store_path) as store:
         source = store.sources()[len(store.sources()) // 2]
         per_unit = resolve(store, Selection(units=[f"{source.source_id}/0"], buckets=["top"])).n_examples
-        units = [f"{source.source_id}/{u}" for u in range(min(source.n_units, HTML_MAX_EXAMPLES // max(per_unit, 1)))]
+        units = [
+            f"{source.source_id}/{u}"
+            for u in range(min(source.n_units, HTML_MAX_EXAMPLES // max(per_unit, 1)))
+        ]
     return {"units": units, "buckets": ["top"]}
 
 
@@ -71,7 +74,9 @@ def main() -> None:
     with Store(args.store) as store:
         first_layer = store.sources()[0].layer
         print(f"{args.store}: {store.meta.get('model')}, {len(store.sources())} sources")
-    print(f"{'format':8s} {'selection':18s} {'rows':>10s} {'seconds':>8s} {'rows/s':>9s} {'size MB':>8s} {'peak MB':>8s}")
+    print(
+        f"{'format':8s} {'selection':18s} {'rows':>10s} {'seconds':>8s} {'rows/s':>9s} {'size MB':>8s} {'peak MB':>8s}"
+    )
     with tempfile.TemporaryDirectory(prefix="neurodash-bench-") as folder:
         for fmt in args.formats.split(","):
             if fmt == "html":
@@ -80,8 +85,11 @@ def main() -> None:
                 runs = [(f"layer {first_layer}", {"layers": [first_layer]}), ("every example", {})]
             for label, selection in runs:
                 r = run_export(args.store, selection, fmt, Path(folder) / f"bench.{fmt}")
-                print(f"{fmt:8s} {label:18s} {r['rows']:10,d} {r['seconds']:8.1f} {r['rows'] / r['seconds']:9,.0f} "
-                      f"{r['bytes'] / 1e6:8.1f} {r['peak_mb']:8.0f}", flush=True)
+                print(
+                    f"{fmt:8s} {label:18s} {r['rows']:10,d} {r['seconds']:8.1f} {r['rows'] / r['seconds']:9,.0f} "
+                    f"{r['bytes'] / 1e6:8.1f} {r['peak_mb']:8.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

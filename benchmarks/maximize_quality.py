@@ -40,7 +40,9 @@ def sample_units(store: Store, n: int, seed: int) -> list[UnitRef]:
     return units
 
 
-def screening_costs(store: Store, ref: UnitRef, config: MaximizeConfig, repeats: int = 3) -> tuple[float, float]:
+def screening_costs(
+    store: Store, ref: UnitRef, config: MaximizeConfig, repeats: int = 3
+) -> tuple[float, float]:
     """Seconds to screen ``batch`` candidates (forward up to the hook) and to evaluate them fully (logits)."""
     model = cached_model(store.meta["model"])
     objective = unit_objective(model, store.source(ref.source_id), ref.unit)
@@ -78,8 +80,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=MaximizeConfig.steps)
     args = parser.parse_args()
     config = MaximizeConfig(steps=args.steps)
-    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, load average before "
-          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(
+        f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}, load average before "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
     with Store(args.store) as store:
         refs = sample_units(store, args.units, args.seed)
         model = cached_model(store.meta["model"])
@@ -90,8 +94,18 @@ def main() -> None:
             seed_ce[ref] = seed_cross_entropy(objective, seeds)
         layers = {s.source_id: s.layer for s in store.sources()}
 
-    columns = ["unit", "layer", "corpus max", "best found", "ratio", "CE of best", "CE of most fluent",
-               "CE of corpus seeds", "frontier", "seconds"]
+    columns = [
+        "unit",
+        "layer",
+        "corpus max",
+        "best found",
+        "ratio",
+        "CE of best",
+        "CE of most fluent",
+        "CE of corpus seeds",
+        "frontier",
+        "seconds",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     rows = []
@@ -99,29 +113,42 @@ def main() -> None:
         best, fluent = f.best, f.prompts[0]
         rows.append((f, layers[f.ref.source_id]))
         sce = seed_ce[f.ref]
-        print(f"| {f.ref} | {layers[f.ref.source_id]} | {f.corpus_max:.3f} | {best.activation:.3f} | "
-              f"{best.activation / f.corpus_max:.2f}x | {best.cross_entropy:.2f} | {fluent.cross_entropy:.2f} | "
-              f"{'-' if sce is None else f'{sce:.2f}'} | {len(f.prompts)} | {f.seconds:.0f} |", flush=True)
+        print(
+            f"| {f.ref} | {layers[f.ref.source_id]} | {f.corpus_max:.3f} | {best.activation:.3f} | "
+            f"{best.activation / f.corpus_max:.2f}x | {best.cross_entropy:.2f} | {fluent.cross_entropy:.2f} | "
+            f"{'-' if sce is None else f'{sce:.2f}'} | {len(f.prompts)} | {f.seconds:.0f} |",
+            flush=True,
+        )
 
     beats = [f.best.activation > f.corpus_max for f, _ in rows]
     middle = [f.seconds for f, layer in rows if 10 <= layer <= 20]
     print()
-    print(f"best found prompt beats the best corpus example: {sum(beats)}/{len(beats)} ({np.mean(beats):.0%})")
-    print(f"median ratio best found / corpus max: {statistics.median(f.best.activation / f.corpus_max for f, _ in rows):.2f}x")
-    print(f"cross-entropy (nats/token), median: best prompts {statistics.median(f.best.cross_entropy for f, _ in rows):.2f}, "
-          f"most fluent frontier prompts {statistics.median(f.prompts[0].cross_entropy for f, _ in rows):.2f}, "
-          f"corpus seeds {statistics.median(c for c in seed_ce.values() if c is not None):.2f}")
-    print(f"seconds per unit: mean {np.mean([f.seconds for f, _ in rows]):.0f}, "
-          f"middle layers (10-20) mean {np.mean(middle) if middle else float('nan'):.0f}, "
-          f"max {max(f.seconds for f, _ in rows):.0f} "
-          f"({config.steps} steps, population {config.population}, batch {config.batch}, shortlist {config.shortlist})")
+    print(
+        f"best found prompt beats the best corpus example: {sum(beats)}/{len(beats)} ({np.mean(beats):.0%})"
+    )
+    print(
+        f"median ratio best found / corpus max: {statistics.median(f.best.activation / f.corpus_max for f, _ in rows):.2f}x"
+    )
+    print(
+        f"cross-entropy (nats/token), median: best prompts {statistics.median(f.best.cross_entropy for f, _ in rows):.2f}, "
+        f"most fluent frontier prompts {statistics.median(f.prompts[0].cross_entropy for f, _ in rows):.2f}, "
+        f"corpus seeds {statistics.median(c for c in seed_ce.values() if c is not None):.2f}"
+    )
+    print(
+        f"seconds per unit: mean {np.mean([f.seconds for f, _ in rows]):.0f}, "
+        f"middle layers (10-20) mean {np.mean(middle) if middle else float('nan'):.0f}, "
+        f"max {max(f.seconds for f, _ in rows):.0f} "
+        f"({config.steps} steps, population {config.population}, batch {config.batch}, shortlist {config.shortlist})"
+    )
     with Store(args.store) as store:
         mid = next((f.ref for f, layer in rows if 10 <= layer <= 20), rows[0][0].ref)
         deepest = max(rows, key=lambda r: r[1])[0].ref
         for ref in dict.fromkeys([mid, deepest]):
             screen, full = screening_costs(store, ref, config)
-            print(f"screening {config.batch} candidates of {ref}: truncated forward {screen:.2f} s, full forward "
-                  f"{full:.2f} s (truncated / full {screen / full:.2f})")
+            print(
+                f"screening {config.batch} candidates of {ref}: truncated forward {screen:.2f} s, full forward "
+                f"{full:.2f} s (truncated / full {screen / full:.2f})"
+            )
     print("load average after " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 

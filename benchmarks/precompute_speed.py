@@ -49,8 +49,16 @@ def precompute_seconds(
     from precompute import PrecomputeConfig, parse_layers, run_precompute
 
     cfg = PrecomputeConfig(
-        out=out, model=args.model, layers=parse_layers(args.layers), tokens=tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, overwrite=True, saes=saes, scores=scores,
+        out=out,
+        model=args.model,
+        layers=parse_layers(args.layers),
+        tokens=tokens,
+        ctx=args.ctx,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=True,
+        saes=saes,
+        scores=scores,
     )
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
@@ -81,8 +89,14 @@ def scoring_overhead(args) -> dict[str, float]:
     )
 
     cfg = PrecomputeConfig(
-        out="unused", model=args.model, layers=parse_layers(args.layers), tokens=args.tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, saes=tuple(args.sae),
+        out="unused",
+        model=args.model,
+        layers=parse_layers(args.layers),
+        tokens=args.tokens,
+        ctx=args.ctx,
+        batch_size=args.batch_size,
+        device=args.device,
+        saes=tuple(args.sae),
     )
     model = load_model(cfg.model, cfg.device)
     plain = [_neurons(model, layer, cfg) for layer in cfg.layers] + _features(model, cfg)
@@ -103,7 +117,9 @@ def scoring_overhead(args) -> dict[str, float]:
                 at_token[h] = {"rep": contexts.project(h, acts[h], first), "tok": tokens}
         for t in tracked:
             unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-            t.acc.update(unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook))
+            t.acc.update(
+                unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
+            )
         if cfg.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - started
@@ -113,17 +129,23 @@ def scoring_overhead(args) -> dict[str, float]:
         started = time.perf_counter()
         acts = model.activations(batch.tokens, hooks)
         seconds["forward"] += time.perf_counter() - started
-        for name, tracked in ([("plain", plain), ("scored", scored)] if i % 2 else [("scored", scored), ("plain", plain)]):
+        for name, tracked in (
+            [("plain", plain), ("scored", scored)] if i % 2 else [("scored", scored), ("plain", plain)]
+        ):
             seconds[name] += update(tracked, acts, batch, name == "scored")
     with tempfile.TemporaryDirectory() as tmp, StoreWriter(Path(tmp) / "w.duckdb") as writer:
         for t_plain, t_scored in zip(plain, scored):
             started = time.perf_counter()
-            writer.append("examples", examples_table(t_plain.source.source_id, t_plain.acc.result(), cfg.examples))
+            writer.append(
+                "examples", examples_table(t_plain.source.source_id, t_plain.acc.result(), cfg.examples)
+            )
             seconds["write plain"] += time.perf_counter() - started
             started = time.perf_counter()
             res = t_scored.acc.result()
             writer.append("examples", examples_table(t_scored.source.source_id, res, cfg.examples))
-            tables = polysemanticity_tables(t_scored.source.source_id, res, contexts.mean(t_scored.context_hook), cfg.context_dims)
+            tables = polysemanticity_tables(
+                t_scored.source.source_id, res, contexts.mean(t_scored.context_hook), cfg.context_dims
+            )
             writer.append("scores", tables[0])
             writer.append("clusters", tables[1])
             seconds["write scored"] += time.perf_counter() - started
@@ -134,10 +156,12 @@ def print_scoring_overhead(args) -> None:
     s = scoring_overhead(args)
     plain, scored = s["forward"] + s["plain"], s["forward"] + s["scored"]
     whole_plain, whole_scored = plain + s["write plain"], scored + s["write scored"]
-    print(f"  polysemanticity scoring, side by side: update {s['scored']:.2f} s vs {s['plain']:.2f} s without; "
-          f"pass (forward {s['forward']:.2f} s + update) {scored / plain:.3f}x; with writing the examples and "
-          f"scores ({s['write scored']:.2f} s vs {s['write plain']:.2f} s) {whole_scored / whole_plain:.3f}x "
-          "(target <= 1.10x)")
+    print(
+        f"  polysemanticity scoring, side by side: update {s['scored']:.2f} s vs {s['plain']:.2f} s without; "
+        f"pass (forward {s['forward']:.2f} s + update) {scored / plain:.3f}x; with writing the examples and "
+        f"scores ({s['write scored']:.2f} s vs {s['write plain']:.2f} s) {whole_scored / whole_plain:.3f}x "
+        "(target <= 1.10x)"
+    )
 
 
 def peak_rss_mb(args, tokens: int, out: Path) -> float:
@@ -170,7 +194,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-tokens", type=int, default=4096, help="N for the N vs 4N memory check")
-    p.add_argument("--sae", action="append", default=[], help="an SAE folder to time (default: the demo's, if trained)")
+    p.add_argument(
+        "--sae", action="append", default=[], help="an SAE folder to time (default: the demo's, if trained)"
+    )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--only-scoring", action="store_true", help="only the scoring overhead line")
     args = p.parse_args()
@@ -194,24 +220,32 @@ def main() -> None:
             ("precompute: append sequences", phases["write"]),
             ("precompute: whole run (+load, write)", total),
         ]
-        print(f"model {args.model}, layers {args.layers}, {args.tokens} tokens, "
-              f"batch {args.batch_size} x {args.ctx}, device {args.device}")
+        print(
+            f"model {args.model}, layers {args.layers}, {args.tokens} tokens, "
+            f"batch {args.batch_size} x {args.ctx}, device {args.device}"
+        )
         for name, seconds in rows:
             print(f"  {name:38s} {seconds:8.2f} s  {seconds / bare:6.2f}x")
-        print(f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.25x); "
-              f"bare {args.tokens / bare:.0f} tok/s")
+        print(
+            f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.25x); "
+            f"bare {args.tokens / bare:.0f} tok/s"
+        )
         if args.sae:
             with_sae, _ = precompute_seconds(args, args.tokens, Path(tmp) / "sae.duckdb", tuple(args.sae))
             added = with_sae["forward"] + with_sae["accumulate"] - stream
-            print(f"  with the SAE {', '.join(args.sae)}: pass {with_sae['forward'] + with_sae['accumulate']:.2f} s, "
-                  f"added cost of its features {added:.2f} s = {added / bare:.2f}x the bare forward")
+            print(
+                f"  with the SAE {', '.join(args.sae)}: pass {with_sae['forward'] + with_sae['accumulate']:.2f} s, "
+                f"added cost of its features {added:.2f} s = {added / bare:.2f}x the bare forward"
+            )
         print_scoring_overhead(args)
         if not args.skip_memory:
             n = args.memory_tokens
             small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")
             large = peak_rss_mb(args, 4 * n, Path(tmp) / "4n.duckdb")
-            print(f"peak memory at {n} tokens {small:7.0f} MB, at {4 * n} tokens {large:7.0f} MB: "
-                  f"ratio {large / small:.3f} (target < 1.1)")
+            print(
+                f"peak memory at {n} tokens {small:7.0f} MB, at {4 * n} tokens {large:7.0f} MB: "
+                f"ratio {large / small:.3f} (target < 1.1)"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ from neurodash.store import Store, open_store
 from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats, parse_layers, parse_ref
 
 __all__ = [
-    "Example", "LogitEffect", "NeurodashError", "Selection", "Source", "Store", "UnitRef", "UnitStats",
-    "examples_frame", "open_store", "parse_layers", "parse_ref",
+    "Example",
+    "LogitEffect",
+    "NeurodashError",
+    "Selection",
+    "Source",
+    "Store",
+    "UnitRef",
+    "UnitStats",
+    "examples_frame",
+    "open_store",
+    "parse_layers",
+    "parse_ref",
 ]

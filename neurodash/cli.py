@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="browse a store in the dashboard")
     p.add_argument("store", type=Path)
     add_server_args(p)
-    p.add_argument("--sets-file", type=Path, help="the curated sets file to read and write "
-                   "(default: STORE.sets.duckdb beside it)")
+    p.add_argument(
+        "--sets-file",
+        type=Path,
+        help="the curated sets file to read and write (default: STORE.sets.duckdb beside it)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("demo", help="build the demo store (once), then serve it")
@@ -97,10 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_precompute_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name")
-    p.add_argument("--dataset", default="python-docs",
-                   help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name",
+    )
+    p.add_argument(
+        "--dataset",
+        default="python-docs",
+        help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name",
+    )
     p.add_argument("--split", default="train", help="dataset split (hub datasets)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--layers", default=None, help="e.g. 0-29 or 0,15,29 (default: every layer)")
@@ -110,21 +119,35 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bottom-k", type=int, default=10, help="bottom (most negative) examples per unit")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--sae", action="append", default=[], metavar="SAE",
-                   help="an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)")
-    p.add_argument("--keep-bos", action="store_true",
-                   help="keep the first (BOS) position in examples and statistics")
+    p.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="SAE",
+        help="an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)",
+    )
+    p.add_argument(
+        "--keep-bos", action="store_true", help="keep the first (BOS) position in examples and statistics"
+    )
     p.add_argument("--no-scores", action="store_true", help="skip the polysemanticity scores (a bare pass)")
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name")
-    p.add_argument("--dataset", default="python-docs",
-                   help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name",
+    )
+    p.add_argument(
+        "--dataset",
+        default="python-docs",
+        help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name",
+    )
     p.add_argument("--split", default="train", help="dataset split (hub datasets)")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--hook", required=True, help="the TransformerLens hook to decompose, e.g. blocks.15.mlp.hook_post")
+    p.add_argument(
+        "--hook", required=True, help="the TransformerLens hook to decompose, e.g. blocks.15.mlp.hook_post"
+    )
     p.add_argument("--d-sae", type=int, default=4096, help="number of features (default 4096)")
     p.add_argument("--k", type=int, default=32, help="features kept per token, TopK (default 32)")
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200000)")
@@ -141,11 +164,20 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
 def add_maximize_args(p: argparse.ArgumentParser) -> None:
     from neurodash.maximize_results import DEFAULT_LENGTH, DEFAULT_STEPS
 
-    p.add_argument("--unit", action="append", default=[], metavar="REF",
-                   help="L12N345, L15F7 or <source>/<index> (repeatable, or comma-separated)")
+    p.add_argument(
+        "--unit",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="L12N345, L15F7 or <source>/<index> (repeatable, or comma-separated)",
+    )
     p.add_argument("--units-file", type=Path, help="a file of unit references, one per line (# comments)")
-    p.add_argument("--length", type=int, default=DEFAULT_LENGTH, help=f"prompt tokens (default {DEFAULT_LENGTH})")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
+    p.add_argument(
+        "--length", type=int, default=DEFAULT_LENGTH, help=f"prompt tokens (default {DEFAULT_LENGTH})"
+    )
+    p.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--results", type=Path, help="the results file (default: STORE.maximize.duckdb beside it)")
@@ -153,7 +185,9 @@ def add_maximize_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--debug", action="store_true", help="Dash debug mode (reloads, dev tools)")
 
@@ -167,11 +201,19 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-density", type=float)
     p.add_argument("--min-max-act", type=float)
     p.add_argument("--max-max-act", type=float)
-    p.add_argument("--range", **many, metavar="METRIC=LOW:HIGH",
-                   help="a statistic or score metric within bounds, either open: skew=2:, polysemanticity=:0.3")
-    p.add_argument("--buckets", **many, help="top, bottom, q0.40, ... or quantiles (comma-separated; default all)")
+    p.add_argument(
+        "--range",
+        **many,
+        metavar="METRIC=LOW:HIGH",
+        help="a statistic or score metric within bounds, either open: skew=2:, polysemanticity=:0.3",
+    )
+    p.add_argument(
+        "--buckets", **many, help="top, bottom, q0.40, ... or quantiles (comma-separated; default all)"
+    )
     p.add_argument("--set", help="a curated set's examples")
-    p.add_argument("--sets-file", type=Path, help="the curated sets file (default: STORE.sets.duckdb beside it)")
+    p.add_argument(
+        "--sets-file", type=Path, help="the curated sets file (default: STORE.sets.duckdb beside it)"
+    )
     p.add_argument("--format", help="csv, jsonl, parquet or html (default: from --out's extension)")
     p.add_argument("--out", required=True, type=Path, help="the file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -183,9 +225,18 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
     from precompute.accumulate import AccumulatorConfig
 
     return PrecomputeConfig(
-        out=out, model=args.model, dataset=args.dataset, split=args.split, text_column=args.text_column,
-        layers=parse_layers(args.layers) if args.layers else None, tokens=args.tokens, ctx=args.ctx,
-        batch_size=args.batch_size, device=args.device, keep_bos=args.keep_bos, saes=tuple(args.sae),
+        out=out,
+        model=args.model,
+        dataset=args.dataset,
+        split=args.split,
+        text_column=args.text_column,
+        layers=parse_layers(args.layers) if args.layers else None,
+        tokens=args.tokens,
+        ctx=args.ctx,
+        batch_size=args.batch_size,
+        device=args.device,
+        keep_bos=args.keep_bos,
+        saes=tuple(args.sae),
         scores=not args.no_scores,
         overwrite=overwrite,
         examples=AccumulatorConfig(top_k=args.top_k, bottom_k=args.bottom_k),
@@ -215,14 +266,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"building the demo store at {store} (once; a few minutes on a laptop CPU)")
         sae = demo_sae()
         demo_args = build_parser().parse_args(
-            ["precompute", "--out", str(store), "--layers", DEMO_LAYERS, "--tokens", str(DEMO_TOKENS),
-             "--sae", str(sae)]
+            [
+                "precompute",
+                "--out",
+                str(store),
+                "--layers",
+                DEMO_LAYERS,
+                "--tokens",
+                str(DEMO_TOKENS),
+                "--sae",
+                str(sae),
+            ]
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:
-        cmd_serve(argparse.Namespace(
-            store=store, host=args.host, port=args.port, debug=args.debug, sets_file=None
-        ))
+        cmd_serve(
+            argparse.Namespace(store=store, host=args.host, port=args.port, debug=args.debug, sets_file=None)
+        )
 
 
 def demo_sae() -> Path:
@@ -233,10 +293,15 @@ def demo_sae() -> Path:
     folder = paths.home() / f"sae-L{DEMO_SAE_LAYER}"
     if not (folder / "cfg.json").is_file():
         print(f"training the demo SAE on {mlp_hook(DEMO_SAE_LAYER)} (once)")
-        result = train_sae(TrainSAEConfig(
-            out=folder, hook=mlp_hook(DEMO_SAE_LAYER), tokens=DEMO_SAE_TOKENS, overwrite=True,
-            sae=SAEHyperparams(d_sae=DEMO_SAE_WIDTH),
-        ))
+        result = train_sae(
+            TrainSAEConfig(
+                out=folder,
+                hook=mlp_hook(DEMO_SAE_LAYER),
+                tokens=DEMO_SAE_TOKENS,
+                overwrite=True,
+                sae=SAEHyperparams(d_sae=DEMO_SAE_WIDTH),
+            )
+        )
         print(result.metrics.summary())
     return folder
 
@@ -244,12 +309,25 @@ def demo_sae() -> Path:
 def cmd_train_sae(args: argparse.Namespace) -> None:
     from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
 
-    hyperparams = SAEHyperparams(d_sae=args.d_sae, k=args.k, lr=args.lr, batch_tokens=args.batch_tokens, seed=args.seed)
-    result = train_sae(TrainSAEConfig(
-        out=args.out, hook=args.hook, model=args.model, dataset=args.dataset, split=args.split,
-        text_column=args.text_column, tokens=args.tokens, ctx=args.ctx, batch_size=args.batch_size,
-        device=args.device, overwrite=args.overwrite, sae=hyperparams,
-    ))
+    hyperparams = SAEHyperparams(
+        d_sae=args.d_sae, k=args.k, lr=args.lr, batch_tokens=args.batch_tokens, seed=args.seed
+    )
+    result = train_sae(
+        TrainSAEConfig(
+            out=args.out,
+            hook=args.hook,
+            model=args.model,
+            dataset=args.dataset,
+            split=args.split,
+            text_column=args.text_column,
+            tokens=args.tokens,
+            ctx=args.ctx,
+            batch_size=args.batch_size,
+            device=args.device,
+            overwrite=args.overwrite,
+            sae=hyperparams,
+        )
+    )
     print(f"wrote {result.path} ({result.train_tokens:,} training tokens, {result.seconds:.0f} s)")
     print(result.metrics.summary())
 
@@ -259,8 +337,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     with Store(args.store) as store:
         meta = store.meta
-        print(f"{args.store}: model {meta.get('model')}, dataset {meta.get('dataset')}, "
-              f"{meta.get('n_tokens')} tokens, ctx {meta.get('ctx')}")
+        print(
+            f"{args.store}: model {meta.get('model')}, dataset {meta.get('dataset')}, "
+            f"{meta.get('n_tokens')} tokens, ctx {meta.get('ctx')}"
+        )
         for s in store.sources():
             print(f"  {s.source_id:16s} {s.kind:12s} {s.hook:32s} {s.n_units:6d} units")
 
@@ -271,13 +351,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     from neurodash.units import parse_layers
 
     ranges = [parse_range(text) for text in args.range]
-    for metric, low, high in (("density", args.min_density, args.max_density),
-                              ("max_act", args.min_max_act, args.max_max_act)):
+    for metric, low, high in (
+        ("density", args.min_density, args.max_density),
+        ("max_act", args.min_max_act, args.max_max_act),
+    ):
         if low is not None or high is not None:
             ranges.append((metric, low, high))
     selection = Selection(
-        units=split_list(args.units), layers=parse_layers(args.layers) if args.layers else (),
-        sources=split_list(args.sources), ranges=ranges, buckets=split_list(args.buckets), set_name=args.set,
+        units=split_list(args.units),
+        layers=parse_layers(args.layers) if args.layers else (),
+        sources=split_list(args.sources),
+        ranges=ranges,
+        buckets=split_list(args.buckets),
+        set_name=args.set,
     )
     with Store(args.store) as store:
         path = export(store, selection, args.format, args.out, args.overwrite, sets_file=args.sets_file)
@@ -327,7 +413,9 @@ def _units_file(path: Path | None) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise NeurodashError(f"cannot read --units-file {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise NeurodashError(
+            f"cannot read --units-file {path}: {getattr(e, 'strerror', None) or e}"
+        ) from None
     from neurodash.export import split_list
 
     return list(split_list(line.split("#")[0] for line in lines))

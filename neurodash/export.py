@@ -39,10 +39,20 @@ CHUNK_UNITS = 256  # units per query while streaming
 HTML_MAX_EXAMPLES = 20_000  # a report a browser opens in seconds
 ROW_SCHEMA = pa.schema(
     [
-        ("unit", pa.string()), ("source_id", pa.string()), ("unit_index", pa.int32()), ("layer", pa.int32()),
-        ("bucket", pa.string()), ("rank", pa.int32()), ("seq_id", pa.int64()), ("pos", pa.int32()),
-        ("start", pa.int32()), ("value", pa.float32()), ("max_token", pa.string()), ("text", pa.string()),
-        ("tokens", pa.list_(pa.string())), ("acts", pa.list_(pa.float32())),
+        ("unit", pa.string()),
+        ("source_id", pa.string()),
+        ("unit_index", pa.int32()),
+        ("layer", pa.int32()),
+        ("bucket", pa.string()),
+        ("rank", pa.int32()),
+        ("seq_id", pa.int64()),
+        ("pos", pa.int32()),
+        ("start", pa.int32()),
+        ("value", pa.float32()),
+        ("max_token", pa.string()),
+        ("text", pa.string()),
+        ("tokens", pa.list_(pa.string())),
+        ("acts", pa.list_(pa.float32())),
     ]
 )
 NOTE_FIELD = pa.field("note", pa.string())
@@ -133,7 +143,8 @@ def _units(store: Store, sel: Selection) -> pd.DataFrame:
         layers = sorted({s.layer for s in sources})
         raise NeurodashError(f"no layer {missing[0]} in {store.path} (layers: {_spans(layers)})")
     chosen = [
-        s.source_id for s in sources
+        s.source_id
+        for s in sources
         if (not sel.sources or s.source_id in sel.sources) and (not sel.layers or s.layer in sel.layers)
     ]
     refs = [parse_ref(u, sources) for u in sel.units] or None
@@ -141,7 +152,9 @@ def _units(store: Store, sel: Selection) -> pd.DataFrame:
 
 
 def _unit_keys(units: pd.DataFrame) -> pa.Table:
-    return pa.table({"source_id": pa.array(units["source_id"], pa.string()), "unit": pa.array(units["unit"], pa.int32())})
+    return pa.table(
+        {"source_id": pa.array(units["source_id"], pa.string()), "unit": pa.array(units["unit"], pa.int32())}
+    )
 
 
 def _set_plan(store: Store, sel: Selection, buckets: tuple[str, ...], sets_file) -> Plan:
@@ -175,7 +188,9 @@ def resolve_buckets(store: Store, names: Iterable[str]) -> tuple[str, ...]:
         if m := re.fullmatch(r"q(\d*\.?\d+)", name):
             name = f"q{float(m.group(1)):.2f}"
         if name not in known:
-            raise NeurodashError(f"no bucket {name!r} in {store.path} (buckets: {', '.join(known)}, {QUANTILES})")
+            raise NeurodashError(
+                f"no bucket {name!r} in {store.path} (buckets: {', '.join(known)}, {QUANTILES})"
+            )
         wanted.add(name)
     return tuple(b for b in known if b in wanted)
 
@@ -189,7 +204,9 @@ def parse_range(text: str) -> Range:
             raise ValueError
         return metric.strip(), float(low) if low.strip() else None, float(high) if high.strip() else None
     except ValueError:
-        raise NeurodashError(f"cannot read range {text!r}: use METRIC=LOW:HIGH, such as density=0.01:0.1 or skew=2:") from None
+        raise NeurodashError(
+            f"cannot read range {text!r}: use METRIC=LOW:HIGH, such as density=0.01:0.1 or skew=2:"
+        ) from None
 
 
 def split_list(values: Iterable[str]) -> tuple[str, ...]:
@@ -214,12 +231,18 @@ def _decode(rows: pa.Table, vocab: pa.Array) -> pa.Table:
     """Token ids to tokens, text and max token; the columns in row order."""
     ids = rows["token_ids"].combine_chunks()
     tokens = pa.ListArray.from_arrays(pc.subtract(ids.offsets, ids.offsets[0]), vocab.take(ids.flatten()))
-    decoded = {"max_token": vocab.take(rows["max_token_id"]), "text": pc.binary_join(tokens, ""), "tokens": tokens}
+    decoded = {
+        "max_token": vocab.take(rows["max_token_id"]),
+        "text": pc.binary_join(tokens, ""),
+        "tokens": tokens,
+    }
     names = [n for n in (*ROW_SCHEMA.names, NOTE_FIELD.name) if n in decoded or n in rows.column_names]
     return pa.table({n: decoded[n] if n in decoded else rows[n] for n in names})
 
 
-def examples_frame(store: Store, selection: Selection, sets_file: str | os.PathLike | None = None) -> pd.DataFrame:
+def examples_frame(
+    store: Store, selection: Selection, sets_file: str | os.PathLike | None = None
+) -> pd.DataFrame:
     """The selection's examples as a DataFrame, one row per example (``tokens``, ``acts``: lists)."""
     p = resolve(store, selection, sets_file)
     table = pa.concat_tables(batches(store, p))
@@ -264,7 +287,9 @@ def export_bytes(
 ) -> bytes:
     """The file ``export`` would write, as bytes (for a download)."""
     with tempfile.TemporaryDirectory(prefix="neurodash-export-") as folder:
-        return export(store, selection, fmt, Path(folder) / f"examples.{fmt}", sets_file=sets_file).read_bytes()
+        return export(
+            store, selection, fmt, Path(folder) / f"examples.{fmt}", sets_file=sets_file
+        ).read_bytes()
 
 
 def output_format(fmt: str | None, out: Path) -> str:
@@ -319,7 +344,10 @@ def describe(selection: Selection) -> str:
         f"units {', '.join(selection.units)}" if selection.units else "",
         f"layers {_spans(sorted(selection.layers))}" if selection.layers else "",
         f"sources {', '.join(selection.sources)}" if selection.sources else "",
-        *(f"{m} in [{'' if lo is None else lo}, {'' if hi is None else hi}]" for m, lo, hi in selection.ranges),
+        *(
+            f"{m} in [{'' if lo is None else lo}, {'' if hi is None else hi}]"
+            for m, lo, hi in selection.ranges
+        ),
         f"buckets {', '.join(selection.buckets)}" if selection.buckets else "",
     ]
     return "; ".join(p for p in parts if p) or "every example"

@@ -63,7 +63,7 @@ def _head(store: Store, description: str, n_examples: int) -> str:
     ]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         f"<title>neurodash: {_esc(description)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         "<h1>neurodash examples</h1>\n"
@@ -96,7 +96,9 @@ def _unit_section(store: Store, rows: list[dict]) -> str:
 
 def _example(row: dict, max_abs: float) -> str:
     value, marked = row["value"], row["pos"] - row["start"]
-    spans = "".join(_token(i == marked, tok, act, max_abs) for i, (tok, act) in enumerate(zip(row["tokens"], row["acts"])))
+    spans = "".join(
+        _token(i == marked, tok, act, max_abs) for i, (tok, act) in enumerate(zip(row["tokens"], row["acts"]))
+    )
     color = _rgb(POSITIVE if value >= 0 else NEGATIVE)
     note = f'<div class="note">{_esc(row["note"])}</div>\n' if row.get("note") else ""
     return (
@@ -111,7 +113,9 @@ def _token(marked: bool, token: str, act: float, max_abs: float) -> str:
     alpha = min(abs(act) / max_abs, 1.0)
     style = f' style="background:{_rgb(POSITIVE if act > 0 else NEGATIVE, alpha)}"' if alpha >= 0.005 else ""
     title = _esc(f"{token!r} {act:+.4f}")
-    return f'<span class="{"t m" if marked else "t"}"{style} title="{title}">{_esc(token_display(token))}</span>'
+    return (
+        f'<span class="{"t m" if marked else "t"}"{style} title="{title}">{_esc(token_display(token))}</span>'
+    )
 
 
 def bucket_title(bucket: str) -> str:

@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS prompts (
     activation DOUBLE, cross_entropy DOUBLE, acts DOUBLE[], PRIMARY KEY (run_id, rank));
 """
 DEFAULT_LENGTH = 12  # prompt tokens after BOS
-DEFAULT_STEPS = 40  # optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores
+DEFAULT_STEPS = (
+    40  # optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores
+)
 BUSY_TIMEOUT_S = 10.0
 
 
@@ -70,12 +72,23 @@ class Frontier:
 
     def to_json(self) -> dict:
         return {
-            "unit": str(self.ref), "model": self.model, "length": self.length, "steps": self.steps,
-            "seed": self.seed, "corpus_max": self.corpus_max, "seconds": round(self.seconds, 3),
+            "unit": str(self.ref),
+            "model": self.model,
+            "length": self.length,
+            "steps": self.steps,
+            "seed": self.seed,
+            "corpus_max": self.corpus_max,
+            "seconds": round(self.seconds, 3),
             "settings": self.settings,
             "frontier": [
-                {"token_ids": list(p.token_ids), "tokens": list(p.tokens), "text": p.text,
-                 "activation": p.activation, "cross_entropy": p.cross_entropy, "acts": list(p.acts)}
+                {
+                    "token_ids": list(p.token_ids),
+                    "tokens": list(p.tokens),
+                    "text": p.text,
+                    "activation": p.activation,
+                    "cross_entropy": p.cross_entropy,
+                    "acts": list(p.acts),
+                }
                 for p in self.prompts
             ],
         }
@@ -102,19 +115,42 @@ class MaximizeResults:
         with self._connect() as con:
             run_id = con.execute(
                 "INSERT INTO runs VALUES (nextval('run_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
-                [f.ref.source_id, f.ref.unit, f.model, f.length, f.steps, f.seed, f.corpus_max, f.seconds,
-                 json.dumps(f.settings), f.created_at or owned_files.now()],
+                [
+                    f.ref.source_id,
+                    f.ref.unit,
+                    f.model,
+                    f.length,
+                    f.steps,
+                    f.seed,
+                    f.corpus_max,
+                    f.seconds,
+                    json.dumps(f.settings),
+                    f.created_at or owned_files.now(),
+                ],
             ).fetchone()[0]
             con.executemany(
                 "INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, rank, list(p.token_ids), list(p.tokens), p.text, p.activation, p.cross_entropy,
-                  list(p.acts)) for rank, p in enumerate(f.prompts)],
+                [
+                    (
+                        run_id,
+                        rank,
+                        list(p.token_ids),
+                        list(p.tokens),
+                        p.text,
+                        p.activation,
+                        p.cross_entropy,
+                        list(p.acts),
+                    )
+                    for rank, p in enumerate(f.prompts)
+                ],
             )
         return run_id
 
     def latest(self, ref: UnitRef) -> Frontier | None:
         """The unit's most recent run, or None."""
-        runs = self._runs("WHERE source_id = ? AND unit = ? ORDER BY run_id DESC LIMIT 1", [ref.source_id, ref.unit])
+        runs = self._runs(
+            "WHERE source_id = ? AND unit = ? ORDER BY run_id DESC LIMIT 1", [ref.source_id, ref.unit]
+        )
         return runs[0] if runs else None
 
     def all(self) -> list[Frontier]:
@@ -127,11 +163,13 @@ class MaximizeResults:
         with self._connect(read_only=True) as con:
             runs = con.execute(
                 "SELECT run_id, source_id, unit, model, length, steps, seed, corpus_max, seconds, settings, "
-                f"created_at FROM runs {where}", params,
+                f"created_at FROM runs {where}",
+                params,
             ).fetchall()
             prompts = con.execute(
                 "SELECT run_id, token_ids, tokens, text, activation, cross_entropy, acts FROM prompts "
-                "WHERE run_id IN (SELECT unnest(?::BIGINT[])) ORDER BY run_id, rank", [[r[0] for r in runs]],
+                "WHERE run_id IN (SELECT unnest(?::BIGINT[])) ORDER BY run_id, rank",
+                [[r[0] for r in runs]],
             ).fetchall()
         by_run: dict[int, list[FoundPrompt]] = {}
         for run_id, ids, tokens, text, act, ce, acts in prompts:
@@ -139,8 +177,18 @@ class MaximizeResults:
                 FoundPrompt(tuple(ids), tuple(tokens), text, act, ce, tuple(acts))
             )
         return [
-            Frontier(UnitRef(src, unit), model, length, steps, seed, corpus_max, tuple(by_run.get(run_id, ())),
-                     seconds, json.loads(settings or "{}"), created_at)
+            Frontier(
+                UnitRef(src, unit),
+                model,
+                length,
+                steps,
+                seed,
+                corpus_max,
+                tuple(by_run.get(run_id, ())),
+                seconds,
+                json.loads(settings or "{}"),
+                created_at,
+            )
             for run_id, src, unit, model, length, steps, seed, corpus_max, seconds, settings, created_at in runs
         ]
 
@@ -154,10 +202,23 @@ def frontier_from_json(data: dict) -> Frontier:
     from neurodash.units import parse_ref
 
     return Frontier(
-        parse_ref(data["unit"]), data["model"], data["length"], data["steps"], data["seed"], data["corpus_max"],
-        tuple(FoundPrompt(tuple(p["token_ids"]), tuple(p["tokens"]), p["text"], p["activation"],
-                          p["cross_entropy"], tuple(p["acts"])) for p in data["frontier"]),
-        data["seconds"], data["settings"],
+        parse_ref(data["unit"]),
+        data["model"],
+        data["length"],
+        data["steps"],
+        data["seed"],
+        data["corpus_max"],
+        tuple(
+            FoundPrompt(
+                tuple(p["token_ids"]),
+                tuple(p["tokens"]),
+                p["text"],
+                p["activation"],
+                p["cross_entropy"],
+                tuple(p["acts"]),
+            )
+            for p in data["frontier"]
+        ),
+        data["seconds"],
+        data["settings"],
     )
-
-

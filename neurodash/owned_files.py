@@ -39,7 +39,9 @@ def transaction(
             con.close()
 
 
-def _open(path: Path, schema: str, what: str, busy_timeout: float, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _open(
+    path: Path, schema: str, what: str, busy_timeout: float, read_only: bool
+) -> duckdb.DuckDBPyConnection:
     if not path.parent.is_dir():
         raise NeurodashError(f"cannot open {what} {path}: folder {path.parent} does not exist")
     deadline = time.monotonic() + busy_timeout

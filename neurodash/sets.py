@@ -198,7 +198,11 @@ def find_example(
 ) -> Example:
     """A unit's example by (bucket, rank) or, the first in display order, by (seq_id, pos)."""
     ref = _ref(store, ref)
-    if (bucket is None) == (seq_id is None) or (bucket is None) != (rank is None) or (seq_id is None) != (pos is None):
+    if (
+        (bucket is None) == (seq_id is None)
+        or (bucket is None) != (rank is None)
+        or (seq_id is None) != (pos is None)
+    ):
         raise ValueError("name an example by bucket and rank, or by seq_id and pos")
     for e in store.examples(ref, [bucket] if bucket is not None else None):
         if (e.rank == rank) if bucket is not None else (e.seq_id == seq_id and e.pos == pos):
@@ -216,4 +220,3 @@ def _valid_name(name: str) -> str:
     if not name or len(name) > MAX_NAME:
         raise NeurodashError(f"a set's name must have 1 to {MAX_NAME} characters")
     return name
-

@@ -52,7 +52,10 @@ CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEG
 """
 
 TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
-OPTIONAL_TABLES = ("links", "clusters")  # newer tables: a store without them still opens, and reads them empty
+OPTIONAL_TABLES = (
+    "links",
+    "clusters",
+)  # newer tables: a store without them still opens, and reads them empty
 
 
 class StoreWriter:
@@ -86,16 +89,28 @@ class StoreWriter:
     def add_source(self, s: Source) -> None:
         self.con.execute(
             "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [s.source_id, s.model, s.hook, s.kind, s.layer, s.n_units, s.sae, s.n_tokens,
-             json.dumps(s.config), datetime.now(timezone.utc)],
+            [
+                s.source_id,
+                s.model,
+                s.hook,
+                s.kind,
+                s.layer,
+                s.n_units,
+                s.sae,
+                s.n_tokens,
+                json.dumps(s.config),
+                datetime.now(timezone.utc),
+            ],
         )
 
     def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
         """Bulk-append columns (in the table's column order) through Arrow."""
         if table not in TABLES and table not in OPTIONAL_TABLES:
             raise ValueError(f"unknown table {table!r}")
-        data = columns if isinstance(columns, pa.Table) else pa.table(
-            {k: _arrow_column(v) for k, v in columns.items()}
+        data = (
+            columns
+            if isinstance(columns, pa.Table)
+            else pa.table({k: _arrow_column(v) for k, v in columns.items()})
         )
         if data.num_rows:
             self.con.register("_incoming", data)
@@ -331,9 +346,18 @@ class Store:
         """A unit's examples as a DataFrame: one row per example, text and per-token activations."""
         return pd.DataFrame(
             [
-                {"unit": str(e.ref), "bucket": e.bucket, "rank": e.rank, "seq_id": e.seq_id,
-                 "pos": e.pos, "start": e.start, "value": e.value, "text": e.text,
-                 "tokens": list(e.tokens), "acts": list(e.acts)}
+                {
+                    "unit": str(e.ref),
+                    "bucket": e.bucket,
+                    "rank": e.rank,
+                    "seq_id": e.seq_id,
+                    "pos": e.pos,
+                    "start": e.start,
+                    "value": e.value,
+                    "text": e.text,
+                    "tokens": list(e.tokens),
+                    "acts": list(e.acts),
+                }
                 for e in self.examples(ref, buckets)
             ]
         )
@@ -401,7 +425,9 @@ class Store:
         """The examples that ``keys`` names, in store order, as Arrow; see ``_example_rows``."""
         return _example_rows(self._cursor(), keys, buckets)
 
-    def example_batches(self, key_chunks: Iterable[pa.Table], buckets: Sequence[str] = ()) -> Iterator[pa.Table]:
+    def example_batches(
+        self, key_chunks: Iterable[pa.Table], buckets: Sequence[str] = ()
+    ) -> Iterator[pa.Table]:
         """``example_rows`` per chunk of keys, on a cursor of its own: the stream may be read on any thread."""
         cur = self._con.cursor()
         try:
@@ -479,7 +505,9 @@ def copy_batches(reader: pa.RecordBatchReader, path: Path, fmt: str) -> None:
         "csv": "SELECT * REPLACE (value::DOUBLE AS value, to_json(tokens) AS tokens, "
         "to_json(acts::DOUBLE[]) AS acts) FROM _nd_batches",
     }[fmt]
-    con = duckdb.connect(config={"threads": 1})  # one thread: with more, DuckDB holds batches back to keep their order
+    con = duckdb.connect(
+        config={"threads": 1}
+    )  # one thread: with more, DuckDB holds batches back to keep their order
     try:
         con.register("_nd_batches", reader)
         con.execute(f"COPY ({select}) TO '{_sql_string(str(path))}' ({COPY_OPTIONS[fmt]})")

@@ -133,9 +133,7 @@ def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
     elif m := _LONG_REF.match(text):
         ref = UnitRef(m.group(1), int(m.group(2)))
     else:
-        raise NeurodashError(
-            f"cannot read unit reference {text!r}: use L12N345, L12F7 or <source>/<index>"
-        )
+        raise NeurodashError(f"cannot read unit reference {text!r}: use L12N345, L12F7 or <source>/<index>")
     if sources is not None:
         by_id = {s.source_id: s for s in sources}
         if ref.source_id not in by_id:
@@ -154,7 +152,9 @@ def parse_layers(text: str) -> tuple[int, ...]:
             lo, _, hi = part.strip().partition("-")
             layers.update(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise NeurodashError(f"cannot read layers {text!r}: use ranges and lists such as 0-29 or 0,15,29") from None
+        raise NeurodashError(
+            f"cannot read layers {text!r}: use ranges and lists such as 0-29 or 0,15,29"
+        ) from None
     if not layers:
         raise NeurodashError(f"layers {text!r} names no layer")
     return tuple(sorted(layers))

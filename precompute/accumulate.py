@@ -85,7 +85,9 @@ def _replace_evicted(slots: dict[str, Tensor], evicted: Tensor, incoming: dict[s
     eu, ek = evicted.nonzero(as_tuple=True)
     for name, value in incoming.items():
         if name not in slots:
-            slots[name] = torch.zeros((*evicted.shape, *value.shape[1:]), dtype=value.dtype, device=value.device)
+            slots[name] = torch.zeros(
+                (*evicted.shape, *value.shape[1:]), dtype=value.dtype, device=value.device
+            )
         slots[name][eu, ek] = value
 
 
@@ -262,7 +264,9 @@ class UnitAccumulator:
             return None
         return bi, ti, ui, keys[bi, ti, ui]
 
-    def _merge_sample(self, bi, ti, ui, cand_keys, acts: Tensor, seq_ids: Tensor, windows_at, copy=None) -> None:
+    def _merge_sample(
+        self, bi, ti, ui, cand_keys, acts: Tensor, seq_ids: Tensor, windows_at, copy=None
+    ) -> None:
         """Priority sampling: keep per unit the r firing tokens with the smallest keys.
 
         One sort of (state + candidates) by (unit, key); entrants take the slots they evict.
@@ -314,11 +318,12 @@ class UnitAccumulator:
             "hist": hist,
             "top": self.top.sorted(),
             "bottom": self.bottom.sorted(),
-            "sample": {k: _take(v, self.sample["key"].argsort(1)).cpu().numpy() for k, v in self.sample.items()},
+            "sample": {
+                k: _take(v, self.sample["key"].argsort(1)).cpu().numpy() for k, v in self.sample.items()
+            },
         }
 
 
 def hist_edges(bin_width: float, n_bins: int) -> np.ndarray:
     """Edges of the 2 * n_bins right-closed bins: [k * w for k in -n_bins .. n_bins]."""
     return np.arange(-n_bins, n_bins + 1, dtype=np.float64) * bin_width
-

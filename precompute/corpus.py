@@ -30,7 +30,9 @@ def python_docs() -> Iterator[dict]:
     from pydoc_data.topics import topics
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    modules = [p for p in sorted(stdlib.rglob("*.py")) if not _SKIP_DIRS & set(p.relative_to(stdlib).parts[:-1])]
+    modules = [
+        p for p in sorted(stdlib.rglob("*.py")) if not _SKIP_DIRS & set(p.relative_to(stdlib).parts[:-1])
+    ]
     docs: list[str | Path] = [*sorted(topics), *modules]
     random.Random(0).shuffle(docs)
     for doc in docs:
@@ -149,7 +151,9 @@ def pack_windows(
         )
 
 
-def _token_stream(dataset, tokenizer, text_column: str, separator: int | None) -> Iterator[tuple[int, int, int]]:
+def _token_stream(
+    dataset, tokenizer, text_column: str, separator: int | None
+) -> Iterator[tuple[int, int, int]]:
     """(token, doc_id, offset in doc) for the whole corpus, ``separator`` between documents."""
     doc_id = 0
     for rows in _chunks(iter(dataset), 64):

@@ -152,7 +152,9 @@ def optimize(
         if len(short):
             s_act, s_ce, s_logp = _evaluate(objective, short, archive)
             pool = torch.cat([tokens, short]), torch.cat([act, s_act]), torch.cat([ce, s_ce])
-            pick = (pool[1][None] - lambdas[:, None] * pool[2][None]).argmax(dim=1)  # [P]: ties go to the first
+            pick = (pool[1][None] - lambdas[:, None] * pool[2][None]).argmax(
+                dim=1
+            )  # [P]: ties go to the first
             all_logp = torch.cat([logp, s_logp])
             tokens, act, ce, logp = pool[0][pick], pool[1][pick], pool[2][pick], all_logp[pick]
         if progress:
@@ -160,7 +162,9 @@ def optimize(
     return pareto(archive.values())
 
 
-def _starts(seeds: Sequence[Sequence[int]], cfg: MaximizeConfig, allowed_ids: Tensor, gen: torch.Generator) -> Tensor:
+def _starts(
+    seeds: Sequence[Sequence[int]], cfg: MaximizeConfig, allowed_ids: Tensor, gen: torch.Generator
+) -> Tensor:
     """Corpus seeds (their last ``length`` tokens, random tokens before a short one) and random prompts."""
     rows = []
     for seed in list(seeds)[: min(cfg.corpus_seeds, cfg.population)]:
@@ -188,15 +192,23 @@ def _evaluate(objective: Objective, tokens: Tensor, archive: dict) -> tuple[Tens
 def _token_gradients(objective: Objective, tokens: Tensor) -> Tensor:
     """d(surrogate activation) / d(one-hot token), ``[population, length, vocab]``."""
     with torch.enable_grad():
-        onehot = F.one_hot(tokens, objective.embedding.shape[0]).to(objective.embedding.dtype).requires_grad_()
+        onehot = (
+            F.one_hot(tokens, objective.embedding.shape[0]).to(objective.embedding.dtype).requires_grad_()
+        )
         out = objective.surrogate(onehot @ objective.embedding).sum()
         (grad,) = torch.autograd.grad(out, onehot)
     return grad.float()
 
 
 def _swaps(
-    grad: Tensor, logp: Tensor, tokens: Tensor, ce: Tensor, lambdas: Tensor, allowed: Tensor,
-    cfg: MaximizeConfig, gen: torch.Generator,
+    grad: Tensor,
+    logp: Tensor,
+    tokens: Tensor,
+    ce: Tensor,
+    lambdas: Tensor,
+    allowed: Tensor,
+    cfg: MaximizeConfig,
+    gen: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Single-token swaps of each member, ``[P, n, length]``, and their estimated cross-entropy ``[P, n]``."""
     P, L = tokens.shape
@@ -278,8 +290,10 @@ class UnitObjective:
 
     @torch.inference_mode()
     def screen(self, tokens: Tensor) -> Tensor:
-        out = [self._read(self.model.run_to_hook(self._ids(t), self.hook)[:, -1:])[:, 0]
-               for t in tokens.split(self.chunk)]
+        out = [
+            self._read(self.model.run_to_hook(self._ids(t), self.hook)[:, -1:])[:, 0]
+            for t in tokens.split(self.chunk)
+        ]
         return torch.cat(out).float().cpu()
 
     @torch.inference_mode()
@@ -292,7 +306,7 @@ class UnitObjective:
             else:
                 uniform = torch.full_like(logits[:, :1], -torch.log(torch.tensor(float(logits.shape[-1]))))
                 logp = torch.cat([uniform, logits[:, :-1].float().log_softmax(-1)], dim=1)
-            acts.append(self._read(hook_acts)[:, -t.shape[1]:].float().cpu())
+            acts.append(self._read(hook_acts)[:, -t.shape[1] :].float().cpu())
             logps.append(logp.cpu())
         return torch.cat(acts), torch.cat(logps)
 
@@ -359,8 +373,17 @@ def maximize(
     >>> f = maximize("demo.duckdb", "L15N42", steps=20)  # doctest: +SKIP
     >>> f.best.text, f.best.activation, f.corpus_max  # doctest: +SKIP
     """
-    return next(iter(maximize_many(store_path, [ref], config or MaximizeConfig(length, steps, seed),
-                                   lambda _ref: progress, device)))
+    return next(
+        iter(
+            maximize_many(
+                store_path,
+                [ref],
+                config or MaximizeConfig(length, steps, seed),
+                lambda _ref: progress,
+                device,
+            )
+        )
+    )
 
 
 def maximize_many(
@@ -387,15 +410,34 @@ def maximize_many(
             started = time.perf_counter()
             source, stats = store.source(ref.source_id), store.unit_stats(ref)
             objective = unit_objective(model, source, ref.unit)
-            unit_config = config if screening_pays(model, source.hook) else replace(config, shortlist=config.batch)
+            unit_config = (
+                config if screening_pays(model, source.hook) else replace(config, shortlist=config.batch)
+            )
             seeds = corpus_seeds(store, ref, config.length, config.corpus_seeds, model.bos_token_id)
             act_scale = stats.max_act if stats.max_act > 0 else 1.0
-            found = optimize(objective, unit_config, act_scale, seeds, progress_for(ref) if progress_for else None)
+            found = optimize(
+                objective, unit_config, act_scale, seeds, progress_for(ref) if progress_for else None
+            )
             prompts = tuple(
-                FoundPrompt(p.tokens, store.tokens(p.tokens), model.tokenizer.decode(list(p.tokens)),
-                            p.activation, p.cross_entropy, p.acts)
+                FoundPrompt(
+                    p.tokens,
+                    store.tokens(p.tokens),
+                    model.tokenizer.decode(list(p.tokens)),
+                    p.activation,
+                    p.cross_entropy,
+                    p.acts,
+                )
                 for p in found
             )
             settings = {k: v for k, v in asdict(unit_config).items() if k not in ("length", "steps", "seed")}
-            yield Frontier(ref, model_name, config.length, config.steps, config.seed, float(stats.max_act),
-                           prompts, time.perf_counter() - started, settings)
+            yield Frontier(
+                ref,
+                model_name,
+                config.length,
+                config.steps,
+                config.seed,
+                float(stats.max_act),
+                prompts,
+                time.perf_counter() - started,
+                settings,
+            )

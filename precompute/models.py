@@ -108,7 +108,9 @@ class LoadedModel:
     @torch.inference_mode()
     def logits_and_hook(self, tokens: Int[Tensor, "batch pos"], hook: str) -> tuple[Tensor, Tensor]:
         """The full forward pass: (logits ``[batch, pos, d_vocab]``, ``hook``'s activations)."""
-        logits, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=lambda name: name == hook)
+        logits, cache = self.bridge.run_with_cache(
+            tokens.to(self.device), names_filter=lambda name: name == hook
+        )
         return logits, cache[hook]
 
     def mlp_out_directions(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
@@ -157,9 +159,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(
-            str(folder or name), device=device, dtype=torch.float32
-        )
+        bridge = TransformerBridge.boot_transformers(str(folder or name), device=device, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise NeurodashError(_load_error(name, e)) from None
     bridge.eval()
@@ -170,7 +170,11 @@ def _load_error(name: str, e: Exception) -> str:
     first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
     if Path(name).exists():
         return f"cannot load model from {name}: {first_line}"
-    hint = "it is not cached and the Hugging Face hub is not reachable from here" if not hub_reachable() else first_line
+    hint = (
+        "it is not cached and the Hugging Face hub is not reachable from here"
+        if not hub_reachable()
+        else first_line
+    )
     return (
         f"cannot load model {name!r}: {hint}. Use the embedded {DEFAULT_MODEL!r}, a local model "
         "folder, or a hub name where the hub is reachable"

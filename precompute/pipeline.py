@@ -103,7 +103,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
             t.decoder = t.decoder.to(cfg.device)
-            t.mass = torch.zeros(t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device)
+            t.mass = torch.zeros(
+                t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device
+            )
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -113,7 +115,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
 
     contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
-        n_tokens, phase_seconds = _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts)
+        n_tokens, phase_seconds = _stream(
+            model, dataset, cfg, tracked, hooks, first, writer, progress, contexts
+        )
         writer.append("vocab", _vocab(model))
         unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
@@ -121,7 +125,10 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             _write_source(writer, t, unembed, cfg, contexts)
         _write_links(writer, tracked, cfg.n_neighbors)
         writer.set_meta(
-            model=cfg.model, dataset=cfg.dataset, ctx=cfg.ctx, n_tokens=n_tokens,
+            model=cfg.model,
+            dataset=cfg.dataset,
+            ctx=cfg.ctx,
+            n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
             config=json.dumps(_config_dict(cfg)),
         )
@@ -133,14 +140,22 @@ def _check_layers(layers: tuple[int, ...] | None, model: LoadedModel) -> tuple[i
         return tuple(range(model.n_layers))
     bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
     if bad:
-        raise NeurodashError(f"layer {bad[0]} is out of range: {model.name} has layers 0-{model.n_layers - 1}")
+        raise NeurodashError(
+            f"layer {bad[0]} is out of range: {model.name} has layers 0-{model.n_layers - 1}"
+        )
     return layers
 
 
 def _neurons(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> _Tracked:
     source = Source(
-        source_id=neuron_source_id(layer), model=cfg.model, hook=mlp_hook(layer), kind=NEURON,
-        layer=layer, n_units=model.d_mlp, n_tokens=0, config=_config_dict(cfg),
+        source_id=neuron_source_id(layer),
+        model=cfg.model,
+        hook=mlp_hook(layer),
+        kind=NEURON,
+        layer=layer,
+        n_units=model.d_mlp,
+        n_tokens=0,
+        config=_config_dict(cfg),
     )
     acc = UnitAccumulator(model.d_mlp, cfg.ctx, cfg.examples, cfg.device)
     return _Tracked(source, source.hook, model.mlp_out_directions(layer), acc)
@@ -158,13 +173,21 @@ def _features(model: LoadedModel, cfg: PrecomputeConfig) -> list[_Tracked]:
         layer = layer_of(sae.hook)
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", sae.name).strip("-") if per_layer[layer] > 1 else ""
         source = Source(
-            source_id=sae_source_id(layer, slug), model=cfg.model, hook=sae.hook, kind=SAE_FEATURE,
-            layer=layer, n_units=sae.d_sae, n_tokens=0, sae=sae.name,
+            source_id=sae_source_id(layer, slug),
+            model=cfg.model,
+            hook=sae.hook,
+            kind=SAE_FEATURE,
+            layer=layer,
+            n_units=sae.d_sae,
+            n_tokens=0,
+            sae=sae.name,
             config={**_config_dict(cfg), "sae_metrics": _sae_metrics(spec)},
         )
         acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device)
         tracked.append(
-            _Tracked(source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions())
+            _Tracked(
+                source, sae.hook, sae.residual_directions(model), acc, sae.encode, sae.decoder_directions()
+            )
         )
     if len({t.source.source_id for t in tracked}) < len(tracked):
         raise NeurodashError("two --sae options name the same SAE")
@@ -185,7 +208,9 @@ def _config_dict(cfg: PrecomputeConfig) -> dict:
     return d
 
 
-def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contexts=None) -> tuple[int, dict[str, float]]:
+def _stream(
+    model, dataset, cfg, tracked, hooks, first, writer, progress, contexts=None
+) -> tuple[int, dict[str, float]]:
     """The one pass: run each batch once, update every source, append its sequences.
 
     Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
@@ -202,20 +227,31 @@ def _stream(model, dataset, cfg, tracked, hooks, first, writer, progress, contex
                 if contexts is not None:
                     tokens = batch.tokens.to(cfg.device, torch.int32)
                     context_hooks = dict.fromkeys(t.context_hook for t in tracked)
-                    at_token = {h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks}
+                    at_token = {
+                        h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks
+                    }
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
                     if t.mass is not None:  # an SAE on tracked neurons: what drives them
                         x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
                         t.mass += attributed_mass(x.float(), a.float(), t.decoder.float()).double()
                     t.acc.update(
-                        unit_acts, batch.seq_ids, first=first, ctx=cfg.ctx, at_token=at_token.get(t.context_hook)
+                        unit_acts,
+                        batch.seq_ids,
+                        first=first,
+                        ctx=cfg.ctx,
+                        at_token=at_token.get(t.context_hook),
                     )
             with clock.phase("write"):
-                writer.append("sequences", {
-                    "seq_id": batch.seq_ids.numpy(), "doc_id": batch.doc_ids.numpy(),
-                    "start": batch.starts.numpy(), "token_ids": batch.tokens.numpy().astype(np.int32),
-                })
+                writer.append(
+                    "sequences",
+                    {
+                        "seq_id": batch.seq_ids.numpy(),
+                        "doc_id": batch.doc_ids.numpy(),
+                        "start": batch.starts.numpy(),
+                        "token_ids": batch.tokens.numpy().astype(np.int32),
+                    },
+                )
             n_tokens += batch.tokens.numel()
             bar.update(batch.tokens.numel())
     return n_tokens, clock.seconds
@@ -274,7 +310,9 @@ def _vocab(model: LoadedModel) -> dict:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
-def _write_source(writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig, contexts=None) -> None:
+def _write_source(
+    writer: StoreWriter, t: _Tracked, unembed: Tensor, cfg: PrecomputeConfig, contexts=None
+) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
     sid = t.source.source_id
@@ -299,11 +337,18 @@ def _units_table(sid: str, res: dict, n_bins: int) -> dict:
         edges.append(hist_edges(w if w > 0 else 1.0, n_bins)[lo : hi + 1].astype(np.float32))
         counts.append(h[lo:hi])
     return {
-        "source_id": [sid] * n, "unit": np.arange(n, dtype=np.int32),
-        "max_act": res["max"], "min_act": res["min"], "mean_act": res["mean"].astype(np.float32),
-        "std_act": res["std"].astype(np.float32), "skew": res["skew"].astype(np.float32),
-        "kurtosis": res["kurtosis"].astype(np.float32), "density": res["density"].astype(np.float32),
-        "n_tokens": np.full(n, res["count"], dtype=np.int64), "hist_edges": edges, "hist_counts": counts,
+        "source_id": [sid] * n,
+        "unit": np.arange(n, dtype=np.int32),
+        "max_act": res["max"],
+        "min_act": res["min"],
+        "mean_act": res["mean"].astype(np.float32),
+        "std_act": res["std"].astype(np.float32),
+        "skew": res["skew"].astype(np.float32),
+        "kurtosis": res["kurtosis"].astype(np.float32),
+        "density": res["density"].astype(np.float32),
+        "n_tokens": np.full(n, res["count"], dtype=np.int64),
+        "hist_edges": edges,
+        "hist_counts": counts,
     }
 
 
@@ -312,15 +357,21 @@ def examples_table(sid: str, res: dict, cfg: AccumulatorConfig) -> dict:
     parts = []
     top, bottom = res["top"], res["bottom"]
     parts.append(_bucket_rows(top, top["val"] > 0, np.full(top["val"].shape, "top", dtype=object)))
-    parts.append(_bucket_rows(bottom, bottom["val"] > 0, np.full(bottom["val"].shape, "bottom", dtype=object)))
+    parts.append(
+        _bucket_rows(bottom, bottom["val"] > 0, np.full(bottom["val"].shape, "bottom", dtype=object))
+    )
     parts.append(_quantile_rows(res["sample"], cfg.quantile_groups))
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cols["rank"], cols["bucket"], cols["unit"]))
     return {
-        "source_id": [sid] * len(order), "unit": cols["unit"][order].astype(np.int32),
-        "bucket": cols["bucket"][order], "rank": cols["rank"][order].astype(np.int32),
-        "seq_id": cols["seq"][order], "pos": cols["pos"][order].astype(np.int32),
-        "start": cols["start"][order].astype(np.int32), "acts": cols["win"][order],
+        "source_id": [sid] * len(order),
+        "unit": cols["unit"][order].astype(np.int32),
+        "bucket": cols["bucket"][order],
+        "rank": cols["rank"][order].astype(np.int32),
+        "seq_id": cols["seq"][order],
+        "pos": cols["pos"][order].astype(np.int32),
+        "start": cols["start"][order].astype(np.int32),
+        "acts": cols["win"][order],
     }
 
 
@@ -347,13 +398,18 @@ def polysemanticity_tables(sid: str, res: dict, rep_mean: np.ndarray, dims: int)
         values.append(v[ok])
     units_np = np.concatenate(units)
     scores = {
-        "source_id": [sid] * len(units_np), "unit": units_np.astype(np.int32),
-        "metric": np.concatenate(names), "value": np.concatenate(values).astype(np.float64),
+        "source_id": [sid] * len(units_np),
+        "unit": units_np.astype(np.int32),
+        "metric": np.concatenate(names),
+        "value": np.concatenate(values).astype(np.float64),
     }
     u, j = np.nonzero(kept["valid"])
     clusters = {
-        "source_id": [sid] * len(u), "unit": u.astype(np.int32), "seq_id": kept["seq"][u, j].astype(np.int64),
-        "pos": kept["pos"][u, j].astype(np.int32), "cluster": ex["cluster"][u, j].astype(np.int32),
+        "source_id": [sid] * len(u),
+        "unit": u.astype(np.int32),
+        "seq_id": kept["seq"][u, j].astype(np.int64),
+        "pos": kept["pos"][u, j].astype(np.int32),
+        "cluster": ex["cluster"][u, j].astype(np.int32),
     }
     return scores, clusters
 
@@ -361,10 +417,13 @@ def polysemanticity_tables(sid: str, res: dict, rep_mean: np.ndarray, dims: int)
 def _bucket_rows(e: dict, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None) -> dict:
     units, slots = np.nonzero(keep)
     return {
-        "unit": units, "bucket": bucket[units, slots],
+        "unit": units,
+        "bucket": bucket[units, slots],
         "rank": (slots if rank is None else rank[units, slots]),
-        "seq": e["seq"][units, slots], "pos": e["pos"][units, slots],
-        "start": e["start"][units, slots], "win": e["win"][units, slots],
+        "seq": e["seq"][units, slots],
+        "pos": e["pos"][units, slots],
+        "start": e["start"][units, slots],
+        "win": e["win"][units, slots],
     }
 
 
@@ -377,7 +436,10 @@ def _quantile_rows(sample: dict, n_groups: int) -> dict:
     valid = sample["key"] < NO_KEY
     vals = np.where(valid, sample["val"], np.inf)
     order = np.argsort(vals, axis=1, kind="stable")
-    s = {k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in sample.items()}
+    s = {
+        k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1)
+        for k, v in sample.items()
+    }
     n = valid.sum(1, keepdims=True)
     i = np.arange(vals.shape[1])[None, :]
     group = (i * n_groups) // np.maximum(n, 1)
@@ -426,11 +488,19 @@ def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))
         suffix = f"[{sae.source.source_id}]" if per_hook[sae.hook] > 1 else ""
-        for metric, values in (("sae_features", effective_number(mass)), ("sae_features_80", n_covering(mass))):
-            writer.append("scores", {
-                "source_id": [layer] * len(values), "unit": np.arange(len(values), dtype=np.int32),
-                "metric": [metric + suffix] * len(values), "value": values.astype(np.float64),
-            })
+        for metric, values in (
+            ("sae_features", effective_number(mass)),
+            ("sae_features_80", n_covering(mass)),
+        ):
+            writer.append(
+                "scores",
+                {
+                    "source_id": [layer] * len(values),
+                    "unit": np.arange(len(values), dtype=np.int32),
+                    "metric": [metric + suffix] * len(values),
+                    "value": values.astype(np.float64),
+                },
+            )
 
 
 def _links_table(sid: str, target: str, share: np.ndarray, weight: np.ndarray, k: int) -> dict:
@@ -441,9 +511,13 @@ def _links_table(sid: str, target: str, share: np.ndarray, weight: np.ndarray, k
     units, ranks = np.nonzero(np.take_along_axis(share, top, 1) > 0)
     cols = top[units, ranks]
     return {
-        "source_id": [sid] * len(units), "unit": units.astype(np.int32), "rank": ranks.astype(np.int32),
-        "target_source_id": [target] * len(units), "target_unit": cols.astype(np.int32),
-        "weight": weight[units, cols].astype(np.float32), "share": share[units, cols].astype(np.float32),
+        "source_id": [sid] * len(units),
+        "unit": units.astype(np.int32),
+        "rank": ranks.astype(np.int32),
+        "target_source_id": [target] * len(units),
+        "target_unit": cols.astype(np.int32),
+        "weight": weight[units, cols].astype(np.float32),
+        "share": share[units, cols].astype(np.float32),
     }
 
 
@@ -467,7 +541,9 @@ def _neighbors_table(sid: str, directions: Tensor, k: int) -> dict:
         cosines.append(vals.reshape(-1).cpu().numpy())
     units_np = np.concatenate(units)
     return {
-        "source_id": [sid] * len(units_np), "unit": units_np.astype(np.int32),
-        "rank": np.concatenate(ranks).astype(np.int32), "neighbor": np.concatenate(neighbors).astype(np.int32),
+        "source_id": [sid] * len(units_np),
+        "unit": units_np.astype(np.int32),
+        "rank": np.concatenate(ranks).astype(np.int32),
+        "neighbor": np.concatenate(neighbors).astype(np.int32),
         "cosine": np.concatenate(cosines).astype(np.float32),
     }

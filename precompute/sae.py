@@ -129,7 +129,9 @@ class LoadedSAE:
             return W_dec @ model.mlp_out_directions(int(parts[1])).to(W_dec.device)
         if parts[-1] in _RESIDUAL_HOOKS:
             return W_dec
-        raise NeurodashError(f"SAE {self.name}: no residual-stream direction for features of hook {self.hook}")
+        raise NeurodashError(
+            f"SAE {self.name}: no residual-stream direction for features of hook {self.hook}"
+        )
 
     def check_fits(self, model: LoadedModel) -> None:
         """Raise a clear error unless ``model`` has the hook and its width is ``d_in``."""
@@ -184,7 +186,9 @@ def _load_folder(path: Path, device: str):
         known = ", ".join(SAE_CLASS_REGISTRY)
         raise NeurodashError(f"{cfg}: unknown SAE architecture {architecture!r} (SAELens reads {known})")
     if not (path / WEIGHTS_FILE).is_file():
-        raise NeurodashError(f"{path} has no {WEIGHTS_FILE}: an SAE folder needs {CFG_FILE} and {WEIGHTS_FILE}")
+        raise NeurodashError(
+            f"{path} has no {WEIGHTS_FILE}: an SAE folder needs {CFG_FILE} and {WEIGHTS_FILE}"
+        )
     from sae_lens import SAE
 
     try:
@@ -209,7 +213,9 @@ def _load_release(spec: str, device: str):
     ids = list(directory[release].saes_map)
     if sae_id not in ids:
         shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-        raise NeurodashError(f"SAELens release {release!r} has no SAE {sae_id!r}; name one as {release}/SAE_ID: {shown}")
+        raise NeurodashError(
+            f"SAELens release {release!r} has no SAE {sae_id!r}; name one as {release}/SAE_ID: {shown}"
+        )
     online = hub_reachable()
     from sae_lens import SAE
 
@@ -217,7 +223,11 @@ def _load_release(spec: str, device: str):
         with _quiet_sae_lens():
             return SAE.from_pretrained(release, sae_id, device=device)
     except Exception as e:  # hub and conversion errors of many types
-        why = "it is not cached and the Hugging Face hub is not reachable from here" if not online else _first_line(e)
+        why = (
+            "it is not cached and the Hugging Face hub is not reachable from here"
+            if not online
+            else _first_line(e)
+        )
         raise NeurodashError(
             f"cannot load SAE {spec!r}: {why}. Use a local SAE folder ({CFG_FILE} + {WEIGHTS_FILE}), "
             "for example one trained with `neurodash train-sae`"
@@ -372,16 +382,22 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise NeurodashError(f"cannot write {out}: folder {out.parent} does not exist")
 
 
-def _windows(dataset, model: LoadedModel, cfg: TrainSAEConfig, per_window: int) -> tuple[list[list[int]], Tensor]:
+def _windows(
+    dataset, model: LoadedModel, cfg: TrainSAEConfig, per_window: int
+) -> tuple[list[list[int]], Tensor]:
     """Training windows (the tokens to train on, and the slack SAELens's mixing buffer holds back)
     and held-out windows after them; a short corpus gives what it has, at least one window each."""
     n_eval = math.ceil(cfg.eval_tokens / cfg.ctx)
     slack = math.ceil((MIX_BATCHES / 2 + 1) * cfg.sae.batch_tokens / per_window) + cfg.batch_size
     n_train = math.ceil(cfg.steps * cfg.sae.batch_tokens / per_window) + slack
-    batches = pack_windows(dataset, model.tokenizer, cfg.ctx, 256, cfg.text_column, (n_train + n_eval) * cfg.ctx)
+    batches = pack_windows(
+        dataset, model.tokenizer, cfg.ctx, 256, cfg.text_column, (n_train + n_eval) * cfg.ctx
+    )
     windows = torch.cat([b.tokens for b in batches])
     if len(windows) < 2:
-        raise NeurodashError(f"the corpus holds only one window of --ctx {cfg.ctx} tokens: too short to train on")
+        raise NeurodashError(
+            f"the corpus holds only one window of --ctx {cfg.ctx} tokens: too short to train on"
+        )
     n_eval = min(n_eval, max(1, len(windows) // 5))
     return windows[:-n_eval].tolist(), windows[-n_eval:]
 
@@ -394,19 +410,36 @@ def _run_sae_lens(
 
     bos = model.bos_token_id
     runner_cfg = _runner_config(
-        cfg.sae, d_in, cfg.steps * cfg.sae.batch_tokens, cfg.device,
-        model_name=cfg.model, model_class_name="TransformerBridge", hook_name=cfg.hook,
-        dataset_path=cfg.dataset, is_dataset_tokenized=True, streaming=False, context_size=cfg.ctx,
-        prepend_bos=bos is not None, sequence_separator_token="bos" if model.tokenizer.eos_token_id is None else "eos",
+        cfg.sae,
+        d_in,
+        cfg.steps * cfg.sae.batch_tokens,
+        cfg.device,
+        model_name=cfg.model,
+        model_class_name="TransformerBridge",
+        hook_name=cfg.hook,
+        dataset_path=cfg.dataset,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=cfg.ctx,
+        prepend_bos=bos is not None,
+        sequence_separator_token="bos" if model.tokenizer.eos_token_id is None else "eos",
         store_batch_size_prompts=cfg.batch_size,
         n_batches_in_buffer=math.ceil(MIX_BATCHES * cfg.sae.batch_tokens / cfg.ctx),  # its unit: ctx tokens
         exclude_special_tokens=[bos] if bos is not None else False,
-        autocast_lm=_bf16_lm(cfg), output_path=str(out),
+        autocast_lm=_bf16_lm(cfg),
+        output_path=str(out),
     )
     torch.manual_seed(cfg.sae.seed)
-    with _quiet_sae_lens(), tqdm(
-        total=cfg.steps * cfg.sae.batch_tokens, unit="tok", unit_scale=True, desc="train-sae", disable=not progress
-    ) as bar:
+    with (
+        _quiet_sae_lens(),
+        tqdm(
+            total=cfg.steps * cfg.sae.batch_tokens,
+            unit="tok",
+            unit_scale=True,
+            desc="train-sae",
+            disable=not progress,
+        ) as bar,
+    ):
         dataset = datasets.Dataset.from_dict({"tokens": windows})
         _runner_class()(runner_cfg, override_dataset=dataset, override_model=model.bridge, bar=bar).run()
 
@@ -429,10 +462,19 @@ def _runner_config(hp: SAEHyperparams, d_in: int, tokens: int, device: str, **lm
     steps = max(1, tokens // hp.batch_tokens)
     return LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=d_in, d_sae=hp.d_sae, k=hp.k, device=device),
-        training_tokens=tokens, train_batch_size_tokens=hp.batch_tokens, lr=hp.lr, lr_decay_steps=steps // 3,
-        dead_feature_window=max(1, hp.dead_after // hp.batch_tokens), feature_sampling_window=steps + 1,
-        device=device, seed=hp.seed, logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None,
-        model_from_pretrained_kwargs={}, verbose=False, **lm,
+        training_tokens=tokens,
+        train_batch_size_tokens=hp.batch_tokens,
+        lr=hp.lr,
+        lr_decay_steps=steps // 3,
+        dead_feature_window=max(1, hp.dead_after // hp.batch_tokens),
+        feature_sampling_window=steps + 1,
+        device=device,
+        seed=hp.seed,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None,
+        model_from_pretrained_kwargs={},
+        verbose=False,
+        **lm,
     )
 
 
@@ -484,8 +526,9 @@ def _trainer_bar_off():
         sae_trainer.tqdm = original
 
 
-def train_on_activations(batches: Iterator[Tensor], d_in: int, tokens: int, hp: SAEHyperparams,
-                         device: str = "cpu") -> LoadedSAE:
+def train_on_activations(
+    batches: Iterator[Tensor], d_in: int, tokens: int, hp: SAEHyperparams, device: str = "cpu"
+) -> LoadedSAE:
     """Train the same TopK SAE as ``train_sae`` with SAELens's SAETrainer on any activation batches
     ([batch_tokens, d_in] each), e.g. cached or synthetic activations."""
     from sae_lens import TrainingSAE
@@ -521,6 +564,8 @@ def evaluate_sae(sae: LoadedSAE, model: LoadedModel, windows: Tensor, batch_size
         n += x.shape[0]
     total_var = sum_x2 - (sum_x.pow(2).sum() / n).item()
     return SAEMetrics(
-        explained_variance=1 - sse / total_var, l0=l0 / n,
-        dead_fraction=1 - fired.float().mean().item(), n_tokens=n,
+        explained_variance=1 - sse / total_var,
+        l0=l0 / n,
+        dead_fraction=1 - fired.float().mean().item(),
+        n_tokens=n,
     )

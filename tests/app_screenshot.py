@@ -94,7 +94,10 @@ def screenshot(
         if marked and not crop:  # show the token inspector at work
             webdriver.ActionChains(driver).move_to_element(marked[0]).perform()
         WebDriverWait(driver, 30).until(  # every figure on the page has drawn its axes
-            lambda d: all(g.find_elements(By.CSS_SELECTOR, ".main-svg") for g in d.find_elements(By.CSS_SELECTOR, ".dash-graph"))
+            lambda d: all(
+                g.find_elements(By.CSS_SELECTOR, ".main-svg")
+                for g in d.find_elements(By.CSS_SELECTOR, ".dash-graph")
+            )
         )
         time.sleep(0.5)  # let the figures finish drawing
         out.parent.mkdir(parents=True, exist_ok=True)

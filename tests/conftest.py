@@ -41,9 +41,16 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
@@ -69,13 +76,16 @@ def docs_jsonl(tmp_path_factory) -> Path:
 
 # --- app fixtures (the dashboard: neurodash/app) ---------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory) -> Path:
     """3 layers x 40 units, 45 examples each, a score metric, and the XSS tokens in every example."""
     from synthetic import XSS_TOKENS, make_synthetic_store
 
     path = tmp_path_factory.mktemp("app") / "synthetic.duckdb"
-    return make_synthetic_store(path, n_layers=3, n_units=40, tokens=XSS_TOKENS, score_metrics=("polysemanticity",))
+    return make_synthetic_store(
+        path, n_layers=3, n_units=40, tokens=XSS_TOKENS, score_metrics=("polysemanticity",)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -94,14 +104,32 @@ def tiny_store(tiny_model_dir, docs_jsonl, tmp_path_factory):
     from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
 
     folder = tmp_path_factory.mktemp("maximize")
-    sae = train_sae(TrainSAEConfig(
-        out=folder / "tiny-sae", hook="blocks.1.mlp.hook_post", model=str(tiny_model_dir), dataset=str(docs_jsonl),
-        tokens=2048, ctx=64, batch_size=8, eval_tokens=512, sae=SAEHyperparams(d_sae=64, k=8, batch_tokens=256),
-    ), progress=False)
-    return run_precompute(PrecomputeConfig(
-        out=folder / "tiny.duckdb", model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0, 1),
-        tokens=2048, ctx=64, saes=(str(sae.path),),
-    ), progress=False)
+    sae = train_sae(
+        TrainSAEConfig(
+            out=folder / "tiny-sae",
+            hook="blocks.1.mlp.hook_post",
+            model=str(tiny_model_dir),
+            dataset=str(docs_jsonl),
+            tokens=2048,
+            ctx=64,
+            batch_size=8,
+            eval_tokens=512,
+            sae=SAEHyperparams(d_sae=64, k=8, batch_tokens=256),
+        ),
+        progress=False,
+    )
+    return run_precompute(
+        PrecomputeConfig(
+            out=folder / "tiny.duckdb",
+            model=str(tiny_model_dir),
+            dataset=str(docs_jsonl),
+            layers=(0, 1),
+            tokens=2048,
+            ctx=64,
+            saes=(str(sae.path),),
+        ),
+        progress=False,
+    )
 
 
 def pytest_setup_options():

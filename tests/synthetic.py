@@ -239,13 +239,19 @@ def _links(neurons: str, features: str, n: int) -> tuple[dict, dict]:
 
     def table(sid, target, unit, target_unit):
         return {
-            "source_id": [sid] * len(unit), "unit": unit.astype(np.int32), "rank": common["rank"],
-            "target_source_id": [target] * len(unit), "target_unit": target_unit.astype(np.int32),
-            "weight": common["weight"], "share": common["share"],
+            "source_id": [sid] * len(unit),
+            "unit": unit.astype(np.int32),
+            "rank": common["rank"],
+            "target_source_id": [target] * len(unit),
+            "target_unit": target_unit.astype(np.int32),
+            "weight": common["weight"],
+            "share": common["share"],
         }
 
     back = np.repeat(np.arange(n), 3)
-    return table(neurons, features, units, others), table(features, neurons, back, (back - np.tile([0, 1, 2], n)) % n)
+    return table(neurons, features, units, others), table(
+        features, neurons, back, (back - np.tile([0, 1, 2], n)) % n
+    )
 
 
 def _scores(rng: np.random.Generator, sid: str, n: int, metrics: Sequence[str]) -> dict:

@@ -9,7 +9,9 @@ import torch
 from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, token_hash, unit_salts
 from precompute.pipeline import examples_table
 
-CFG = AccumulatorConfig(top_k=5, bottom_k=3, quantile_groups=3, per_group=2, window=8, window_before=5, hist_bins=16)
+CFG = AccumulatorConfig(
+    top_k=5, bottom_k=3, quantile_groups=3, per_group=2, window=8, window_before=5, hist_bins=16
+)
 N_SEQ, T, U, BATCH, FIRST = 23, 20, 12, 4, 1
 
 
@@ -53,8 +55,12 @@ def test_moments_and_density(acts, result):
     centered = a - a.mean(0)
     var = centered.var(0)
     live = var > 0
-    np.testing.assert_allclose(result["skew"][live], (centered**3).mean(0)[live] / var[live] ** 1.5, rtol=1e-3)
-    np.testing.assert_allclose(result["kurtosis"][live], (centered**4).mean(0)[live] / var[live] ** 2, rtol=1e-3)
+    np.testing.assert_allclose(
+        result["skew"][live], (centered**3).mean(0)[live] / var[live] ** 1.5, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        result["kurtosis"][live], (centered**4).mean(0)[live] / var[live] ** 2, rtol=1e-3
+    )
 
 
 def test_histogram_equals_binning_every_activation(acts, result):
@@ -70,7 +76,10 @@ def test_histogram_equals_binning_every_activation(acts, result):
 
 def test_top_and_bottom_examples(acts, result):
     body = acts[:, FIRST:, :]
-    for name, extreme, k, sign in (("top", body.max(1), CFG.top_k, 1), ("bottom", body.min(1), CFG.bottom_k, -1)):
+    for name, extreme, k, sign in (
+        ("top", body.max(1), CFG.top_k, 1),
+        ("bottom", body.min(1), CFG.bottom_k, -1),
+    ):
         got = result[name]
         for u in range(U):
             order = np.argsort(-sign * extreme[:, u], kind="stable")
@@ -118,7 +127,9 @@ def test_quantile_groups_split_the_sorted_sample(result):
         for g, name in enumerate(groups):
             rows = (table["unit"] == u) & (table["bucket"] == name)
             expected = values[[i for i in range(n) if i * CFG.quantile_groups // n == g]][::-1]
-            acts_at_pos = [a[p - s] for a, p, s in zip(table["acts"][rows], table["pos"][rows], table["start"][rows])]
+            acts_at_pos = [
+                a[p - s] for a, p, s in zip(table["acts"][rows], table["pos"][rows], table["start"][rows])
+            ]
             np.testing.assert_array_equal(acts_at_pos, expected)
             np.testing.assert_array_equal(table["rank"][rows], np.arange(len(expected)))
 

@@ -167,7 +167,9 @@ def test_text_probe(dash_duo, probe_store):
 
 
 def test_unit_page_downloads_its_examples(dash_duo, synthetic_store, tmp_path):
-    dash_duo.driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    dash_duo.driver.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
     start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
     dash_duo.find_element(".nd-downloads button:nth-of-type(2)").click()  # JSONL

@@ -20,7 +20,9 @@ REF = UnitRef("L1.mlp", 5)
 
 def frontier(activation: float, tokens=XSS_TOKENS[:3]) -> Frontier:
     prompts = (
-        FoundPrompt((1, 2, 3), tuple(tokens), "".join(tokens), activation / 2, 3.5, (0.1, 0.2, activation / 2)),
+        FoundPrompt(
+            (1, 2, 3), tuple(tokens), "".join(tokens), activation / 2, 3.5, (0.1, 0.2, activation / 2)
+        ),
         FoundPrompt((4, 5, 6), ("a", "\n", "b"), "a\nb", activation, 7.25, (0.0, -0.3, activation)),
     )
     return Frontier(REF, "synthetic", 3, 5, 0, 2.0, prompts, 12.0, {"batch": 96})
@@ -70,9 +72,12 @@ def test_a_finished_run_is_shown_from_its_json():
 
 @pytest.mark.parametrize(
     "unit_ref, length, steps, message",
-    [("L1.mlp/5", None, 3, "Give a length"), ("L1.mlp/5", 4, 0, "Give a length"),
-     ("L1.mlp/99", 4, 2, "Cannot maximize: unit 99 is out of range"),
-     ("L1.mlp/5", 99, 2, "Cannot maximize: --length")],
+    [
+        ("L1.mlp/5", None, 3, "Give a length"),
+        ("L1.mlp/5", 4, 0, "Give a length"),
+        ("L1.mlp/99", 4, 2, "Cannot maximize: unit 99 is out of range"),
+        ("L1.mlp/5", 99, 2, "Cannot maximize: --length"),
+    ],
 )
 def test_the_job_explains_bad_input(store_with_runs, unit_ref, length, steps, message):
     data, status = maximize_panel.maximize_job(lambda _: None, str(store_with_runs), unit_ref, length, steps)

@@ -313,7 +313,9 @@ def test_a_store_with_sae_features(tmp_path):
     neuron = render(mixed, unit.layout, source_id="L1.mlp", index="4")
     assert _link_hrefs(neuron, "L1.mlp") == ["/unit/L1.sae/4", "/unit/L1.sae/0", "/unit/L1.sae/1"]
     assert {"50.0%", "30.0%", "20.0%"} <= set(texts(neuron))
-    assert not _link_hrefs(render(mixed, unit.layout, source_id="L0.mlp", index="4"), "L0.mlp"), "no SAE on layer 0"
+    assert not _link_hrefs(render(mixed, unit.layout, source_id="L0.mlp", index="4"), "L0.mlp"), (
+        "no SAE on layer 0"
+    )
     dead = render(mixed, unit.layout, source_id="L1.sae", index="4")
     assert any(t.startswith("Dead: this unit never fired") for t in texts(dead))
     assert not any(t.startswith("Dead:") for t in texts(feature))
@@ -329,7 +331,9 @@ def test_a_store_with_sae_features(tmp_path):
 
 def _link_hrefs(page, own: str) -> list[str]:
     """The units of other sources than ``own`` that a page links to (through an SAE decoder)."""
-    links = [c.href for c in find(page, lambda c: isinstance(c, dcc.Link) and "nd-neighbor-link" in c.className)]
+    links = [
+        c.href for c in find(page, lambda c: isinstance(c, dcc.Link) and "nd-neighbor-link" in c.className)
+    ]
     return [href for href in links if href.split("/")[2] != own]
 
 

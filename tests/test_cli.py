@@ -74,7 +74,9 @@ def test_unknown_text_column(capsys, tiny_model_dir, tmp_path):
 
 def test_layer_out_of_range(capsys, tiny_model_dir, docs_jsonl, tmp_path):
     out = tmp_path / "s.duckdb"
-    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "0,5"))
+    code, err = run_cli(
+        capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "0,5")
+    )
     assert_failed(code, err, "layer 5 is out of range", out)
 
 
@@ -148,10 +150,20 @@ def test_precompute_and_info(capsys, tiny_model_dir, docs_jsonl, tmp_path):
 
 
 def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "neurodash.cli", *precompute_args(model, out, "--dataset", str(corpus), *extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neurodash.cli",
+        *precompute_args(model, out, "--dataset", str(corpus), *extra),
+    ]
     cmd[cmd.index("--tokens") + 1] = "10000000"  # long enough to interrupt mid-stream
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 # tqdm's "precompute" bar once it counts tokens: a batch went through the model into the partial store
@@ -238,7 +250,9 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
     with Store(store) as s:
         assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp", "L15.sae"]
         sae = s.source("L15.sae")
-        assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(sae.config["sae_metrics"])
+        assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(
+            sae.config["sae_metrics"]
+        )
     built = store.stat().st_mtime_ns
     assert main(["demo", "--no-serve"]) == 0
     assert store.stat().st_mtime_ns == built, "a second run reuses the store"
@@ -246,8 +260,12 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
 
 def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs_jsonl, tmp_path):
     out = tmp_path / "s.duckdb"
-    code, err = run_cli(capsys, *precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl),
-                                                "--sae", str(tmp_path / "no-such-sae")))
+    code, err = run_cli(
+        capsys,
+        *precompute_args(
+            tiny_model_dir, out, "--dataset", str(docs_jsonl), "--sae", str(tmp_path / "no-such-sae")
+        ),
+    )
     assert_failed(code, err, "no-such-sae", out)
 
 
@@ -282,11 +300,26 @@ def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_p
         sets.add_top(s, "only-in-mine", "L1.mlp/5")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "neurodash.cli", "serve", str(store), "--port", str(port), "--sets-file", str(chosen)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neurodash.cli",
+        "serve",
+        str(store),
+        "--port",
+        str(port),
+        "--sets-file",
+        str(chosen),
+    ]
     log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would stop the server
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")},
+        )
     driver = None
     try:
         _wait_until_serving(proc, url)
@@ -298,7 +331,11 @@ def test_serve_reads_and_writes_the_sets_file_it_is_given(synthetic_store, tmp_p
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".nd-remove")) == 20)
         assert f"kept in {chosen}." in driver.find_element(By.TAG_NAME, "body").text
         driver.find_elements(By.CSS_SELECTOR, ".nd-remove")[3].click()  # top #3
-        wait.until(lambda d: "removed L1N5 top #3 from 'only-in-mine'" in d.find_element(By.ID, ids.SETS_FEEDBACK).text)
+        wait.until(
+            lambda d: (
+                "removed L1N5 top #3 from 'only-in-mine'" in d.find_element(By.ID, ids.SETS_FEEDBACK).text
+            )
+        )
         assert len(driver.find_elements(By.CSS_SELECTOR, ".nd-remove")) == 19
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     except Exception:

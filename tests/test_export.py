@@ -38,8 +38,17 @@ SOURCES = (
     Source("L1.mlp", "test", "blocks.1.mlp.hook_post", NEURON, 1, 6, 192),
     Source("L1.sae.res", "test", "blocks.1.hook_resid_post", SAE_FEATURE, 1, 4, 192, sae="res"),
 )
-PLAN = [("top", 0), ("top", 1), ("top", 2), ("q0.80", 0), ("q0.40", 0), ("q0.40", 1), ("q0.00", 0),
-        ("bottom", 0), ("bottom", 1)]
+PLAN = [
+    ("top", 0),
+    ("top", 1),
+    ("top", 2),
+    ("q0.80", 0),
+    ("q0.40", 0),
+    ("q0.40", 1),
+    ("q0.00", 0),
+    ("bottom", 0),
+    ("bottom", 1),
+]
 DEAD = UnitRef("L0.mlp", 5)  # a unit without examples
 CTX, WINDOW, N_SEQ = 16, 8, 12
 FORMATS = ("csv", "jsonl", "parquet")
@@ -51,19 +60,42 @@ def build_store(path: Path, tokens: tuple[str, ...] = XSS_TOKENS + AWKWARD_TOKEN
     vocab = ["<bos>", *tokens, *(f" w{i}" for i in range(20))]
     with StoreWriter(path, overwrite=True) as w:
         w.set_meta(model="test <b>model</b>", dataset="test-data", ctx=CTX, n_tokens=N_SEQ * CTX)
-        w.append("vocab", {"model": ["test"] * len(vocab), "token_id": np.arange(len(vocab), dtype=np.int32),
-                           "token": vocab})
-        w.append("sequences", {"seq_id": np.arange(N_SEQ, dtype=np.int64), "doc_id": np.arange(N_SEQ, dtype=np.int64),
-                               "start": np.zeros(N_SEQ, dtype=np.int64),
-                               "token_ids": rng.integers(0, len(vocab), (N_SEQ, CTX), dtype=np.int32)})
+        w.append(
+            "vocab",
+            {
+                "model": ["test"] * len(vocab),
+                "token_id": np.arange(len(vocab), dtype=np.int32),
+                "token": vocab,
+            },
+        )
+        w.append(
+            "sequences",
+            {
+                "seq_id": np.arange(N_SEQ, dtype=np.int64),
+                "doc_id": np.arange(N_SEQ, dtype=np.int64),
+                "start": np.zeros(N_SEQ, dtype=np.int64),
+                "token_ids": rng.integers(0, len(vocab), (N_SEQ, CTX), dtype=np.int32),
+            },
+        )
         examples = []
         for s in SOURCES:
             w.add_source(s)
             w.append("units", _units(s))
-            w.append("scores", {"source_id": [s.source_id] * s.n_units, "unit": np.arange(s.n_units, dtype=np.int32),
-                                "metric": ["polysemanticity"] * s.n_units, "value": np.arange(s.n_units) / 10})
-            examples += [_example(rng, s.source_id, u, b, r) for u in range(s.n_units) for b, r in PLAN
-                         if UnitRef(s.source_id, u) != DEAD]
+            w.append(
+                "scores",
+                {
+                    "source_id": [s.source_id] * s.n_units,
+                    "unit": np.arange(s.n_units, dtype=np.int32),
+                    "metric": ["polysemanticity"] * s.n_units,
+                    "value": np.arange(s.n_units) / 10,
+                },
+            )
+            examples += [
+                _example(rng, s.source_id, u, b, r)
+                for u in range(s.n_units)
+                for b, r in PLAN
+                if UnitRef(s.source_id, u) != DEAD
+            ]
         rows = [examples[i] for i in rng.permutation(len(examples))]
         w.append("examples", {k: [row[k] for row in rows] for k in rows[0]})
         return w.commit()
@@ -73,11 +105,18 @@ def _units(s: Source) -> dict:
     n = s.n_units
     units = np.arange(n)
     return {
-        "source_id": [s.source_id] * n, "unit": units.astype(np.int32),
-        "max_act": (1 + units * 0.5 + s.layer).astype(np.float32), "min_act": np.full(n, -0.5, np.float32),
-        "mean_act": np.zeros(n, np.float32), "std_act": np.ones(n, np.float32), "skew": np.zeros(n, np.float32),
-        "kurtosis": np.zeros(n, np.float32), "density": ((units + 1) / 10).astype(np.float32),
-        "n_tokens": np.full(n, N_SEQ * CTX, np.int64), "hist_edges": [[0.0, 1.0]] * n, "hist_counts": [[1]] * n,
+        "source_id": [s.source_id] * n,
+        "unit": units.astype(np.int32),
+        "max_act": (1 + units * 0.5 + s.layer).astype(np.float32),
+        "min_act": np.full(n, -0.5, np.float32),
+        "mean_act": np.zeros(n, np.float32),
+        "std_act": np.ones(n, np.float32),
+        "skew": np.zeros(n, np.float32),
+        "kurtosis": np.zeros(n, np.float32),
+        "density": ((units + 1) / 10).astype(np.float32),
+        "n_tokens": np.full(n, N_SEQ * CTX, np.int64),
+        "hist_edges": [[0.0, 1.0]] * n,
+        "hist_counts": [[1]] * n,
     }
 
 
@@ -85,17 +124,37 @@ def _example(rng: np.random.Generator, source_id: str, unit: int, bucket: str, r
     start = int(rng.integers(0, CTX - WINDOW + 1))
     acts = rng.normal(0, 1, WINDOW).astype(np.float32)
     acts[0] = 0.1  # not a float32 in decimal: must round-trip exactly anyway
-    return {"source_id": source_id, "unit": unit, "bucket": bucket, "rank": rank,
-            "seq_id": int(rng.integers(0, N_SEQ)), "pos": start + int(rng.integers(0, WINDOW)), "start": start,
-            "acts": acts.tolist()}
+    return {
+        "source_id": source_id,
+        "unit": unit,
+        "bucket": bucket,
+        "rank": rank,
+        "seq_id": int(rng.integers(0, N_SEQ)),
+        "pos": start + int(rng.integers(0, WINDOW)),
+        "start": start,
+        "acts": acts.tolist(),
+    }
 
 
 def expected_rows(store: Store, refs: list[UnitRef], buckets: list[str] | None = None) -> list[dict]:
     """What an export of ``refs`` must hold, straight from ``Store.examples``."""
     return [
-        {"unit": str(ref), "source_id": ref.source_id, "unit_index": ref.unit, "layer": store.source(ref.source_id).layer,
-         "bucket": e.bucket, "rank": e.rank, "seq_id": e.seq_id, "pos": e.pos, "start": e.start, "value": e.value,
-         "max_token": e.tokens[e.pos - e.start], "text": e.text, "tokens": list(e.tokens), "acts": list(e.acts)}
+        {
+            "unit": str(ref),
+            "source_id": ref.source_id,
+            "unit_index": ref.unit,
+            "layer": store.source(ref.source_id).layer,
+            "bucket": e.bucket,
+            "rank": e.rank,
+            "seq_id": e.seq_id,
+            "pos": e.pos,
+            "start": e.start,
+            "value": e.value,
+            "max_token": e.tokens[e.pos - e.start],
+            "text": e.text,
+            "tokens": list(e.tokens),
+            "acts": list(e.acts),
+        }
         for ref in refs
         for e in store.examples(ref, buckets)
     ]
@@ -107,7 +166,10 @@ def all_refs(store: Store) -> list[UnitRef]:
 
 def records(df: pd.DataFrame) -> list[dict]:
     """Rows as plain Python values (a missing note as None)."""
-    rows = [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in df.to_dict("records")]
+    rows = [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in df.to_dict("records")
+    ]
     for row in rows:
         if "note" in row and not isinstance(row["note"], str):
             row["note"] = None
@@ -188,11 +250,17 @@ def units_of(store, **kw) -> list[str]:
 
 def test_selection_criteria_narrow(store):
     assert len(units_of(store)) == 16
-    assert units_of(store, layers=[1]) == [f"L1.mlp/{u}" for u in range(6)] + [f"L1.sae.res/{u}" for u in range(4)]
+    assert units_of(store, layers=[1]) == [f"L1.mlp/{u}" for u in range(6)] + [
+        f"L1.sae.res/{u}" for u in range(4)
+    ]
     assert units_of(store, sources=["L1.sae.res"], units=["L1F3", "L0N1"]) == ["L1.sae.res/3"]
     assert units_of(store, units=["L0.mlp/2", "L0N1", "L0N1"]) == ["L0.mlp/1", "L0.mlp/2"]
     assert units_of(store, sources=["L0.mlp"], ranges=[("density", 0.25, 0.45)]) == ["L0.mlp/2", "L0.mlp/3"]
-    assert units_of(store, layers=[0], ranges={"max_act": (None, 2.0)}) == ["L0.mlp/0", "L0.mlp/1", "L0.mlp/2"]
+    assert units_of(store, layers=[0], ranges={"max_act": (None, 2.0)}) == [
+        "L0.mlp/0",
+        "L0.mlp/1",
+        "L0.mlp/2",
+    ]
     assert units_of(store, sources=["L1.mlp"], ranges=[("polysemanticity", 0.45, None)]) == ["L1.mlp/5"]
     assert units_of(store, layers=[0], sources=["L1.mlp"]) == []
 
@@ -302,9 +370,33 @@ def test_html_report_is_inert_markup(store, tmp_path):
     out = export(store, Selection(layers=[0], buckets=["top", "bottom"]), None, tmp_path / "r.html")
     parser = Tags()
     parser.feed(out.read_text(encoding="utf-8"))
-    assert parser.tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "section",
-                           "details", "summary", "div", "span"}
-    assert parser.attrs <= {"lang", "charset", "http-equiv", "content", "class", "id", "style", "title", "open"}
+    assert parser.tags <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "p",
+        "section",
+        "details",
+        "summary",
+        "div",
+        "span",
+    }
+    assert parser.attrs <= {
+        "lang",
+        "charset",
+        "http-equiv",
+        "content",
+        "class",
+        "id",
+        "style",
+        "title",
+        "open",
+    }
     text = "".join(parser.text)
     for token in XSS_TOKENS:
         assert token in text
@@ -332,7 +424,9 @@ def test_sets_crud(store, sets):
     assert sets.add_top(store, "paper", "L1F2", note="figure 3") == 3  # a new set
     assert [(s.name, s.n_examples) for s in sets.all()] == [("paper", 3), ("probing", 2)]
     items = records(sets.items("probing"))
-    assert [(i["source_id"], i["unit"], i["bucket"], i["rank"], i["seq_id"], i["pos"], i["note"]) for i in items] == [
+    assert [
+        (i["source_id"], i["unit"], i["bucket"], i["rank"], i["seq_id"], i["pos"], i["note"]) for i in items
+    ] == [
         ("L0.mlp", 1, "top", 2, first.seq_id, first.pos, "fires on quotes"),
         ("L1.mlp", 3, second.bucket, second.rank, second.seq_id, second.pos, None),
     ]
@@ -388,7 +482,9 @@ def test_export_a_set(store, sets, tmp_path):
     for fmt in FORMATS:
         got = read_back(export(store, sel, fmt, tmp_path / f"x.{fmt}", sets_file=sets.path), fmt)
         assert [{**r, "note": r["note"] or None} for r in got] == want
-    narrowed = examples_frame(store, Selection(set_name="paper", layers=[0], buckets=["bottom"]), sets_file=sets.path)
+    narrowed = examples_frame(
+        store, Selection(set_name="paper", layers=[0], buckets=["bottom"]), sets_file=sets.path
+    )
     assert records(narrowed) == want[1:2]
     with pytest.raises(NeurodashError, match="no examples"):
         examples_frame(store, Selection(set_name="paper", buckets=["q0.80"]), sets_file=sets.path)
@@ -412,9 +508,14 @@ def test_sets_from_many_threads(store, sets):
 def test_sets_wait_for_another_process_then_give_up(store, sets, monkeypatch):
     sets.create("s")
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(sets.path)!r}); "
-                               "print('open', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys, time; c = duckdb.connect({str(sets.path)!r}); "
+            "print('open', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -437,8 +538,18 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_cli_exports(store_path, store, tmp_path, capsys):
     out = tmp_path / "x.jsonl"
-    code, printed, _ = run_cli(capsys, store_path, "--units", "L0N1,L1.mlp/2", "--units", "L1F0",
-                               "--buckets", "top,q0.4", "--out", out)
+    code, printed, _ = run_cli(
+        capsys,
+        store_path,
+        "--units",
+        "L0N1,L1.mlp/2",
+        "--units",
+        "L1F0",
+        "--buckets",
+        "top,q0.4",
+        "--out",
+        out,
+    )
     assert code == 0 and f"wrote {out}" in printed
     refs = [UnitRef("L0.mlp", 1), UnitRef("L1.mlp", 2), UnitRef("L1.sae.res", 0)]
     assert read_back(out, "jsonl") == expected_rows(store, refs, ["top", "q0.40"])
@@ -446,9 +557,26 @@ def test_cli_exports(store_path, store, tmp_path, capsys):
 
 def test_cli_ranges(store_path, store, tmp_path, capsys):
     out = tmp_path / "x.data"
-    code, _, err = run_cli(capsys, store_path, "--layers", "0-1", "--sources", "L0.mlp", "--min-density", "0.15",
-                           "--max-density", "0.45", "--min-max-act", "2", "--range", "polysemanticity=:0.25",
-                           "--format", "parquet", "--out", out)
+    code, _, err = run_cli(
+        capsys,
+        store_path,
+        "--layers",
+        "0-1",
+        "--sources",
+        "L0.mlp",
+        "--min-density",
+        "0.15",
+        "--max-density",
+        "0.45",
+        "--min-max-act",
+        "2",
+        "--range",
+        "polysemanticity=:0.25",
+        "--format",
+        "parquet",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert pq.read_table(out).to_pylist() == expected_rows(store, [UnitRef("L0.mlp", 2)])
 
@@ -511,8 +639,12 @@ sys.exit(main(sys.argv[1:]))
 def test_interrupted_export_writes_nothing(store_path, tmp_path, fmt, how):
     out = tmp_path / f"x.{fmt}"
     partial = Path(f"{out}.partial")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "export", str(store_path), "--out", str(out)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXPORT, "export", str(store_path), "--out", str(out)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not partial.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

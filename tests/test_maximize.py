@@ -91,14 +91,22 @@ def test_frontier_is_pareto_and_cross_entropy_is_the_models():
 def test_pareto_keeps_exactly_the_undominated():
     from precompute.maximize import Evaluated
 
-    pts = [Evaluated((i,), a, c, (a,)) for i, (a, c) in enumerate([(1, 1), (2, 2), (1.5, 3), (3, 2.5), (0.5, 0.5)])]
+    pts = [
+        Evaluated((i,), a, c, (a,))
+        for i, (a, c) in enumerate([(1, 1), (2, 2), (1.5, 3), (3, 2.5), (0.5, 0.5)])
+    ]
     assert [p.tokens for p in pareto(pts)] == [(4,), (0,), (1,), (3,)]
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"length": 0}, "--length"), ({"length": 65}, "--length"), ({"steps": 0}, "--steps"),
-     ({"penalties": ()}, "penalties"), ({"batch": 2}, "batch")],
+    [
+        ({"length": 0}, "--length"),
+        ({"length": 65}, "--length"),
+        ({"steps": 0}, "--steps"),
+        ({"penalties": ()}, "penalties"),
+        ({"batch": 2}, "batch"),
+    ],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(NeurodashError, match=message):
@@ -148,7 +156,11 @@ def test_a_neurons_found_activations_reproduce_on_a_fresh_forward_pass(tiny_stor
 
     ref = strongest(tiny_store, "L1.mlp")
     frontier = maximize(tiny_store, ref, config=SMALL)
-    assert str(frontier.ref) == ref and frontier.length == 6 and all(len(p.token_ids) == 6 for p in frontier.prompts)
+    assert (
+        str(frontier.ref) == ref
+        and frontier.length == 6
+        and all(len(p.token_ids) == 6 for p in frontier.prompts)
+    )
     bos = json.loads((tiny_model_dir / "config.json").read_text())["bos_token_id"]
     unit = frontier.ref.unit
     check_against_hf(frontier, tiny_model_dir, bos, lambda h: h[:, unit])
@@ -190,8 +202,12 @@ def test_cli_json_matches_the_results_file(tiny_store, capsys):
 
     ref = strongest(tiny_store, "L1.mlp")
     results_path(tiny_store).unlink(missing_ok=True)
-    assert main(["maximize", str(tiny_store), "--unit", f"{ref},L1F0", "--length", "5", "--steps", "2",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["maximize", str(tiny_store), "--unit", f"{ref},L1F0", "--length", "5", "--steps", "2", "--json"]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert [p["unit"] for p in printed] == [ref, "L1.sae/0"]
     saved = MaximizeResults.beside(tiny_store).all()
@@ -201,7 +217,11 @@ def test_cli_json_matches_the_results_file(tiny_store, capsys):
         assert all(set(p) >= {"token_ids", "text", "activation", "cross_entropy"} for p in data["frontier"])
         again = frontier_from_json(data)
         assert (again.ref, again.prompts, again.corpus_max, again.settings) == (
-            frontier.ref, frontier.prompts, frontier.corpus_max, frontier.settings)
+            frontier.ref,
+            frontier.prompts,
+            frontier.corpus_max,
+            frontier.settings,
+        )
     assert MaximizeResults.beside(tiny_store).latest(saved[0].ref) == saved[0]
 
     assert main(["maximize", str(tiny_store), "--unit", ref, "--steps", "1", "--length", "4"]) == 0
@@ -212,9 +232,14 @@ def test_cli_json_matches_the_results_file(tiny_store, capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--unit", "L1N999"], "out of range"), (["--unit", "L7N1"], "no source"), ([], "--unit"),
-     (["--unit", "L1N1", "--length", "0"], "--length"), (["--unit", "L1N1", "--steps", "-1"], "--steps"),
-     (["--units-file", "/no/such/file"], "--units-file")],
+    [
+        (["--unit", "L1N999"], "out of range"),
+        (["--unit", "L7N1"], "no source"),
+        ([], "--unit"),
+        (["--unit", "L1N1", "--length", "0"], "--length"),
+        (["--unit", "L1N1", "--steps", "-1"], "--steps"),
+        (["--units-file", "/no/such/file"], "--units-file"),
+    ],
 )
 def test_cli_bad_input(tiny_store, capsys, args, message):
     from neurodash.cli import main
@@ -239,8 +264,23 @@ def test_units_file_and_results_round_trip(tiny_store, tmp_path, capsys):
     units = tmp_path / "units.txt"
     units.write_text("# two units\nL1N3\nL0N2, L1F1\n")
     out = tmp_path / "mine.duckdb"
-    assert main(["maximize", str(tiny_store), "--units-file", str(units), "--steps", "1", "--length", "3",
-                 "--results", str(out)]) == 0
+    assert (
+        main(
+            [
+                "maximize",
+                str(tiny_store),
+                "--units-file",
+                str(units),
+                "--steps",
+                "1",
+                "--length",
+                "3",
+                "--results",
+                str(out),
+            ]
+        )
+        == 0
+    )
     runs = MaximizeResults(out).all()
     assert [str(r.ref) for r in runs] == ["L1.mlp/3", "L0.mlp/2", "L1.sae/1"]
     assert all(r.prompts and r.created_at is not None for r in runs)

@@ -20,8 +20,15 @@ EXAMPLES = AccumulatorConfig(top_k=4, bottom_k=3, quantile_groups=3, per_group=2
 def store(tiny_model_dir, docs_jsonl, tmp_path_factory) -> Store:
     out = tmp_path_factory.mktemp("store") / "tiny.duckdb"
     cfg = PrecomputeConfig(
-        out=out, model=str(tiny_model_dir), dataset=str(docs_jsonl), tokens=TOKENS, ctx=CTX,
-        batch_size=BATCH, n_logits=5, n_neighbors=3, examples=EXAMPLES,
+        out=out,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        tokens=TOKENS,
+        ctx=CTX,
+        batch_size=BATCH,
+        n_logits=5,
+        n_neighbors=3,
+        examples=EXAMPLES,
     )
     run_precompute(cfg, progress=False)
     return Store(out)
@@ -31,14 +38,18 @@ def store(tiny_model_dir, docs_jsonl, tmp_path_factory) -> Store:
 def hf(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(
+        tiny_model_dir
+    )
 
 
 @pytest.fixture(scope="module")
 def brute(hf, docs_jsonl) -> dict[int, np.ndarray]:
     """Every layer's MLP activation (the input of down_proj) over every window, straight from HF."""
     model, tokenizer = hf
-    windows = torch.cat([b.tokens for b in pack_windows(load_corpus(str(docs_jsonl)), tokenizer, CTX, 64, max_tokens=TOKENS)])
+    windows = torch.cat(
+        [b.tokens for b in pack_windows(load_corpus(str(docs_jsonl)), tokenizer, CTX, 64, max_tokens=TOKENS)]
+    )
     acts: dict[int, list] = {}
     hooks = [
         layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: acts.setdefault(i, []).append(a[0]))
@@ -86,7 +97,9 @@ def test_top_and_bottom_examples(store, brute, layer):
             assert [e.seq_id for e in examples] == expected
             for e in examples:
                 assert e.tokens == store.tokens(brute["tokens"][e.seq_id][e.start : e.start + len(e.acts)])
-                np.testing.assert_allclose(e.acts, acts[e.seq_id, e.start : e.start + len(e.acts), unit], rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(
+                    e.acts, acts[e.seq_id, e.start : e.start + len(e.acts), unit], rtol=1e-4, atol=1e-6
+                )
                 assert e.value == pytest.approx(per_seq[e.seq_id], rel=1e-4, abs=1e-6)
 
 
@@ -139,7 +152,9 @@ def sae_folder(tmp_path_factory) -> str:
     from sae_lens import SAE
 
     torch.manual_seed(1)
-    sae = SAE.from_dict({"architecture": "topk", "d_in": 48, "d_sae": 24, "k": 4, "metadata": {"hook_name": SAE_HOOK}})
+    sae = SAE.from_dict(
+        {"architecture": "topk", "d_in": 48, "d_sae": 24, "k": 4, "metadata": {"hook_name": SAE_HOOK}}
+    )
     folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
     sae.save_model(folder)
     return str(folder)
@@ -149,8 +164,17 @@ def sae_folder(tmp_path_factory) -> str:
 def sae_store(tiny_model_dir, docs_jsonl, sae_folder, tmp_path_factory) -> Store:
     out = tmp_path_factory.mktemp("store") / "tiny-sae.duckdb"
     cfg = PrecomputeConfig(
-        out=out, model=str(tiny_model_dir), dataset=str(docs_jsonl), layers=(0, 1), tokens=TOKENS, ctx=CTX,
-        batch_size=BATCH, n_logits=5, n_neighbors=3, examples=EXAMPLES, saes=(sae_folder,),
+        out=out,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        layers=(0, 1),
+        tokens=TOKENS,
+        ctx=CTX,
+        batch_size=BATCH,
+        n_logits=5,
+        n_neighbors=3,
+        examples=EXAMPLES,
+        saes=(sae_folder,),
     )
     run_precompute(cfg, progress=False)
     return Store(out)
@@ -183,7 +207,9 @@ def test_feature_activations_equal_sae_encode(sae_store, features):
         for e in examples:
             window = features[e.seq_id, e.start : e.start + len(e.acts), unit]
             np.testing.assert_allclose(e.acts, window, rtol=1e-4, atol=1e-5)
-        assert not sae_store.examples(UnitRef("L1.sae", unit), ["bottom"]), "ReLU-type features never go negative"
+        assert not sae_store.examples(UnitRef("L1.sae", unit), ["bottom"]), (
+            "ReLU-type features never go negative"
+        )
 
 
 def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf):
@@ -220,8 +246,12 @@ def test_links_between_neurons_and_features(sae_store, sae_folder, features, bru
     for neuron in (0, 17, 47):
         links = sae_store.links(UnitRef("L1.mlp", neuron))
         assert [link.ref for link in links] == [UnitRef("L1.sae", f) for f in np.argsort(-share[neuron])[:3]]
-        np.testing.assert_allclose([link.share for link in links], np.sort(share[neuron])[::-1][:3], rtol=1e-4)
-        np.testing.assert_allclose([link.weight for link in links], W_dec[[link.ref.unit for link in links], neuron], rtol=1e-5)
+        np.testing.assert_allclose(
+            [link.share for link in links], np.sort(share[neuron])[::-1][:3], rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            [link.weight for link in links], W_dec[[link.ref.unit for link in links], neuron], rtol=1e-5
+        )
         p = share[neuron][share[neuron] > 0]
         assert scores.loc[neuron, "sae_features"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
         assert scores.loc[neuron, "sae_features_80"] == np.argmax(np.cumsum(np.sort(p)[::-1]) >= 0.8) + 1

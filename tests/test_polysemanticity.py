@@ -36,7 +36,9 @@ def test_attributed_mass_splits_each_token_among_the_features_that_push_the_neur
     assert mass == pytest.approx(expected)
     assert feature_shares(mass.numpy())[0] == pytest.approx([2 / 3, 0, 1 / 3])
     flipped = attributed_mass(neurons, features, -decoder)  # now only feature 1 pushes neuron 0 up
-    assert flipped == pytest.approx(torch.tensor([[0.0, 4, 0], [0, 0, 0]])), "only features pushing it up count"
+    assert flipped == pytest.approx(torch.tensor([[0.0, 4, 0], [0, 0, 0]])), (
+        "only features pushing it up count"
+    )
 
 
 def test_activation_no_feature_explains_is_left_unattributed():

@@ -24,7 +24,8 @@ def test_the_toy_has_monosemantic_and_polysemantic_neurons(toy):
 
 
 @pytest.mark.parametrize(
-    "metric", ["sae_features", "sae_features_oracle", "context_diversity", "token_diversity", "polysemanticity"]
+    "metric",
+    ["sae_features", "sae_features_oracle", "context_diversity", "token_diversity", "polysemanticity"],
 )
 def test_scores_rank_neurons_by_their_true_number_of_features(toy, metric):
     truth, _, scores = toy

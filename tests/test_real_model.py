@@ -42,7 +42,9 @@ def test_top_examples_reproduce_on_a_fresh_forward_pass(store, model, layer):
         top = store.examples(ref, ["top"])
         assert top, f"{ref} never fired"
         for example in (top[0], top[-1]):
-            (ids,) = store.sql("SELECT token_ids FROM sequences WHERE seq_id = ?", [example.seq_id]).fetchone()
+            (ids,) = store.sql(
+                "SELECT token_ids FROM sequences WHERE seq_id = ?", [example.seq_id]
+            ).fetchone()
             acts = model.activations(torch.tensor([ids]), [mlp_hook(layer)])[mlp_hook(layer)][0, :, unit]
             window = acts[example.start : example.start + len(example.acts)].numpy()
             np.testing.assert_allclose(example.acts, window, rtol=1e-3, atol=1e-4)

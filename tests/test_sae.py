@@ -41,8 +41,15 @@ def trained(tiny_model_dir, docs_jsonl, tmp_path_factory):
     """An SAE trained by ``train_sae`` on the tiny Llama over a few thousand tokens of real text."""
     out = tmp_path_factory.mktemp("sae") / "tiny-sae"
     cfg = TrainSAEConfig(
-        out=out, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl), tokens=4096, ctx=64,
-        batch_size=8, eval_tokens=1024, sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
+        out=out,
+        hook=HOOK,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        tokens=4096,
+        ctx=64,
+        batch_size=8,
+        eval_tokens=1024,
+        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
     )
     return train_sae(cfg, progress=False)
 
@@ -52,7 +59,9 @@ def save_sae(folder: Path, architecture: str = "topk", d_in: int = 48, hook: str
     from sae_lens import SAE
 
     metadata = {"hook_name": hook} if hook else {}
-    sae = SAE.from_dict({"architecture": architecture, "d_in": d_in, "d_sae": 16, "k": 4, "metadata": metadata})
+    sae = SAE.from_dict(
+        {"architecture": architecture, "d_in": d_in, "d_sae": 16, "k": 4, "metadata": metadata}
+    )
     sae.save_model(folder)
     return folder
 
@@ -137,7 +146,9 @@ def test_residual_directions_go_through_W_out(trained, tiny_model):
 def test_existing_out_is_refused(trained, tiny_model_dir, docs_jsonl):
     before = sorted(p.name for p in trained.path.iterdir())
     with pytest.raises(NeurodashError, match="exists: pass --overwrite"):
-        train_sae(TrainSAEConfig(out=trained.path, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl)))
+        train_sae(
+            TrainSAEConfig(out=trained.path, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl))
+        )
     assert sorted(p.name for p in trained.path.iterdir()) == before
 
 
@@ -176,11 +187,17 @@ def test_missing_weights(tmp_path):
         load_sae(folder)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda cfg: cfg.pop("d_sae"), "cannot load the SAE in .*: .*d_sae"),
-    (lambda cfg: cfg.update(architecture="no-such-arch"), "unknown SAE architecture 'no-such-arch' .*topk"),
-    (lambda cfg: cfg.update(d_in=40), "cannot load the SAE in .*size"),  # the weights are 48 wide
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda cfg: cfg.pop("d_sae"), "cannot load the SAE in .*: .*d_sae"),
+        (
+            lambda cfg: cfg.update(architecture="no-such-arch"),
+            "unknown SAE architecture 'no-such-arch' .*topk",
+        ),
+        (lambda cfg: cfg.update(d_in=40), "cannot load the SAE in .*size"),  # the weights are 48 wide
+    ],
+)
 def test_config_sae_lens_rejects(tmp_path, edit, message):
     folder = save_sae(tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())
@@ -198,7 +215,9 @@ def test_sae_without_a_hook(tmp_path):
 
 def test_wrong_d_in_for_the_hook(tmp_path, tiny_model):
     sae = load_sae(save_sae(tmp_path / "sae", d_in=40))
-    with pytest.raises(NeurodashError, match=f"reads 40-dimensional activations but {HOOK} of model .* has 48"):
+    with pytest.raises(
+        NeurodashError, match=f"reads 40-dimensional activations but {HOOK} of model .* has 48"
+    ):
         sae.check_fits(tiny_model)
 
 
@@ -214,15 +233,21 @@ def test_missing_folder(tmp_path):
 
 
 def test_unknown_release():
-    with pytest.raises(NeurodashError, match="neither an SAE folder nor a SAELens release: no release "
-                                             "'gpt2-small-res-jbb' \\(did you mean gpt2-small-res-jb") as e:
+    with pytest.raises(
+        NeurodashError,
+        match="neither an SAE folder nor a SAELens release: no release "
+        "'gpt2-small-res-jbb' \\(did you mean gpt2-small-res-jb",
+    ) as e:
         load_sae("gpt2-small-res-jbb/blocks.8.hook_resid_pre")
     assert "get_pretrained_saes_directory" in str(e.value)
 
 
 def test_unknown_sae_id_in_a_release():
-    with pytest.raises(NeurodashError, match="release 'gpt2-small-res-jb' has no SAE 'blocks.99.x'; name one as "
-                                             "gpt2-small-res-jb/SAE_ID: blocks.0"):
+    with pytest.raises(
+        NeurodashError,
+        match="release 'gpt2-small-res-jb' has no SAE 'blocks.99.x'; name one as "
+        "gpt2-small-res-jb/SAE_ID: blocks.0",
+    ):
         load_sae("gpt2-small-res-jb/blocks.99.x")
 
 
@@ -239,8 +264,11 @@ def offline_hub(monkeypatch, tmp_path):
 
 def test_release_offline(offline_hub):
     started = time.perf_counter()
-    with pytest.raises(NeurodashError, match="cannot load SAE 'gpt2-small-res-jb/blocks.8.hook_resid_pre': it is "
-                                             "not cached and the Hugging Face hub is not reachable from here"):
+    with pytest.raises(
+        NeurodashError,
+        match="cannot load SAE 'gpt2-small-res-jb/blocks.8.hook_resid_pre': it is "
+        "not cached and the Hugging Face hub is not reachable from here",
+    ):
         load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
     assert time.perf_counter() - started < 15  # at once: no network timeouts
 
@@ -263,8 +291,25 @@ def assert_failed(code: int, err: str, fragment: str) -> None:
 def test_cli_trains_and_prints_metrics(capsys, tiny_model_dir, docs_jsonl, tmp_path):
     out = tmp_path / "cli-sae"
     code, stdout, err = train_sae_cli(
-        capsys, "--model", str(tiny_model_dir), "--dataset", str(docs_jsonl), "--hook", HOOK, "--d-sae", "64",
-        "--k", "4", "--tokens", "1024", "--ctx", "32", "--batch-tokens", "128", "--out", str(out),
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(docs_jsonl),
+        "--hook",
+        HOOK,
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "1024",
+        "--ctx",
+        "32",
+        "--batch-tokens",
+        "128",
+        "--out",
+        str(out),
     )
     assert code == 0, err
     assert f"wrote {out}" in stdout
@@ -272,22 +317,28 @@ def test_cli_trains_and_prints_metrics(capsys, tiny_model_dir, docs_jsonl, tmp_p
     assert load_sae(out).d_sae == 64
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--hook", "blocks.9.mlp.hook_post"], "has no hook 'blocks.9.mlp.hook_post'"),
-    (["--hook", HOOK, "--k", "100"], "--k 100 is more than --d-sae 64"),
-    (["--hook", HOOK, "--d-sae", "0"], "--d-sae must be at least 1"),
-    (["--hook", HOOK, "--dataset", "no-such-dataset-xyz"], "cannot load dataset 'no-such-dataset-xyz'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--hook", "blocks.9.mlp.hook_post"], "has no hook 'blocks.9.mlp.hook_post'"),
+        (["--hook", HOOK, "--k", "100"], "--k 100 is more than --d-sae 64"),
+        (["--hook", HOOK, "--d-sae", "0"], "--d-sae must be at least 1"),
+        (["--hook", HOOK, "--dataset", "no-such-dataset-xyz"], "cannot load dataset 'no-such-dataset-xyz'"),
+    ],
+)
 def test_cli_bad_input(capsys, tiny_model_dir, tmp_path, args, fragment):
     out = tmp_path / "sae"
-    code, _, err = train_sae_cli(capsys, "--model", str(tiny_model_dir), "--d-sae", "64", *args, "--out", str(out))
+    code, _, err = train_sae_cli(
+        capsys, "--model", str(tiny_model_dir), "--d-sae", "64", *args, "--out", str(out)
+    )
     assert_failed(code, err, fragment)
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
 def test_cli_unknown_model(capsys, tmp_path):
-    code, _, err = train_sae_cli(capsys, "--model", "no-such-org/no-such-model", "--hook", HOOK,
-                                 "--out", str(tmp_path / "sae"))
+    code, _, err = train_sae_cli(
+        capsys, "--model", "no-such-org/no-such-model", "--hook", HOOK, "--out", str(tmp_path / "sae")
+    )
     assert_failed(code, err, "cannot load model 'no-such-org/no-such-model'")
 
 
@@ -309,12 +360,35 @@ def test_interrupted_training_keeps_the_old_sae(tmp_path, tiny_model_dir, docs_j
     corpus = tmp_path / "long.jsonl"
     corpus.write_text(docs_jsonl.read_text() * 10)
     log = tmp_path / "stderr.txt"
-    cmd = [sys.executable, "-m", "neurodash.cli", "train-sae", "--model", str(tiny_model_dir), "--dataset", str(corpus),
-           "--hook", HOOK, "--d-sae", "64", "--k", "4", "--tokens", "200000", "--ctx", "32", "--batch-tokens", "128",
-           "--out", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neurodash.cli",
+        "train-sae",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(corpus),
+        "--hook",
+        HOOK,
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "200000",
+        "--ctx",
+        "32",
+        "--batch-tokens",
+        "128",
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     deadline = time.monotonic() + 120
     while "train-sae:" not in log.read_text():
         assert proc.poll() is None, log.read_text()

@@ -47,19 +47,36 @@ def frontier_figure(frontier: Frontier) -> dict:
         "hovertemplate": "%{customdata}<br>activation %{y:.3f} · cross-entropy %{x:.2f}<extra></extra>",
     }
     reference = {
-        "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": frontier.corpus_max,
-        "y1": frontier.corpus_max, "line": {"dash": "dash", "color": "#667085", "width": 1},
+        "type": "line",
+        "xref": "paper",
+        "x0": 0,
+        "x1": 1,
+        "yref": "y",
+        "y0": frontier.corpus_max,
+        "y1": frontier.corpus_max,
+        "line": {"dash": "dash", "color": "#667085", "width": 1},
     }
     label = {
-        "xref": "paper", "x": 0.0, "xanchor": "left", "y": frontier.corpus_max, "yanchor": "bottom",
-        "text": f"best corpus example {frontier.corpus_max:.3f}", "showarrow": False,
+        "xref": "paper",
+        "x": 0.0,
+        "xanchor": "left",
+        "y": frontier.corpus_max,
+        "yanchor": "bottom",
+        "text": f"best corpus example {frontier.corpus_max:.3f}",
+        "showarrow": False,
         "font": {"size": 11, "color": "#667085"},
     }
     layout = render._layout(
         height=280,
-        xaxis={"title": {"text": "cross-entropy (nats per token; lower is more fluent)"}, "gridcolor": "#eee"},
-        yaxis={"title": {"text": "activation at the last token"}, "gridcolor": "#eee",
-               "rangemode": "tozero" if frontier.corpus_max > 0 else "normal"},
+        xaxis={
+            "title": {"text": "cross-entropy (nats per token; lower is more fluent)"},
+            "gridcolor": "#eee",
+        },
+        yaxis={
+            "title": {"text": "activation at the last token"},
+            "gridcolor": "#eee",
+            "rangemode": "tozero" if frontier.corpus_max > 0 else "normal",
+        },
         shapes=[reference],
         annotations=[label],
     )
@@ -71,15 +88,20 @@ def prompt_rows(frontier: Frontier) -> html.Div:
     max_abs = max([abs(a) for p in frontier.prompts for a in p.acts] + [abs(frontier.corpus_max), 1e-9])
     rows = []
     for p in sorted(frontier.prompts, key=lambda p: -p.activation):
-        rows.append(html.Div(
-            [
-                html.Span(f"{p.activation:+.3f}", className="nd-value",
-                          title=f"activation at the last token; cross-entropy {p.cross_entropy:.2f}"),
-                html.Span(f"CE {p.cross_entropy:.2f}", className="nd-value nd-muted"),
-                render.token_row(p.tokens, p.acts, max_abs, len(p.tokens) - 1),
-            ],
-            className="nd-example",
-        ))
+        rows.append(
+            html.Div(
+                [
+                    html.Span(
+                        f"{p.activation:+.3f}",
+                        className="nd-value",
+                        title=f"activation at the last token; cross-entropy {p.cross_entropy:.2f}",
+                    ),
+                    html.Span(f"CE {p.cross_entropy:.2f}", className="nd-value nd-muted"),
+                    render.token_row(p.tokens, p.acts, max_abs, len(p.tokens) - 1),
+                ],
+                className="nd-example",
+            )
+        )
     return html.Div(rows, className="nd-examples")
 
 
@@ -88,7 +110,11 @@ def show(frontier: Frontier | None) -> list:
     if frontier is None or not frontier.prompts:
         return [html.P("No maximization run for this unit yet: press Maximize.", className="nd-muted")]
     best = frontier.best
-    ratio = f" ({best.activation / frontier.corpus_max:.2f}x the best corpus example)" if frontier.corpus_max > 0 else ""
+    ratio = (
+        f" ({best.activation / frontier.corpus_max:.2f}x the best corpus example)"
+        if frontier.corpus_max > 0
+        else ""
+    )
     when = f", {frontier.created_at:%Y-%m-%d %H:%M} UTC" if frontier.created_at else ""
     return [
         html.P(
@@ -104,8 +130,14 @@ def show(frontier: Frontier | None) -> list:
 
 def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
     """The panel, with the unit's latest run drawn at once."""
-    number = {"type": "number", "step": 1, "min": 1, "debounce": True, "style": {"width": "88px"},
-              "className": "nd-button"}
+    number = {
+        "type": "number",
+        "step": 1,
+        "min": 1,
+        "debounce": True,
+        "style": {"width": "88px"},
+        "className": "nd-button",
+    }
     return render.panel(
         "Activation maximization",
         html.P(
@@ -123,9 +155,13 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
                 html.Span("steps", className="nd-muted"),
                 dcc.Input(id=ids.MAXIMIZE_STEPS, value=DEFAULT_STEPS, max=MAX_STEPS, **number),
                 html.Div(
-                    [html.Progress(id=ids.MAXIMIZE_PROGRESS, value="0", max=str(DEFAULT_STEPS)),
-                     html.Span(id=ids.MAXIMIZE_STAGE, className="nd-muted")],
-                    id=ids.MAXIMIZE_PROGRESS_BOX, className="nd-progress", style={"display": "none"},
+                    [
+                        html.Progress(id=ids.MAXIMIZE_PROGRESS, value="0", max=str(DEFAULT_STEPS)),
+                        html.Span(id=ids.MAXIMIZE_STAGE, className="nd-muted"),
+                    ],
+                    id=ids.MAXIMIZE_PROGRESS_BOX,
+                    className="nd-progress",
+                    style={"display": "none"},
                 ),
                 html.Span(id=ids.MAXIMIZE_STATUS, className="nd-status"),
             ],
@@ -167,7 +203,9 @@ def maximize_job(
         config = MaximizeConfig(length=length, steps=steps)
         set_progress(("0", str(steps), "Loading the model…"))
         frontier = maximize(
-            store_path, unit, config=config,
+            store_path,
+            unit,
+            config=config,
             progress=lambda done, total: set_progress((str(done), str(total), f"step {done} of {total}")),
         )
         MaximizeResults.beside(store_path).save(frontier)
@@ -194,8 +232,13 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         State(ids.MAXIMIZE_LENGTH, "value"),
         State(ids.MAXIMIZE_STEPS, "value"),
         **jobs.background_options(
-            ids.MAXIMIZE_RUN, ids.MAXIMIZE_CANCEL, ids.MAXIMIZE_PROGRESS, ids.MAXIMIZE_PROGRESS_BOX,
-            ids.MAXIMIZE_STAGE, DEFAULT_STEPS, interval_ms=500,
+            ids.MAXIMIZE_RUN,
+            ids.MAXIMIZE_CANCEL,
+            ids.MAXIMIZE_PROGRESS,
+            ids.MAXIMIZE_PROGRESS_BOX,
+            ids.MAXIMIZE_STAGE,
+            DEFAULT_STEPS,
+            interval_ms=500,
         ),
     )
     def run_maximize(set_progress, _clicks, unit, length, steps):

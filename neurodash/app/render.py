@@ -108,7 +108,9 @@ def bucket_title(bucket: str) -> str:
     return f"Quantile group {low:.2f}–{min(low + 0.2, 1.0):.2f} of firing tokens"
 
 
-def example_sections(examples: Sequence[Example], max_abs: float, add_buttons: bool = False) -> list[html.Details]:
+def example_sections(
+    examples: Sequence[Example], max_abs: float, add_buttons: bool = False
+) -> list[html.Details]:
     """One collapsible section per bucket, in the given (store) order: top, quantiles, bottom."""
     groups: dict[str, list[Example]] = {}
     for e in examples:
@@ -337,7 +339,10 @@ def unit_link(label: str, ref: UnitRef, **props) -> dcc.Link:
 
 def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div:
     """The nearest units by cosine similarity of output directions, each a link with a bar."""
-    rows = [(label, ref, max(cos, 0), f"{cos:.3f}", None) for (ref, cos), label in zip(neighbors, labels, strict=True)]
+    rows = [
+        (label, ref, max(cos, 0), f"{cos:.3f}", None)
+        for (ref, cos), label in zip(neighbors, labels, strict=True)
+    ]
     return bar_list(rows, "No neighbours stored for this unit.")
 
 
@@ -438,8 +443,10 @@ def download_buttons(
         html.Button(fmt.upper(), id={"type": button_type, "fmt": fmt}, className="nd-button nd-step")
         for fmt in formats
     ]
-    return html.Div([html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=download_id)],
-                    className="nd-downloads")
+    return html.Div(
+        [html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=download_id)],
+        className="nd-downloads",
+    )
 
 
 def panel(title: str, *children, class_name: str = "") -> html.Section:

@@ -19,7 +19,12 @@ HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "s
 # The shown units' examples download in one response, held in memory: at most this many
 # (about 1 KB each in CSV); larger selections go through `neurodash export`, which streams.
 MAX_DOWNLOAD_EXAMPLES = 50_000
-BUCKET_CHOICES = {"top": ("top",), "top and bottom": ("top", "bottom"), "quantiles": ("quantiles",), "all": ()}
+BUCKET_CHOICES = {
+    "top": ("top",),
+    "top and bottom": ("top", "bottom"),
+    "quantiles": ("quantiles",),
+    "all": (),
+}
 
 
 def layout(**_query) -> html.Div:
@@ -119,7 +124,9 @@ def units_grid(metrics: list[str], multiple_kinds: bool, hide_dead: bool = False
             "rowHeight": 30,
             "headerHeight": 34,
         },
-        filterModel={"density": {"filterType": "number", "type": "greaterThan", "filter": 0}} if hide_dead else {},
+        filterModel={"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}
+        if hide_dead
+        else {},
         columnSize="responsiveSizeToFit",
         style={"height": "560px", "width": "100%"},
         className="nd-grid",
@@ -144,7 +151,10 @@ def download_bar(choices: list[str]) -> html.Div:
             dcc.RadioItems(choices, choices[0], id=ids.UNITS_DOWNLOAD_BUCKETS, **radio),
             html.Span("as", className="nd-muted"),
             dcc.RadioItems(
-                [{"label": f.upper(), "value": f} for f in FORMATS], "csv", id=ids.UNITS_DOWNLOAD_FORMAT, **radio
+                [{"label": f.upper(), "value": f} for f in FORMATS],
+                "csv",
+                id=ids.UNITS_DOWNLOAD_FORMAT,
+                **radio,
             ),
             html.Button("Download", id=ids.UNITS_DOWNLOAD_BUTTON, className="nd-button nd-step"),
             html.Span(id=ids.UNITS_DOWNLOAD_STATUS, role="status", className="nd-feedback"),

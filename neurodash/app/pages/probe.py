@@ -208,8 +208,13 @@ def register_callbacks(app: Dash, unit_max: dict) -> None:
         State(ids.PROBE_TEXT, "value"),
         State(ids.PROBE_CONFIG, "data"),
         **jobs.background_options(
-            ids.PROBE_RUN, ids.PROBE_CANCEL, ids.PROBE_PROGRESS, ids.PROBE_PROGRESS_BOX, ids.PROBE_STAGE,
-            STAGES, interval_ms=250,
+            ids.PROBE_RUN,
+            ids.PROBE_CANCEL,
+            ids.PROBE_PROGRESS,
+            ids.PROBE_PROGRESS_BOX,
+            ids.PROBE_STAGE,
+            STAGES,
+            interval_ms=250,
         ),
     )
     def run_probe(set_progress, _clicks, text, config):

@@ -75,7 +75,9 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                             render.panel(
                                 f"Nearest units (cosine of {'decoder' if source.kind == SAE_FEATURE else 'output'} "
                                 "directions)",
-                                render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+                                render.neighbor_list(
+                                    neighbors, [unit_label(r, prefixes) for r, _ in neighbors]
+                                ),
                             ),
                             *links_panels(store, ref, prefixes),
                         ],
