@@ -133,21 +133,25 @@ def scoring_overhead(args) -> dict[str, float]:
             [("plain", plain), ("scored", scored)] if i % 2 else [("scored", scored), ("plain", plain)]
         ):
             seconds[name] += update(tracked, acts, batch, name == "scored")
-    with tempfile.TemporaryDirectory() as tmp, StoreWriter(Path(tmp) / "w.duckdb") as writer:
+    with (  # one store each, as two runs would write: one file's inserts would slow the other's
+        tempfile.TemporaryDirectory() as tmp,
+        StoreWriter(Path(tmp) / "plain.duckdb") as plain_writer,
+        StoreWriter(Path(tmp) / "scored.duckdb") as scored_writer,
+    ):
         for t_plain, t_scored in zip(plain, scored):
             started = time.perf_counter()
-            writer.append(
+            plain_writer.append(
                 "examples", examples_table(t_plain.source.source_id, t_plain.acc.result(), cfg.examples)
             )
             seconds["write plain"] += time.perf_counter() - started
             started = time.perf_counter()
             res = t_scored.acc.result()
-            writer.append("examples", examples_table(t_scored.source.source_id, res, cfg.examples))
+            scored_writer.append("examples", examples_table(t_scored.source.source_id, res, cfg.examples))
             tables = polysemanticity_tables(
                 t_scored.source.source_id, res, contexts.mean(t_scored.context_hook), cfg.context_dims
             )
-            writer.append("scores", tables[0])
-            writer.append("clusters", tables[1])
+            scored_writer.append("scores", tables[0])
+            scored_writer.append("clusters", tables[1])
             seconds["write scored"] += time.perf_counter() - started
     return seconds
 
