@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_precompute_args(p: argparse.ArgumentParser) -> None:
+def add_model_and_corpus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="smollm2-135m",
@@ -112,6 +112,10 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default="train", help="dataset split (hub datasets)")
     p.add_argument("--text-column", default="text")
+
+
+def add_precompute_args(p: argparse.ArgumentParser) -> None:
+    add_model_and_corpus_args(p)
     p.add_argument("--layers", default=None, help="e.g. 0-29 or 0,15,29 (default: every layer)")
     p.add_argument("--tokens", type=int, default=DEMO_TOKENS, help="corpus tokens to read")
     p.add_argument("--ctx", type=int, default=128, help="tokens per window")
@@ -133,18 +137,7 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name",
-    )
-    p.add_argument(
-        "--dataset",
-        default="python-docs",
-        help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name",
-    )
-    p.add_argument("--split", default="train", help="dataset split (hub datasets)")
-    p.add_argument("--text-column", default="text")
+    add_model_and_corpus_args(p)
     p.add_argument(
         "--hook", required=True, help="the TransformerLens hook to decompose, e.g. blocks.15.mlp.hook_post"
     )
