@@ -300,9 +300,10 @@ def test_serving_never_imports_torch(synthetic_store):
 
 
 def test_a_store_with_sae_features(tmp_path):
-    mixed = create_app(
-        make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
+    mixed_path = make_synthetic_store(
+        tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,), score_metrics=("polysemanticity",)
     )
+    mixed = create_app(mixed_path)
     page = render(mixed, overview.layout)
     assert "kind" in [c["field"] for c in by_id(page, ids.UNITS_GRID).columnDefs]
     assert by_id(page, ids.UNITS_DATA).data["sources"][-1]["prefix"] == "L1F"
@@ -313,6 +314,21 @@ def test_a_store_with_sae_features(tmp_path):
     neuron = render(mixed, unit.layout, source_id="L1.mlp", index="4")
     assert _link_hrefs(neuron, "L1.mlp") == ["/unit/L1.sae/4", "/unit/L1.sae/0", "/unit/L1.sae/1"]
     assert {"50.0%", "30.0%", "20.0%"} <= set(texts(neuron))
+    behind = find(neuron, lambda c: isinstance(c, dcc.Link) and "nd-strong" in (c.className or ""))
+    assert [(c.children, c.href) for c in behind] == [
+        ("L1F4", "/unit/L1.sae/4"),
+        ("L1F0", "/unit/L1.sae/0"),
+        ("L1F1", "/unit/L1.sae/1"),
+    ]
+    store = Store(mixed_path)
+    strongest = store.examples(UnitRef("L1.sae", 4), ["top"])[0]
+    assert any(
+        t.startswith(
+            f" · 50.0% of this neuron's activation mass · its strongest example, {strongest.value:+.3f}"
+        )
+        for t in texts(neuron)
+    ), "each feature with its own strongest example"
+    assert not find(feature, lambda c: isinstance(c, dcc.Link) and "nd-strong" in (c.className or ""))
     assert not _link_hrefs(render(mixed, unit.layout, source_id="L0.mlp", index="4"), "L0.mlp"), (
         "no SAE on layer 0"
     )

@@ -16,7 +16,7 @@ from dash import html
 
 from neurodash.app import render
 from neurodash.app.data import unit_label
-from neurodash.units import Example, UnitRef
+from neurodash.units import Example, Link, UnitRef
 
 COMBINED = "polysemanticity"
 METRICS = {  # name: (label, what it means)
@@ -137,14 +137,61 @@ def group_list(
     )
 
 
+@dataclass(frozen=True)
+class FeatureBehind:
+    """An SAE feature behind a neuron: its link (share of the neuron's mass), name and strongest example."""
+
+    link: Link
+    label: str
+    example: Example
+
+
+def feature_list(features: Sequence[FeatureBehind], shown: int = 6) -> html.Details:
+    """The SAE features that share the neuron's activation mass, largest share first, each linked
+    and with its own strongest example (coloured by the feature)."""
+    rows = [
+        html.Div(
+            [
+                html.Div(
+                    [
+                        render.unit_link(f.label, f.link.ref, className="nd-strong"),
+                        f" · {f.link.share:.1%} of this neuron's activation mass · its strongest example, "
+                        f"{f.example.value:+.3f} on {f.example.tokens[f.example.pos - f.example.start]!r}",
+                    ],
+                    className="nd-muted",
+                ),
+                render.token_row(f.example.tokens, f.example.acts, max(abs(f.example.value), 1e-9)),
+            ],
+            className="nd-poly-group",
+            style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
+        )
+        for f in features[:shown]
+    ]
+    return html.Details(
+        [
+            html.Summary(
+                [
+                    "SAE features behind it (each feature's strongest example)",
+                    html.Span(f"{len(features)}", className="nd-count"),
+                ]
+            ),
+            html.Div(rows, className="nd-examples"),
+        ],
+        open=False,
+        className="nd-section",
+    )
+
+
 def unit_panel(
     scores: dict[str, float],
     examples: Sequence[Example],
     clusters: dict[tuple[int, int], int],
     max_abs: float,
+    features: Sequence[FeatureBehind] = (),
 ) -> html.Section | None:
     """The unit's polysemanticity scores (hover a card for its meaning) and what makes them: the
-    context clusters and the max tokens of its examples, one example of each. None without scores."""
+    context clusters and the max tokens of its examples, and the SAE features behind a neuron, one
+    example of each. None without scores."""
     if not any(m in scores for m in METRICS):
         return None
     by_context, by_token = breakdown(examples, clusters)
@@ -157,6 +204,8 @@ def unit_panel(
         )
     if by_token:
         parts.append(group_list("Tokens its examples peak on", by_token, max_abs, open_=False))
+    if features:
+        parts.append(feature_list(features))
     return render.panel("Polysemanticity", *parts)
 
 

@@ -94,7 +94,9 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 className="nd-inspector",
                 children="Hover a token to see its exact value.",
             ),
-            polysemanticity.unit_panel(scores, examples, store.clusters(ref), max_abs),
+            polysemanticity.unit_panel(
+                scores, examples, store.clusters(ref), max_abs, features_behind(store, ref, prefixes)
+            ),
             render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
             maximize_panel.panel(ref, store.path),
             html.P(
@@ -119,6 +121,20 @@ def links_panels(store: Store, ref: UnitRef, prefixes: dict[str, str | None]) ->
         )
         for target, links in by_source.items()
     ]
+
+
+def features_behind(
+    store: Store, ref: UnitRef, prefixes: dict[str, str | None], n: int = 6
+) -> list[polysemanticity.FeatureBehind]:
+    """A neuron's SAE features with the largest shares of its mass, each with its strongest example."""
+    if store.source(ref.source_id).kind == SAE_FEATURE:
+        return []
+    found = []
+    for link in sorted(store.links(ref), key=lambda link: -link.share)[:n]:
+        top = store.examples(link.ref, ["top"])
+        if top:
+            found.append(polysemanticity.FeatureBehind(link, unit_label(link.ref, prefixes), top[0]))
+    return found
 
 
 def unit_at(store: Store, pathname: str | None) -> UnitRef | None:
