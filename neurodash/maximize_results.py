@@ -9,6 +9,7 @@ so the dashboard's background jobs and a ``neurodash maximize`` in another proce
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import AbstractContextManager
@@ -147,7 +148,12 @@ class MaximizeResults:
         return run_id
 
     def latest(self, ref: UnitRef) -> Frontier | None:
-        """The unit's most recent run, or None."""
+        """The unit's most recent run, or None (read again only when the file has changed: every unit
+        page asks, and opening the file costs more than building the rest of the panel)."""
+        version = owned_files.version(self.path)
+        return _latest(self.path, version, ref) if ref in _units_with_runs(self.path, version) else None
+
+    def _latest(self, ref: UnitRef) -> Frontier | None:
         runs = self._runs(
             "WHERE source_id = ? AND unit = ? ORDER BY run_id DESC LIMIT 1", [ref.source_id, ref.unit]
         )
@@ -195,6 +201,20 @@ class MaximizeResults:
     def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success; waits while another process has the file."""
         return owned_files.transaction(self.path, SCHEMA, "results file", BUSY_TIMEOUT_S, read_only)
+
+
+@functools.lru_cache(maxsize=1024)
+def _latest(path: Path, version: tuple, ref: UnitRef) -> Frontier | None:
+    return MaximizeResults(path)._latest(ref)
+
+
+@functools.lru_cache(maxsize=16)
+def _units_with_runs(path: Path, version: tuple) -> frozenset[UnitRef]:
+    if not path.is_file():
+        return frozenset()
+    with MaximizeResults(path)._connect(read_only=True) as con:
+        rows = con.execute("SELECT DISTINCT source_id, unit FROM runs").fetchall()
+    return frozenset(UnitRef(source_id, unit) for source_id, unit in rows)
 
 
 def frontier_from_json(data: dict) -> Frontier:

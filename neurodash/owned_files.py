@@ -61,6 +61,19 @@ def _open(
             raise NeurodashError(f"{path} is not a readable {what} ({e})") from None
 
 
+def version(path: Path) -> tuple:
+    """What changes whenever the file's content does: the size and modification time of the file and
+    of its write-ahead log (None for one that is not there)."""
+    stats = []
+    for part in (path, Path(f"{path}.wal")):
+        try:
+            st = part.stat()
+            stats.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stats.append(None)
+    return tuple(stats)
+
+
 def now() -> datetime:
     """The time as these files keep it: UTC, without a zone."""
     return datetime.now(timezone.utc).replace(tzinfo=None)

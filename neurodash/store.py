@@ -265,6 +265,27 @@ class Store:
             for b, r, seq, pos, start, acts, ids in rows
         ]
 
+    def strongest_examples(self, refs: Sequence[UnitRef]) -> dict[UnitRef, Example]:
+        """Each unit's strongest example (top #0), one query per source; units without one are left out."""
+        by_source: dict[str, list[int]] = {}
+        for ref in refs:
+            by_source.setdefault(ref.source_id, []).append(ref.unit)
+        found = {}
+        for source_id, units in by_source.items():
+            rows = self.sql(
+                "SELECT e.unit, e.seq_id, e.pos, e.start, e.acts, "
+                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+                "FROM examples e JOIN sequences s USING (seq_id) WHERE e.source_id = ? "
+                "AND e.unit IN (SELECT unnest(?::INTEGER[])) AND e.bucket = 'top' AND e.rank = 0",
+                [source_id, units],
+            ).fetchall()
+            for unit, seq, pos, start, acts, ids in rows:
+                ref = UnitRef(source_id, unit)
+                found[ref] = Example(
+                    ref, "top", 0, seq, pos, start, self.tokens(ids), tuple(ids), tuple(acts)
+                )
+        return found
+
     def sequence(self, seq_id: int) -> tuple[int, ...]:
         """A stored window's token ids."""
         row = self.sql("SELECT token_ids FROM sequences WHERE seq_id = ?", [seq_id]).fetchone()

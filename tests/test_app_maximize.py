@@ -3,6 +3,7 @@ errors, and in headless Chromium a short run on the tiny Llama's store."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 
@@ -128,3 +129,18 @@ def test_an_unreadable_results_file_does_not_break_the_page(tmp_path):
     (tmp_path / "s.maximize.duckdb").write_text("not a database")
     page = render(create_app(path), source_id="L1.mlp", index="5")
     assert any(t.startswith("Previous runs cannot be shown") for t in texts(by_id(page, ids.MAXIMIZE_RESULT)))
+
+
+def test_a_run_saved_while_the_app_is_up_shows_on_the_next_page(store_with_runs):
+    """The page reads the results file again only when it has changed, but then it does."""
+    app = create_app(store_with_runs)
+    results = MaximizeResults.beside(store_with_runs)
+    other = UnitRef("L1.mlp", 6)
+    assert results.latest(other) is None and "Best activation" not in " ".join(
+        texts(by_id(render(app, source_id="L1.mlp", index="6"), ids.MAXIMIZE_RESULT))
+    )
+    for best in (5.0, 6.0):
+        results.save(dataclasses.replace(frontier(best), ref=other))
+        shown = " ".join(texts(by_id(render(app, source_id="L1.mlp", index="6"), ids.MAXIMIZE_RESULT)))
+        assert f"Best activation {best:.3f}" in shown
+    assert max(p.activation for p in results.latest(REF).prompts) == 4.0, "the other unit's run is as it was"

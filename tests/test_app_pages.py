@@ -364,3 +364,14 @@ def test_download_examples_round_trips(synthetic_store):
     for bad in ("/unit/L1.mlp/99999", "/", "/unit/nope/1"):
         with pytest.raises(PreventUpdate):
             unit.download_examples(store, bad, "csv")
+
+
+def test_strongest_examples_are_each_units_top_example(tmp_path):
+    path = make_synthetic_store(tmp_path / "m.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
+    store = Store(path)
+    refs = [UnitRef("L1.sae", 3), UnitRef("L0.mlp", 2), UnitRef("L1.sae", 0), UnitRef("L0.mlp", 99)]
+    found = store.strongest_examples(refs)
+    assert set(found) == set(refs[:3]), "a unit without examples is left out"
+    for ref in refs[:3]:
+        assert found[ref] == store.examples(ref, ["top"])[0]
+    assert store.strongest_examples([]) == {}

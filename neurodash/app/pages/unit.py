@@ -129,12 +129,13 @@ def features_behind(
     """A neuron's SAE features with the largest shares of its mass, each with its strongest example."""
     if store.source(ref.source_id).kind == SAE_FEATURE:
         return []
-    found = []
-    for link in sorted(store.links(ref), key=lambda link: -link.share)[:n]:
-        top = store.examples(link.ref, ["top"])
-        if top:
-            found.append(polysemanticity.FeatureBehind(link, unit_label(link.ref, prefixes), top[0]))
-    return found
+    links = sorted(store.links(ref), key=lambda link: -link.share)[:n]
+    strongest = store.strongest_examples([link.ref for link in links])
+    return [
+        polysemanticity.FeatureBehind(link, unit_label(link.ref, prefixes), strongest[link.ref])
+        for link in links
+        if link.ref in strongest
+    ]
 
 
 def unit_at(store: Store, pathname: str | None) -> UnitRef | None:
