@@ -28,7 +28,7 @@ from precompute.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, hi
 from precompute.corpus import DEFAULT_DATASET, load_corpus, pack_windows
 from precompute.models import DEFAULT_MODEL, LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.polysemanticity import (
-    attributed_mass,
+    attribution_sums,
     bimodality,
     combined,
     effective_number,
@@ -79,7 +79,8 @@ class _Tracked:
     acc: UnitAccumulator
     encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
     decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
-    mass: Tensor | None = None  # SAEs on tracked neurons: [d_in, n_units], see ``attributed_mass``
+    decoder_up: Tensor | None = None  # SAEs on tracked neurons: the decoder's positive part, on the device
+    attribution: Tensor | None = None  # and their ``attribution_sums`` so far: [n_units, d_in]
     context_hook: str | None = None  # the representation kept at each example's token (scores)
 
 
@@ -102,10 +103,8 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
-            t.decoder = t.decoder.to(cfg.device)
-            t.mass = torch.zeros(
-                t.decoder.shape[1], t.decoder.shape[0], dtype=torch.float64, device=cfg.device
-            )
+            t.decoder_up = t.decoder.to(cfg.device, torch.float32).clamp(min=0)
+            t.attribution = torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -232,9 +231,9 @@ def _stream(
                     }
                 for t in tracked:
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    if t.mass is not None:  # an SAE on tracked neurons: what drives them
+                    if t.attribution is not None:  # an SAE on tracked neurons: what drives them
                         x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
-                        t.mass += attributed_mass(x.float(), a.float(), t.decoder.float()).double()
+                        t.attribution += attribution_sums(x.float(), a.float(), t.decoder_up).double()
                     t.acc.update(
                         unit_acts,
                         batch.seq_ids,
@@ -473,7 +472,8 @@ def _logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> dict
 def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     """The bridge between a layer's neurons and the features of each SAE read from its ``hook_post``.
 
-    Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``),
+    Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``,
+    from the ``attribution_sums`` gathered in the pass),
     and two scores of the neuron: the effective number of features behind it and how many cover
     80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
     """
@@ -483,7 +483,7 @@ def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     for sae in saes:
         layer = neurons[sae.hook].source.source_id
         decoder = sae.decoder.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_shares(sae.mass.cpu().numpy())
+        mass = feature_shares((np.maximum(decoder, 0) * sae.attribution.cpu().numpy()).T)
         writer.append("links", _links_table(layer, sae.source.source_id, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))

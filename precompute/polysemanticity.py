@@ -40,13 +40,20 @@ def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor) -> Tenso
     (plus a bias). Each token's positive activation ``x_i(t)`` is split among the features active
     there in proportion to what each writes to the neuron, ``a_f(t) W_dec[f, i]``; features that
     push the neuron down get no share, and a token where no active feature pushes it up leaves its
-    activation unattributed. Two matrix products per batch of tokens ``[t, n_neurons]`` and
-    ``[t, n_features]``; ``decoder`` is ``[n_features, n_neurons]``.
+    activation unattributed. Tokens ``[t, n_neurons]`` and ``[t, n_features]``; ``decoder`` is
+    ``[n_features, n_neurons]``. Over many batches, sum ``attribution_sums`` and multiply once.
     """
     up = decoder.clamp(min=0)
+    return (up * attribution_sums(neurons, features, up)).T
+
+
+def attribution_sums(neurons: Tensor, features: Tensor, up: Tensor) -> Tensor:
+    """The part of ``attributed_mass`` that sums over tokens, ``[n_features, n_neurons]``:
+    ``sum_t a_f(t) x_i(t)^+ / sum_g a_g(t) up[g, i]``, ``up`` being the decoder's positive part.
+    Times ``up`` it is the mass; two matrix products per batch."""
     written = features @ up  # [t, neurons]: what the active features write to each neuron
     ratio = torch.where(written > 0, neurons.clamp(min=0) / written.clamp(min=1e-30), 0.0)
-    return up.T * (ratio.T @ features)
+    return features.T @ ratio
 
 
 def feature_shares(mass: np.ndarray) -> np.ndarray:
