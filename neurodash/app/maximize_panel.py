@@ -28,6 +28,14 @@ from neurodash.units import UnitRef
 
 MAX_LENGTH = 64
 MAX_STEPS = 1000  # from the page; the CLI allows more
+JOB = jobs.JobControls(
+    ids.MAXIMIZE_RUN,
+    ids.MAXIMIZE_CANCEL,
+    ids.MAXIMIZE_PROGRESS,
+    ids.MAXIMIZE_PROGRESS_BOX,
+    ids.MAXIMIZE_STAGE,
+    ids.MAXIMIZE_STATUS,
+)
 
 
 # --- rendering (pure) -------------------------------------------------------------------------
@@ -146,26 +154,15 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
             className="nd-muted",
         ),
         dcc.Store(id=ids.MAXIMIZE_UNIT, data=str(ref)),
-        html.Div(
-            [
-                html.Button("Maximize", id=ids.MAXIMIZE_RUN, className="nd-button nd-primary"),
-                html.Button("Cancel", id=ids.MAXIMIZE_CANCEL, className="nd-button", disabled=True),
+        JOB.toolbar(
+            "Maximize",
+            DEFAULT_STEPS,
+            settings=[
                 html.Span("tokens", className="nd-muted"),
                 dcc.Input(id=ids.MAXIMIZE_LENGTH, value=DEFAULT_LENGTH, max=MAX_LENGTH, **number),
                 html.Span("steps", className="nd-muted"),
                 dcc.Input(id=ids.MAXIMIZE_STEPS, value=DEFAULT_STEPS, max=MAX_STEPS, **number),
-                html.Div(
-                    [
-                        html.Progress(id=ids.MAXIMIZE_PROGRESS, value="0", max=str(DEFAULT_STEPS)),
-                        html.Span(id=ids.MAXIMIZE_STAGE, className="nd-muted"),
-                    ],
-                    id=ids.MAXIMIZE_PROGRESS_BOX,
-                    className="nd-progress",
-                    style={"display": "none"},
-                ),
-                html.Span(id=ids.MAXIMIZE_STATUS, className="nd-status"),
             ],
-            className="nd-toolbar",
         ),
         dcc.Store(id=ids.MAXIMIZE_DATA),
         html.Div(latest(ref, store_path), id=ids.MAXIMIZE_RESULT),
@@ -231,15 +228,7 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         State(ids.MAXIMIZE_UNIT, "data"),
         State(ids.MAXIMIZE_LENGTH, "value"),
         State(ids.MAXIMIZE_STEPS, "value"),
-        **jobs.background_options(
-            ids.MAXIMIZE_RUN,
-            ids.MAXIMIZE_CANCEL,
-            ids.MAXIMIZE_PROGRESS,
-            ids.MAXIMIZE_PROGRESS_BOX,
-            ids.MAXIMIZE_STAGE,
-            DEFAULT_STEPS,
-            interval_ms=500,
-        ),
+        **JOB.background_options(DEFAULT_STEPS, interval_ms=500),
     )
     def run_maximize(set_progress, _clicks, unit, length, steps):
         gc.freeze()  # forked from the threaded server: collect only what the job creates (see pages/probe.py)

@@ -25,6 +25,14 @@ DEFAULT_TEXT = (
     "The os.path module implements some useful functions on pathnames."
 )
 STAGES = 3
+JOB = jobs.JobControls(
+    ids.PROBE_RUN,
+    ids.PROBE_CANCEL,
+    ids.PROBE_PROGRESS,
+    ids.PROBE_PROGRESS_BOX,
+    ids.PROBE_STAGE,
+    ids.PROBE_STATUS,
+)
 STRONGEST = -1  # colour by: the strongest fraction of max at each token, over all units
 
 
@@ -47,23 +55,7 @@ def layout(**_query) -> html.Div:
             ),
             dcc.Store(id=ids.PROBE_CONFIG, data=config),
             dcc.Textarea(id=ids.PROBE_TEXT, value=DEFAULT_TEXT, className="nd-textarea", spellCheck=False),
-            html.Div(
-                [
-                    html.Button("Run", id=ids.PROBE_RUN, className="nd-button nd-primary"),
-                    html.Button("Cancel", id=ids.PROBE_CANCEL, className="nd-button", disabled=True),
-                    html.Div(
-                        [
-                            html.Progress(id=ids.PROBE_PROGRESS, value="0", max=str(STAGES)),
-                            html.Span(id=ids.PROBE_STAGE, className="nd-muted"),
-                        ],
-                        id=ids.PROBE_PROGRESS_BOX,
-                        className="nd-progress",
-                        style={"display": "none"},
-                    ),
-                    html.Span(id=ids.PROBE_STATUS, className="nd-status"),
-                ],
-                className="nd-toolbar",
-            ),
+            JOB.toolbar("Run", STAGES),
             dcc.Store(id=ids.PROBE_RESULT),
             html.Div(
                 [
@@ -207,15 +199,7 @@ def register_callbacks(app: Dash, unit_max: dict) -> None:
         Input(ids.PROBE_RUN, "n_clicks"),
         State(ids.PROBE_TEXT, "value"),
         State(ids.PROBE_CONFIG, "data"),
-        **jobs.background_options(
-            ids.PROBE_RUN,
-            ids.PROBE_CANCEL,
-            ids.PROBE_PROGRESS,
-            ids.PROBE_PROGRESS_BOX,
-            ids.PROBE_STAGE,
-            STAGES,
-            interval_ms=250,
-        ),
+        **JOB.background_options(STAGES, interval_ms=250),
     )
     def run_probe(set_progress, _clicks, text, config):
         # This runs in a process forked from the (threaded) server: what it inherited is not its own
