@@ -13,6 +13,7 @@ UNITS_GRID = "units-grid"
 UNITS_DATA = "units-data"
 UNITS_COUNT = "units-count"
 LAYER_PLOTS = "layer-plots"
+UNITS_START_FILTER = "units-start-filter"  # the grid's filter when the page opens (dead units hidden)
 UNITS_SHOWN = "units-shown"  # how many units the grid's filter leaves
 UNITS_DOWNLOAD = "units-download"
 UNITS_DOWNLOAD_BUTTON = "units-download-button"

@@ -79,12 +79,14 @@
   }
 
   /* Rows go to the grid through its API, not through a Dash prop: 100k row objects in Dash's
-   * store would be copied and walked on every update. */
-  async function fillUnitsGrid(data, gridId) {
+   * store would be copied and walked on every update. The starting filter goes to the grid's
+   * filterModel prop only after the rows are in: applied to the empty grid it can be reported back
+   * as empty and lost. */
+  async function fillUnitsGrid(data, startFilter, gridId) {
     const api = await window.dash_ag_grid.getApiAsync(gridId);
     const rows = unitRows(data);
     api.setGridOption("rowData", rows);
-    return rows.length.toLocaleString("en-US") + " units";
+    return [rows.length.toLocaleString("en-US") + " units", startFilter || {}];
   }
 
   /* The grid's rows after its filter (virtualRowData): how many, and which (as source/index). */

@@ -16,6 +16,7 @@ PATH = "/"
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
 HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "std"}
+HIDE_DEAD = {"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}  # AG Grid filter model
 # The shown units' examples download in one response, held in memory: at most this many
 # (about 1 KB each in CSV); larger selections go through `neurodash export`, which streams.
 MAX_DOWNLOAD_EXAMPLES = 50_000
@@ -70,18 +71,17 @@ def layout(**_query) -> html.Div:
                     className="nd-muted",
                 ),
                 dcc.Store(id=ids.UNITS_DATA, data=units_payload(app_state.units, sources, metrics)),
-                units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1, hide_dead=n_dead > 0),
+                dcc.Store(id=ids.UNITS_START_FILTER, data=HIDE_DEAD if n_dead else {}),
+                units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1),
                 download_bar(bucket_choices(store)),
             ),
         ]
     )
 
 
-def units_grid(metrics: list[str], multiple_kinds: bool, hide_dead: bool = False) -> dag.AgGrid:
-    """The grid (rows arrive from ``units-data`` through a clientside callback), virtual scrolling.
-
-    ``hide_dead``: start with a density > 0 filter, so units that never fired stay out of the way.
-    """
+def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
+    """The grid, virtual scrolling. Its rows, and its starting filter, arrive from ``units-data``
+    and ``units-start-filter`` through a clientside callback."""
     number = {
         "filter": "agNumberColumnFilter",
         "type": "rightAligned",
@@ -124,9 +124,6 @@ def units_grid(metrics: list[str], multiple_kinds: bool, hide_dead: bool = False
             "rowHeight": 30,
             "headerHeight": 34,
         },
-        filterModel={"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}
-        if hide_dead
-        else {},
         columnSize="responsiveSizeToFit",
         style={"height": "560px", "width": "100%"},
         className="nd-grid",
@@ -206,7 +203,9 @@ def register_callbacks(app: Dash) -> None:
     app.clientside_callback(
         ClientsideFunction(namespace="neurodash", function_name="fillUnitsGrid"),
         Output(ids.UNITS_COUNT, "children"),
+        Output(ids.UNITS_GRID, "filterModel"),
         Input(ids.UNITS_DATA, "data"),
+        State(ids.UNITS_START_FILTER, "data"),
         State(ids.UNITS_GRID, "id"),
     )
     app.clientside_callback(
