@@ -12,7 +12,8 @@ to ``--synthetic``), prints:
   the browser receives (``+json``), p50 and p95; target p95 <= 50 ms;
 - the overview's time to first render on the server: layout and units-table payload (``build``)
   and serialised (``+json``), cold (right after start-up) and warm; target < 1 s;
-- with ``--browser``: the overview in headless Chromium, from navigation to the first grid rows.
+- with ``--browser``, in headless Chromium: the overview from navigation to the first grid rows,
+  and the unit page from a click on "next unit" to the new page drawn, p50 and p95.
 """
 
 from __future__ import annotations
@@ -69,8 +70,28 @@ def overview_ms(app) -> tuple[float, float]:
     return ms, ms + json_ms
 
 
-def browser_overview_ms(store_path: Path) -> float:
-    """Navigation start to the first rows of the units grid, in headless Chromium."""
+# In the browser: click "next unit", then wait for the new header with every token row built and
+# one frame painted.
+NEXT_UNIT_JS = """
+const done = arguments[arguments.length - 1];
+const before = document.querySelector(".nd-unit-header h1").textContent;
+const started = performance.now();
+document.getElementById("unit-next").click();
+function ready() {
+  const header = document.querySelector(".nd-unit-header h1");
+  const rows = [...document.querySelectorAll(".nd-tokens")];
+  return header && header.textContent !== before && rows.every(r => r.ndRendered === r.getAttribute("data-tokens"));
+}
+(function poll() {
+  if (ready()) requestAnimationFrame(() => setTimeout(() => done(performance.now() - started), 0));
+  else requestAnimationFrame(poll);
+})();
+"""
+
+
+def browser_ms(store_path: Path, unit_pages: int = 30) -> dict[str, float]:
+    """In headless Chromium: the overview from navigation to its first grid rows, and the unit
+    page from a click on "next unit" to the new page drawn (p50, p95), after a warm-up."""
     import logging
     import threading
 
@@ -81,19 +102,32 @@ def browser_overview_ms(store_path: Path) -> float:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = make_server("127.0.0.1", free_port(), create_app(store_path).server, threaded=True)
+    app = create_app(store_path)
+    server = make_server("127.0.0.1", free_port(), app.server, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     driver = webdriver.Chrome(options=chrome_options())
+    driver.set_script_timeout(60)
     try:
         url = f"http://127.0.0.1:{server.server_port}/"
         driver.get(url)  # warm-up: browser cache of the scripts, as for a returning user
         WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".ag-row .nd-grid-link"))
         driver.get(url)
         WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".ag-row .nd-grid-link"))
-        return driver.execute_script("return performance.now()")
+        overview = driver.execute_script("return performance.now()")
+        source = app.server.extensions["neurodash"].store.sources()[0]
+        driver.get(f"{url}unit/{source.source_id}/0")
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".nd-unit-header h1"))
+        for _ in range(3):  # warm-up
+            driver.execute_async_script(NEXT_UNIT_JS)
+        pages = [driver.execute_async_script(NEXT_UNIT_JS) for _ in range(unit_pages)]
     finally:
         driver.quit()
         server.shutdown()
+    return {
+        "overview_browser": overview,
+        "unit_browser_p50": float(np.percentile(pages, 50)),
+        "unit_browser_p95": float(np.percentile(pages, 95)),
+    }
 
 
 def bench(name: str, path: Path, repeats: int, browser: bool) -> dict:
@@ -117,7 +151,7 @@ def bench(name: str, path: Path, repeats: int, browser: bool) -> dict:
         "overview_warm_json": warm_json,
     }
     if browser:
-        row["overview_browser"] = browser_overview_ms(path)
+        row |= browser_ms(path)
     return row
 
 
@@ -143,7 +177,7 @@ def print_table(rows: list[dict]) -> None:
     )
     print(
         f"{'':<28} {'':>8} {'(ms)':>9}   {'build':^16} {'+json':^17}   {'cold build / +json':^18} {'warm +json':^10}"
-        + ("  browser" if any("overview_browser" in r for r in rows) else "")
+        + ("  browser: overview, unit page p50 / p95" if any("overview_browser" in r for r in rows) else "")
     )
     for r in rows:
         line = (
@@ -152,7 +186,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['overview_cold']:>7.0f} / {r['overview_cold_json']:<8.0f} {r['overview_warm_json']:>10.0f}"
         )
         if "overview_browser" in r:
-            line += f"  {r['overview_browser']:>7.0f}"
+            line += f"  {r['overview_browser']:>7.0f}  {r['unit_browser_p50']:>5.0f} / {r['unit_browser_p95']:<5.0f}"
         print(line)
     print("\ntargets: unit page p95 <= 50 ms; overview first render < 1000 ms")
 
@@ -168,7 +202,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=10, help="synthetic layers")
     parser.add_argument("--units", type=int, default=10_000, help="synthetic units per layer")
     parser.add_argument("--repeats", type=int, default=300, help="unit pages built per store")
-    parser.add_argument("--browser", action="store_true", help="also time the overview in headless Chromium")
+    parser.add_argument(
+        "--browser", action="store_true", help="also time the overview and the unit page in headless Chromium"
+    )
     args = parser.parse_args()
 
     stores = []

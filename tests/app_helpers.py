@@ -31,3 +31,11 @@ def find(component, predicate) -> list:
 
 def by_id(component, component_id):
     return find(component, lambda c: getattr(c, "id", None) == component_id)[0]
+
+
+def token_rows(component) -> list[dict]:
+    """The payload of every token row (``render.token_row``) in the tree: tokens, acts, max_abs, marked."""
+    import json
+
+    rows = find(component, lambda c: getattr(c, "className", None) == "nd-tokens")
+    return [json.loads(getattr(row, "data-tokens")) for row in rows]

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
+from dash import Dash, Input, Output, html
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from synthetic import XSS_TOKENS
 
-from neurodash.app import create_app
+from neurodash.app import create_app, render
 from neurodash.store import Store
 
 pytestmark = pytest.mark.browser
@@ -137,6 +139,40 @@ def test_untrusted_tokens_show_as_text_and_never_run(dash_duo, synthetic_store):
     )
     with pytest.raises(NoAlertPresentException):
         driver.switch_to.alert.text  # noqa: B018
+    assert dash_duo.get_logs() == []
+
+
+def test_token_rows_render_as_coloured_text(dash_duo):
+    """``render.token_row`` sends JSON; ``neurodash.js`` makes the spans: text, colour, hover, mark,
+    and makes them again when a callback gives the same element new tokens."""
+    app = Dash(__name__, assets_folder=str(Path(render.__file__).parent / "assets"))
+    tokens = ["Hello", " world\n", "\t", "", XSS_TOKENS[0]]
+    app.layout = html.Div(
+        [
+            html.Div(render.token_row(tokens, [2.0, -1.0, 0.001, 0.5, 2.0], 2.0, marked_index=0), id="row"),
+            html.Button("swap", id="swap"),
+        ]
+    )
+    app.callback(Output("row", "children"), Input("swap", "n_clicks"), prevent_initial_call=True)(
+        lambda _: render.token_row(["a", "b"], [0.0, -3.0], 3.0, marked_index=1)
+    )
+    dash_duo.start_server(app, port=free_port())
+    read = "return [...document.querySelectorAll('#row .nd-tokens > span')].map(s => [s.textContent, s.title, s.style.backgroundColor, s.className])"
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: d.execute_script(read))
+    assert dash_duo.driver.execute_script(read) == [
+        ["Hello", '"Hello"  +2.000', "rgb(240, 120, 20)", "nd-tok-max"],
+        [" world↵\n", '" world\\n"  -1.000', "rgba(30, 110, 200, 0.5)", ""],
+        ["→\t", '"\\t"  +0.001', "", ""],  # too faint to colour
+        ["∅", '""  +0.500', "rgba(240, 120, 20, 0.25)", ""],
+        [XSS_TOKENS[0], f"{json.dumps(XSS_TOKENS[0])}  +2.000", "rgb(240, 120, 20)", ""],
+    ]
+    dash_duo.find_element("#swap").click()
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: len(d.execute_script(read)) == 2)
+    assert dash_duo.driver.execute_script(read) == [
+        ["a", '"a"  +0.000', "", ""],
+        ["b", '"b"  -3.000', "rgb(30, 110, 200)", "nd-tok-max"],
+    ]
+    assert dash_duo.driver.execute_script("return document.querySelectorAll('#row script').length") == 0
     assert dash_duo.get_logs() == []
 
 

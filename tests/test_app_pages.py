@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import types
-from contextvars import copy_context
 from pathlib import Path
 
 import dash
@@ -17,10 +16,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from app_helpers import by_id, find, texts
+from app_helpers import by_id, find, texts, token_rows
 from dash import dcc, html, no_update
-from dash._callback_context import context_value
-from dash._utils import AttributeDict
 from dash.exceptions import PreventUpdate
 from synthetic import make_synthetic_store
 
@@ -67,7 +64,8 @@ def test_unit_page(app):
     )
     examples = find(page, lambda c: getattr(c, "className", None) == "nd-example")
     assert len(examples) == 45
-    assert len(find(page, lambda c: "nd-tok-max" in (getattr(c, "className", "") or ""))) == 45
+    rows = [row for example in examples for row in token_rows(example)]
+    assert len(rows) == 45 and all(abs(r["acts"][r["marked"]]) == max(map(abs, r["acts"])) for r in rows)
     neighbours = [
         c.href for c in find(page, lambda c: isinstance(c, dcc.Link) and "nd-neighbor-link" in c.className)
     ]
@@ -218,34 +216,21 @@ def test_show_probe_result(app, fake_model):
 
 def test_probe_tokens_coloured_by_the_chosen_unit(app, fake_model):
     result = probe_result(app, fake_model)
-    row = probe.colour_tokens(0, result)  # L1N3: 0 on "Hello", 5.0 on " world"
-    assert [s.children for s in row.children] == ["Hello", " world"]
-    assert (
-        row.children[1].id == {"type": ids.PROBE_TOKEN, "index": 1}
-        and "nd-tok-max" in row.children[1].className
-    )
-    assert row.children[1].title == "' world'  +5.000" and getattr(row.children[0], "style", None) is None
-    strongest = probe.colour_tokens(probe.STRONGEST, result)
-    assert strongest.children[1].style == {"backgroundColor": "rgba(240,120,20,1.00)"}
+    (row,) = token_rows(probe.colour_tokens(0, result))  # L1N3: 0 on "Hello", 5.0 on " world"
+    assert row["tokens"] == ["Hello", " world"] and row["acts"] == [0.0, 5.0] and row["marked"] == 1
+    (strongest,) = token_rows(probe.colour_tokens(probe.STRONGEST, result))
+    assert strongest["marked"] == 1 and strongest["acts"][1] == strongest["max_abs"]
     assert probe.colour_tokens(None, result) is None
-
-
-def run_with_trigger(fn, prop_id: str, value, *args):
-    def run():
-        context_value.set(AttributeDict(triggered_inputs=[{"prop_id": prop_id, "value": value}]))
-        return fn(*args)
-
-    return copy_context().run(run)
 
 
 def test_select_probe_token(app, fake_model):
     result = probe_result(app, fake_model)
-    prop = '{"index":0,"type":"probe-token"}.n_clicks'
     with app.server.test_request_context("/probe"):
-        panel = run_with_trigger(probe.select_token, prop, 1, [1, None], result)
+        panel = probe.select_token({"index": 0, "at": 1}, result)
         assert "'Hello'" in texts(panel) and " at position 0" in texts(panel)
-        with pytest.raises(PreventUpdate):  # tokens re-rendered, nothing clicked yet
-            run_with_trigger(probe.select_token, prop, None, [None, None], result)
+        for nothing in (None, {"index": 2, "at": 2}):  # nothing clicked yet; a stale index
+            with pytest.raises(PreventUpdate):
+                probe.select_token(nothing, result)
 
 
 def test_apps_in_one_process_keep_their_own_store(tmp_path, app):

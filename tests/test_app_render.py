@@ -6,7 +6,7 @@ import json
 
 import plotly.io
 import pytest
-from app_helpers import find, texts
+from app_helpers import find, texts, token_rows
 from dash import dcc, html
 from synthetic import XSS_TOKENS
 
@@ -16,52 +16,25 @@ from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
 REF = UnitRef("L1.mlp", 7)
 
 
-def test_token_row_colours_titles_and_marks():
-    row = render.token_row(["Hello", " world", "!"], [2.0, -1.0, 0.0], max_abs=2.0, marked_index=0)
-    spans = row.children
-    assert [s.children for s in spans] == ["Hello", " world", "!"]
-    assert spans[0].style == {"backgroundColor": "rgba(240,120,20,1.00)"}
-    assert spans[1].style == {"backgroundColor": "rgba(30,110,200,0.50)"}
-    assert getattr(spans[2], "style", None) is None
-    assert spans[0].title == "'Hello'  +2.000"
-    assert spans[1].title == "' world'  -1.000"
-    assert spans[0].className == "nd-tok-max" and getattr(spans[1], "className", None) is None
+def test_token_row_is_one_element_with_its_tokens_as_json():
+    row = render.token_row(["Hello", " world", "!"], [2.0, -1.0, 0.000001], max_abs=2.0, marked_index=0)
+    assert row.children is None and row.className == "nd-tokens"  # neurodash.js builds the spans
+    assert token_rows(row) == [
+        {"tokens": ["Hello", " world", "!"], "acts": [2.0, -1.0, 0.0], "max_abs": 2.0, "marked": 0}
+    ]
+    assert token_rows(render.token_row(["a"], [1.0], 1.0))[0]["marked"] is None
 
 
-def test_token_row_makes_whitespace_visible_and_keeps_it():
-    row = render.token_row(["a\n", "\t", "", "  "], [0.1] * 4, 1.0)
-    assert [s.children for s in row.children] == ["a↵\n", "→\t", "∅", "  "]
-    assert row.children[0].title == "'a\\n'  +0.100"
-
-
-def test_token_row_shows_html_as_text():
+def test_token_row_carries_html_as_text():
     row = render.token_row(list(XSS_TOKENS), [1.0] * len(XSS_TOKENS), 1.0)
-    assert [s.children for s in row.children] == list(XSS_TOKENS)
+    assert token_rows(row)[0]["tokens"] == list(XSS_TOKENS)
     payload = json.loads(plotly.io.to_json(row))  # what the browser receives: text props, no HTML prop
     assert "dangerouslySetInnerHTML" not in json.dumps(payload)
 
 
-def test_token_row_click_ids():
-    row = render.token_row(["a", "b"], [0.0, 1.0], 1.0, click_type="tok")
-    assert [s.id for s in row.children] == [{"type": "tok", "index": 0}, {"type": "tok", "index": 1}]
-
-
 def test_token_row_rejects_mismatched_lengths():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="2 tokens but 1 activations"):
         render.token_row(["a", "b"], [1.0], 1.0)
-
-
-@pytest.mark.parametrize(
-    ("act", "max_abs", "expected"),
-    [
-        (1.0, 2.0, "rgba(240,120,20,0.50)"),
-        (-4.0, 2.0, "rgba(30,110,200,1.00)"),
-        (0.0, 2.0, None),
-        (1.0, 0.0, None),
-    ],
-)
-def test_act_color(act, max_abs, expected):
-    assert render.act_color(act, max_abs) == expected
 
 
 def example(bucket: str, rank: int, acts: tuple[float, ...], pos: int) -> Example:
@@ -95,8 +68,7 @@ def test_example_sections_keep_store_order_and_mark_the_max():
     ]
     top_rows = sections[0].children[1].children
     assert [texts(r)[0] for r in top_rows] == ["+2.000", "+1.500"]
-    marked = find(sections[0], lambda c: "nd-tok-max" in (getattr(c, "className", "") or ""))
-    assert [m.children for m in marked] == ["t1", "t0"]
+    assert [row["tokens"][row["marked"]] for row in token_rows(sections[0])] == ["t1", "t0"]
 
 
 def stats(**overrides) -> UnitStats:

@@ -13,7 +13,7 @@ from contextvars import copy_context
 
 import pandas as pd
 import pytest
-from app_helpers import by_id, find, texts
+from app_helpers import by_id, find, texts, token_rows
 from dash import dcc, html, no_update
 from dash._callback_context import context_value
 from dash._utils import AttributeDict
@@ -176,10 +176,9 @@ def test_a_sets_page_shows_its_examples_with_notes_and_unit_links(app, ctx):
     assert links == ["/unit/L1.mlp/5"] * 20
     notes = find(page, lambda c: getattr(c, "className", None) == "nd-note")
     assert [n.children for n in notes] == [HOSTILE] * 20  # a string child: React shows it as text
-    tokens = find(rows[0], lambda c: getattr(c, "className", None) == "nd-tokens")[0]
-    assert [s.children for s in tokens.children][1 : 1 + len(XSS_TOKENS)] == list(XSS_TOKENS)
-    marked = find(rows[0], lambda c: getattr(c, "className", None) == "nd-tok-max")
-    assert marked[0].title.endswith(f"{want['value'][0]:+.3f}")
+    (tokens,) = token_rows(rows[0])
+    assert tokens["tokens"][1 : 1 + len(XSS_TOKENS)] == list(XSS_TOKENS)
+    assert tokens["acts"][tokens["marked"]] == pytest.approx(want["value"][0], abs=1e-4)
     assert by_id(page, ids.SETS_SELECTED).data == "dates"
     assert "There is no set named " in texts(sets.layout(name="nope"))
 

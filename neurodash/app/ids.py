@@ -65,7 +65,7 @@ PROBE_STATUS = "probe-status"
 PROBE_RESULT = "probe-result"
 PROBE_COLOR_BY = "probe-color-by"
 PROBE_TOKENS = "probe-tokens"
-PROBE_TOKEN = "probe-token"  # pattern-matching type: {"type": PROBE_TOKEN, "index": i}
+PROBE_SELECTED_TOKEN = "probe-selected-token"  # {"index": i, "at": ms}, set by assets/neurodash.js on a click
 PROBE_TOKEN_UNITS = "probe-token-units"
 PROBE_TOP_UNITS = "probe-top-units"
 

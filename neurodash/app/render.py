@@ -1,12 +1,14 @@
 """Pure renderers: data in, Dash components or Plotly figure dicts out. No store, no callbacks.
 
 Untrusted text (corpus tokens, vocabulary) only ever becomes the ``children`` or ``title`` of a
-component, which React renders as text, or a Plotly label escaped with ``plotly_text``.
+component, which React renders as text, a JSON attribute that ``assets/neurodash.js`` puts in
+the page as text (``token_row``), or a Plotly label escaped with ``plotly_text``.
 Figures are plain dicts: building ``plotly.graph_objects`` figures costs milliseconds each.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -15,11 +17,10 @@ from dash import dcc, html
 from neurodash.app import ids
 from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
-POSITIVE = (240, 120, 20)  # orange
+POSITIVE = (240, 120, 20)  # orange; the token colours of assets/neurodash.js match these two
 NEGATIVE = (30, 110, 200)  # blue
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 GRAPH_CONFIG = {"displayModeBar": False, "responsive": True}
-VISIBLE_WHITESPACE = str.maketrans({"\n": "↵\n", "\t": "→\t", "\r": "␍"})
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -27,49 +28,24 @@ def rgb(color: tuple[int, int, int], alpha: float = 1.0) -> str:
     return f"rgba({color[0]},{color[1]},{color[2]},{alpha:.2f})"
 
 
-def act_color(act: float, max_abs: float) -> str | None:
-    """Orange for positive, blue for negative, opacity |act| / max_abs; None when (nearly) zero."""
-    alpha = min(abs(act) / max_abs, 1.0) if max_abs > 0 else 0.0
-    if alpha < 0.005:
-        return None
-    return rgb(POSITIVE if act > 0 else NEGATIVE, alpha)
-
-
-def token_display(token: str) -> str:
-    """The token as shown: newlines and tabs made visible (and kept), empty tokens marked."""
-    return token.translate(VISIBLE_WHITESPACE) if token else "∅"
-
-
-def token_title(token: str, act: float) -> str:
-    """The hover text: the exact token (quoted, escapes visible) and its activation."""
-    return f"{token!r}  {act:+.3f}"
-
-
 def token_row(
-    tokens: Sequence[str],
-    acts: Sequence[float],
-    max_abs: float,
-    marked_index: int | None = None,
-    click_type: str | None = None,
+    tokens: Sequence[str], acts: Sequence[float], max_abs: float, marked_index: int | None = None
 ) -> html.Div:
-    """A row of tokens coloured by activation; the marked token outlined; hover gives the exact value.
+    """A row of tokens coloured by activation, the marked token outlined, hover giving the exact value.
 
-    With ``click_type``, each token gets the id ``{"type": click_type, "index": i}`` for callbacks.
-    Tokens are styled as ``.nd-tokens > span`` and get no class of their own (but the marked one):
-    a unit page holds some 1,500 of them, and every prop costs time to build and send.
+    The row is one element: its tokens and activations travel as JSON in ``data-tokens`` and
+    ``assets/neurodash.js`` (``renderTokens``) builds the spans, as text. A unit page holds some
+    2,000 tokens, and as Dash components they cost the server and React several times the page.
     """
-    spans = []
-    for i, (token, act) in enumerate(zip(tokens, acts, strict=True)):
-        color = act_color(act, max_abs)
-        props = {"title": token_title(token, act)}
-        if i == marked_index:
-            props["className"] = "nd-tok-max"
-        if color:
-            props["style"] = {"backgroundColor": color}
-        if click_type:
-            props["id"] = {"type": click_type, "index": i}
-        spans.append(html.Span(token_display(token), **props))
-    return html.Div(spans, className="nd-tokens")
+    if len(tokens) != len(acts):
+        raise ValueError(f"{len(tokens)} tokens but {len(acts)} activations")
+    payload = {
+        "tokens": list(tokens),
+        "acts": [round(float(a), 4) for a in acts],
+        "max_abs": float(max_abs),
+        "marked": marked_index,
+    }
+    return html.Div(className="nd-tokens", **{"data-tokens": json.dumps(payload, separators=(",", ":"))})
 
 
 def example_row(example: Example, max_abs: float, add_button: bool = False) -> html.Div:

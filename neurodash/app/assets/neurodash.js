@@ -34,6 +34,56 @@
     }
   });
 
+  /* Token rows (render.token_row): the server sends each row's tokens and activations as JSON in
+   * data-tokens and the spans are built here, as text. Orange for positive, blue for negative
+   * (render.POSITIVE, render.NEGATIVE), opacity |act| / max_abs; the marked token outlined. */
+  const POSITIVE = "240,120,20", NEGATIVE = "30,110,200";
+
+  function tokenColor(act, maxAbs) {
+    const alpha = maxAbs > 0 ? Math.min(Math.abs(act) / maxAbs, 1) : 0;
+    return alpha < 0.005 ? null : "rgba(" + (act > 0 ? POSITIVE : NEGATIVE) + "," + alpha.toFixed(2) + ")";
+  }
+
+  /* Newlines and tabs made visible (and kept), empty tokens marked. */
+  function tokenDisplay(token) {
+    return token ? token.replace(/\n/g, "\u21b5\n").replace(/\t/g, "\u2192\t").replace(/\r/g, "\u240d") : "\u2205";
+  }
+
+  /* The hover text: the exact token (quoted, escapes visible) and its activation. */
+  function tokenTitle(token, act) {
+    return JSON.stringify(token) + "  " + (act >= 0 ? "+" : "") + act.toFixed(3);
+  }
+
+  function renderTokens(row) {
+    const data = row.getAttribute("data-tokens");
+    if (row.ndRendered === data) return;
+    row.ndRendered = data;
+    const { tokens, acts, max_abs: maxAbs, marked } = JSON.parse(data);
+    const spans = tokens.map(function (token, i) {
+      const span = document.createElement("span");
+      span.textContent = tokenDisplay(token);
+      span.title = tokenTitle(token, acts[i]);
+      const color = tokenColor(acts[i], maxAbs);
+      if (color) span.style.backgroundColor = color;
+      if (i === marked) span.className = "nd-tok-max";
+      return span;
+    });
+    row.replaceChildren.apply(row, spans);
+  }
+
+  function renderTokensIn(node) {
+    if (node.nodeType !== 1) return;
+    if (node.matches(".nd-tokens[data-tokens]")) renderTokens(node);
+    else node.querySelectorAll(".nd-tokens[data-tokens]").forEach(renderTokens);
+  }
+
+  new MutationObserver(function (mutations) {
+    for (const m of mutations) {
+      if (m.type === "attributes") renderTokens(m.target);
+      else if (!m.target.ndRendered) m.addedNodes.forEach(renderTokensIn);  // not our own spans
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true, attributes: true, attributeFilter: ["data-tokens"] });
+
   /* The token inspector: the hovered (or clicked) token's exact text and value, instantly. */
   function inspect(e) {
     const token = e.target.closest && e.target.closest(".nd-tokens > span");
@@ -42,6 +92,14 @@
   }
   document.addEventListener("mouseover", inspect);
   document.addEventListener("click", inspect);
+
+  /* The probe's tokens: a click selects the token (its index) for the server's callback. */
+  document.addEventListener("click", function (e) {
+    const token = e.target.closest && e.target.closest("#probe-tokens .nd-tokens > span");
+    if (!token || !window.dash_clientside || !window.dash_clientside.set_props) return;
+    const index = Array.prototype.indexOf.call(token.parentNode.children, token);
+    window.dash_clientside.set_props("probe-selected-token", { data: { index: index, at: Date.now() } });
+  });
 
   /* Client-side navigation, as dcc.Link does it: no page reload. */
   function navigate(path) {

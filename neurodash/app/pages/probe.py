@@ -10,7 +10,7 @@ import gc
 import sys
 from collections.abc import Callable
 
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, jobs, render, state
@@ -57,6 +57,7 @@ def layout(**_query) -> html.Div:
             dcc.Textarea(id=ids.PROBE_TEXT, value=DEFAULT_TEXT, className="nd-textarea", spellCheck=False),
             JOB.toolbar("Run", STAGES),
             dcc.Store(id=ids.PROBE_RESULT),
+            dcc.Store(id=ids.PROBE_SELECTED_TOKEN),
             html.Div(
                 [
                     html.Span("Colour tokens by", className="nd-muted"),
@@ -180,14 +181,14 @@ def colour_tokens(choice: int | None, result: dict | None):
             result["top_max"][choice],
             result["top"][choice][4],
         )
-    return render.token_row(result["tokens"], acts, max_abs, marked, click_type=ids.PROBE_TOKEN)
+    return render.token_row(result["tokens"], acts, max_abs, marked)
 
 
-def select_token(clicks: list[int | None], result: dict | None) -> list:
-    """A token was clicked: its top units."""
-    if not result or not ctx.triggered or not ctx.triggered[0]["value"]:
+def select_token(selected: dict | None, result: dict | None) -> list:
+    """A token was clicked (``selected["index"]``, set in the browser): its top units."""
+    if not result or not selected or not 0 <= selected["index"] < len(result["tokens"]):
         raise PreventUpdate
-    return token_panel(result, ctx.triggered_id["index"], label_prefixes(state.current().store.sources()))
+    return token_panel(result, selected["index"], label_prefixes(state.current().store.sources()))
 
 
 def register_callbacks(app: Dash, unit_max: dict) -> None:
@@ -223,7 +224,7 @@ def register_callbacks(app: Dash, unit_max: dict) -> None:
     )(colour_tokens)
     app.callback(
         Output(ids.PROBE_TOKEN_UNITS, "children", allow_duplicate=True),
-        Input({"type": ids.PROBE_TOKEN, "index": ALL}, "n_clicks"),
+        Input(ids.PROBE_SELECTED_TOKEN, "data"),
         State(ids.PROBE_RESULT, "data"),
         prevent_initial_call=True,
     )(select_token)
