@@ -69,7 +69,7 @@ class StoreWriter:
         self.path = Path(path)
         check_writable(self.path, overwrite)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.partial.unlink(missing_ok=True)
+        self._remove_partial()  # a killed run's leftovers
         self.con = duckdb.connect(str(self.partial))
         self.con.execute(SCHEMA)
         self.set_meta(schema_version=SCHEMA_VERSION)
@@ -128,8 +128,11 @@ class StoreWriter:
         try:
             self.con.close()
         finally:
-            self.partial.unlink(missing_ok=True)
-            Path(str(self.partial) + ".wal").unlink(missing_ok=True)
+            self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        Path(str(self.partial) + ".wal").unlink(missing_ok=True)
 
 
 def _arrow_column(values: Sequence | np.ndarray) -> pa.Array:

@@ -146,10 +146,11 @@ def test_token_rows_render_as_coloured_text(dash_duo):
     """``render.token_row`` sends JSON; ``neurodash.js`` makes the spans: text, colour, hover, mark,
     and makes them again when a callback gives the same element new tokens."""
     app = Dash(__name__, assets_folder=str(Path(render.__file__).parent / "assets"))
-    tokens = ["Hello", " world\n", "\t", "", XSS_TOKENS[0]]
+    tokens = ["Hello", " world\n", "\t", "", "it's", "'\"\\\x01", XSS_TOKENS[0]]
+    acts = [2.0, -1.0, 0.001, 0.5, 1.0, 1.0, 2.0]
     app.layout = html.Div(
         [
-            html.Div(render.token_row(tokens, [2.0, -1.0, 0.001, 0.5, 2.0], 2.0, marked_index=0), id="row"),
+            html.Div(render.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
             html.Button("swap", id="swap"),
         ]
     )
@@ -159,18 +160,22 @@ def test_token_rows_render_as_coloured_text(dash_duo):
     dash_duo.start_server(app, port=free_port())
     read = "return [...document.querySelectorAll('#row .nd-tokens > span')].map(s => [s.textContent, s.title, s.style.backgroundColor, s.className])"
     WebDriverWait(dash_duo.driver, 10).until(lambda d: d.execute_script(read))
-    assert dash_duo.driver.execute_script(read) == [
-        ["Hello", '"Hello"  +2.000', "rgb(240, 120, 20)", "nd-tok-max"],
-        [" world↵\n", '" world\\n"  -1.000', "rgba(30, 110, 200, 0.5)", ""],
-        ["→\t", '"\\t"  +0.001', "", ""],  # too faint to colour
-        ["∅", '""  +0.500', "rgba(240, 120, 20, 0.25)", ""],
-        [XSS_TOKENS[0], f"{json.dumps(XSS_TOKENS[0])}  +2.000", "rgb(240, 120, 20)", ""],
+    shown = dash_duo.driver.execute_script(read)
+    assert [title for _, title, _, _ in shown] == [f"{t!r}  {a:+.3f}" for t, a in zip(tokens, acts)]
+    assert [[text, colour, mark] for text, _, colour, mark in shown] == [
+        ["Hello", "rgb(240, 120, 20)", "nd-tok-max"],
+        [" world↵\n", "rgba(30, 110, 200, 0.5)", ""],
+        ["→\t", "", ""],  # too faint to colour
+        ["∅", "rgba(240, 120, 20, 0.25)", ""],
+        ["it's", "rgba(240, 120, 20, 0.5)", ""],
+        ["'\"\\\x01", "rgba(240, 120, 20, 0.5)", ""],
+        [XSS_TOKENS[0], "rgb(240, 120, 20)", ""],  # as text
     ]
     dash_duo.find_element("#swap").click()
     WebDriverWait(dash_duo.driver, 10).until(lambda d: len(d.execute_script(read)) == 2)
     assert dash_duo.driver.execute_script(read) == [
-        ["a", '"a"  +0.000', "", ""],
-        ["b", '"b"  -3.000', "rgb(30, 110, 200)", "nd-tok-max"],
+        ["a", "'a'  +0.000", "", ""],
+        ["b", "'b'  -3.000", "rgb(30, 110, 200)", "nd-tok-max"],
     ]
     assert dash_duo.driver.execute_script("return document.querySelectorAll('#row script').length") == 0
     assert dash_duo.get_logs() == []

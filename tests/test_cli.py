@@ -227,12 +227,16 @@ def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_sto
     if how != signal.SIGKILL:  # a clean stop also removes its partial file
         assert "interrupted: nothing was written" in err
         assert not partial.exists()
-    else:  # killed mid-stream: the partial file stays, for the next run to clean up
+    else:  # killed mid-stream: the partial file (and maybe its WAL) stays, for the next run to clean up
         assert partial.exists()
+        wal = Path(str(partial) + ".wal")
+        if not wal.exists():
+            wal.write_bytes(b"a killed run's write-ahead log")
     with Store(out) as store:  # still a whole, readable store
         assert [s.source_id for s in store.sources()] == ["L0.mlp"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
     assert not partial.exists(), "a later run cleans up a killed run's partial file"
+    assert not Path(str(partial) + ".wal").exists()
 
 
 @pytest.mark.model

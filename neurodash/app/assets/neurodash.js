@@ -49,9 +49,19 @@
     return token ? token.replace(/\n/g, "\u21b5\n").replace(/\t/g, "\u2192\t").replace(/\r/g, "\u240d") : "\u2205";
   }
 
+  /* Python's repr of a string, as the server quotes tokens elsewhere (control characters escaped). */
+  const REPR_ESCAPES = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  function pyRepr(text) {
+    const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+    return quote + text.replace(/[\\\n\r\t\x00-\x1f\x7f-\xa0\xad']/g, function (c) {
+      if (c === "'") return quote === "'" ? "\\'" : c;
+      return REPR_ESCAPES[c] || "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0");
+    }) + quote;
+  }
+
   /* The hover text: the exact token (quoted, escapes visible) and its activation. */
   function tokenTitle(token, act) {
-    return JSON.stringify(token) + "  " + (act >= 0 ? "+" : "") + act.toFixed(3);
+    return pyRepr(token) + "  " + (act >= 0 ? "+" : "") + act.toFixed(3);
   }
 
   function renderTokens(row) {
