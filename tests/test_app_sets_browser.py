@@ -111,6 +111,11 @@ def test_add_to_a_set_then_view_rename_download_remove_one_and_delete_it(dash_du
         f"top #{r}" for r in range(20) if r != 3
     ]
     assert dash_duo.find_element(".nd-sets-table tbody td:nth-child(2)").text == "19"
+    values_and_peaks = dash_duo.driver.execute_script(  # the browser-built token rows moved with their rows
+        "return [...document.querySelectorAll('.nd-set-example')].map(r => "
+        "[r.querySelector('.nd-value').textContent, r.querySelector('.nd-tok-max').title.split('  ').pop()])"
+    )
+    assert len(values_and_peaks) == 19 and all(value == peak for value, peak in values_and_peaks)
     assert len(before) == 20
     assert keys(sets.items("dates")) == [k for k in before if k != ("L1.mlp", 5, "top", 3)]
 
