@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from app_helpers import find, texts
+from app_helpers import find, texts, token_rows
 from dash import dcc
 
 from neurodash.app.polysemanticity import breakdown, ranked, ranking_panel, unit_panel
@@ -41,7 +41,11 @@ def test_unit_panel_shows_scores_and_groups_or_nothing_without_scores():
     panel = unit_panel(scores, EXAMPLES, CLUSTERS, 5.0)
     shown = texts(panel)
     assert {"polysemanticity", "context clusters", "max tokens", "1.70", "context 1", "'def'"} <= set(shown)
-    assert "<script>" not in " ".join(shown), "bottom examples are no part of the breakdown"
+    rows = token_rows(panel)  # one example per context and per token, its peak marked
+    assert [row["tokens"][row["marked"]] for row in rows] == ["def", "class", "def", "class"]
+    assert all("<script>" not in row["tokens"] for row in rows), (
+        "bottom examples are no part of the breakdown"
+    )
     assert unit_panel({}, EXAMPLES, CLUSTERS, 5.0) is None
 
 
