@@ -90,9 +90,10 @@ def screenshot(
         driver.set_window_size(1400, height)
         driver.get(f"http://127.0.0.1:{server.server_port}{path}")
         WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
-        marked = driver.find_elements(By.CSS_SELECTOR, ".nd-tok-max")
+        marked = driver.find_elements(By.CSS_SELECTOR, ".nd-example .nd-tok-max")
         if marked and not crop:  # show the token inspector at work
             webdriver.ActionChains(driver).move_to_element(marked[0]).perform()
+            driver.execute_script("window.scrollTo(0, 0)")  # the inspector keeps the hovered token
         WebDriverWait(driver, 30).until(  # every figure on the page has drawn its axes
             lambda d: all(
                 g.find_elements(By.CSS_SELECTOR, ".main-svg")
