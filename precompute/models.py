@@ -75,13 +75,17 @@ class LoadedModel:
     def activations(
         self, tokens: Int[Tensor, "batch pos"], hooks: list[str]
     ) -> dict[str, Float[Tensor, "batch pos d"]]:
-        """Run the model once, caching exactly ``hooks`` and stopping after the last layer needed."""
+        """Run the model once, caching exactly ``hooks``, and stop at the input of the block after
+        the last layer needed, or of the final norm: the unembedding (a fifth of the forward pass
+        of the default model) never runs."""
         wanted = set(hooks)
         last = max(layer_of(h) for h in hooks)
-        stop = last + 1 if last + 1 < self.n_layers else None
-        _, cache = self.bridge.run_with_cache(
-            tokens.to(self.device), names_filter=lambda name: name in wanted, stop_at_layer=stop
-        )
+        stop_at = f"blocks.{last + 1}.hook_in" if last + 1 < self.n_layers else "ln_final.hook_in"
+        stops = [(stop_at, _stop_here)] if stop_at in self.bridge.hook_dict else []
+        with self.bridge.hooks(fwd_hooks=stops):  # run_with_cache returns at the stop, cache kept
+            _, cache = self.bridge.run_with_cache(
+                tokens.to(self.device), names_filter=lambda name: name in wanted
+            )
         return {h: cache[h] for h in hooks}
 
     @torch.inference_mode()
@@ -96,14 +100,8 @@ class LoadedModel:
 
     def run_to_hook(self, inputs: Tensor, hook: str) -> Float[Tensor, "batch pos d"]:
         """``hook``'s activations for token ids or input embeddings (float ``[batch, pos, d_model]``),
-        running only the model up to that hook (a hook on it raises TransformerLens's stop exception,
-        the mechanism of ``stop_at_layer``). Differentiable when grad is enabled; nothing is cached."""
-        from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-        def stop(tensor: Tensor, hook) -> None:
-            raise StopAtLayerException(tensor)
-
-        return self.bridge.run_with_hooks(inputs.to(self.device), fwd_hooks=[(hook, stop)])
+        running only the model up to that hook. Differentiable when grad is enabled; nothing is cached."""
+        return self.bridge.run_with_hooks(inputs.to(self.device), fwd_hooks=[(hook, _stop_here)])
 
     @torch.inference_mode()
     def logits_and_hook(self, tokens: Int[Tensor, "batch pos"], hook: str) -> tuple[Tensor, Tensor]:
@@ -126,6 +124,14 @@ class LoadedModel:
         W_U = self.bridge.W_U.detach().float()
         scale = _norm_weight(self.bridge.ln_final)
         return W_U if scale is None else scale.float()[:, None] * W_U
+
+
+def _stop_here(tensor: Tensor, hook) -> None:
+    """A hook that ends the forward pass with ``tensor``: TransformerLens's stop exception, the
+    mechanism of ``stop_at_layer``, which ``run_with_hooks`` and ``run_with_cache`` catch."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    raise StopAtLayerException(tensor)
 
 
 def _norm_weight(norm: torch.nn.Module) -> Tensor | None:

@@ -1,0 +1,34 @@
+"""``precompute.models``: reading activations from a tiny Llama through TransformerBridge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from precompute.models import load_model, mlp_hook, mlp_input_hook
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("last_layer", ["middle", "final"])
+def test_activations_equal_a_full_run_and_skip_what_follows(tiny_model, last_layer):
+    """The cached hooks equal a full forward pass's; the blocks after the last layer asked for, and
+    the unembedding, never run."""
+    layer = tiny_model.n_layers - (2 if last_layer == "middle" else 1)
+    hooks = [mlp_input_hook(0), mlp_hook(layer)]
+    tokens = torch.randint(0, 1000, (2, 12))
+    fired: list[str] = []
+    after = [f"blocks.{i}.hook_out" for i in range(layer + 1, tiny_model.n_layers)] + ["unembed.hook_in"]
+    with (
+        torch.inference_mode(),
+        tiny_model.bridge.hooks(fwd_hooks=[(h, lambda t, hook: fired.append(hook.name)) for h in after]),
+    ):
+        kept = tiny_model.activations(tokens, hooks)
+    assert fired == []
+    with torch.inference_mode():
+        _, full = tiny_model.bridge.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+    for hook in hooks:
+        torch.testing.assert_close(kept[hook], full[hook], rtol=0, atol=0)
