@@ -273,9 +273,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     if not args.no_serve:
-        cmd_serve(
-            argparse.Namespace(store=store, host=args.host, port=args.port, debug=args.debug, sets_file=None)
-        )
+        from neurodash.app import serve
+
+        serve(store, host=args.host, port=args.port, debug=args.debug)
 
 
 def demo_sae() -> Path:

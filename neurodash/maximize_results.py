@@ -32,9 +32,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     activation DOUBLE, cross_entropy DOUBLE, acts DOUBLE[], PRIMARY KEY (run_id, rank));
 """
 DEFAULT_LENGTH = 12  # prompt tokens after BOS
-DEFAULT_STEPS = (
-    40  # optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores
-)
+# Optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores.
+DEFAULT_STEPS = 40
 BUSY_TIMEOUT_S = 10.0
 
 

@@ -52,10 +52,15 @@ CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEG
 """
 
 TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
-OPTIONAL_TABLES = (
-    "links",
-    "clusters",
-)  # newer tables: a store without them still opens, and reads them empty
+# Newer tables: a store without them still opens, and reads them empty.
+OPTIONAL_TABLES = ("links", "clusters")
+
+# An example's window, with the token ids it covers sliced from its sequence: the columns of
+# ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
+_EXAMPLE_WINDOW = (
+    "e.seq_id, e.pos, e.start, e.acts, list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+    "FROM examples e JOIN sequences s USING (seq_id)"
+)
 
 
 class StoreWriter:
@@ -257,16 +262,11 @@ class Store:
             where += f" AND e.bucket IN ({', '.join('?' * len(buckets))})"
             params += list(buckets)
         rows = self.sql(
-            "SELECT e.bucket, e.rank, e.seq_id, e.pos, e.start, e.acts, "
-            "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-            f"FROM examples e JOIN sequences s USING (seq_id) WHERE {where} "
+            f"SELECT e.bucket, e.rank, {_EXAMPLE_WINDOW} WHERE {where} "
             "ORDER BY e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
             params,
         ).fetchall()
-        return [
-            Example(ref, b, r, seq, pos, start, self.tokens(ids), tuple(ids), tuple(acts))
-            for b, r, seq, pos, start, acts, ids in rows
-        ]
+        return [self._example(ref, b, r, *window) for b, r, *window in rows]
 
     def strongest_examples(self, refs: Sequence[UnitRef]) -> dict[UnitRef, Example]:
         """Each unit's strongest example (top #0), one query per source; units without one are left out."""
@@ -276,18 +276,20 @@ class Store:
         found = {}
         for source_id, units in by_source.items():
             rows = self.sql(
-                "SELECT e.unit, e.seq_id, e.pos, e.start, e.acts, "
-                "list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
-                "FROM examples e JOIN sequences s USING (seq_id) WHERE e.source_id = ? "
+                f"SELECT e.unit, {_EXAMPLE_WINDOW} WHERE e.source_id = ? "
                 "AND e.unit IN (SELECT unnest(?::INTEGER[])) AND e.bucket = 'top' AND e.rank = 0",
                 [source_id, units],
             ).fetchall()
-            for unit, seq, pos, start, acts, ids in rows:
+            for unit, *window in rows:
                 ref = UnitRef(source_id, unit)
-                found[ref] = Example(
-                    ref, "top", 0, seq, pos, start, self.tokens(ids), tuple(ids), tuple(acts)
-                )
+                found[ref] = self._example(ref, "top", 0, *window)
         return found
+
+    def _example(self, ref: UnitRef, bucket: str, rank: int, seq_id, pos, start, acts, token_ids) -> Example:
+        """An ``Example`` from the columns of ``_EXAMPLE_WINDOW``."""
+        return Example(
+            ref, bucket, rank, seq_id, pos, start, self.tokens(token_ids), tuple(token_ids), tuple(acts)
+        )
 
     def sequence(self, seq_id: int) -> tuple[int, ...]:
         """A stored window's token ids."""

@@ -88,8 +88,17 @@ class Example:
     acts: tuple[float, ...]
 
     @property
+    def peak(self) -> int:
+        """The max token's index in the window."""
+        return self.pos - self.start
+
+    @property
     def value(self) -> float:
-        return self.acts[self.pos - self.start]
+        return self.acts[self.peak]
+
+    @property
+    def max_token(self) -> str:
+        return self.tokens[self.peak]
 
     @property
     def text(self) -> str:

@@ -35,6 +35,7 @@ from precompute.polysemanticity import (
     example_scores,
     feature_shares,
     kept_examples,
+    mass_from_sums,
     n_covering,
     projection,
 )
@@ -483,7 +484,7 @@ def _write_links(writer: StoreWriter, tracked: list[_Tracked], k: int) -> None:
     for sae in saes:
         layer = neurons[sae.hook].source.source_id
         decoder = sae.decoder.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_shares((np.maximum(decoder, 0) * sae.attribution.cpu().numpy()).T)
+        mass = feature_shares(mass_from_sums(sae.attribution, sae.decoder_up.double()).cpu().numpy())
         writer.append("links", _links_table(layer, sae.source.source_id, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", _links_table(sae.source.source_id, layer, energy, decoder, k))

@@ -1,7 +1,8 @@
 """Polysemanticity scores: how many distinct things one unit responds to.
 
-Pure functions over numpy arrays (torch tensors for the one that runs on every batch), shared by the pipeline and the ground-truth tests, so that what
-is validated on a toy model is exactly what runs on a real one.
+Pure functions over numpy arrays (torch tensors for those that run on every batch), shared by the
+pipeline and the ground-truth tests, so that what is validated on a toy model is exactly what runs
+on a real one.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor) -> Tenso
     ``[n_features, n_neurons]``. Over many batches, sum ``attribution_sums`` and multiply once.
     """
     up = decoder.clamp(min=0)
-    return (up * attribution_sums(neurons, features, up)).T
+    return mass_from_sums(attribution_sums(neurons, features, up), up)
+
+
+def mass_from_sums(sums: Tensor, up: Tensor) -> Tensor:
+    """``attributed_mass`` from its ``attribution_sums`` (added over batches) and ``up``."""
+    return (up * sums).T
 
 
 def attribution_sums(neurons: Tensor, features: Tensor, up: Tensor) -> Tensor:

@@ -73,7 +73,7 @@ def breakdown(
     for e in kept:
         if (e.seq_id, e.pos) in clusters:
             by_cluster.setdefault(clusters[(e.seq_id, e.pos)], []).append(e)
-        by_token.setdefault(e.tokens[e.pos - e.start], []).append(e)
+        by_token.setdefault(e.max_token, []).append(e)
 
     def groups(members: dict, label) -> list[Group]:
         ordered = sorted(members.items(), key=lambda kv: (-len(kv[1]), -kv[1][0].value))
@@ -106,35 +106,22 @@ def group_list(
 ) -> html.Details:
     total = sum(g.count for g in groups)
     rows = [
-        html.Div(
+        _example_item(
             [
-                html.Div(
-                    [
-                        html.Span(g.label, className="nd-strong"),
-                        f" · {g.count} of {total} examples ({g.count / total:.0%}) · strongest peaks at "
-                        f"{g.example.value:+.3f} on {g.example.tokens[g.example.pos - g.example.start]!r}",
-                    ],
-                    className="nd-muted",
-                    title=f"sequence {g.example.seq_id}, token {g.example.pos}",
-                ),
-                render.token_row(g.example.tokens, g.example.acts, max_abs, g.example.pos - g.example.start),
+                html.Span(g.label, className="nd-strong"),
+                f" · {g.count} of {total} examples ({g.count / total:.0%}) · strongest peaks at "
+                f"{g.example.value:+.3f} on {g.example.max_token!r}",
             ],
-            className="nd-poly-group",
-            style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
+            g.example,
+            max_abs,
+            title=f"sequence {g.example.seq_id}, token {g.example.pos}",
         )
         for g in groups[:shown]
     ]
     more = len(groups) - shown
     if more > 0:
         rows.append(html.P(f"… and {more} smaller groups", className="nd-muted"))
-    return html.Details(
-        [
-            html.Summary([title, html.Span(f"{len(groups)}", className="nd-count")]),
-            html.Div(rows, className="nd-examples"),
-        ],
-        open=open_,
-        className="nd-section",
-    )
+    return _section(title, len(groups), rows, open_)
 
 
 @dataclass(frozen=True)
@@ -150,39 +137,39 @@ def feature_list(features: Sequence[FeatureBehind], shown: int = 6) -> html.Deta
     """The SAE features that share the neuron's activation mass, largest share first, each linked
     and with its own strongest example (coloured by the feature)."""
     rows = [
-        html.Div(
+        _example_item(
             [
-                html.Div(
-                    [
-                        render.unit_link(f.label, f.link.ref, className="nd-strong"),
-                        f" · {f.link.share:.1%} of this neuron's activation mass · its strongest example, "
-                        f"{f.example.value:+.3f} on {f.example.tokens[f.example.pos - f.example.start]!r}",
-                    ],
-                    className="nd-muted",
-                ),
-                render.token_row(
-                    f.example.tokens,
-                    f.example.acts,
-                    max(abs(f.example.value), 1e-9),
-                    f.example.pos - f.example.start,
-                ),
+                render.unit_link(f.label, f.link.ref, className="nd-strong"),
+                f" · {f.link.share:.1%} of this neuron's activation mass · its strongest example, "
+                f"{f.example.value:+.3f} on {f.example.max_token!r}",
             ],
-            className="nd-poly-group",
-            style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
+            f.example,
+            max(abs(f.example.value), 1e-9),
         )
         for f in features[:shown]
     ]
+    return _section("SAE features behind it (each feature's strongest example)", len(features), rows, False)
+
+
+def _example_item(header: list, example: Example, max_abs: float, title: str | None = None) -> html.Div:
+    """One group of a breakdown: a line about it, then its example."""
+    return html.Div(
+        [
+            html.Div(header, className="nd-muted", title=title),
+            render.example_tokens(example, max_abs),
+        ],
+        className="nd-poly-group",
+        style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
+    )
+
+
+def _section(title: str, count: int, rows: list, open_: bool) -> html.Details:
     return html.Details(
         [
-            html.Summary(
-                [
-                    "SAE features behind it (each feature's strongest example)",
-                    html.Span(f"{len(features)}", className="nd-count"),
-                ]
-            ),
+            html.Summary([title, html.Span(f"{count}", className="nd-count")]),
             html.Div(rows, className="nd-examples"),
         ],
-        open=False,
+        open=open_,
         className="nd-section",
     )
 

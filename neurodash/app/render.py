@@ -48,6 +48,11 @@ def token_row(
     return html.Div(className="nd-tokens", **{"data-tokens": json.dumps(payload, separators=(",", ":"))})
 
 
+def example_tokens(example: Example, max_abs: float) -> html.Div:
+    """The example's tokens coloured by activation, its max token outlined."""
+    return token_row(example.tokens, example.acts, max_abs, example.peak)
+
+
 def example_row(example: Example, max_abs: float, add_button: bool = False) -> html.Div:
     """Value and tokens; with ``add_button``, a "+" that adds the example to a curated set."""
     value = example.value
@@ -60,7 +65,7 @@ def example_row(example: Example, max_abs: float, add_button: bool = False) -> h
                 style={"color": rgb(POSITIVE if value >= 0 else NEGATIVE)},
                 title=f"sequence {example.seq_id}, token {example.pos}",
             ),
-            token_row(example.tokens, example.acts, max_abs, example.pos - example.start),
+            example_tokens(example, max_abs),
         ],
         className="nd-example",
     )
