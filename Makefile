@@ -34,6 +34,7 @@ test-fast: setup  ## everything but the real model and the browser
 lint: setup
 	$(VENV)/bin/ruff check neurodash precompute tests benchmarks
 	$(VENV)/bin/ruff format --check neurodash precompute tests benchmarks
+	$(VENV)/bin/basedpyright
 
 bench: setup
 	$(PY) benchmarks/precompute_speed.py

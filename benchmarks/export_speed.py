@@ -25,7 +25,7 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from neurodash.export import Selection, export, resolve
-from neurodash.store import Store
+from neurodash.storage import Store
 with Store({store!r}) as store:
     started = time.perf_counter()
     selection = Selection(**{selection!r})
@@ -51,7 +51,7 @@ def run_export(store: Path, selection: dict, fmt: str, out: Path) -> dict:
 def html_selection(store_path: Path) -> dict:
     """Top examples of the middle layer's first units, as many as an HTML report may hold."""
     from neurodash.export import HTML_MAX_EXAMPLES, Selection, resolve
-    from neurodash.store import Store
+    from neurodash.storage import Store
 
     with Store(store_path) as store:
         source = store.sources()[len(store.sources()) // 2]
@@ -65,7 +65,7 @@ def html_selection(store_path: Path) -> dict:
 
 def main() -> None:
     from neurodash import paths
-    from neurodash.store import Store
+    from neurodash.storage import Store
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=paths.demo_store_path())

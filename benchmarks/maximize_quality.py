@@ -20,10 +20,16 @@ import numpy as np
 import torch
 
 from neurodash import paths
-from neurodash.store import Store
+from neurodash.storage import Store
 from neurodash.units import UnitRef
-from precompute.maximize import MaximizeConfig, UnitObjective, corpus_seeds, maximize_many, unit_objective
-from precompute.probe import cached_model
+from precompute.live.maximize import (
+    MaximizeConfig,
+    UnitObjective,
+    corpus_seeds,
+    maximize_many,
+    unit_objective,
+)
+from precompute.live.probe import cached_model
 
 
 def sample_units(store: Store, n: int, seed: int) -> list[UnitRef]:

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from precompute.polysemanticity import CLUSTER_COSINE, combined, diversity, leader_clusters  # noqa: E402
+from precompute.pipeline.polysemanticity import CLUSTER_COSINE, combined, diversity, leader_clusters  # noqa: E402
 
 LAYER = 15
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)

@@ -1,5 +1,5 @@
 """Polysemanticity scores against ground truth: a toy model of superposition whose neurons' number of
-represented features is known (``precompute.toy``).
+represented features is known (``precompute.ground_truth.superposition``).
 
     python benchmarks/polysemanticity_truth.py
 
@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from precompute.toy import MAIN_METRICS, ToyConfig, ground_truth, spearman  # noqa: E402
+from precompute.ground_truth.superposition import MAIN_METRICS, ToyConfig, ground_truth, spearman  # noqa: E402
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def bare_forward_seconds(model_name: str, tokens: int, ctx: int, batch_size: int
 def precompute_seconds(
     args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
 ) -> tuple[dict[str, float], float]:
-    from neurodash.store import Store
+    from neurodash.storage import Store
     from precompute import PrecomputeConfig, parse_layers, run_precompute
 
     cfg = PrecomputeConfig(
@@ -75,11 +75,11 @@ def scoring_overhead(args) -> dict[str, float]:
     changing load falls on both alike."""
     import torch
 
-    from neurodash.store import StoreWriter
+    from neurodash.storage import StoreWriter
     from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
-    from precompute.pipeline import (
+    from precompute.pipeline.run import (
         _context_hook,
         _Contexts,
         _features,

@@ -10,7 +10,7 @@ that the module's name keeps meaning the module.)
 
 from neurodash.errors import NeurodashError
 from neurodash.export import Selection, examples_frame
-from neurodash.store import Store, open_store
+from neurodash.storage import Store, open_store
 from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats, parse_layers, parse_ref
 
 __all__ = [

@@ -155,7 +155,7 @@ def add_train_sae_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_maximize_args(p: argparse.ArgumentParser) -> None:
-    from neurodash.maximize_results import DEFAULT_LENGTH, DEFAULT_STEPS
+    from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS
 
     p.add_argument(
         "--unit",
@@ -215,7 +215,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
     from neurodash.units import parse_layers
     from precompute import PrecomputeConfig
-    from precompute.accumulate import AccumulatorConfig
+    from precompute.pipeline.accumulate import AccumulatorConfig
 
     return PrecomputeConfig(
         out=out,
@@ -326,7 +326,7 @@ def cmd_train_sae(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from neurodash.store import Store
+    from neurodash.storage import Store
 
     with Store(args.store) as store:
         meta = store.meta
@@ -340,7 +340,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from neurodash.export import Selection, export, parse_range, split_list
-    from neurodash.store import Store
+    from neurodash.storage import Store
     from neurodash.units import parse_layers
 
     ranges = [parse_range(text) for text in args.range]
@@ -370,13 +370,13 @@ def cmd_maximize(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from neurodash.export import split_list
-    from neurodash.maximize_results import MaximizeResults
-    from neurodash.store import Store
+    from neurodash.storage import Store
+    from neurodash.storage.maximize import MaximizeResults
 
     refs = list(split_list(args.unit)) + _units_file(args.units_file)
     if not refs:
         raise NeurodashError("name the units to maximize with --unit or --units-file")
-    from precompute.maximize import MaximizeConfig, maximize_many
+    from precompute.live.maximize import MaximizeConfig, maximize_many
 
     config = MaximizeConfig(length=args.length, steps=args.steps, seed=args.seed)
     Store(args.store).close()  # a missing or unreadable store fails here, before the model loads

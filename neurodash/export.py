@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from neurodash.errors import NeurodashError
-from neurodash.store import EXAMPLE_KEYS, Store, check_writable, copy_batches
+from neurodash.storage import Store, check_writable
+from neurodash.storage.copy import copy_batches
+from neurodash.storage.schema import EXAMPLE_KEYS
 from neurodash.units import UnitRef, parse_ref
 
 FORMATS = ("csv", "jsonl", "parquet", "html")
@@ -158,7 +160,7 @@ def _unit_keys(units: pd.DataFrame) -> pa.Table:
 
 
 def _set_plan(store: Store, sel: Selection, buckets: tuple[str, ...], sets_file) -> Plan:
-    from neurodash.sets import ExampleSets
+    from neurodash.storage.sets import ExampleSets
 
     items = ExampleSets.beside(store.path, sets_file).items(sel.set_name)[[*EXAMPLE_KEYS, "note"]]
     if buckets:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from neurodash.store import Store
+from neurodash.storage import Store
 from neurodash.units import UnitRef
 
 POSITIVE = (240, 120, 20)  # the dashboard's colours (neurodash/app/render.py)

@@ -130,7 +130,7 @@ def element_png(driver, css: str) -> bytes:
 
 def unit_path(store_path: Path, unit: str | None) -> str:
     """The page of ``unit`` (``L15N3``, ``L15.mlp/3``), by default a sparse unit of the middle layer."""
-    from neurodash.store import Store
+    from neurodash.storage import Store
     from neurodash.units import parse_ref
 
     with Store(store_path) as store:

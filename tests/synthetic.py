@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neurodash.store import StoreWriter
+from neurodash.storage import StoreWriter
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 
 MODEL = "synthetic"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from neurodash import paths
 from neurodash.errors import NeurodashError
-from neurodash.store import Store
+from neurodash.storage import Store
 
 ASSETS = Path(__file__).with_name("assets")
 
@@ -28,8 +28,10 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import maximize_panel, sets_panel, shell, state
+    from neurodash.app import shell, state
     from neurodash.app.pages import not_found_404, overview, probe, sets, unit
+    from neurodash.app.panels import maximize as maximize_panel
+    from neurodash.app.panels import sets as sets_panel
 
     app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"

@@ -69,7 +69,7 @@ PROBE_SELECTED_TOKEN = "probe-selected-token"  # {"index": i, "at": ms}, set by 
 PROBE_TOKEN_UNITS = "probe-token-units"
 PROBE_TOP_UNITS = "probe-top-units"
 
-# unit page: activation maximization (neurodash/app/maximize_panel.py)
+# unit page: activation maximization (neurodash/app/panels/maximize.py)
 MAXIMIZE_UNIT = "maximize-unit"
 MAXIMIZE_RUN = "maximize-run"
 MAXIMIZE_CANCEL = "maximize-cancel"

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from neurodash.app.data import max_by_source
-from neurodash.sets import ExampleSets
-from neurodash.store import Store
+from neurodash.storage import Store
+from neurodash.storage.sets import ExampleSets
 
 EXTENSION = "neurodash"
 

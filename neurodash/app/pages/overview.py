@@ -6,11 +6,12 @@ import dash_ag_grid as dag
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, polysemanticity, render, state
+from neurodash.app import ids, render, state
 from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, plural, units_payload
+from neurodash.app.panels import polysemanticity
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
-from neurodash.store import Store
+from neurodash.storage import Store
 
 PATH = "/"
 TITLE = "neurodash"

@@ -98,7 +98,7 @@ def probe_job(
         return None, "This store has no neuron sources to probe."
     torch_inherited = "torch" in sys.modules  # forked from a process that had loaded torch
     try:
-        from precompute.probe import avoid_inherited_thread_pool, cached_model, probe_text
+        from precompute.live.probe import avoid_inherited_thread_pool, cached_model, probe_text
     except ImportError:
         return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
     if torch_inherited:

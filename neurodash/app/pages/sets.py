@@ -12,13 +12,14 @@ import re
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, sets_panel, state
+from neurodash.app import ids, render, state
 from neurodash.app.data import label_prefixes, plural, unit_label, unit_magnitudes
+from neurodash.app.panels import sets as sets_panel
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, Selection, examples_frame, export_bytes
-from neurodash.sets import ExampleSets, SetInfo, sets_path
-from neurodash.store import Store
+from neurodash.storage import Store
+from neurodash.storage.sets import ExampleSets, SetInfo, sets_path
 from neurodash.units import UnitRef
 
 PATH = "/sets"

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, maximize_panel, polysemanticity, render, sets_panel, state
+from neurodash.app import ids, render, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
-from neurodash.store import Store
+from neurodash.app.panels import maximize as maximize_panel
+from neurodash.app.panels import polysemanticity
+from neurodash.app.panels import sets as sets_panel
+from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, UnitRef
 
 PATH_TEMPLATE = "/unit/<source_id>/<index>"

@@ -1,0 +1,376 @@
+"""``Store``: a finished store, opened read-only, and the queries that read it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from neurodash.errors import NeurodashError
+from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, TABLES
+from neurodash.units import Example, Link, LogitEffect, Source, UnitRef, UnitStats
+
+# An example's window, with the token ids it covers sliced from its sequence: the columns of
+# ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
+_EXAMPLE_WINDOW = (
+    "e.seq_id, e.pos, e.start, e.acts, list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
+    "FROM examples e JOIN sequences s USING (seq_id)"
+)
+
+
+class Store:
+    """A finished store, opened read-only. Safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise NeurodashError(
+                f"no store at {self.path}: build one with `neurodash precompute` or `neurodash demo`"
+            )
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=True)
+            tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        except duckdb.Error as e:
+            raise NeurodashError(f"{self.path} is not a readable neurodash store ({e})") from None
+        missing = set(TABLES) - tables
+        if missing:
+            self._con.close()
+            raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
+        self._tables = frozenset(tables)
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sql(self, query: str, params: Sequence = ()) -> duckdb.DuckDBPyConnection:
+        """Run a query on this thread's cursor (DuckDB connections are not shared between threads)."""
+        return self._cursor().execute(query, list(params))
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._con.cursor()
+        return cur
+
+    # --- sources and vocabulary -------------------------------------------------------------
+    @cached_property
+    def meta(self) -> dict[str, str]:
+        return dict(self.sql("SELECT key, value FROM meta").fetchall())
+
+    @cached_property
+    def _sources(self) -> dict[str, Source]:
+        rows = self.sql(
+            "SELECT source_id, model, hook, kind, layer, n_units, n_tokens, sae, config "
+            "FROM sources ORDER BY kind, layer, source_id"
+        ).fetchall()
+        return {r[0]: Source(*r[:8], config=json.loads(r[8] or "{}")) for r in rows}
+
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+    def source(self, source_id: str) -> Source:
+        try:
+            return self._sources[source_id]
+        except KeyError:
+            raise NeurodashError(f"no source {source_id!r} in {self.path}") from None
+
+    def has_unit(self, ref: UnitRef) -> bool:
+        s = self._sources.get(ref.source_id)
+        return s is not None and 0 <= ref.unit < s.n_units
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        rows = self.sql("SELECT token_id, token FROM vocab ORDER BY token_id").fetchall()
+        tokens = [""] * (rows[-1][0] + 1 if rows else 0)
+        for i, t in rows:
+            tokens[i] = t
+        return tokens
+
+    def tokens(self, token_ids: Iterable[int]) -> tuple[str, ...]:
+        v = self.vocab
+        return tuple(v[i] for i in token_ids)
+
+    # --- units ------------------------------------------------------------------------------
+    def unit_stats(self, ref: UnitRef) -> UnitStats:
+        rows = self.sql(  # fetchall, not fetchone: an unfinished result blocks this thread's cursor
+            "SELECT max_act, min_act, mean_act, std_act, skew, kurtosis, density, n_tokens, "
+            "hist_edges, hist_counts FROM units WHERE source_id = ? AND unit = ?",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        row = rows[0] if rows else None
+        if row is None:
+            raise NeurodashError(f"no unit {ref} in {self.path}")
+        return UnitStats(ref, *row[:8], hist_edges=tuple(row[8]), hist_counts=tuple(row[9]))
+
+    def examples(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[Example]:
+        """A unit's examples, ordered by bucket (top, quantile groups high to low, bottom) and rank."""
+        where, params = "e.source_id = ? AND e.unit = ?", [ref.source_id, ref.unit]
+        if buckets:
+            where += f" AND e.bucket IN ({', '.join('?' * len(buckets))})"
+            params += list(buckets)
+        rows = self.sql(
+            f"SELECT e.bucket, e.rank, {_EXAMPLE_WINDOW} WHERE {where} "
+            "ORDER BY e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
+            params,
+        ).fetchall()
+        return [self._example(ref, b, r, *window) for b, r, *window in rows]
+
+    def strongest_examples(self, refs: Sequence[UnitRef]) -> dict[UnitRef, Example]:
+        """Each unit's strongest example (top #0), one query per source; units without one are left out."""
+        by_source: dict[str, list[int]] = {}
+        for ref in refs:
+            by_source.setdefault(ref.source_id, []).append(ref.unit)
+        found = {}
+        for source_id, units in by_source.items():
+            rows = self.sql(
+                f"SELECT e.unit, {_EXAMPLE_WINDOW} WHERE e.source_id = ? "
+                "AND e.unit IN (SELECT unnest(?::INTEGER[])) AND e.bucket = 'top' AND e.rank = 0",
+                [source_id, units],
+            ).fetchall()
+            for unit, *window in rows:
+                ref = UnitRef(source_id, unit)
+                found[ref] = self._example(ref, "top", 0, *window)
+        return found
+
+    def _example(self, ref: UnitRef, bucket: str, rank: int, seq_id, pos, start, acts, token_ids) -> Example:
+        """An ``Example`` from the columns of ``_EXAMPLE_WINDOW``."""
+        return Example(
+            ref, bucket, rank, seq_id, pos, start, self.tokens(token_ids), tuple(token_ids), tuple(acts)
+        )
+
+    def sequence(self, seq_id: int) -> tuple[int, ...]:
+        """A stored window's token ids."""
+        row = self.sql("SELECT token_ids FROM sequences WHERE seq_id = ?", [seq_id]).fetchone()
+        if row is None:
+            raise NeurodashError(f"no sequence {seq_id} in {self.path}")
+        return tuple(row[0])
+
+    def logit_effects(self, ref: UnitRef) -> list[LogitEffect]:
+        rows = self.sql(
+            "SELECT sign, rank, token_id, value FROM logits WHERE source_id = ? AND unit = ? "
+            "ORDER BY sign, rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [LogitEffect(sign, rank, tid, self.vocab[tid], value) for sign, rank, tid, value in rows]
+
+    def neighbors(self, ref: UnitRef) -> list[tuple[UnitRef, float]]:
+        """Units of the same source whose output directions are nearest by cosine similarity."""
+        rows = self.sql(
+            "SELECT neighbor, cosine FROM neighbors WHERE source_id = ? AND unit = ? ORDER BY rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [(UnitRef(ref.source_id, n), c) for n, c in rows]
+
+    def links(self, ref: UnitRef) -> list[Link]:
+        """Units of another source tied to this one through an SAE's decoder, strongest first."""
+        if "links" not in self._tables:  # a store from before links
+            return []
+        rows = self.sql(
+            "SELECT target_source_id, target_unit, weight, share FROM links "
+            "WHERE source_id = ? AND unit = ? ORDER BY target_source_id, rank",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return [Link(UnitRef(s, u), w, share) for s, u, w, share in rows]
+
+    def scores(self, ref: UnitRef) -> dict[str, float]:
+        rows = self.sql(
+            "SELECT metric, value FROM scores WHERE source_id = ? AND unit = ? ORDER BY metric",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return dict(rows)
+
+    def clusters(self, ref: UnitRef) -> dict[tuple[int, int], int]:
+        """The context cluster of each of the unit's top and quantile examples, by (seq_id, pos);
+        empty for a store written before clusters were kept."""
+        if "clusters" not in self._tables:
+            return {}
+        rows = self.sql(
+            "SELECT DISTINCT seq_id, pos, cluster FROM clusters WHERE source_id = ? AND unit = ?",
+            [ref.source_id, ref.unit],
+        ).fetchall()
+        return {(seq, pos): c for seq, pos, c in rows}
+
+    # --- frames for notebooks, the overview and export -------------------------------------
+    def units_frame(self, source_id: str | None = None) -> pd.DataFrame:
+        """One row per unit: statistics plus one column per score metric."""
+        where = "WHERE u.source_id = ?" if source_id else ""
+        df = self.sql(
+            "SELECT u.source_id, s.layer, s.kind, u.unit, u.max_act, u.min_act, u.mean_act, "
+            "u.std_act, u.skew, u.kurtosis, u.density FROM units u JOIN sources s USING (source_id) "
+            f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
+            [source_id] if source_id else [],
+        ).df()
+        if not self._has_scores:
+            return df
+        # PIVOT takes no parameter in its source unless its columns are listed (the store's own metrics)
+        columns = ", ".join(f"'{_sql_string(m)}'" for m in self.score_metrics)
+        scores = self.sql(
+            f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
+            f"ON metric IN ({columns}) USING first(value)",
+            [source_id] if source_id else [],
+        ).df()
+        return df.merge(scores, on=["source_id", "unit"], how="left")
+
+    @cached_property
+    def _has_scores(self) -> bool:
+        return bool(self.sql("SELECT count(*) FROM scores").fetchall()[0][0])
+
+    def examples_frame(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> pd.DataFrame:
+        """A unit's examples as a DataFrame: one row per example, text and per-token activations."""
+        return pd.DataFrame(
+            [
+                {
+                    "unit": str(e.ref),
+                    "bucket": e.bucket,
+                    "rank": e.rank,
+                    "seq_id": e.seq_id,
+                    "pos": e.pos,
+                    "start": e.start,
+                    "value": e.value,
+                    "text": e.text,
+                    "tokens": list(e.tokens),
+                    "acts": list(e.acts),
+                }
+                for e in self.examples(ref, buckets)
+            ]
+        )
+
+    # --- selections and export (neurodash/export.py) ---------------------------------------
+    @cached_property
+    def bucket_names(self) -> list[str]:
+        """The buckets that examples are in, in display order: top, quantile groups high to low, bottom."""
+        rows = self.sql(
+            "SELECT DISTINCT bucket FROM examples ORDER BY bucket = 'bottom', bucket <> 'top', bucket DESC"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    @cached_property
+    def score_metrics(self) -> list[str]:
+        return [r[0] for r in self.sql("SELECT DISTINCT metric FROM scores ORDER BY metric").fetchall()]
+
+    def select_units(
+        self,
+        source_ids: Sequence[str] | None = None,
+        refs: Sequence[UnitRef] | None = None,
+        ranges: Sequence[tuple[str, float | None, float | None]] = (),
+    ) -> pd.DataFrame:
+        """Units (``source_id``, ``unit``) in store order that are in ``source_ids`` and ``refs`` (None: any)
+        and within every ``(metric, low, high)`` range (None: open) of a statistic or score metric."""
+        where, params = ["TRUE"], []
+        if source_ids is not None:
+            where.append("u.source_id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(source_ids))
+        if refs is not None:
+            where.append("(u.source_id || '/' || u.unit) IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([str(r) for r in refs])
+        for metric, low, high in ranges:
+            clause, values = self._range_clause(metric, low, high)
+            where.append(clause)
+            params += values
+        return self.sql(
+            "SELECT u.source_id, u.unit FROM units u JOIN sources s USING (source_id) "
+            f"WHERE {' AND '.join(where)} ORDER BY s.kind, s.layer, u.source_id, u.unit",
+            params,
+        ).df()
+
+    def _range_clause(self, metric: str, low: float | None, high: float | None) -> tuple[str, list]:
+        bounds = "(? IS NULL OR {0} >= ?) AND (? IS NULL OR {0} <= ?)"
+        values = [low, low, high, high]
+        if metric in STAT_COLUMNS:
+            return bounds.format(f"u.{metric}"), values
+        if metric in self.score_metrics:
+            return (
+                "EXISTS (SELECT 1 FROM scores c WHERE c.source_id = u.source_id AND c.unit = u.unit "
+                f"AND c.metric = ? AND {bounds.format('c.value')})",
+                [metric, *values],
+            )
+        known = ", ".join([*STAT_COLUMNS, *self.score_metrics])
+        raise NeurodashError(f"no metric {metric!r} in {self.path} (known: {known})")
+
+    def count_examples(self, keys: pa.Table, buckets: Sequence[str] = ()) -> int:
+        """How many examples ``keys`` names (see ``_example_rows``)."""
+        cur = self._cursor()
+        query, params = _examples_joined(keys, buckets)
+        with _registered(cur, keys):
+            return cur.execute(f"SELECT count(*) {query}", params).fetchall()[0][0]
+
+    def example_rows(self, keys: pa.Table, buckets: Sequence[str] = ()) -> pa.Table:
+        """The examples that ``keys`` names, in store order, as Arrow; see ``_example_rows``."""
+        return _example_rows(self._cursor(), keys, buckets)
+
+    def example_batches(
+        self, key_chunks: Iterable[pa.Table], buckets: Sequence[str] = ()
+    ) -> Iterator[pa.Table]:
+        """``example_rows`` per chunk of keys, on a cursor of its own: the stream may be read on any thread."""
+        cur = self._con.cursor()
+        try:
+            for keys in key_chunks:
+                yield _example_rows(cur, keys, buckets)
+        finally:
+            cur.close()
+
+
+def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
+    """``FROM examples e`` joined to the registered ``keys`` on its columns among ``EXAMPLE_KEYS``."""
+    on = " AND ".join(f"e.{c} = k.{c}" for c in EXAMPLE_KEYS if c in keys.column_names)
+    query = (
+        f"FROM examples e JOIN _nd_keys k ON {on} JOIN sequences s ON s.seq_id = e.seq_id "
+        "JOIN sources src ON src.source_id = e.source_id"
+    )
+    if not buckets:
+        return query, []
+    return f"{query} WHERE e.bucket IN (SELECT unnest(?::VARCHAR[]))", [list(buckets)]
+
+
+@contextmanager
+def _registered(cur: duckdb.DuckDBPyConnection, keys: pa.Table) -> Iterator[None]:
+    cur.register("_nd_keys", keys)
+    try:
+        yield
+    finally:
+        cur.unregister("_nd_keys")
+
+
+def _example_rows(cur: duckdb.DuckDBPyConnection, keys: pa.Table, buckets: Sequence[str]) -> pa.Table:
+    """Examples of the units (``keys``: source_id, unit) or the exact examples (``keys`` with every
+    column of ``EXAMPLE_KEYS``, and optionally ``note``, carried along) in ``buckets`` (empty: all);
+    ordered by source, unit, bucket (top first) and rank.
+
+    Columns: unit (``L3.mlp/12``), source_id, unit_index, layer, bucket, rank, seq_id, pos, start,
+    value, max_token_id, token_ids (the window), acts, [note].
+    """
+    query, params = _examples_joined(keys, buckets)
+    note = ", k.note" if "note" in keys.column_names else ""
+    with _registered(cur, keys):
+        return cur.sql(
+            "SELECT e.source_id || '/' || e.unit AS unit, e.source_id, e.unit AS unit_index, src.layer, "
+            "e.bucket, e.rank, e.seq_id, e.pos, e.start, e.acts[e.pos - e.start + 1] AS value, "
+            "s.token_ids[e.pos + 1] AS max_token_id, "
+            f"list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) AS token_ids, e.acts{note} "
+            f"{query} ORDER BY src.kind, src.layer, e.source_id, e.unit, "
+            "e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
+            params=params,
+        ).to_arrow_table()
+
+
+def _sql_string(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a store read-only: ``open_store("demo.duckdb").units_frame()``."""
+    return Store(path)

@@ -1,0 +1,2 @@
+"""Models whose answers are known, for the ground-truth tests and benchmarks: the toy model of
+superposition that polysemanticity scores are checked against."""

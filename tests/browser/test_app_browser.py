@@ -1,0 +1,241 @@
+"""End to end in headless Chromium: every page, navigation, hover, keys, jump box, probe, XSS.
+
+Every test ends with no console errors in the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from dash import Dash, Input, Output, html
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+from synthetic import XSS_TOKENS
+
+from neurodash.app import create_app, render
+from neurodash.storage import Store
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(dash_duo, store_path, path: str = "/") -> None:
+    dash_duo.start_server(create_app(store_path), port=free_port())
+    if path != "/":
+        dash_duo.driver.get(dash_duo.server_url + path)
+    dash_duo.wait_for_element(".nd-main .nd-title")
+
+
+def wait_for_path(dash_duo, path: str, timeout: float = 10) -> None:
+    WebDriverWait(dash_duo.driver, timeout).until(lambda d: d.current_url == dash_duo.server_url + path)
+
+
+def press(dash_duo, *keys: str) -> None:
+    ActionChains(dash_duo.driver).send_keys(*keys).perform()
+
+
+def test_overview_sorts_and_opens_a_unit(dash_duo, synthetic_store):
+    start(dash_duo, synthetic_store)
+    dash_duo.wait_for_contains_text(".nd-stats", "120")
+    dash_duo.wait_for_element(".ag-row .nd-grid-link")
+    dash_duo.wait_for_element("#layer-plots .box")
+    with Store(synthetic_store) as store:
+        units = store.units_frame()
+    strongest = units.loc[units["max_act"].idxmax()]
+    header = dash_duo.find_element('.ag-header-cell[col-id="max_act"] .ag-header-cell-label')
+    header.click()
+    header.click()  # ascending, then descending
+    first = '.ag-row[row-index="0"] .nd-grid-link'
+    dash_duo.wait_for_text_to_equal(first, f"L{strongest['layer']}N{strongest['unit']}")
+    dash_duo.find_element(first).click()
+    wait_for_path(dash_duo, f"/unit/{strongest['source_id']}/{strongest['unit']}")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", f"L{strongest['layer']}N{strongest['unit']}")
+    assert (
+        dash_duo.driver.execute_script("return performance.getEntriesByType('navigation').length") == 1
+    )  # no reload
+    assert dash_duo.get_logs() == []
+
+
+def test_unit_page_hover_keys_and_permalink(dash_duo, synthetic_store):
+    start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    token = dash_duo.find_elements(".nd-example .nd-tok-max")[0]  # the strongest example's peak
+    ActionChains(dash_duo.driver).move_to_element(token).perform()
+    title = token.get_attribute("title")
+    assert title.startswith("'") and title.endswith(f"{float(title.split()[-1]):+.3f}")
+    dash_duo.wait_for_text_to_equal("#token-inspector", title)
+    assert dash_duo.find_element("#permalink").text == dash_duo.server_url + "/unit/L1.mlp/5"
+
+    dash_duo.driver.execute_script("window.scrollTo(0, 0)")  # hovering a token scrolled the page
+    dash_duo.find_element(".nd-title").click()  # focus the page, not a text box
+    press(dash_duo, "j")
+    wait_for_path(dash_duo, "/unit/L1.mlp/6")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N6")
+    press(dash_duo, Keys.ARROW_LEFT)
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    press(dash_duo, "k")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N4")
+    press(dash_duo, "/")
+    assert dash_duo.driver.switch_to.active_element.get_attribute("id") == "jump-input"
+    assert dash_duo.get_logs() == []
+
+
+def test_jump_box(dash_duo, synthetic_store):
+    start(dash_duo, synthetic_store)
+    box = dash_duo.find_element("#jump-input")
+    box.send_keys("L2N3" + Keys.ENTER)
+    wait_for_path(dash_duo, "/unit/L2.mlp/3")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L2N3")
+    dash_duo.clear_input(box)
+    box.send_keys("neuron please" + Keys.ENTER)
+    dash_duo.wait_for_contains_text("#jump-error", "cannot read unit reference")
+    dash_duo.clear_input(box)
+    box.send_keys("L0N99" + Keys.ENTER)
+    dash_duo.wait_for_contains_text("#jump-error", "out of range")
+    assert dash_duo.driver.current_url == dash_duo.server_url + "/unit/L2.mlp/3"
+    assert dash_duo.get_logs() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/no/such/page", "There is no page at this address."),
+        ("/unit/L9.mlp/1", "This store has no unit L9.mlp/1."),
+        ("/unit/L0.mlp/4000", "This store has no unit L0.mlp/4000."),
+    ],
+)
+def test_not_found(dash_duo, synthetic_store, path, message):
+    start(dash_duo, synthetic_store, path)
+    dash_duo.wait_for_text_to_equal(".nd-notfound h1", "Not found")
+    dash_duo.wait_for_text_to_equal(".nd-notfound-message", message)
+    dash_duo.find_element(".nd-notfound a").click()  # back to the overview
+    wait_for_path(dash_duo, "/")
+    assert dash_duo.get_logs() == []
+
+
+def test_untrusted_tokens_show_as_text_and_never_run(dash_duo, synthetic_store):
+    start(dash_duo, synthetic_store, "/unit/L0.mlp/0")
+    dash_duo.wait_for_element(".nd-example")
+    dash_duo.wait_for_element("#unit-logits .ytick")
+    driver = dash_duo.driver
+    shown = {span.get_attribute("textContent") for span in dash_duo.find_elements(".nd-tokens > span")}
+    assert set(XSS_TOKENS) <= shown
+    ticks = {t.get_attribute("textContent") for t in dash_duo.find_elements("#unit-logits .ytick text")}
+    assert {repr(XSS_TOKENS[0]), repr(XSS_TOKENS[1])} <= ticks
+    assert driver.execute_script("return window.__pwned") is None
+    assert (
+        driver.execute_script("return document.querySelectorAll('.nd-main img, .nd-main script').length") == 0
+    )
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018
+    assert dash_duo.get_logs() == []
+
+
+def test_token_rows_render_as_coloured_text(dash_duo):
+    """``render.token_row`` sends JSON; ``neurodash.js`` makes the spans: text, colour, hover, mark,
+    and makes them again when a callback gives the same element new tokens."""
+    app = Dash(__name__, assets_folder=str(Path(render.__file__).parent / "assets"))
+    tokens = ["Hello", " world\n", "\t", "", "it's", "'\"\\\x01", XSS_TOKENS[0]]
+    acts = [2.0, -1.0, 0.001, 0.5, 1.0, 1.0, 2.0]
+    app.layout = html.Div(
+        [
+            html.Div(render.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
+            html.Button("swap", id="swap"),
+        ]
+    )
+    app.callback(Output("row", "children"), Input("swap", "n_clicks"), prevent_initial_call=True)(
+        lambda _: render.token_row(["a", "b"], [0.0, -3.0], 3.0, marked_index=1)
+    )
+    dash_duo.start_server(app, port=free_port())
+    read = "return [...document.querySelectorAll('#row .nd-tokens > span')].map(s => [s.textContent, s.title, s.style.backgroundColor, s.className])"
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: d.execute_script(read))
+    shown = dash_duo.driver.execute_script(read)
+    assert [title for _, title, _, _ in shown] == [f"{t!r}  {a:+.3f}" for t, a in zip(tokens, acts)]
+    assert [[text, colour, mark] for text, _, colour, mark in shown] == [
+        ["Hello", "rgb(240, 120, 20)", "nd-tok-max"],
+        [" world↵\n", "rgba(30, 110, 200, 0.5)", ""],
+        ["→\t", "", ""],  # too faint to colour
+        ["∅", "rgba(240, 120, 20, 0.25)", ""],
+        ["it's", "rgba(240, 120, 20, 0.5)", ""],
+        ["'\"\\\x01", "rgba(240, 120, 20, 0.5)", ""],
+        [XSS_TOKENS[0], "rgb(240, 120, 20)", ""],  # as text
+    ]
+    dash_duo.find_element("#swap").click()
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: len(d.execute_script(read)) == 2)
+    assert dash_duo.driver.execute_script(read) == [
+        ["a", "'a'  +0.000", "", ""],
+        ["b", "'b'  -3.000", "rgb(30, 110, 200)", "nd-tok-max"],
+    ]
+    assert dash_duo.driver.execute_script("return document.querySelectorAll('#row script').length") == 0
+    assert dash_duo.get_logs() == []
+
+
+@pytest.mark.model
+def test_text_probe(dash_duo, probe_store):
+    start(dash_duo, probe_store, "/probe")
+    text = dash_duo.find_element("#probe-text")
+    text.click()
+    ActionChains(dash_duo.driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(
+        Keys.DELETE
+    ).perform()
+    text.send_keys("import os\nprint(os.path.join('a', 'b'))")
+    dash_duo.find_element("#probe-run").click()
+    dash_duo.wait_for_contains_text("#probe-status", "tokens probed", timeout=90)
+    tokens = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")
+    assert (
+        "".join(t.get_attribute("textContent") for t in tokens) == "import os↵\nprint(os.path.join('a', 'b'))"
+    )
+    tokens[1].click()
+    dash_duo.wait_for_contains_text("#probe-token-units", "at position 1")
+    assert dash_duo.find_element("#probe-token-units code").text == repr(" os")
+    link = dash_duo.find_element("#probe-top-units a")
+    label = link.text
+    link.click()
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", label)
+    assert dash_duo.driver.current_url.startswith(dash_duo.server_url + "/unit/L0.mlp/")
+    assert dash_duo.get_logs() == []
+
+
+def test_unit_page_downloads_its_examples(dash_duo, synthetic_store, tmp_path):
+    dash_duo.driver.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    dash_duo.find_element(".nd-downloads button:nth-of-type(2)").click()  # JSONL
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "L1.mlp-5.jsonl").is_file():
+        assert time.monotonic() < deadline, "no download arrived"
+        time.sleep(0.2)
+    lines = (tmp_path / "L1.mlp-5.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(line)["unit"] == "L1.mlp/5" for line in lines)
+    assert dash_duo.get_logs() == []
+
+
+def test_dead_features_start_hidden_and_links_lead_across(dash_duo, tmp_path):
+    from synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
+    start(dash_duo, store)
+    dash_duo.wait_for_text_to_equal("#units-count", "15 units")
+    dash_duo.wait_for_text_to_equal("#units-shown", "14 units shown")  # L1F4 is dead
+    assert "L1F4" not in [e.text for e in dash_duo.find_elements(".ag-row .nd-grid-link")]
+    dash_duo.driver.get(dash_duo.server_url + "/unit/L1.mlp/2")
+    feature = dash_duo.wait_for_element('a.nd-neighbor-link[href="/unit/L1.sae/3"]')
+    titles = [e.text for e in dash_duo.find_elements(".nd-panel-title")]
+    assert "FEATURES OF L1.SAE BEHIND THIS NEURON (SHARE OF ITS ACTIVATION MASS)" in titles  # CSS upper-cases
+    feature.click()
+    wait_for_path(dash_duo, "/unit/L1.sae/3")
+    dash_duo.wait_for_element('a.nd-neighbor-link[href="/unit/L1.mlp/1"]')
+    assert dash_duo.get_logs() == []

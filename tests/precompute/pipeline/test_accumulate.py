@@ -1,0 +1,149 @@
+"""Ground truth for the streaming accumulator: every statistic and example equals brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from precompute.pipeline.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, token_hash, unit_salts
+from precompute.pipeline.run import examples_table
+
+CFG = AccumulatorConfig(
+    top_k=5, bottom_k=3, quantile_groups=3, per_group=2, window=8, window_before=5, hist_bins=16
+)
+N_SEQ, T, U, BATCH, FIRST = 23, 20, 12, 4, 1
+
+
+@pytest.fixture(scope="module")
+def acts() -> np.ndarray:
+    """Activations of units with different shapes: dense signed, sparse ReLU, heavy-tailed, dead."""
+    g = np.random.default_rng(0)
+    x = g.standard_normal((N_SEQ, T, U)).astype(np.float32)
+    x[..., 1:4] = np.maximum(x[..., 1:4] - 1.5, 0)  # sparse, non-negative (SAE-like, many exact zeros)
+    x[..., 4] = np.exp(2 * x[..., 4])  # heavy tail, always positive
+    x[..., 5] = 0.0  # dead
+    x[..., 6] = np.where(g.random((N_SEQ, T)) < 0.01, 7.0 + g.random((N_SEQ, T)), 0.0)  # rare
+    x[..., 7] *= 1000  # large scale
+    x[:, 0, :] = 50.0  # an attention-sink position that must stay out of everything
+    return x
+
+
+@pytest.fixture(scope="module")
+def result(acts) -> dict:
+    acc = UnitAccumulator(U, T, CFG)
+    for s in range(0, N_SEQ, BATCH):
+        batch = torch.from_numpy(acts[s : s + BATCH].copy())
+        acc.update(batch, torch.arange(s, min(s + BATCH, N_SEQ)), first=FIRST, ctx=T)
+        assert torch.equal(batch, torch.from_numpy(acts[s : s + BATCH])), "update must restore its input"
+    return acc.result()
+
+
+def window_of(acts: np.ndarray, seq: int, pos: int, unit: int) -> tuple[int, np.ndarray]:
+    start = min(max(pos - CFG.window_before, 0), T - CFG.window)
+    return start, acts[seq, start : start + CFG.window, unit]
+
+
+def test_moments_and_density(acts, result):
+    a = acts[:, FIRST:, :].reshape(-1, U).astype(np.float64)
+    assert result["count"] == a.shape[0]
+    np.testing.assert_allclose(result["max"], a.max(0), rtol=1e-6)
+    np.testing.assert_allclose(result["min"], a.min(0), rtol=1e-6)
+    np.testing.assert_allclose(result["mean"], a.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result["std"], a.std(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result["density"], (a > 0).mean(0))
+    centered = a - a.mean(0)
+    var = centered.var(0)
+    live = var > 0
+    np.testing.assert_allclose(
+        result["skew"][live], (centered**3).mean(0)[live] / var[live] ** 1.5, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        result["kurtosis"][live], (centered**4).mean(0)[live] / var[live] ** 2, rtol=1e-3
+    )
+
+
+def test_histogram_equals_binning_every_activation(acts, result):
+    a = acts[:, FIRST:, :].reshape(-1, U).astype(np.float64)
+    h = CFG.hist_bins
+    for u in range(U):
+        w = result["bin_width"][u] or 1.0
+        assert np.abs(a[:, u]).max() < h * w, "bins cover every value"
+        expected = np.bincount((np.ceil(a[:, u] / w) - 1 + h).astype(int), minlength=2 * h)
+        np.testing.assert_array_equal(result["hist"][u], expected)
+        assert result["hist"][u][h:].sum() == (a[:, u] > 0).sum()  # bins k >= 0 are the firing tokens
+
+
+def test_top_and_bottom_examples(acts, result):
+    body = acts[:, FIRST:, :]
+    for name, extreme, k, sign in (
+        ("top", body.max(1), CFG.top_k, 1),
+        ("bottom", body.min(1), CFG.bottom_k, -1),
+    ):
+        got = result[name]
+        for u in range(U):
+            order = np.argsort(-sign * extreme[:, u], kind="stable")
+            expected = [s for s in order[:k] if sign * extreme[s, u] > 0]
+            valid = got["val"][u] > 0
+            assert valid.sum() == len(expected), (name, u)
+            np.testing.assert_allclose(sign * got["val"][u][valid], extreme[expected, u])
+            np.testing.assert_array_equal(got["seq"][u][valid], expected)
+            for slot, seq in enumerate(expected):
+                pos = int(np.argmax(sign * body[seq, :, u])) + FIRST
+                assert got["pos"][u][slot] == pos
+                start, window = window_of(acts, seq, pos, u)
+                assert got["start"][u][slot] == start
+                np.testing.assert_array_equal(got["win"][u][slot], window)
+
+
+def test_quantile_sample_is_the_smallest_keys_among_firing_tokens(acts, result):
+    seq, pos = np.meshgrid(np.arange(N_SEQ), np.arange(FIRST, T), indexing="ij")
+    token_keys = token_hash(torch.from_numpy(seq * T + pos)).numpy()
+    salts = unit_salts(U).numpy()
+    r = CFG.sample_size
+    for u in range(U):
+        firing = acts[:, FIRST:, u] > 0
+        keys = (token_keys ^ salts[u])[firing]
+        chosen = np.argsort(keys, kind="stable")[:r]
+        sample = result["sample"]
+        valid = sample["key"][u] < NO_KEY
+        assert valid.sum() == len(chosen)
+        np.testing.assert_array_equal(sample["key"][u][valid], keys[chosen])
+        np.testing.assert_array_equal(sample["seq"][u][valid], seq[firing][chosen])
+        np.testing.assert_array_equal(sample["pos"][u][valid], pos[firing][chosen])
+        np.testing.assert_array_equal(sample["val"][u][valid], acts[:, FIRST:, u][firing][chosen])
+        for slot in np.flatnonzero(valid):
+            start, window = window_of(acts, sample["seq"][u][slot], sample["pos"][u][slot], u)
+            np.testing.assert_array_equal(sample["win"][u][slot], window)
+
+
+def test_quantile_groups_split_the_sorted_sample(result):
+    table = examples_table("L0.mlp", result, CFG)
+    groups = [f"q{g / CFG.quantile_groups:.2f}" for g in range(CFG.quantile_groups)]
+    sample = result["sample"]
+    for u in range(U):
+        values = np.sort(sample["val"][u][sample["key"][u] < NO_KEY])
+        n = len(values)
+        for g, name in enumerate(groups):
+            rows = (table["unit"] == u) & (table["bucket"] == name)
+            expected = values[[i for i in range(n) if i * CFG.quantile_groups // n == g]][::-1]
+            acts_at_pos = [
+                a[p - s] for a, p, s in zip(table["acts"][rows], table["pos"][rows], table["start"][rows])
+            ]
+            np.testing.assert_array_equal(acts_at_pos, expected)
+            np.testing.assert_array_equal(table["rank"][rows], np.arange(len(expected)))
+
+
+def test_dead_unit_has_no_examples(result):
+    table = examples_table("L0.mlp", result, CFG)
+    assert not (table["unit"] == 5).any()
+    assert result["density"][5] == 0 and result["max"][5] == 0
+
+
+def test_keep_bos_counts_the_first_position():
+    x = torch.zeros(2, 6, 3)
+    x[:, 0] = 9.0
+    acc = UnitAccumulator(3, 6, CFG)
+    acc.update(x.clone(), torch.arange(2), first=0)
+    res = acc.result()
+    assert res["count"] == 12 and res["max"][0] == 9.0 and res["top"]["pos"][0][0] == 0

@@ -1,0 +1,402 @@
+"""Sparse autoencoders: recovery of known directions, training end to end, loading and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neurodash.cli import main
+from neurodash.errors import NeurodashError
+from precompute.models import load_model
+from precompute.sae import (
+    SAEHyperparams,
+    TrainSAEConfig,
+    evaluate_sae,
+    load_sae,
+    train_on_activations,
+    train_sae,
+)
+
+HOOK = "blocks.1.mlp.hook_post"  # the tiny Llama's last MLP: d_mlp 48
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, docs_jsonl, tmp_path_factory):
+    """An SAE trained by ``train_sae`` on the tiny Llama over a few thousand tokens of real text."""
+    out = tmp_path_factory.mktemp("sae") / "tiny-sae"
+    cfg = TrainSAEConfig(
+        out=out,
+        hook=HOOK,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        tokens=4096,
+        ctx=64,
+        batch_size=8,
+        eval_tokens=1024,
+        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
+    )
+    return train_sae(cfg, progress=False)
+
+
+def save_sae(folder: Path, architecture: str = "topk", d_in: int = 48, hook: str | None = HOOK) -> Path:
+    """An untrained SAE of ``architecture`` saved by SAELens itself."""
+    from sae_lens import SAE
+
+    metadata = {"hook_name": hook} if hook else {}
+    sae = SAE.from_dict(
+        {"architecture": architecture, "d_in": d_in, "d_sae": 16, "k": 4, "metadata": metadata}
+    )
+    sae.save_model(folder)
+    return folder
+
+
+# --- ground truth: known sparse directions are recovered -------------------------------------
+
+
+def sparse_activations(n_dirs: int = 64, d_in: int = 32, n_active: float = 3, seed: int = 0):
+    """Unit directions in superposition (64 in 32 dimensions); each token a nonnegative
+    combination of about ``n_active`` of them with magnitudes in [0.5, 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = F.normalize(torch.randn(n_dirs, d_in, generator=g), dim=1)
+
+    def batches(batch_size: int):
+        while True:
+            active = torch.rand(batch_size, n_dirs, generator=g) < n_active / n_dirs
+            magnitudes = torch.rand(batch_size, n_dirs, generator=g) + 0.5
+            yield (active * magnitudes) @ dirs
+
+    return dirs, batches
+
+
+def test_recovers_known_sparse_directions():
+    dirs, batches = sparse_activations()
+    hp = SAEHyperparams(d_sae=128, k=4, batch_tokens=256, dead_after=5120)
+    sae = train_on_activations(batches(hp.batch_tokens), d_in=32, tokens=100_000, hp=hp)
+    decoder = F.normalize(sae.decoder_directions(), dim=1)
+    best = (dirs @ decoder.T).max(dim=1).values  # each true direction's closest decoder row
+    assert best.mean().item() >= 0.9, best
+    assert (best > 0.8).float().mean().item() >= 0.9, best
+
+
+# --- training end to end -------------------------------------------------------------------
+
+
+def test_train_sae_writes_a_loadable_sae(trained, tiny_model):
+    folder = trained.path
+    assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {p.name for p in folder.iterdir()}
+    assert not Path(f"{folder}.partial").exists()
+    sae = load_sae(folder)
+    assert (sae.hook, sae.d_in, sae.d_sae, sae.name) == (HOOK, 48, 96, "tiny-sae")
+    sae.check_fits(tiny_model)
+
+    tokens = torch.randint(0, 1000, (2, 16))
+    acts = tiny_model.activations(tokens, [HOOK])[HOOK]
+    feats = sae.encode(acts)
+    assert feats.shape == (2, 16, 96)
+    assert ((feats > 0).sum(-1) <= 8).all() and (feats >= 0).all()  # TopK, k = 8
+    assert sae.decode(feats).shape == acts.shape
+
+
+def test_train_sae_metrics_are_held_out_and_honest(trained, tiny_model):
+    m = trained.metrics
+    assert 0.0 < m.explained_variance <= 1.0
+    assert 0 < m.l0 <= 8
+    assert 0.0 <= m.dead_fraction < 1.0
+    assert m.n_tokens == 16 * 63  # 16 held-out windows of 64, BOS left out
+    assert json.loads((trained.path / "metrics.json").read_text())["l0"] == pytest.approx(m.l0)
+
+    # the same numbers, brute force, on one window
+    sae = load_sae(trained.path)
+    window = torch.randint(0, 1000, (1, 64))
+    window[0, 0] = tiny_model.bos_token_id
+    x = tiny_model.activations(window, [HOOK])[HOOK][0, 1:]
+    feats = sae.encode(x[None])[0]
+    recon = sae.decode(feats)
+    ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    got = evaluate_sae(sae, tiny_model, window)
+    assert got.explained_variance == pytest.approx(ev.item(), abs=1e-4)
+    assert got.l0 == pytest.approx((feats > 0).sum(-1).float().mean().item())
+    assert got.dead_fraction == pytest.approx(1 - (feats > 0).any(0).float().mean().item())
+
+
+def test_residual_directions_go_through_W_out(trained, tiny_model):
+    sae = load_sae(trained.path)
+    W_out = tiny_model.mlp_out_directions(1)  # [d_mlp, d_model]
+    directions = sae.residual_directions(tiny_model)
+    assert directions.shape == (96, 32)
+    torch.testing.assert_close(directions, sae.decoder_directions() @ W_out)
+
+
+def test_existing_out_is_refused(trained, tiny_model_dir, docs_jsonl):
+    before = sorted(p.name for p in trained.path.iterdir())
+    with pytest.raises(NeurodashError, match="exists: pass --overwrite"):
+        train_sae(
+            TrainSAEConfig(out=trained.path, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl))
+        )
+    assert sorted(p.name for p in trained.path.iterdir()) == before
+
+
+# --- loading: every architecture, and clear errors ---------------------------------------------
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "gated"])
+def test_loads_any_sae_lens_architecture(architecture, tmp_path, tiny_model):
+    sae = load_sae(save_sae(tmp_path / architecture, architecture))
+    sae.check_fits(tiny_model)
+    acts = tiny_model.activations(torch.randint(0, 1000, (1, 8)), [HOOK])[HOOK]
+    assert sae.encode(acts).shape == (1, 8, 16)
+    assert sae.decoder_directions().shape == (16, 48)
+
+
+def test_missing_cfg_json(tmp_path, trained):
+    folder = tmp_path / "sae"
+    shutil.copytree(trained.path, folder)
+    (folder / "cfg.json").unlink()
+    with pytest.raises(NeurodashError, match="is not an SAE folder in SAELens's format: it needs cfg.json"):
+        load_sae(folder)
+
+
+def test_malformed_cfg_json(tmp_path, trained):
+    folder = tmp_path / "sae"
+    shutil.copytree(trained.path, folder)
+    (folder / "cfg.json").write_text('{"d_in": 48,')
+    with pytest.raises(NeurodashError, match=r"cfg.json is not valid JSON"):
+        load_sae(folder)
+
+
+def test_missing_weights(tmp_path):
+    folder = save_sae(tmp_path / "sae")
+    (folder / "sae_weights.safetensors").unlink()
+    with pytest.raises(NeurodashError, match="has no sae_weights.safetensors"):
+        load_sae(folder)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda cfg: cfg.pop("d_sae"), "cannot load the SAE in .*: .*d_sae"),
+        (
+            lambda cfg: cfg.update(architecture="no-such-arch"),
+            "unknown SAE architecture 'no-such-arch' .*topk",
+        ),
+        (lambda cfg: cfg.update(d_in=40), "cannot load the SAE in .*size"),  # the weights are 48 wide
+    ],
+)
+def test_config_sae_lens_rejects(tmp_path, edit, message):
+    folder = save_sae(tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    edit(cfg)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(NeurodashError, match=message) as e:
+        load_sae(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_sae_without_a_hook(tmp_path):
+    with pytest.raises(NeurodashError, match="does not say which hook it reads"):
+        load_sae(save_sae(tmp_path / "sae", hook=None))
+
+
+def test_wrong_d_in_for_the_hook(tmp_path, tiny_model):
+    sae = load_sae(save_sae(tmp_path / "sae", d_in=40))
+    with pytest.raises(
+        NeurodashError, match=f"reads 40-dimensional activations but {HOOK} of model .* has 48"
+    ):
+        sae.check_fits(tiny_model)
+
+
+def test_hook_the_model_lacks(tmp_path, tiny_model):
+    sae = load_sae(save_sae(tmp_path / "sae", hook="blocks.7.mlp.hook_post"))
+    with pytest.raises(NeurodashError, match="has no hook 'blocks.7.mlp.hook_post'"):
+        sae.check_fits(tiny_model)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(NeurodashError, match="no SAE folder at"):
+        load_sae(tmp_path / "no-such-sae")
+
+
+def test_unknown_release():
+    with pytest.raises(
+        NeurodashError,
+        match="neither an SAE folder nor a SAELens release: no release "
+        "'gpt2-small-res-jbb' \\(did you mean gpt2-small-res-jb",
+    ) as e:
+        load_sae("gpt2-small-res-jbb/blocks.8.hook_resid_pre")
+    assert "get_pretrained_saes_directory" in str(e.value)
+
+
+def test_unknown_sae_id_in_a_release():
+    with pytest.raises(
+        NeurodashError,
+        match="release 'gpt2-small-res-jb' has no SAE 'blocks.99.x'; name one as "
+        "gpt2-small-res-jb/SAE_ID: blocks.0",
+    ):
+        load_sae("gpt2-small-res-jb/blocks.99.x")
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No hub and an empty cache, whatever this machine's network."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr("precompute.sae.hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_release_offline(offline_hub):
+    started = time.perf_counter()
+    with pytest.raises(
+        NeurodashError,
+        match="cannot load SAE 'gpt2-small-res-jb/blocks.8.hook_resid_pre': it is "
+        "not cached and the Hugging Face hub is not reachable from here",
+    ):
+        load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
+    assert time.perf_counter() - started < 15  # at once: no network timeouts
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def train_sae_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["train-sae", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_failed(code: int, err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+def test_cli_trains_and_prints_metrics(capsys, tiny_model_dir, docs_jsonl, tmp_path):
+    out = tmp_path / "cli-sae"
+    code, stdout, err = train_sae_cli(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(docs_jsonl),
+        "--hook",
+        HOOK,
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "1024",
+        "--ctx",
+        "32",
+        "--batch-tokens",
+        "128",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    assert "explained variance" in stdout and "L0" in stdout and "dead features" in stdout
+    assert load_sae(out).d_sae == 64
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--hook", "blocks.9.mlp.hook_post"], "has no hook 'blocks.9.mlp.hook_post'"),
+        (["--hook", HOOK, "--k", "100"], "--k 100 is more than --d-sae 64"),
+        (["--hook", HOOK, "--d-sae", "0"], "--d-sae must be at least 1"),
+        (["--hook", HOOK, "--dataset", "no-such-dataset-xyz"], "cannot load dataset 'no-such-dataset-xyz'"),
+    ],
+)
+def test_cli_bad_input(capsys, tiny_model_dir, tmp_path, args, fragment):
+    out = tmp_path / "sae"
+    code, _, err = train_sae_cli(
+        capsys, "--model", str(tiny_model_dir), "--d-sae", "64", *args, "--out", str(out)
+    )
+    assert_failed(code, err, fragment)
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+def test_cli_unknown_model(capsys, tmp_path):
+    code, _, err = train_sae_cli(
+        capsys, "--model", "no-such-org/no-such-model", "--hook", HOOK, "--out", str(tmp_path / "sae")
+    )
+    assert_failed(code, err, "cannot load model 'no-such-org/no-such-model'")
+
+
+def test_cli_existing_out(capsys, tmp_path):
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = train_sae_cli(capsys, "--hook", HOOK, "--out", str(out))
+    assert_failed(code, err, "exists: pass --overwrite to replace it")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_keeps_the_old_sae(tmp_path, tiny_model_dir, docs_jsonl, trained, how):
+    """Ctrl-C and kill stay ours during SAELens's training loop: a clean stop, the old SAE intact."""
+    out = tmp_path / "sae"
+    shutil.copytree(trained.path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text(docs_jsonl.read_text() * 10)
+    log = tmp_path / "stderr.txt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "neurodash.cli",
+        "train-sae",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(corpus),
+        "--hook",
+        HOOK,
+        "--d-sae",
+        "64",
+        "--k",
+        "4",
+        "--tokens",
+        "200000",
+        "--ctx",
+        "32",
+        "--batch-tokens",
+        "128",
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    deadline = time.monotonic() + 120
+    while "train-sae:" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(how)
+    assert proc.wait(timeout=60) == 130, log.read_text()
+    assert "interrupted: nothing was written" in log.read_text()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not Path(f"{out}.partial").exists()
