@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from neurodash.colors import NEGATIVE, POSITIVE, rgba, token_background, value_color
 from neurodash.storage import Store
 from neurodash.units import UnitRef
 
-POSITIVE = (240, 120, 20)  # the dashboard's colours (neurodash/app/render.py)
-NEGATIVE = (30, 110, 200)
 VISIBLE_WHITESPACE = str.maketrans({"\n": "↵\n", "\t": "→\t", "\r": "␍"})
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
 CSS = """
@@ -69,8 +68,8 @@ def _head(store: Store, description: str, n_examples: int) -> str:
         "<h1>neurodash examples</h1>\n"
         f'<p class="muted">{_esc(" · ".join(x for x in facts if x))}</p>\n'
         f'<p class="muted">{_esc(description)} · {n_examples:,} examples · {generated}</p>\n'
-        f'<p class="legend muted">activation: <span style="background:{_rgb(POSITIVE, 0.8)}">positive</span>'
-        f'<span style="background:{_rgb(NEGATIVE, 0.8)};color:#fff">negative</span> hover a token for its value</p>\n'
+        f'<p class="legend muted">activation: <span style="background:{rgba(POSITIVE, 0.8)}">positive</span>'
+        f'<span style="background:{rgba(NEGATIVE, 0.8)};color:#fff">negative</span> hover a token for its value</p>\n'
     )
 
 
@@ -99,7 +98,7 @@ def _example(row: dict, max_abs: float) -> str:
     spans = "".join(
         _token(i == marked, tok, act, max_abs) for i, (tok, act) in enumerate(zip(row["tokens"], row["acts"]))
     )
-    color = _rgb(POSITIVE if value >= 0 else NEGATIVE)
+    color = value_color(value)
     note = f'<div class="note">{_esc(row["note"])}</div>\n' if row.get("note") else ""
     return (
         f'<div class="ex"><span class="val" style="color:{color}">{value:+.3f}</span>'
@@ -110,8 +109,8 @@ def _example(row: dict, max_abs: float) -> str:
 
 
 def _token(marked: bool, token: str, act: float, max_abs: float) -> str:
-    alpha = min(abs(act) / max_abs, 1.0)
-    style = f' style="background:{_rgb(POSITIVE if act > 0 else NEGATIVE, alpha)}"' if alpha >= 0.005 else ""
+    background = token_background(act, max_abs)
+    style = f' style="background:{background}"' if background else ""
     title = _esc(f"{token!r} {act:+.4f}")
     return (
         f'<span class="{"t m" if marked else "t"}"{style} title="{title}">{_esc(token_display(token))}</span>'
@@ -124,10 +123,6 @@ def bucket_title(bucket: str) -> str:
     if bucket == "bottom":
         return "Bottom activations (most negative)"
     return f"Quantile group {bucket[1:]}"
-
-
-def _rgb(color: tuple[int, int, int], alpha: float = 1.0) -> str:
-    return f"rgba({color[0]},{color[1]},{color[2]},{alpha:.2f})"
 
 
 def _esc(text: object) -> str:

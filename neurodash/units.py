@@ -37,11 +37,6 @@ class UnitRef:
     def __str__(self) -> str:
         return f"{self.source_id}/{self.unit}"
 
-    @property
-    def path(self) -> str:
-        """The unit page's permalink path."""
-        return f"/unit/{self.source_id}/{self.unit}"
-
 
 @dataclass(frozen=True)
 class UnitStats:

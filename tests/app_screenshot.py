@@ -130,6 +130,7 @@ def element_png(driver, css: str) -> bytes:
 
 def unit_path(store_path: Path, unit: str | None) -> str:
     """The page of ``unit`` (``L15N3``, ``L15.mlp/3``), by default a sparse unit of the middle layer."""
+    from neurodash.app import routes
     from neurodash.storage import Store
     from neurodash.units import parse_ref
 
@@ -139,7 +140,7 @@ def unit_path(store_path: Path, unit: str | None) -> str:
             middle = sources[len(sources) // 2].source_id
             units = store.units_frame(middle)
             unit = f"{middle}/{int(units.loc[units['skew'].idxmax(), 'unit'])}"
-        return parse_ref(unit, sources).path
+        return routes.unit_href(parse_ref(unit, sources))
 
 
 def main() -> None:

@@ -28,10 +28,8 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import shell, state
+    from neurodash.app import routes, shell, state
     from neurodash.app.pages import not_found_404, overview, probe, sets, unit
-    from neurodash.app.panels import maximize as maximize_panel
-    from neurodash.app.panels import sets as sets_panel
 
     app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"
@@ -48,21 +46,21 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     )
     state.attach(app.server, app_state)
     dash.page_registry.clear()  # pages register globally: start clean for each app in this process
-    dash.register_page(overview.__name__, path=overview.PATH, title=overview.TITLE, layout=overview.layout)
-    dash.register_page(unit.__name__, path_template=unit.PATH_TEMPLATE, title=unit.title, layout=unit.layout)
-    dash.register_page(probe.__name__, path=probe.PATH, title=probe.TITLE, layout=probe.layout)
-    dash.register_page(sets.__name__, path=sets.PATH, title=sets.TITLE, layout=sets.layout)
+    dash.register_page(overview.__name__, path=routes.OVERVIEW, title=overview.TITLE, layout=overview.layout)
     dash.register_page(
-        not_found_404.__name__, path="/404", title=not_found_404.TITLE, layout=not_found_404.layout
+        unit.__name__, path_template=routes.UNIT_TEMPLATE, title=unit.title, layout=unit.layout
+    )
+    dash.register_page(probe.__name__, path=routes.PROBE, title=probe.TITLE, layout=probe.layout)
+    dash.register_page(sets.__name__, path=routes.SETS, title=sets.TITLE, layout=sets.layout)
+    dash.register_page(
+        not_found_404.__name__, path=routes.NOT_FOUND, title=not_found_404.TITLE, layout=not_found_404.layout
     )
     app.layout = shell.layout(Path(store_path).name, store.meta.get("model", "?"))
     shell.register_callbacks(app)
     overview.register_callbacks(app)
-    unit.register_callbacks(app)
+    unit.register_callbacks(app, store.path)
     probe.register_callbacks(app, app_state.unit_max)
-    sets_panel.register_callbacks(app)
     sets.register_callbacks(app)
-    maximize_panel.register_callbacks(app, store.path)
     return app
 
 

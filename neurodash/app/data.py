@@ -7,6 +7,7 @@ import base64
 import numpy as np
 import pandas as pd
 
+from neurodash.app import routes
 from neurodash.units import NEURON, SAE_FEATURE, Source, UnitRef
 
 STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
@@ -102,7 +103,13 @@ def units_payload(units: pd.DataFrame, sources: list[Source], metrics: list[str]
     return {
         "n": len(units),
         "sources": [
-            {"id": s.source_id, "layer": s.layer, "kind": s.kind, "prefix": prefixes[s.source_id]}
+            {
+                "id": s.source_id,
+                "layer": s.layer,
+                "kind": s.kind,
+                "prefix": prefixes[s.source_id],
+                "href": routes.unit_source_href(s.source_id),
+            }
             for s in sources
         ],
         "source": _b64(units["source_id"].map(index).to_numpy(np.uint16)),

@@ -23,6 +23,7 @@ UNITS_DOWNLOAD_STATUS = "units-download-status"
 UNITS_SELECTION = "units-selection"  # the units shown when the button was pressed, read from the grid
 
 # unit page
+CURRENT_UNIT = "current-unit"  # the unit the page shows, for its panels' callbacks (app/current_unit.py)
 UNIT_PREV = "unit-prev"  # js: "k" and the left arrow follow it
 UNIT_NEXT = "unit-next"  # js: "j" and the right arrow follow it
 PERMALINK = "permalink"
@@ -70,7 +71,6 @@ PROBE_TOKEN_UNITS = "probe-token-units"
 PROBE_TOP_UNITS = "probe-top-units"
 
 # unit page: activation maximization (neurodash/app/panels/maximize.py)
-MAXIMIZE_UNIT = "maximize-unit"
 MAXIMIZE_RUN = "maximize-run"
 MAXIMIZE_CANCEL = "maximize-cancel"
 MAXIMIZE_LENGTH = "maximize-length"

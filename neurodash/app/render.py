@@ -14,20 +14,15 @@ from itertools import pairwise
 
 from dash import dcc, html
 
-from neurodash.app import ids
+from neurodash.app import ids, routes
+from neurodash.colors import NEGATIVE, POSITIVE, rgba, value_color
 from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
-POSITIVE = (240, 120, 20)  # orange; the token colours of assets/neurodash.js match these two
-NEGATIVE = (30, 110, 200)  # blue
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 GRAPH_CONFIG = {"displayModeBar": False, "responsive": True}
 
 
 # --- tokens ---------------------------------------------------------------------------------
-def rgb(color: tuple[int, int, int], alpha: float = 1.0) -> str:
-    return f"rgba({color[0]},{color[1]},{color[2]},{alpha:.2f})"
-
-
 def token_row(
     tokens: Sequence[str], acts: Sequence[float], max_abs: float, marked_index: int | None = None
 ) -> html.Div:
@@ -62,7 +57,7 @@ def example_row(example: Example, max_abs: float, add_button: bool = False) -> h
             html.Span(
                 f"{value:+.3f}",
                 className="nd-value",
-                style={"color": rgb(POSITIVE if value >= 0 else NEGATIVE)},
+                style={"color": value_color(value)},
                 title=f"sequence {example.seq_id}, token {example.pos}",
             ),
             example_tokens(example, max_abs),
@@ -145,7 +140,7 @@ def histogram_figure(stats: UnitStats) -> dict:
         "y": [c / total for c in counts],
         "width": [b - a for a, b in bins],
         "marker": {
-            "color": [rgb(POSITIVE if c > 0 else NEGATIVE, 0.85) for c in centres],
+            "color": [rgba(POSITIVE if c > 0 else NEGATIVE, 0.85) for c in centres],
             "line": {"width": 0},
         },
         "customdata": [[a, b, c] for (a, b), c in zip(bins, counts, strict=True)],
@@ -182,7 +177,7 @@ def logit_figure(effects: Sequence[LogitEffect]) -> dict:
                 "y": list(range(len(chosen))),
                 "xaxis": f"x{suffix}",
                 "yaxis": f"y{suffix}",
-                "marker": {"color": rgb(color, 0.85)},
+                "marker": {"color": rgba(color, 0.85)},
                 "customdata": [token_label(e.token, 60) for e in chosen],
                 "hovertemplate": "%{customdata}: %{x:+.3f}<extra></extra>",
             }
@@ -235,9 +230,9 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
                     "upperfence": stats["upperfence"],
                     "xaxis": f"x{suffix}",
                     "yaxis": f"y{suffix}",
-                    "marker": {"color": rgb(color)},
+                    "marker": {"color": rgba(color)},
                     "line": {"width": 1},
-                    "fillcolor": rgb(color, 0.35),
+                    "fillcolor": rgba(color, 0.35),
                     "hoverinfo": "x+y",
                 }
             )
@@ -315,7 +310,7 @@ def unit_stat_cards(stats: UnitStats, scores: dict[str, float]) -> html.Div:
 
 
 def unit_link(label: str, ref: UnitRef, **props) -> dcc.Link:
-    return dcc.Link(label, href=ref.path, **props)
+    return dcc.Link(label, href=routes.unit_href(ref), **props)
 
 
 def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div:
@@ -380,7 +375,7 @@ def unit_header(
             return html.Span(arrow, className="nd-step nd-step-off", id=link_id)
         return dcc.Link(
             f"{arrow} {target[0]}" if arrow == "←" else f"{target[0]} {arrow}",
-            href=target[1].path,
+            href=routes.unit_href(target[1]),
             id=link_id,
             className="nd-step",
             title=f"{target[0]} ({key})",
@@ -444,9 +439,9 @@ def not_found(message: str, hint: str = "") -> html.Div:
             html.P(hint, className="nd-muted") if hint else None,
             html.P(
                 [
-                    dcc.Link("Overview", href="/"),
+                    dcc.Link("Overview", href=routes.OVERVIEW),
                     " · ",
-                    dcc.Link("Text probe", href="/probe"),
+                    dcc.Link("Text probe", href=routes.PROBE),
                     " · or type a unit such as L3N42 in the box above.",
                 ]
             ),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import dash
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from neurodash.app import ids, state
+from neurodash import colors
+from neurodash.app import ids, routes, state
 from neurodash.errors import NeurodashError
 from neurodash.units import parse_ref
 
@@ -16,12 +19,12 @@ def layout(store_name: str, model: str) -> html.Div:
             dcc.Location(id=ids.NAV_LOCATION, refresh="callback-nav"),
             html.Header(
                 [
-                    dcc.Link("neurodash", href="/", className="nd-brand"),
+                    dcc.Link("neurodash", href=routes.OVERVIEW, className="nd-brand"),
                     html.Nav(
                         [
-                            dcc.Link("Overview", href="/"),
-                            dcc.Link("Probe", href="/probe"),
-                            dcc.Link("Sets", href="/sets"),
+                            dcc.Link("Overview", href=routes.OVERVIEW),
+                            dcc.Link("Probe", href=routes.PROBE),
+                            dcc.Link("Sets", href=routes.set_href()),
                         ],
                         className="nd-links",
                     ),
@@ -45,7 +48,9 @@ def layout(store_name: str, model: str) -> html.Div:
                 className="nd-topbar",
             ),
             html.Main(dash.page_container, className="nd-main"),
-        ]
+        ],
+        # the token colours, for assets/neurodash.js (which draws token rows)
+        **{"data-token-scale": json.dumps(colors.SCALE)},
     )
 
 
@@ -57,7 +62,7 @@ def jump(text: str | None) -> tuple[str, str]:
         ref = parse_ref(text, state.current().store.sources())
     except NeurodashError as e:
         return no_update, str(e)
-    return ref.path, ""
+    return routes.unit_href(ref), ""
 
 
 def on_jump(_submits: int | None, text: str | None) -> tuple[str, str]:

@@ -90,7 +90,13 @@ def test_units_payload_round_trips():
     sources = [source("L0.mlp", 0, n=100), source("L1.mlp", 1, n=100)]
     payload = data.units_payload(frame, sources, ["max_act", "score"])
     assert payload["n"] == 200
-    assert payload["sources"][1] == {"id": "L1.mlp", "layer": 1, "kind": NEURON, "prefix": "L1N"}
+    assert payload["sources"][1] == {
+        "id": "L1.mlp",
+        "layer": 1,
+        "kind": NEURON,
+        "prefix": "L1N",
+        "href": "/unit/L1.mlp/",
+    }
     np.testing.assert_array_equal(decode(payload["source"], np.uint16), np.repeat([0, 1], 100))
     np.testing.assert_array_equal(decode(payload["unit"], np.int32), frame["unit"])
     np.testing.assert_allclose(decode(payload["metrics"]["max_act"], np.float32), frame["max_act"], rtol=1e-6)

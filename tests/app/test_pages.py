@@ -23,6 +23,7 @@ from synthetic import make_synthetic_store
 
 from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app.pages import not_found_404, overview, probe, unit
+from neurodash.app.panels import downloads
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -340,15 +341,17 @@ def _link_hrefs(page, own: str) -> list[str]:
 
 def test_download_examples_round_trips(synthetic_store):
     store = Store(synthetic_store)
-    sent = unit.download_examples(store, "/unit/L1.mlp/5", "csv")
+    sent = downloads.download_examples(store, UnitRef("L1.mlp", 5), "csv")
     assert sent["filename"] == "L1.mlp-5.csv"
     frame = pd.read_csv(io.BytesIO(base64.b64decode(sent["content"])), keep_default_na=False)
     examples = store.examples(UnitRef("L1.mlp", 5))
     assert len(frame) == len(examples)
     assert [json.loads(a) for a in frame["acts"]] == [list(e.acts) for e in examples]
-    for bad in ("/unit/L1.mlp/99999", "/", "/unit/nope/1"):
+    for bad in (UnitRef("L1.mlp", 99999), None, UnitRef("nope", 1)):
         with pytest.raises(PreventUpdate):
-            unit.download_examples(store, bad, "csv")
+            downloads.download_examples(store, bad, "csv")
+    with pytest.raises(PreventUpdate):
+        downloads.download_examples(store, UnitRef("L1.mlp", 5), "xlsx")
 
 
 def test_strongest_examples_are_each_units_top_example(tmp_path):

@@ -35,13 +35,24 @@
   });
 
   /* Token rows (render.token_row): the server sends each row's tokens and activations as JSON in
-   * data-tokens and the spans are built here, as text. Orange for positive, blue for negative
-   * (render.POSITIVE, render.NEGATIVE), opacity |act| / max_abs; the marked token outlined. */
-  const POSITIVE = "240,120,20", NEGATIVE = "30,110,200";
+   * data-tokens and the spans are built here, as text; the marked token outlined. The colour scale
+   * is neurodash/colors.py's, which the shell writes into the page (data-token-scale, colors.SCALE):
+   * the positive and the negative colour, opacity |act| / max_abs, none below min_alpha. */
+  let scale = null;
 
+  function tokenScale() {
+    if (!scale) {
+      const holder = document.querySelector("[data-token-scale]");
+      if (holder) scale = JSON.parse(holder.getAttribute("data-token-scale"));
+    }
+    return scale;
+  }
+
+  /* As colors.token_background. */
   function tokenColor(act, maxAbs) {
+    const s = tokenScale();
     const alpha = maxAbs > 0 ? Math.min(Math.abs(act) / maxAbs, 1) : 0;
-    return alpha < 0.005 ? null : "rgba(" + (act > 0 ? POSITIVE : NEGATIVE) + "," + alpha.toFixed(2) + ")";
+    return !s || alpha < s.min_alpha ? null : "rgba(" + (act > 0 ? s.positive : s.negative) + "," + alpha.toFixed(2) + ")";
   }
 
   /* Newlines and tabs made visible (and kept), empty tokens marked. */
@@ -136,7 +147,8 @@
       const s = data.sources[source[i]];
       const row = {
         ref: s.prefix ? s.prefix + unit[i] : s.id + "/" + unit[i],
-        path: "/unit/" + s.id + "/" + unit[i],
+        key: s.id + "/" + unit[i],
+        path: s.href + unit[i],
         order: source[i] * 2147483648 + unit[i],
         source: s.id, layer: s.layer, kind: s.kind,
       };
@@ -164,7 +176,7 @@
   }
 
   function shownUnits(nClicks, rows) {
-    return { clicks: nClicks, units: (rows || []).map(function (row) { return row.path.slice("/unit/".length); }) };
+    return { clicks: nClicks, units: (rows || []).map(function (row) { return row.key; }) };
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {

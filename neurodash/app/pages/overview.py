@@ -13,7 +13,6 @@ from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
 from neurodash.storage import Store
 
-PATH = "/"
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
 HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "std"}

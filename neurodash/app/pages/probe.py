@@ -18,7 +18,6 @@ from neurodash.app.data import label_prefixes, summarise_probe, unit_label
 from neurodash.errors import NeurodashError
 from neurodash.units import NEURON, UnitRef
 
-PATH = "/probe"
 TITLE = "Text probe · neurodash"
 DEFAULT_TEXT = (
     'def greet(name):\n    """Return a friendly greeting."""\n    return f"Hello, {name}!"\n\n'

@@ -12,7 +12,7 @@ import re
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, render, routes, state
 from neurodash.app.data import label_prefixes, plural, unit_label, unit_magnitudes
 from neurodash.app.panels import sets as sets_panel
 from neurodash.app.state import AppState
@@ -22,14 +22,13 @@ from neurodash.storage import Store
 from neurodash.storage.sets import ExampleSets, SetInfo, sets_path
 from neurodash.units import UnitRef
 
-PATH = "/sets"
 TITLE = "Curated sets · neurodash"
 VIEW_MAX = 500  # examples shown on a set's page; downloads hold them all
 
 
 def layout(name: str | list[str] | None = None, **_query) -> html.Div:
     app_state = state.current()
-    name = name[0] if isinstance(name, list) else name
+    name = routes.set_name(name)
     path = app_state.sets.path
     where = f"{path.name} beside the store" if path == sets_path(app_state.store.path) else str(path)
     intro = html.P(
@@ -121,7 +120,7 @@ def rename(sets: ExampleSets, old: str | None, new: str | None) -> tuple[str, ht
         sets.rename(old, new or "")
     except NeurodashError as e:
         return no_update, sets_panel.feedback(str(e), ok=False)
-    return sets_panel.set_href(new.strip()), ""
+    return routes.set_href(new.strip()), ""
 
 
 def delete(sets: ExampleSets, name: str | None) -> tuple[str, html.Span | str]:
@@ -132,7 +131,7 @@ def delete(sets: ExampleSets, name: str | None) -> tuple[str, html.Span | str]:
         sets.delete(name)
     except NeurodashError as e:
         return no_update, sets_panel.feedback(str(e), ok=False)
-    return PATH, ""
+    return routes.set_href(), ""
 
 
 def remove_example(app_state: AppState, name: str | None, ref: UnitRef, bucket: str, rank: int) -> html.Span:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from neurodash.app import ids, jobs, render
+from neurodash.app import current_unit, ids, jobs, render
+from neurodash.colors import POSITIVE, rgba
 from neurodash.errors import NeurodashError
 from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS, Frontier, frontier_from_json
 from neurodash.storage.maximize import MaximizeResults
@@ -44,8 +45,8 @@ def frontier_figure(frontier: Frontier) -> dict:
         "mode": "lines+markers",
         "x": [p.cross_entropy for p in prompts],
         "y": [p.activation for p in prompts],
-        "line": {"shape": "hv", "color": render.rgb(render.POSITIVE, 0.5)},
-        "marker": {"size": 9, "color": render.rgb(render.POSITIVE, 0.95)},
+        "line": {"shape": "hv", "color": rgba(POSITIVE, 0.5)},
+        "marker": {"size": 9, "color": rgba(POSITIVE, 0.95)},
         "customdata": [render.plotly_text(repr(p.text)[:80]) for p in prompts],
         "hovertemplate": "%{customdata}<br>activation %{y:.3f} · cross-entropy %{x:.2f}<extra></extra>",
     }
@@ -148,7 +149,6 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
             "over a population that trades activation against fluency (the model's cross-entropy on the prompt).",
             className="nd-muted",
         ),
-        dcc.Store(id=ids.MAXIMIZE_UNIT, data=str(ref)),
         JOB.toolbar(
             "Maximize",
             DEFAULT_STEPS,
@@ -176,10 +176,10 @@ def latest(ref: UnitRef, store_path: str | os.PathLike) -> list:
 
 
 def maximize_job(
-    set_progress: Callable, store_path: str, unit: str | None, length: int | None, steps: int | None
+    set_progress: Callable, store_path: str, unit: UnitRef | None, length: int | None, steps: int | None
 ) -> tuple[dict | None, str]:
     """The background job: (the frontier as JSON, or None; a status line). Saves the run when done."""
-    if not unit:
+    if unit is None:
         return None, "No unit."
     if not isinstance(length, int) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         return None, f"Give a length (1 to {MAX_LENGTH} tokens) and a number of steps (1 to {MAX_STEPS})."
@@ -220,14 +220,14 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         Output(ids.MAXIMIZE_DATA, "data"),
         Output(ids.MAXIMIZE_STATUS, "children"),
         Input(ids.MAXIMIZE_RUN, "n_clicks"),
-        State(ids.MAXIMIZE_UNIT, "data"),
+        current_unit.state(),
         State(ids.MAXIMIZE_LENGTH, "value"),
         State(ids.MAXIMIZE_STEPS, "value"),
         **JOB.background_options(DEFAULT_STEPS, interval_ms=500),
     )
     def run_maximize(set_progress, _clicks, unit, length, steps):
         gc.freeze()  # forked from the threaded server: collect only what the job creates (see pages/probe.py)
-        return maximize_job(set_progress, store_path, unit, length, steps)
+        return maximize_job(set_progress, store_path, current_unit.read(unit), length, steps)
 
     app.callback(
         Output(ids.MAXIMIZE_RESULT, "children"),

@@ -1,7 +1,7 @@
 """Polysemanticity on the dashboard: a unit's scores with their breakdown (the context clusters and
 max tokens its examples fall into, one example of each), and the most / least polysemantic units.
 
-Pure: data in, components out; the pages call these with what the store returns.
+Data in, components out; ``features_behind`` gathers from the store what the unit panel shows of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dash import html
 
 from neurodash.app import render
 from neurodash.app.data import unit_label
-from neurodash.units import Example, Link, UnitRef
+from neurodash.storage import Store
+from neurodash.units import SAE_FEATURE, Example, Link, UnitRef
 
 COMBINED = "polysemanticity"
 METRICS = {  # name: (label, what it means)
@@ -131,6 +132,21 @@ class FeatureBehind:
     link: Link
     label: str
     example: Example
+
+
+def features_behind(
+    store: Store, ref: UnitRef, prefixes: dict[str, str | None], n: int = 6
+) -> list[FeatureBehind]:
+    """A neuron's SAE features with the largest shares of its mass, each with its strongest example."""
+    if store.source(ref.source_id).kind == SAE_FEATURE:
+        return []
+    links = sorted(store.links(ref), key=lambda link: -link.share)[:n]
+    strongest = store.strongest_examples([link.ref for link in links])
+    return [
+        FeatureBehind(link, unit_label(link.ref, prefixes), strongest[link.ref])
+        for link in links
+        if link.ref in strongest
+    ]
 
 
 def feature_list(features: Sequence[FeatureBehind], shown: int = 6) -> html.Details:

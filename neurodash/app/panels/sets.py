@@ -11,13 +11,13 @@ gets the new note if one is given. The sets live in the app-owned file beside th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import urlencode
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import current_unit, ids, render, routes, state
 from neurodash.app.data import plural
+from neurodash.colors import value_color
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
 from neurodash.storage.sets import MAX_NAME, ExampleSets, SetInfo
@@ -109,15 +109,14 @@ def fill_names(_id: str) -> list[html.Option]:
     return name_options(state.current().sets)
 
 
-def on_add(_top: int | None, _examples: list, name: str | None, note: str | None, pathname: str | None):
-    """A "+" or "Add all top examples" was pressed: add, and say what was done."""
+def on_add(_top: int | None, _examples: list, name: str | None, note: str | None, unit: object):
+    """A "+" or "Add all top examples" was pressed on the page of the current ``unit``: add, and say
+    what was done."""
     if not ctx.triggered or not ctx.triggered[0]["value"]:  # new buttons appearing, not a click
         raise PreventUpdate
     app_state = state.current()
-    from neurodash.app.pages.unit import unit_at
-
-    ref = unit_at(app_state.store, pathname)
-    if ref is None:
+    ref = current_unit.read(unit)
+    if ref is None or not app_state.store.has_unit(ref):
         raise PreventUpdate
     which = ctx.triggered_id
     example = (which["bucket"], int(which["rank"])) if isinstance(which, dict) else None
@@ -137,16 +136,12 @@ def register_callbacks(app: Dash) -> None:
         Input({"type": ids.SET_ADD_EXAMPLE, "bucket": ALL, "rank": ALL}, "n_clicks"),
         State(ids.SET_NAME, "value"),
         State(ids.SET_NOTE, "value"),
-        State(ids.NAV_LOCATION, "pathname"),
+        current_unit.state(),
         prevent_initial_call=True,
     )(on_add)
 
 
 # --- the sets page (pages/sets.py) ----------------------------------------------------------
-def set_href(name: str) -> str:
-    return "/sets?" + urlencode({"name": name})
-
-
 def sets_table(infos: Sequence[SetInfo], selected: str | None) -> html.Table | html.P:
     """Every set: its name (a link to its page), size and creation time."""
     if not infos:
@@ -158,7 +153,7 @@ def sets_table(infos: Sequence[SetInfo], selected: str | None) -> html.Table | h
     rows = [
         html.Tr(
             [
-                html.Td(dcc.Link(s.name, href=set_href(s.name), className="nd-set-link")),
+                html.Td(dcc.Link(s.name, href=routes.set_href(s.name), className="nd-set-link")),
                 html.Td(f"{s.n_examples:,}", className="nd-num"),
                 html.Td(f"{s.created_at:%Y-%m-%d %H:%M}", className="nd-num"),
             ],
@@ -240,7 +235,7 @@ def set_example_row(row: dict, label: str, max_abs: float) -> html.Div:
                     html.Span(
                         f"{value:+.3f}",
                         className="nd-value",
-                        style={"color": render.rgb(render.POSITIVE if value >= 0 else render.NEGATIVE)},
+                        style={"color": value_color(value)},
                         title=f"sequence {row['seq_id']}, token {row['pos']}",
                     ),
                     render.token_row(row["tokens"], row["acts"], max_abs, row["pos"] - row["start"]),

@@ -59,7 +59,7 @@ def test_the_page_draws_the_latest_run_at_once(store_with_runs):
     assert figure["data"][0]["y"] == [2.0, 4.0] and figure["data"][0]["x"] == [3.5, 7.25]
     assert figure["layout"]["shapes"][0]["y0"] == 2.0  # the best corpus example
     assert all("<" not in c for c in figure["data"][0]["customdata"])  # escaped for Plotly
-    assert by_id(page, ids.MAXIMIZE_UNIT).data == "L1.mlp/5"
+    assert by_id(page, ids.CURRENT_UNIT).data == {"source_id": "L1.mlp", "unit": 5}
 
     other = render(app, source_id="L1.mlp", index="6")
     assert any("No maximization run" in t for t in texts(by_id(other, ids.MAXIMIZE_RESULT)))
@@ -74,10 +74,11 @@ def test_a_finished_run_is_shown_from_its_json():
 @pytest.mark.parametrize(
     "unit_ref, length, steps, message",
     [
-        ("L1.mlp/5", None, 3, "Give a length"),
-        ("L1.mlp/5", 4, 0, "Give a length"),
-        ("L1.mlp/99", 4, 2, "Cannot maximize: unit 99 is out of range"),
-        ("L1.mlp/5", 99, 2, "Cannot maximize: --length"),
+        (None, 4, 2, "No unit."),
+        (UnitRef("L1.mlp", 5), None, 3, "Give a length"),
+        (UnitRef("L1.mlp", 5), 4, 0, "Give a length"),
+        (UnitRef("L1.mlp", 99), 4, 2, "Cannot maximize: unit 99 is out of range"),
+        (UnitRef("L1.mlp", 5), 99, 2, "Cannot maximize: --length"),
     ],
 )
 def test_the_job_explains_bad_input(store_with_runs, unit_ref, length, steps, message):

@@ -20,7 +20,7 @@ from dash._utils import AttributeDict
 from dash.exceptions import PreventUpdate
 from synthetic import XSS_TOKENS
 
-from neurodash.app import create_app, ids, state
+from neurodash.app import create_app, current_unit, ids, routes, state
 from neurodash.app.pages import overview, sets, unit
 from neurodash.app.panels import sets as sets_panel
 from neurodash.errors import NeurodashError
@@ -52,6 +52,11 @@ def triggered(fn, prop_id: str, value, *args):
         return fn(*args)
 
     return copy_context().run(run)
+
+
+def current(ref: UnitRef) -> dict:
+    """The data of the unit page's current-unit store for ``ref``."""
+    return current_unit.holder(ref).data
 
 
 def keys(frame: pd.DataFrame) -> list[tuple]:
@@ -123,15 +128,18 @@ def test_adding_needs_a_name_and_a_real_example(ctx):
 def test_add_callback(app, ctx):
     plus = '{"bucket":"bottom","rank":1,"type":"set-add-example"}.n_clicks'
     with app.server.test_request_context("/unit/L1.mlp/5"):
-        message, names = triggered(sets_panel.on_add, plus, 1, None, [1], "neg", "why?", "/unit/L1.mlp/5")
+        message, names = triggered(sets_panel.on_add, plus, 1, None, [1], "neg", "why?", current(L1N5))
         assert message.children == "added 1 example to 'neg'" and message.className == "nd-ok"
         assert [o.value for o in names] == ["neg"]
         message, _ = triggered(
-            sets_panel.on_add, f"{ids.SET_ADD_TOP}.n_clicks", 1, 1, [], "", None, "/unit/L1.mlp/5"
+            sets_panel.on_add, f"{ids.SET_ADD_TOP}.n_clicks", 1, 1, [], "", None, current(L1N5)
         )
         assert message.className == "nd-error" and "type a set name" in message.children
         with pytest.raises(PreventUpdate):  # the buttons of a newly shown unit, not a click
-            triggered(sets_panel.on_add, plus, None, None, [None], "neg", None, "/unit/L1.mlp/6")
+            triggered(sets_panel.on_add, plus, None, None, [None], "neg", None, current(UnitRef("L1.mlp", 6)))
+        for nowhere in (None, {"source_id": "L1.mlp"}, current(UnitRef("L1.mlp", 99999))):
+            with pytest.raises(PreventUpdate):  # no current unit, or one the store does not have
+                triggered(sets_panel.on_add, plus, 1, None, [1], "neg", None, nowhere)
     assert keys(ctx.sets.items("neg")) == [("L1.mlp", 5, "bottom", 1)]
     assert list(ctx.sets.items("neg")["note"]) == ["why?"]
 
@@ -163,7 +171,7 @@ def test_sets_page_lists_sets_with_counts_and_times(app, ctx):
     assert [texts(r)[:2] for r in rows] == [[HOSTILE, "1"], ["dates", "20"]]  # by name; names as text
     links = find(page, lambda c: isinstance(c, dcc.Link) and c.className == "nd-set-link")
     assert links[1].href == "/sets?name=dates"
-    assert links[0].href == sets_panel.set_href(HOSTILE) and "<" not in links[0].href
+    assert links[0].href == routes.set_href(HOSTILE) and "<" not in links[0].href
     assert all(len(texts(r)[2]) == len("2024-01-01 00:00") for r in rows)
 
 

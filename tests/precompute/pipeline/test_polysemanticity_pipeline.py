@@ -130,14 +130,14 @@ def test_pages_show_the_scores_breakdown_and_rankings(store):
     from app_helpers import find, texts
     from dash import dcc
 
-    from neurodash.app import create_app
+    from neurodash.app import create_app, routes
     from neurodash.app.pages import overview, unit
 
     app = create_app(store.path)
     ref = next(
         UnitRef("L1.mlp", u) for u in range(48) if "context_diversity" in store.scores(UnitRef("L1.mlp", u))
     )
-    with app.server.test_request_context(ref.path):
+    with app.server.test_request_context(routes.unit_href(ref)):
         page = unit.layout(source_id=ref.source_id, index=str(ref.unit))
     shown = texts(page)
     assert {"Polysemanticity", "context clusters", "max tokens", "context 1"} <= set(shown)
