@@ -42,7 +42,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
         assets_folder=str(ASSETS),
         suppress_callback_exceptions=True,
         background_callback_manager=dash.DiskcacheManager(diskcache.Cache(str(cache_dir))),
-        update_title=None,
+        update_title="",  # the tab keeps its title while callbacks run
     )
     state.attach(app.server, app_state)
     dash.page_registry.clear()  # pages register globally: start clean for each app in this process

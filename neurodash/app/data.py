@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import SupportsFloat
 
 import numpy as np
 import pandas as pd
@@ -62,30 +63,41 @@ def max_by_source(units: pd.DataFrame, sources: list[Source]) -> dict[str, np.nd
     """Per source, each unit's max activation over the corpus (0 where a unit has no row)."""
     out = {s.source_id: np.zeros(s.n_units, dtype=np.float32) for s in sources}
     for sid, group in units.groupby("source_id", sort=False):
-        out[sid][group["unit"].to_numpy()] = group["max_act"].to_numpy()
+        out[str(sid)][group["unit"].to_numpy()] = group["max_act"].to_numpy()
     return out
 
 
 def box_stats(units: pd.DataFrame, column: str) -> dict[str, dict[str, list]]:
     """Per kind, per layer: quartiles and Tukey fences of ``column``, for precomputed box plots."""
-    out = {}
+    out: dict[str, dict[str, list]] = {}
     for kind, frame in units.dropna(subset=[column]).groupby("kind", sort=False):
-        grouped = frame.groupby("layer")[column]
-        q1, median, q3 = (grouped.quantile(q) for q in (0.25, 0.5, 0.75))
+        values: pd.Series = frame.set_index("layer")[column]
+        grouped = values.groupby(level=0)
+        q1, median, q3 = (_series(grouped.quantile(q)) for q in (0.25, 0.5, 0.75))
         iqr = q3 - q1
-        values = frame.set_index("layer")[column]
-        low = values[values >= (q1 - 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).min()
-        high = values[values <= (q3 + 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).max()
-        out[kind] = {
+        low = _series(
+            values[values >= (q1 - 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).min()
+        )
+        high = _series(
+            values[values <= (q3 + 1.5 * iqr).reindex(values.index).to_numpy()].groupby(level=0).max()
+        )
+        out[str(kind)] = {
             "layer": q1.index.tolist(),
             "q1": _rounded(q1),
             "median": _rounded(median),
             "q3": _rounded(q3),
             "lowerfence": _rounded(low.reindex(q1.index)),
             "upperfence": _rounded(high.reindex(q1.index)),
-            "max": _rounded(grouped.max()),
+            "max": _rounded(_series(grouped.max())),
         }
     return out
+
+
+def _series(values: object) -> pd.Series:
+    """A grouped Series' reduction, which pandas types loosely (a Series, a DataFrame or a scalar)."""
+    if not isinstance(values, pd.Series):
+        raise TypeError(f"expected a Series, got {type(values).__name__}")
+    return values
 
 
 def _rounded(series: pd.Series) -> list[float]:
@@ -163,7 +175,7 @@ def summarise_probe(
     }
 
 
-def _round(value: float) -> float:
+def _round(value: SupportsFloat) -> float:
     return round(float(value), 4)
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import TypeVar
 
 from dash import dcc, html
+from dash.development.base_component import Component
 
 from neurodash.app import ids, routes
-from neurodash.colors import NEGATIVE, POSITIVE, rgba, value_color
+from neurodash.colors import NEGATIVE, POSITIVE, SCALE, rgba, value_color
 from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
-GRAPH_CONFIG = {"displayModeBar": False, "responsive": True}
+C = TypeVar("C", bound=Component)
+GRAPH_CONFIG: dcc.Graph.Config = {"displayModeBar": False, "responsive": True}
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -40,7 +43,21 @@ def token_row(
         "max_abs": float(max_abs),
         "marked": marked_index,
     }
-    return html.Div(className="nd-tokens", **{"data-tokens": json.dumps(payload, separators=(",", ":"))})
+    return with_data(html.Div(className="nd-tokens"), tokens=json.dumps(payload, separators=(",", ":")))
+
+
+def with_token_scale(component: C) -> C:
+    """``component`` carrying the token colour scale (``colors.SCALE``), with which ``assets/neurodash.js``
+    colours every token row inside it (the shell carries it around every page)."""
+    return with_data(component, token_scale=json.dumps(SCALE, separators=(",", ":")))
+
+
+def with_data(component: C, **values: str) -> C:
+    """``component`` with the attributes ``data-<name>="value"``, ``_`` in a name written ``-`` (Dash
+    takes any ``data-*`` prop, which keyword arguments cannot spell)."""
+    for name, value in values.items():
+        setattr(component, f"data-{name.replace('_', '-')}", value)
+    return component
 
 
 def example_tokens(example: Example, max_abs: float) -> html.Div:
@@ -313,7 +330,7 @@ def unit_link(label: str, ref: UnitRef, **props) -> dcc.Link:
     return dcc.Link(label, href=routes.unit_href(ref), **props)
 
 
-def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div:
+def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[str]) -> html.Div | html.P:
     """The nearest units by cosine similarity of output directions, each a link with a bar."""
     rows = [
         (label, ref, max(cos, 0), f"{cos:.3f}", None)
@@ -322,7 +339,7 @@ def neighbor_list(neighbors: Sequence[tuple[UnitRef, float]], labels: Sequence[s
     return bar_list(rows, "No neighbours stored for this unit.")
 
 
-def link_list(links: Sequence[Link], labels: Sequence[str]) -> html.Div:
+def link_list(links: Sequence[Link], labels: Sequence[str]) -> html.Div | html.P:
     """Units of another source tied to this one through an SAE decoder: share of mass, decoder weight."""
     top = max((link.share for link in links), default=0) or 1
     rows = [
@@ -332,7 +349,7 @@ def link_list(links: Sequence[Link], labels: Sequence[str]) -> html.Div:
     return bar_list(rows, "None stored.")
 
 
-def bar_list(rows: Sequence[tuple[str, UnitRef, float, str, str | None]], empty: str) -> html.Div:
+def bar_list(rows: Sequence[tuple[str, UnitRef, float, str, str | None]], empty: str) -> html.Div | html.P:
     """Linked units, each with a bar (fraction 0..1), its value as text and an optional tooltip."""
     if not rows:
         return html.P(empty, className="nd-muted")
@@ -348,7 +365,7 @@ def bar_list(rows: Sequence[tuple[str, UnitRef, float, str, str | None]], empty:
                     html.Span(value, className="nd-num"),
                 ],
                 className="nd-neighbor",
-                **({"title": tip} if tip else {}),
+                title=tip,
             )
             for label, ref, fraction, value, tip in rows
         ],
@@ -423,6 +440,11 @@ def download_buttons(
         [html.Span("Download examples", className="nd-muted"), *buttons, dcc.Download(id=download_id)],
         className="nd-downloads",
     )
+
+
+def feedback(message: str, ok: bool) -> html.Span:
+    """What came of an action, as text (it may quote a user's input): green if ``ok``, else red."""
+    return html.Span(message, className="nd-ok" if ok else "nd-error")
 
 
 def panel(title: str, *children, class_name: str = "") -> html.Section:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import dash
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash import colors
-from neurodash.app import ids, routes, state
+from neurodash.app import ids, render, routes, state
 from neurodash.errors import NeurodashError
 from neurodash.units import parse_ref
 
 
 def layout(store_name: str, model: str) -> html.Div:
-    return html.Div(
+    frame = html.Div(
         [
             dcc.Location(id=ids.NAV_LOCATION, refresh="callback-nav"),
             html.Header(
@@ -48,15 +45,14 @@ def layout(store_name: str, model: str) -> html.Div:
                 className="nd-topbar",
             ),
             html.Main(dash.page_container, className="nd-main"),
-        ],
-        # the token colours, for assets/neurodash.js (which draws token rows)
-        **{"data-token-scale": json.dumps(colors.SCALE)},
+        ]
     )
+    return render.with_token_scale(frame)
 
 
-def jump(text: str | None) -> tuple[str, str]:
+def jump(text: str | None) -> tuple[str | NoUpdate, str]:
     """(path to go to or ``no_update``, error message) for what was typed in the jump box."""
-    if not (text or "").strip():
+    if text is None or not text.strip():
         return no_update, ""
     try:
         ref = parse_ref(text, state.current().store.sources())
@@ -65,7 +61,7 @@ def jump(text: str | None) -> tuple[str, str]:
     return routes.unit_href(ref), ""
 
 
-def on_jump(_submits: int | None, text: str | None) -> tuple[str, str]:
+def on_jump(_submits: int | None, text: str | None) -> tuple[str | NoUpdate, str]:
     return jump(text)
 
 

@@ -148,11 +148,13 @@ def test_token_rows_render_as_coloured_text(dash_duo):
     app = Dash(__name__, assets_folder=str(Path(render.__file__).parent / "assets"))
     tokens = ["Hello", " world\n", "\t", "", "it's", "'\"\\\x01", XSS_TOKENS[0]]
     acts = [2.0, -1.0, 0.001, 0.5, 1.0, 1.0, 2.0]
-    app.layout = html.Div(
-        [
-            html.Div(render.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
-            html.Button("swap", id="swap"),
-        ]
+    app.layout = render.with_token_scale(  # as the shell does around every page
+        html.Div(
+            [
+                html.Div(render.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
+                html.Button("swap", id="swap"),
+            ]
+        )
     )
     app.callback(Output("row", "children"), Input("swap", "n_clicks"), prevent_initial_call=True)(
         lambda _: render.token_row(["a", "b"], [0.0, -3.0], 3.0, marked_index=1)

@@ -36,23 +36,20 @@
 
   /* Token rows (render.token_row): the server sends each row's tokens and activations as JSON in
    * data-tokens and the spans are built here, as text; the marked token outlined. The colour scale
-   * is neurodash/colors.py's, which the shell writes into the page (data-token-scale, colors.SCALE):
-   * the positive and the negative colour, opacity |act| / max_abs, none below min_alpha. */
-  let scale = null;
-
-  function tokenScale() {
-    if (!scale) {
-      const holder = document.querySelector("[data-token-scale]");
-      if (holder) scale = JSON.parse(holder.getAttribute("data-token-scale"));
-    }
-    return scale;
+   * is neurodash/colors.py's, written into the page around the rows (render.with_token_scale, in
+   * data-token-scale): the positive and the negative colour, opacity |act| / max_abs, none below
+   * min_alpha. A row outside it stays uncoloured. */
+  function tokenScale(row) {
+    const holder = row.closest("[data-token-scale]");
+    if (!holder) return null;
+    if (!holder.ndScale) holder.ndScale = JSON.parse(holder.getAttribute("data-token-scale"));
+    return holder.ndScale;
   }
 
   /* As colors.token_background. */
-  function tokenColor(act, maxAbs) {
-    const s = tokenScale();
+  function tokenColor(scale, act, maxAbs) {
     const alpha = maxAbs > 0 ? Math.min(Math.abs(act) / maxAbs, 1) : 0;
-    return !s || alpha < s.min_alpha ? null : "rgba(" + (act > 0 ? s.positive : s.negative) + "," + alpha.toFixed(2) + ")";
+    return !scale || alpha < scale.min_alpha ? null : "rgba(" + (act > 0 ? scale.positive : scale.negative) + "," + alpha.toFixed(2) + ")";
   }
 
   /* Newlines and tabs made visible (and kept), empty tokens marked. */
@@ -80,11 +77,12 @@
     if (row.ndRendered === data) return;
     row.ndRendered = data;
     const { tokens, acts, max_abs: maxAbs, marked } = JSON.parse(data);
+    const scale = tokenScale(row);
     const spans = tokens.map(function (token, i) {
       const span = document.createElement("span");
       span.textContent = tokenDisplay(token);
       span.title = tokenTitle(token, acts[i]);
-      const color = tokenColor(acts[i], maxAbs);
+      const color = tokenColor(scale, acts[i], maxAbs);
       if (color) span.style.backgroundColor = color;
       if (i === marked) span.className = "nd-tok-max";
       return span;

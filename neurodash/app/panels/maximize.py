@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
 from neurodash.app import current_unit, ids, jobs, render
 from neurodash.colors import POSITIVE, rgba
@@ -206,7 +206,7 @@ def maximize_job(
     return frontier.to_json(), f"Done in {frontier.seconds:.0f} s."
 
 
-def show_data(data: dict | None) -> list:
+def show_data(data: dict | None) -> list | NoUpdate:
     if not data:
         return no_update
     return show(frontier_from_json(data))
@@ -226,7 +226,7 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         **JOB.background_options(DEFAULT_STEPS, interval_ms=500),
     )
     def run_maximize(set_progress, _clicks, unit, length, steps):
-        gc.freeze()  # forked from the threaded server: collect only what the job creates (see pages/probe.py)
+        gc.freeze()  # forked from the threaded server: collect only what the job creates (see panels/text_probe.py)
         return maximize_job(set_progress, store_path, current_unit.read(unit), length, steps)
 
     app.callback(

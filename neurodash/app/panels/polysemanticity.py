@@ -106,7 +106,7 @@ def group_list(
     title: str, groups: Sequence[Group], max_abs: float, shown: int = 6, open_: bool = True
 ) -> html.Details:
     total = sum(g.count for g in groups)
-    rows = [
+    rows: list[html.Div | html.P] = [
         _example_item(
             [
                 html.Span(g.label, className="nd-strong"),
@@ -203,7 +203,7 @@ def unit_panel(
     if not any(m in scores for m in METRICS):
         return None
     by_context, by_token = breakdown(examples, clusters)
-    parts = [score_cards(scores)]
+    parts: list[html.Div | html.Details] = [score_cards(scores)]
     if by_context:
         parts.append(
             group_list(
@@ -239,12 +239,12 @@ def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int =
             html.Tr(
                 [
                     html.Td(render.unit_link(unit_label(ref, prefixes), ref)),
-                    html.Td(row.layer, className="nd-num"),
-                    *(html.Td(_fmt(getattr(row, m)), className="nd-num") for m in (COMBINED, *extra)),
+                    html.Td(row["layer"], className="nd-num"),
+                    *(html.Td(_fmt(row[m]), className="nd-num") for m in (COMBINED, *extra)),
                 ]
             )
-            for row in frame.itertuples(index=False)
-            for ref in [UnitRef(row.source_id, int(row.unit))]
+            for row in frame.to_dict("records")
+            for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
         ]
         return html.Table(
             [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
