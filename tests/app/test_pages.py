@@ -23,7 +23,7 @@ from synthetic import make_synthetic_store
 
 from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app.pages import not_found_404, overview, probe, unit
-from neurodash.app.panels import downloads
+from neurodash.app.panels import downloads, text_probe
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -130,7 +130,7 @@ def test_probe_page_config(app):
         "keep_bos": False,
         "hooks": {f"blocks.{i}.mlp.hook_post": f"L{i}.mlp" for i in range(3)},
     }
-    assert by_id(page, ids.PROBE_TEXT).value == probe.DEFAULT_TEXT
+    assert by_id(page, ids.PROBE_TEXT).value == text_probe.DEFAULT_TEXT
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def fake_model(monkeypatch):
 def test_probe_job(app, fake_model):
     config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data
     progress = []
-    summary, status = probe.probe_job(progress.append, "Hello world", config, state_of(app).unit_max)
+    summary, status = text_probe.probe_job(progress.append, "Hello world", config, state_of(app).unit_max)
     assert status == "2 tokens probed."
     assert [p[2] for p in progress] == ["Loading synthetic…", "Running the model…", "Ranking units…"]
     assert ("load", "synthetic") in fake_model and fake_model[-1][1] == "Hello world"
@@ -171,15 +171,15 @@ def test_probe_job_runs_one_thread_where_forked_from_torch(app, fake_model, monk
     else:
         monkeypatch.delitem(sys.modules, "torch", raising=False)
     config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data
-    probe.probe_job(lambda _: None, "Hello world", config, state_of(app).unit_max)
+    text_probe.probe_job(lambda _: None, "Hello world", config, state_of(app).unit_max)
     assert ("one thread" in fake_model) == torch_loaded
 
 
 def test_probe_job_refuses_empty_text_and_reports_errors(app, monkeypatch):
     config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data
-    assert probe.probe_job(print, "  ", config, {}) == (None, "Type or paste a text first.")
+    assert text_probe.probe_job(print, "  ", config, {}) == (None, "Type or paste a text first.")
     assert (
-        probe.probe_job(print, "x", {**config, "hooks": {}}, {})[1]
+        text_probe.probe_job(print, "x", {**config, "hooks": {}}, {})[1]
         == "This store has no neuron sources to probe."
     )
 
@@ -188,7 +188,7 @@ def test_probe_job_refuses_empty_text_and_reports_errors(app, monkeypatch):
 
     stub = types.SimpleNamespace(cached_model=fail, probe_text=fail, avoid_inherited_thread_pool=lambda: None)
     monkeypatch.setitem(sys.modules, "precompute.live.probe", stub)
-    assert probe.probe_job(lambda _: None, "x", config, {}) == (
+    assert text_probe.probe_job(lambda _: None, "x", config, {}) == (
         None,
         "Cannot probe: cannot load model 'synthetic': offline",
     )
@@ -200,38 +200,39 @@ def state_of(app) -> state.AppState:
 
 def probe_result(app, fake_model) -> dict:
     config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data
-    return probe.probe_job(lambda _: None, "Hello world", config, state_of(app).unit_max)[0]
+    return text_probe.probe_job(lambda _: None, "Hello world", config, state_of(app).unit_max)[0]
 
 
 def test_show_probe_result(app, fake_model):
     result = probe_result(app, fake_model)
     with app.server.test_request_context("/probe"):
-        top, token_units, options, choice = probe.show_result(result)
+        top, token_units, options, choice = text_probe.show_result(result)
     assert find(top, lambda c: isinstance(c, dcc.Link))[0].href == "/unit/L1.mlp/3"
     assert "' world'" in texts(token_units)  # the strongest token
     assert (
-        options[0] == {"label": "L1N3  (peak +5.000)", "value": 0} and options[-1]["value"] == probe.STRONGEST
+        options[0] == {"label": "L1N3  (peak +5.000)", "value": 0}
+        and options[-1]["value"] == text_probe.STRONGEST
     )
     assert choice == 0
 
 
 def test_probe_tokens_coloured_by_the_chosen_unit(app, fake_model):
     result = probe_result(app, fake_model)
-    (row,) = token_rows(probe.colour_tokens(0, result))  # L1N3: 0 on "Hello", 5.0 on " world"
+    (row,) = token_rows(text_probe.colour_tokens(0, result))  # L1N3: 0 on "Hello", 5.0 on " world"
     assert row["tokens"] == ["Hello", " world"] and row["acts"] == [0.0, 5.0] and row["marked"] == 1
-    (strongest,) = token_rows(probe.colour_tokens(probe.STRONGEST, result))
+    (strongest,) = token_rows(text_probe.colour_tokens(text_probe.STRONGEST, result))
     assert strongest["marked"] == 1 and strongest["acts"][1] == strongest["max_abs"]
-    assert probe.colour_tokens(None, result) is None
+    assert text_probe.colour_tokens(None, result) is None
 
 
 def test_select_probe_token(app, fake_model):
     result = probe_result(app, fake_model)
     with app.server.test_request_context("/probe"):
-        panel = probe.select_token({"index": 0, "at": 1}, result)
+        panel = text_probe.select_token({"index": 0, "at": 1}, result)
         assert "'Hello'" in texts(panel) and " at position 0" in texts(panel)
         for nothing in (None, {"index": 2, "at": 2}):  # nothing clicked yet; a stale index
             with pytest.raises(PreventUpdate):
-                probe.select_token(nothing, result)
+                text_probe.select_token(nothing, result)
 
 
 def test_apps_in_one_process_keep_their_own_store(tmp_path, app):

@@ -1,40 +1,23 @@
-"""Overview (``/``): the store's sources, per-layer distributions, and the table of every unit."""
+"""Overview (``routes.OVERVIEW``, ``/``): the store's sources, per-layer distributions, the most and
+least polysemantic units, and the table of every unit (``panels/units_table.py``)."""
 
 from __future__ import annotations
 
-import dash_ag_grid as dag
-from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
-from dash.exceptions import PreventUpdate
+from dash import Dash, html
 
 from neurodash.app import ids, render, state
-from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, plural, units_payload
-from neurodash.app.panels import polysemanticity
-from neurodash.errors import NeurodashError
-from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
-from neurodash.storage import Store
+from neurodash.app.data import box_stats, label_prefixes
+from neurodash.app.panels import polysemanticity, units_table
 
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
-HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "std"}
-HIDE_DEAD = {"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}  # AG Grid filter model
-# The shown units' examples download in one response, held in memory: at most this many
-# (about 1 KB each in CSV); larger selections go through `neurodash export`, which streams.
-MAX_DOWNLOAD_EXAMPLES = 50_000
-BUCKET_CHOICES = {
-    "top": ("top",),
-    "top and bottom": ("top", "bottom"),
-    "quantiles": ("quantiles",),
-    "all": (),
-}
 
 
 def layout(**_query) -> html.Div:
     app_state = state.current()
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
-    metrics = [*STAT_COLUMNS, *app_state.score_metrics]
     n_units = sum(s.n_units for s in sources)
-    n_dead = int((app_state.units["density"] == 0).sum())
     boxes = {m: box_stats(app_state.units, m) for m in (*DISTRIBUTIONS, *app_state.score_metrics)}
     return html.Div(
         [
@@ -58,173 +41,10 @@ def layout(**_query) -> html.Div:
             ),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
             polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
-            render.panel(
-                "Units",
-                html.P(
-                    [
-                        html.Span("Loading units…", id=ids.UNITS_COUNT, className="nd-strong"),
-                        " · sort by a column, filter in the row under its header; click a unit to open it.",
-                        f" {n_dead:,} dead units (never fired) are hidden by the density filter: clear it to see them."
-                        if n_dead
-                        else "",
-                    ],
-                    className="nd-muted",
-                ),
-                dcc.Store(id=ids.UNITS_DATA, data=units_payload(app_state.units, sources, metrics)),
-                dcc.Store(id=ids.UNITS_START_FILTER, data=HIDE_DEAD if n_dead else {}),
-                units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1),
-                download_bar(bucket_choices(store)),
-            ),
+            units_table.layout(app_state),
         ]
     )
 
 
-def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
-    """The grid, virtual scrolling. Its rows, and its starting filter, arrive from ``units-data``
-    and ``units-start-filter`` through a clientside callback."""
-    number = {
-        "filter": "agNumberColumnFilter",
-        "type": "rightAligned",
-        "minWidth": 90,
-        "valueFormatter": {"function": "ndFixed(params.value, 3)"},
-    }
-    columns = [
-        {
-            "field": "ref",
-            "headerName": "unit",
-            "cellRenderer": "UnitLink",
-            "pinned": "left",
-            "minWidth": 110,
-            "filter": "agTextColumnFilter",
-            "comparator": {"function": "ndCompareUnits(nodeA, nodeB)"},
-        },
-        {"field": "source", "headerName": "source", "filter": "agTextColumnFilter", "minWidth": 100},
-        {"field": "layer", "headerName": "layer", "filter": "agNumberColumnFilter", "minWidth": 80},
-        *([{"field": "kind", "headerName": "kind", "minWidth": 100}] if multiple_kinds else []),
-        *({**number, "field": m, "headerName": HEADERS.get(m, m.replace("_", " "))} for m in metrics),
-    ]
-    for column in columns:
-        if column["field"] == "density":
-            column["valueFormatter"] = {"function": "ndPercent(params.value)"}
-    return dag.AgGrid(
-        id=ids.UNITS_GRID,
-        rowData=[],
-        columnDefs=columns,
-        defaultColDef={
-            "sortable": True,
-            "resizable": True,
-            "filter": True,
-            "floatingFilter": True,
-            "suppressHeaderMenuButton": True,
-        },
-        dashGridOptions={
-            "animateRows": False,
-            "rowBuffer": 20,
-            "suppressCellFocus": True,
-            "rowHeight": 30,
-            "headerHeight": 34,
-        },
-        columnSize="responsiveSizeToFit",
-        style={"height": "560px", "width": "100%"},
-        className="nd-grid",
-    )
-
-
-def bucket_choices(store: Store) -> list[str]:
-    """The bucket choices this store's examples allow."""
-    have = set(store.bucket_names)
-    need = {"top": {"top"}, "top and bottom": {"top", "bottom"}, "quantiles": set(), "all": set()}
-    quantiles = any(b.startswith("q") for b in have)
-    return [c for c in BUCKET_CHOICES if need[c] <= have and (c != "quantiles" or quantiles)]
-
-
-def download_bar(choices: list[str]) -> html.Div:
-    """Download the examples of the units the grid shows: which buckets, which format."""
-    radio = {"inline": True, "className": "nd-radio", "inputClassName": "nd-radio-input"}
-    return html.Div(
-        [
-            html.Span(id=ids.UNITS_SHOWN, className="nd-strong"),
-            html.Span("· download their examples:", className="nd-muted"),
-            dcc.RadioItems(choices, choices[0], id=ids.UNITS_DOWNLOAD_BUCKETS, **radio),
-            html.Span("as", className="nd-muted"),
-            dcc.RadioItems(
-                [{"label": f.upper(), "value": f} for f in FORMATS],
-                "csv",
-                id=ids.UNITS_DOWNLOAD_FORMAT,
-                **radio,
-            ),
-            html.Button("Download", id=ids.UNITS_DOWNLOAD_BUTTON, className="nd-button nd-step"),
-            html.Span(id=ids.UNITS_DOWNLOAD_STATUS, role="status", className="nd-feedback"),
-            dcc.Store(id=ids.UNITS_SELECTION),
-            dcc.Download(id=ids.UNITS_DOWNLOAD),
-        ],
-        className="nd-downloads nd-units-download",
-    )
-
-
-def download_units(store: Store, units: list[str], fmt: str, choice: str) -> tuple[dict | object, html.Span]:
-    """The examples of ``units`` (``source/index``) in the buckets of ``choice``, as a file of
-    ``fmt`` for ``dcc.Download`` with what it holds; or ``no_update`` and why not (no unit, or more
-    than ``MAX_DOWNLOAD_EXAMPLES`` examples)."""
-    if fmt not in FORMATS or choice not in BUCKET_CHOICES:
-        raise PreventUpdate
-    if not units:
-        return no_update, _status("No unit is shown: loosen the filter.", ok=False)
-    selection = Selection(units=units, buckets=BUCKET_CHOICES[choice])
-    try:
-        n = resolve(store, selection).n_examples
-        what = f"{plural(len(units), 'unit')}, {plural(n, 'example')}"
-        limit = HTML_MAX_EXAMPLES if fmt == "html" else MAX_DOWNLOAD_EXAMPLES
-        if n > limit:
-            raise NeurodashError(
-                f"{what}: more than a {fmt.upper()} download holds ({limit:,}). Filter further, "
-                "choose fewer buckets, or use `neurodash export`, which streams."
-            )
-        data = export_bytes(store, selection, fmt)
-    except NeurodashError as e:
-        return no_update, _status(str(e), ok=False)
-    return dcc.send_bytes(data, f"units-{choice.replace(' ', '-')}.{fmt}"), _status(
-        f"{what} as {fmt.upper()}", ok=True
-    )
-
-
-def _status(message: str, ok: bool) -> html.Span:
-    return html.Span(message, className="nd-ok" if ok else "nd-error")
-
-
-def on_download(selection: dict | None, fmt: str, choice: str):
-    """The download button was pressed: ``selection`` holds the units the grid showed."""
-    if not selection:
-        raise PreventUpdate
-    return download_units(state.current().store, selection["units"], fmt, choice)
-
-
 def register_callbacks(app: Dash) -> None:
-    app.clientside_callback(
-        ClientsideFunction(namespace="neurodash", function_name="fillUnitsGrid"),
-        Output(ids.UNITS_COUNT, "children"),
-        Output(ids.UNITS_GRID, "filterModel"),
-        Input(ids.UNITS_DATA, "data"),
-        State(ids.UNITS_START_FILTER, "data"),
-        State(ids.UNITS_GRID, "id"),
-    )
-    app.clientside_callback(
-        ClientsideFunction(namespace="neurodash", function_name="countShownUnits"),
-        Output(ids.UNITS_SHOWN, "children"),
-        Input(ids.UNITS_GRID, "virtualRowData"),
-    )
-    app.clientside_callback(
-        ClientsideFunction(namespace="neurodash", function_name="shownUnits"),
-        Output(ids.UNITS_SELECTION, "data"),
-        Input(ids.UNITS_DOWNLOAD_BUTTON, "n_clicks"),
-        State(ids.UNITS_GRID, "virtualRowData"),
-        prevent_initial_call=True,
-    )
-    app.callback(
-        Output(ids.UNITS_DOWNLOAD, "data"),
-        Output(ids.UNITS_DOWNLOAD_STATUS, "children"),
-        Input(ids.UNITS_SELECTION, "data"),
-        State(ids.UNITS_DOWNLOAD_FORMAT, "value"),
-        State(ids.UNITS_DOWNLOAD_BUCKETS, "value"),
-        prevent_initial_call=True,
-    )(on_download)
+    units_table.register_callbacks(app)

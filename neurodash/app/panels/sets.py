@@ -1,6 +1,5 @@
-"""Curated sets in the app. On the unit page: add one example (its "+") or all top examples to a
-named set. On the sets page (``pages/sets.py``): the renderers of sets and their examples (each
-with a "×" that removes it).
+"""The unit page's curated-sets bar: add one example (its "+") or all top examples to a named set.
+The sets page's panel is ``set_manager``.
 
 The set is chosen by name (an input with a datalist of the existing sets; a new name makes a new
 set), with an optional note. Adding is idempotent: an example already in the set stays once, and
@@ -10,17 +9,14 @@ gets the new note if one is given. The sets live in the app-owned file beside th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import current_unit, ids, render, routes, state
+from neurodash.app import current_unit, ids, render, state
 from neurodash.app.data import plural
-from neurodash.colors import value_color
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
-from neurodash.storage.sets import MAX_NAME, ExampleSets, SetInfo
+from neurodash.storage.sets import MAX_NAME, ExampleSets
 from neurodash.units import UnitRef
 
 TOP = "top"
@@ -100,11 +96,6 @@ def add_to_set(
     )
 
 
-def feedback(message: str, ok: bool) -> html.Span:
-    """A message as text (it may quote a user's set name)."""
-    return html.Span(message, className="nd-ok" if ok else "nd-error")
-
-
 def fill_names(_id: str) -> list[html.Option]:
     return name_options(state.current().sets)
 
@@ -121,9 +112,11 @@ def on_add(_top: int | None, _examples: list, name: str | None, note: str | None
     which = ctx.triggered_id
     example = (which["bucket"], int(which["rank"])) if isinstance(which, dict) else None
     try:
-        message = feedback(add_to_set(app_state.sets, app_state.store, ref, name, note, example), ok=True)
+        message = render.feedback(
+            add_to_set(app_state.sets, app_state.store, ref, name, note, example), ok=True
+        )
     except NeurodashError as e:
-        message = feedback(str(e), ok=False)
+        message = render.feedback(str(e), ok=False)
     return message, name_options(app_state.sets)
 
 
@@ -139,109 +132,3 @@ def register_callbacks(app: Dash) -> None:
         current_unit.state(),
         prevent_initial_call=True,
     )(on_add)
-
-
-# --- the sets page (pages/sets.py) ----------------------------------------------------------
-def sets_table(infos: Sequence[SetInfo], selected: str | None) -> html.Table | html.P:
-    """Every set: its name (a link to its page), size and creation time."""
-    if not infos:
-        return html.P(
-            "No sets yet. On a unit page, type a set name, then press + on an example or "
-            "“Add all top examples”.",
-            className="nd-muted",
-        )
-    rows = [
-        html.Tr(
-            [
-                html.Td(dcc.Link(s.name, href=routes.set_href(s.name), className="nd-set-link")),
-                html.Td(f"{s.n_examples:,}", className="nd-num"),
-                html.Td(f"{s.created_at:%Y-%m-%d %H:%M}", className="nd-num"),
-            ],
-            className="nd-selected" if s.name == selected else None,
-        )
-        for s in infos
-    ]
-    head = html.Thead(
-        html.Tr(
-            [
-                html.Th("set"),
-                html.Th("examples", className="nd-num"),
-                html.Th("created (UTC)", className="nd-num"),
-            ]
-        )
-    )
-    return html.Table([head, html.Tbody(rows)], className="nd-table nd-sets-table")
-
-
-def set_actions(info: SetInfo, formats: Sequence[str], message: html.Span | None = None) -> html.Div:
-    """Rename, delete (confirmed first), download in each format, and what came of it (``message``)."""
-    return html.Div(
-        [
-            dcc.Input(
-                id=ids.SETS_RENAME_INPUT,
-                type="text",
-                value=info.name,
-                maxLength=MAX_NAME,
-                className="nd-input",
-            ),
-            html.Button("Rename", id=ids.SETS_RENAME, className="nd-button nd-step"),
-            dcc.ConfirmDialogProvider(
-                html.Button("Delete", className="nd-button nd-step nd-danger"),
-                id=ids.SETS_DELETE,
-                message=f"Delete the set {info.name!r} and its {plural(info.n_examples, 'example')}? "
-                "This cannot be undone.",
-            ),
-            render.download_buttons(tuple(formats), ids.SETS_DOWNLOAD_FORMAT, ids.SETS_DOWNLOAD),
-            html.Span(message, id=ids.SETS_FEEDBACK, role="status", className="nd-feedback"),
-            dcc.Store(id=ids.SETS_SELECTED, data=info.name),
-        ],
-        className="nd-set-actions",
-    )
-
-
-def remove_example_button(ref: UnitRef, bucket: str, rank: int) -> html.Button:
-    return html.Button(
-        "×",
-        id={
-            "type": ids.SETS_REMOVE_EXAMPLE,
-            "source": ref.source_id,
-            "unit": ref.unit,
-            "bucket": bucket,
-            "rank": rank,
-        },
-        className="nd-add nd-remove",
-        title="remove this example from the set",
-    )
-
-
-def set_example_row(row: dict, label: str, max_abs: float) -> html.Div:
-    """One example of a set: a "×" that removes it, its unit (a link), bucket and rank, note, value
-    and tokens."""
-    ref = UnitRef(row["source_id"], int(row["unit_index"]))
-    value = row["value"]
-    return html.Div(
-        [
-            html.Div(
-                [
-                    remove_example_button(ref, row["bucket"], int(row["rank"])),
-                    render.unit_link(label, ref, className="nd-set-unit"),
-                    html.Span(f"{row['bucket']} #{row['rank']}", className="nd-muted"),
-                    html.Span(row["note"], className="nd-note") if row.get("note") else None,
-                ],
-                className="nd-set-meta",
-            ),
-            html.Div(
-                [
-                    html.Span(
-                        f"{value:+.3f}",
-                        className="nd-value",
-                        style={"color": value_color(value)},
-                        title=f"sequence {row['seq_id']}, token {row['pos']}",
-                    ),
-                    render.token_row(row["tokens"], row["acts"], max_abs, row["pos"] - row["start"]),
-                ],
-                className="nd-example",
-            ),
-        ],
-        className="nd-set-example",
-    )

@@ -22,6 +22,7 @@ from synthetic import XSS_TOKENS
 
 from neurodash.app import create_app, current_unit, ids, routes, state
 from neurodash.app.pages import overview, sets, unit
+from neurodash.app.panels import set_manager, units_table
 from neurodash.app.panels import sets as sets_panel
 from neurodash.errors import NeurodashError
 from neurodash.export import Selection, examples_frame
@@ -194,18 +195,23 @@ def test_a_sets_page_shows_its_examples_with_notes_and_unit_links(app, ctx):
 
 def test_rename_and_delete(app, ctx):
     fill(ctx)
-    assert sets.rename(ctx.sets, "dates", "  years ") == ("/sets?name=years", "")
-    href, error = sets.rename(ctx.sets, "years", HOSTILE)
+    assert set_manager.rename(ctx.sets, "dates", "  years ") == ("/sets?name=years", "")
+    href, error = set_manager.rename(ctx.sets, "years", HOSTILE)
     assert href is no_update and "exists already" in error.children
-    assert sets.delete(ctx.sets, "years") == ("/sets", "")
+    assert set_manager.delete(ctx.sets, "years") == ("/sets", "")
     assert [s.name for s in ctx.sets.all()] == [HOSTILE]
-    href, error = sets.delete(ctx.sets, "years")
+    href, error = set_manager.delete(ctx.sets, "years")
     assert href is no_update and "no set named 'years'" in error.children
     with app.server.test_request_context("/sets"):
         confirmed = f"{ids.SETS_DELETE}.submit_n_clicks"
-        assert triggered(sets.on_change, confirmed, 1, None, None, 1, HOSTILE, HOSTILE) == ("/sets", "")
+        assert triggered(set_manager.on_change, confirmed, 1, None, None, 1, HOSTILE, HOSTILE) == (
+            "/sets",
+            "",
+        )
         with pytest.raises(PreventUpdate):
-            triggered(sets.on_change, f"{ids.SETS_RENAME}.n_clicks", None, None, None, None, "x", HOSTILE)
+            triggered(
+                set_manager.on_change, f"{ids.SETS_RENAME}.n_clicks", None, None, None, None, "x", HOSTILE
+            )
     assert ctx.sets.all() == []
 
 
@@ -229,7 +235,7 @@ def test_remove_one_example_from_a_set(app, ctx):
     gone = buttons[3]
     with app.server.test_request_context("/sets?name=dates"):
         prop = json.dumps(gone, sort_keys=True, separators=(",", ":")) + ".n_clicks"
-        redrawn = html.Div(triggered(sets.on_remove, prop, 1, [None, None, None, 1], "dates"))
+        redrawn = html.Div(triggered(set_manager.on_remove, prop, 1, [None, None, None, 1], "dates"))
     assert keys(ctx.sets.items("dates")) == [k for k in before if k != ("L1.mlp", 5, "top", 3)]
     assert (gone["source"], gone["unit"], gone["bucket"], gone["rank"]) == ("L1.mlp", 5, "top", 3)
     assert by_id(redrawn, ids.SETS_FEEDBACK).children.children == "removed L1N5 top #3 from 'dates'"
@@ -238,19 +244,19 @@ def test_remove_one_example_from_a_set(app, ctx):
     assert [texts(r)[:2] for r in table] == [[HOSTILE, "1"], ["dates", "19"]]
     assert "19 examples" in " ".join(texts(redrawn))
 
-    again = sets.remove_example(ctx, "dates", L1N5, "top", 3)  # a second click on the same one
+    again = set_manager.remove_example(ctx, "dates", L1N5, "top", 3)  # a second click on the same one
     assert again.className == "nd-error" and again.children == "L1N5 top #3 was not in 'dates'"
-    gone_set = sets.remove_example(ctx, "years", L1N5, "top", 4)
+    gone_set = set_manager.remove_example(ctx, "years", L1N5, "top", 4)
     assert gone_set.className == "nd-error" and "no set named 'years'" in gone_set.children
     assert len(ctx.sets.items("dates")) == 19 and len(ctx.sets.items(HOSTILE)) == 1
     with pytest.raises(PreventUpdate):  # the buttons of a redrawn set appearing, not a click
-        triggered(sets.on_remove, prop, None, [None] * 19, "dates")
+        triggered(set_manager.on_remove, prop, None, [None] * 19, "dates")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_set_download_round_trips(app, ctx, fmt):
     fill(ctx)
-    sent, message = sets.download(ctx.store, ctx.sets, "dates", fmt)
+    sent, message = set_manager.download(ctx.store, ctx.sets, "dates", fmt)
     assert sent["filename"] == f"dates.{fmt}" and message == ""
     want = examples_frame(ctx.store, Selection(set_name="dates"), sets_file=ctx.sets.path)
     same_rows(read_back(decoded(sent), fmt), want)
@@ -259,16 +265,16 @@ def test_set_download_round_trips(app, ctx, fmt):
 
 def test_set_download_html_and_names(app, ctx):
     fill(ctx)
-    sent, _ = sets.download(ctx.store, ctx.sets, HOSTILE, "html")
+    sent, _ = set_manager.download(ctx.store, ctx.sets, HOSTILE, "html")
     assert sent["filename"] == "img-src-x-onerror-window.__xss-1-b-bold-b.html"
     page = decoded(sent).decode()
     assert "<img src=x" not in page and "&lt;img src=x onerror=" in page
     with app.server.test_request_context("/sets"):
         button = '{"fmt":"jsonl","type":"sets-download-format"}.n_clicks'
-        sent, _ = triggered(sets.on_download, button, 1, [None, 1, None, None], "dates")
+        sent, _ = triggered(set_manager.on_download, button, 1, [None, 1, None, None], "dates")
         assert sent["filename"] == "dates.jsonl"
     ctx.sets.delete("dates")
-    sent, error = sets.download(ctx.store, ctx.sets, "dates", "csv")
+    sent, error = set_manager.download(ctx.store, ctx.sets, "dates", "csv")
     assert sent is no_update and "no set named 'dates'" in error.children
 
 
@@ -288,7 +294,7 @@ def test_overview_has_a_download_of_the_units_shown(app):
 @pytest.mark.parametrize(("fmt", "choice", "buckets"), [("csv", "top", ["top"]), ("parquet", "all", [])])
 def test_overview_download_equals_examples_frame(ctx, fmt, choice, buckets):
     shown = ["L2.mlp/7", "L0.mlp/3", "L1.mlp/39"]  # as the grid sorted them
-    sent, status = overview.download_units(ctx.store, shown, fmt, choice)
+    sent, status = units_table.download_units(ctx.store, shown, fmt, choice)
     want = examples_frame(ctx.store, Selection(units=shown, buckets=buckets))
     assert (
         status.children == f"3 units, {len(want)} examples as {fmt.upper()}" and status.className == "nd-ok"
@@ -299,20 +305,22 @@ def test_overview_download_equals_examples_frame(ctx, fmt, choice, buckets):
 
 def test_overview_download_is_bounded(ctx, monkeypatch):
     every = [f"L{layer}.mlp/{u}" for layer in range(3) for u in range(40)]
-    monkeypatch.setattr(overview, "MAX_DOWNLOAD_EXAMPLES", 1000)
-    sent, status = overview.download_units(ctx.store, every, "csv", "top")
+    monkeypatch.setattr(units_table, "MAX_DOWNLOAD_EXAMPLES", 1000)
+    sent, status = units_table.download_units(ctx.store, every, "csv", "top")
     assert sent is no_update and status.className == "nd-error"
     assert status.children.startswith("120 units, 2,400 examples: more than a CSV download holds (1,000)")
     assert "neurodash export" in status.children
-    sent, status = overview.download_units(ctx.store, [], "csv", "top")
+    sent, status = units_table.download_units(ctx.store, [], "csv", "top")
     assert sent is no_update and "No unit is shown" in status.children
     with pytest.raises(PreventUpdate):
-        overview.download_units(ctx.store, every, "exe", "top")
+        units_table.download_units(ctx.store, every, "exe", "top")
 
 
 def test_overview_download_callback(app):
     with app.server.test_request_context("/"):
-        sent, status = overview.on_download({"clicks": 1, "units": ["L0.mlp/1"]}, "jsonl", "top and bottom")
+        sent, status = units_table.on_download(
+            {"clicks": 1, "units": ["L0.mlp/1"]}, "jsonl", "top and bottom"
+        )
     lines = decoded(sent).decode().splitlines()
     assert {json.loads(line)["bucket"] for line in lines} == {"top", "bottom"}
     assert status.children.startswith("1 unit, ")
