@@ -30,6 +30,16 @@ def test_unit_href_reads_back_as_its_unit(ref):
     assert routes.unit_source_href(ref.source_id) + str(ref.unit) == href
 
 
+@pytest.mark.parametrize("ref", REFS, ids=str)
+def test_dash_reads_the_template_as_we_do(ref):
+    """Dash matches ``UNIT_TEMPLATE`` against the browser's path and passes its variables to the unit
+    page's layout, which reads them with ``unit_ref`` (Dash's own matcher, a private function)."""
+    from dash._pages import _parse_path_variables
+
+    variables = _parse_path_variables(routes.unit_href(ref).strip("/"), routes.UNIT_TEMPLATE.strip("/"))
+    assert variables is not None and routes.unit_ref(**variables) == ref
+
+
 def test_plain_ids_stay_as_they_are():
     assert routes.unit_href(UnitRef("L12.mlp", 345)) == "/unit/L12.mlp/345"
     assert routes.unit_href(UnitRef("L3.sae.res-jb", 7)) == "/unit/L3.sae.res-jb/7"

@@ -1,2 +1,7 @@
-"""The unit page's panels, each with its layout and its callbacks: curated sets, activation
-maximization, the polysemanticity breakdown."""
+"""The pages' panels, each with its layout and, beside it, its callbacks (``register_callbacks``).
+
+Unit page (``pages/unit.py``; its callbacks read the unit from ``current_unit``): ``downloads``,
+``neighbors`` (nearest units, neuron-feature links), ``polysemanticity`` (also the overview's ranking),
+``sets`` (add to a curated set), ``maximize`` (activation maximization, a background job).
+Overview: ``units_table``. Text probe: ``text_probe`` (a background job). Sets page: ``set_manager``.
+"""
