@@ -34,32 +34,13 @@ def embedded_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
-    """A 2-layer Llama with random weights and the real tokenizer: fast, and the same code path."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights and a small BPE tokenizer, both built here (tiny_llama.py):
+    fast, the same code path, and no need of the real model."""
+    from tiny_llama import write_model, write_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # a visible final-norm scale, so folding it into W_U is tested
-        model.model.norm.weight.uniform_(0.5, 1.5)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_model(write_tokenizer(folder))
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +67,14 @@ def synthetic_store(tmp_path_factory) -> Path:
     return make_synthetic_store(
         path, n_layers=3, n_units=40, tokens=XSS_TOKENS, score_metrics=("polysemanticity",)
     )
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> Path:
+    """The small hand-built store of small_store.py (awkward tokens, windows mid-sequence), read only."""
+    from small_store import make_small_store
+
+    return make_small_store(tmp_path_factory.mktemp("small") / "store.duckdb")
 
 
 @pytest.fixture(scope="session")
