@@ -44,6 +44,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained_sae(tmp_path_factory) -> Path:
+    """An untrained TopK SAE (24 features, k 4) on the tiny Llama's last MLP, saved by SAELens."""
+    from tiny_llama import save_untrained_sae
+
+    return save_untrained_sae(tmp_path_factory.mktemp("sae") / "tiny-topk")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_store(tiny_model_dir, docs_jsonl, untrained_sae, tmp_path_factory) -> Path:
+    """The tiny Llama's two MLP layers and the untrained SAE's features, precomputed over 1536 tokens
+    (settings in tiny_llama.py): the pipeline's ground-truth tests read it, never write it."""
+    from tiny_llama import write_pipeline_store
+
+    out = tmp_path_factory.mktemp("pipeline") / "tiny.duckdb"
+    return write_pipeline_store(out, tiny_model_dir, docs_jsonl, untrained_sae)
+
+
+@pytest.fixture(scope="session")
 def docs_jsonl(tmp_path_factory) -> Path:
     """A small real corpus: the first documents of the embedded python-docs, as JSON lines."""
     from precompute.corpus import python_docs

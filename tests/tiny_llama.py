@@ -68,3 +68,62 @@ def write_model(folder: Path, seed: int = 0) -> Path:
         model.model.norm.weight.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
     return folder
+
+
+# --- the tiny pipeline store (conftest's tiny_pipeline_store) ----------------------------------
+# Both MLP layers and an untrained TopK SAE on the last one, over a few windows of python-docs:
+# what the pipeline's ground-truth tests compare with activations read straight from HF.
+STORE_CTX, STORE_TOKENS, STORE_BATCH, STORE_CONTEXT_DIMS = 32, 1536, 5, 32
+STORE_N_LOGITS, STORE_N_NEIGHBORS = 5, 3
+STORE_EXAMPLES = dict(top_k=6, bottom_k=3, quantile_groups=3, per_group=3, window=10, window_before=6)
+SAE_HOOK = "blocks.1.mlp.hook_post"  # the last MLP: d_mlp 48
+SAE_WIDTH, SAE_K = 24, 4
+
+
+def examples_config():
+    """The store's AccumulatorConfig (imported here, not at module level: it needs torch)."""
+    from precompute.pipeline.accumulate import AccumulatorConfig
+
+    return AccumulatorConfig(**STORE_EXAMPLES)
+
+
+def save_untrained_sae(
+    folder: Path,
+    architecture: str = "topk",
+    d_in: int = D_MLP,
+    d_sae: int = SAE_WIDTH,
+    k: int = SAE_K,
+    hook: str | None = SAE_HOOK,
+    seed: int = 1,
+) -> Path:
+    """An SAE with random weights of ``architecture``, saved by SAELens itself."""
+    import torch
+    from sae_lens import SAE
+
+    torch.manual_seed(seed)
+    metadata = {"hook_name": hook} if hook else {}
+    sae = SAE.from_dict(
+        {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "k": k, "metadata": metadata}
+    )
+    sae.save_model(folder)
+    return folder
+
+
+def write_pipeline_store(out: Path, model_dir: Path, dataset: Path, sae: Path) -> Path:
+    from precompute import PrecomputeConfig, run_precompute
+
+    cfg = PrecomputeConfig(
+        out=out,
+        model=str(model_dir),
+        dataset=str(dataset),
+        layers=(0, 1),
+        tokens=STORE_TOKENS,
+        ctx=STORE_CTX,
+        batch_size=STORE_BATCH,
+        n_logits=STORE_N_LOGITS,
+        n_neighbors=STORE_N_NEIGHBORS,
+        examples=examples_config(),
+        context_dims=STORE_CONTEXT_DIMS,
+        saes=(str(sae),),
+    )
+    return run_precompute(cfg, progress=False)

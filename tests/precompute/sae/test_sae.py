@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_llama import save_untrained_sae
 
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
@@ -56,15 +57,8 @@ def trained(tiny_model_dir, docs_jsonl, tmp_path_factory):
 
 
 def save_sae(folder: Path, architecture: str = "topk", d_in: int = 48, hook: str | None = HOOK) -> Path:
-    """An untrained SAE of ``architecture`` saved by SAELens itself."""
-    from sae_lens import SAE
-
-    metadata = {"hook_name": hook} if hook else {}
-    sae = SAE.from_dict(
-        {"architecture": architecture, "d_in": d_in, "d_sae": 16, "k": 4, "metadata": metadata}
-    )
-    sae.save_model(folder)
-    return folder
+    """An untrained SAE of ``architecture`` (16 features) on the tiny Llama's last MLP."""
+    return save_untrained_sae(folder, architecture, d_in=d_in, d_sae=16, hook=hook)
 
 
 # --- ground truth: known sparse directions are recovered -------------------------------------
