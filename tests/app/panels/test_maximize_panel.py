@@ -89,7 +89,6 @@ def test_the_job_explains_bad_input(store_with_runs, unit_ref, length, steps, me
 
 
 @pytest.mark.browser
-@pytest.mark.model
 def test_maximize_in_the_browser(dash_duo, tiny_store, tmp_path):
     from app_screenshot import free_port
     from selenium.webdriver.common.keys import Keys
