@@ -105,35 +105,41 @@ def probe_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tiny_model_dir, docs_jsonl, tmp_path_factory):
-    """A store of the tiny Llama (layers 0-1) with the features of an SAE on its last MLP."""
-    from precompute import PrecomputeConfig, run_precompute
+def trained_sae(tiny_model_dir, docs_jsonl, tmp_path_factory):
+    """A TopK SAE (96 features, k 8) trained by ``train_sae`` on the tiny Llama's last MLP over 4096
+    tokens of python-docs, with its held-out metrics; read only."""
+    from tiny_llama import SAE_HOOK
+
     from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
 
-    folder = tmp_path_factory.mktemp("maximize")
-    sae = train_sae(
-        TrainSAEConfig(
-            out=folder / "tiny-sae",
-            hook="blocks.1.mlp.hook_post",
-            model=str(tiny_model_dir),
-            dataset=str(docs_jsonl),
-            tokens=2048,
-            ctx=64,
-            batch_size=8,
-            eval_tokens=512,
-            sae=SAEHyperparams(d_sae=64, k=8, batch_tokens=256),
-        ),
-        progress=False,
+    cfg = TrainSAEConfig(
+        out=tmp_path_factory.mktemp("sae") / "tiny-sae",
+        hook=SAE_HOOK,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        tokens=4096,
+        ctx=64,
+        batch_size=8,
+        eval_tokens=1024,
+        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
     )
+    return train_sae(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_model_dir, docs_jsonl, trained_sae, tmp_path_factory) -> Path:
+    """A store of the tiny Llama (layers 0-1) with the features of the trained SAE on its last MLP."""
+    from precompute import PrecomputeConfig, run_precompute
+
     return run_precompute(
         PrecomputeConfig(
-            out=folder / "tiny.duckdb",
+            out=tmp_path_factory.mktemp("maximize") / "tiny.duckdb",
             model=str(tiny_model_dir),
             dataset=str(docs_jsonl),
             layers=(0, 1),
             tokens=2048,
             ctx=64,
-            saes=(str(sae.path),),
+            saes=(str(trained_sae.path),),
         ),
         progress=False,
     )

@@ -127,3 +127,13 @@ def write_pipeline_store(out: Path, model_dir: Path, dataset: Path, sae: Path) -
         saes=(str(sae),),
     )
     return run_precompute(cfg, progress=False)
+
+
+# --- reading the tiny stores -----------------------------------------------------------------
+def strongest_unit(store_path: Path, source_id: str) -> str:
+    """The unit of ``source_id`` with the highest max activation, as ``source/index``."""
+    from neurodash.storage import Store
+
+    with Store(store_path) as store:
+        units = store.units_frame(source_id)
+    return f"{source_id}/{int(units.loc[units['max_act'].idxmax(), 'unit'])}"
