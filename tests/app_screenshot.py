@@ -19,7 +19,6 @@ import logging
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -100,7 +99,9 @@ def screenshot(
                 for g in d.find_elements(By.CSS_SELECTOR, ".dash-graph")
             )
         )
-        time.sleep(0.5)  # let the figures finish drawing
+        driver.execute_async_script(  # two frames on: what the figures drew has been painted
+            "requestAnimationFrame(() => requestAnimationFrame(arguments[arguments.length - 1]))"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         if crop:
             out.write_bytes(element_png(driver, crop))

@@ -34,32 +34,31 @@ def embedded_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
-    """A 2-layer Llama with random weights and the real tokenizer: fast, and the same code path."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights and a small BPE tokenizer, both built here (tiny_llama.py):
+    fast, the same code path, and no need of the real model."""
+    from tiny_llama import write_model, write_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # a visible final-norm scale, so folding it into W_U is tested
-        model.model.norm.weight.uniform_(0.5, 1.5)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_model(write_tokenizer(folder))
+
+
+@pytest.fixture(scope="session")
+def untrained_sae(tmp_path_factory) -> Path:
+    """An untrained TopK SAE (24 features, k 4) on the tiny Llama's last MLP, saved by SAELens."""
+    from tiny_llama import save_untrained_sae
+
+    return save_untrained_sae(tmp_path_factory.mktemp("sae") / "tiny-topk")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_store(tiny_model_dir, docs_jsonl, untrained_sae, tmp_path_factory) -> Path:
+    """The tiny Llama's two MLP layers and the untrained SAE's features, precomputed over 1536 tokens
+    (settings in tiny_llama.py): the pipeline's ground-truth tests read it, never write it."""
+    from tiny_llama import write_pipeline_store
+
+    out = tmp_path_factory.mktemp("pipeline") / "tiny.duckdb"
+    return write_pipeline_store(out, tiny_model_dir, docs_jsonl, untrained_sae)
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +88,14 @@ def synthetic_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> Path:
+    """The small hand-built store of small_store.py (awkward tokens, windows mid-sequence), read only."""
+    from small_store import make_small_store
+
+    return make_small_store(tmp_path_factory.mktemp("small") / "store.duckdb")
+
+
+@pytest.fixture(scope="session")
 def probe_store(tmp_path_factory) -> Path:
     """A tiny store of the real embedded model (layer 0, 512 tokens), for the text probe."""
     from precompute import PrecomputeConfig, run_precompute
@@ -98,35 +105,41 @@ def probe_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tiny_model_dir, docs_jsonl, tmp_path_factory):
-    """A store of the tiny Llama (layers 0-1) with the features of an SAE on its last MLP."""
-    from precompute import PrecomputeConfig, run_precompute
+def trained_sae(tiny_model_dir, docs_jsonl, tmp_path_factory):
+    """A TopK SAE (96 features, k 8) trained by ``train_sae`` on the tiny Llama's last MLP over 4096
+    tokens of python-docs, with its held-out metrics; read only."""
+    from tiny_llama import SAE_HOOK
+
     from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
 
-    folder = tmp_path_factory.mktemp("maximize")
-    sae = train_sae(
-        TrainSAEConfig(
-            out=folder / "tiny-sae",
-            hook="blocks.1.mlp.hook_post",
-            model=str(tiny_model_dir),
-            dataset=str(docs_jsonl),
-            tokens=2048,
-            ctx=64,
-            batch_size=8,
-            eval_tokens=512,
-            sae=SAEHyperparams(d_sae=64, k=8, batch_tokens=256),
-        ),
-        progress=False,
+    cfg = TrainSAEConfig(
+        out=tmp_path_factory.mktemp("sae") / "tiny-sae",
+        hook=SAE_HOOK,
+        model=str(tiny_model_dir),
+        dataset=str(docs_jsonl),
+        tokens=4096,
+        ctx=64,
+        batch_size=8,
+        eval_tokens=1024,
+        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
     )
+    return train_sae(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_model_dir, docs_jsonl, trained_sae, tmp_path_factory) -> Path:
+    """A store of the tiny Llama (layers 0-1) with the features of the trained SAE on its last MLP."""
+    from precompute import PrecomputeConfig, run_precompute
+
     return run_precompute(
         PrecomputeConfig(
-            out=folder / "tiny.duckdb",
+            out=tmp_path_factory.mktemp("maximize") / "tiny.duckdb",
             model=str(tiny_model_dir),
             dataset=str(docs_jsonl),
             layers=(0, 1),
             tokens=2048,
             ctx=64,
-            saes=(str(sae.path),),
+            saes=(str(trained_sae.path),),
         ),
         progress=False,
     )

@@ -6,17 +6,17 @@ Every test ends with no console errors in the browser.
 from __future__ import annotations
 
 import json
-import socket
-import time
 from pathlib import Path
 
 import pytest
+from app_screenshot import free_port
+from browser_helpers import wait_for_download, wait_for_path
 from dash import Dash, Input, Output, html
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-from synthetic import XSS_TOKENS
+from synthetic import XSS_TOKENS, make_synthetic_store
 
 from neurodash.app import create_app, render
 from neurodash.storage import Store
@@ -24,21 +24,11 @@ from neurodash.storage import Store
 pytestmark = pytest.mark.browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(dash_duo, store_path, path: str = "/") -> None:
     dash_duo.start_server(create_app(store_path), port=free_port())
     if path != "/":
         dash_duo.driver.get(dash_duo.server_url + path)
     dash_duo.wait_for_element(".nd-main .nd-title")
-
-
-def wait_for_path(dash_duo, path: str, timeout: float = 10) -> None:
-    WebDriverWait(dash_duo.driver, timeout).until(lambda d: d.current_url == dash_duo.server_url + path)
 
 
 def press(dash_duo, *keys: str) -> None:
@@ -216,18 +206,12 @@ def test_unit_page_downloads_its_examples(dash_duo, synthetic_store, tmp_path):
     start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
     dash_duo.find_element(".nd-downloads button:nth-of-type(2)").click()  # JSONL
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "L1.mlp-5.jsonl").is_file():
-        assert time.monotonic() < deadline, "no download arrived"
-        time.sleep(0.2)
-    lines = (tmp_path / "L1.mlp-5.jsonl").read_text().splitlines()
+    lines = wait_for_download(tmp_path / "L1.mlp-5.jsonl").decode().splitlines()
     assert lines and all(json.loads(line)["unit"] == "L1.mlp/5" for line in lines)
     assert dash_duo.get_logs() == []
 
 
 def test_dead_features_start_hidden_and_links_lead_across(dash_duo, tmp_path):
-    from synthetic import make_synthetic_store
-
     store = make_synthetic_store(tmp_path / "mixed.duckdb", n_layers=2, n_units=5, sae_layers=(1,))
     start(dash_duo, store)
     dash_duo.wait_for_text_to_equal("#units-count", "15 units")

@@ -14,8 +14,8 @@ import pytest
 from app_screenshot import chrome_options
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
+from small_store import make_small_store
 from synthetic import XSS_TOKENS
-from test_export import build_store
 
 from neurodash.export import Selection, export
 from neurodash.html_report import CSP, token_display
@@ -41,7 +41,7 @@ def driver():
 def report(tmp_path_factory) -> tuple[Path, list]:
     """A report of two units (every bucket) and a curated set with a hostile note; the expected rows."""
     folder = tmp_path_factory.mktemp("report")
-    store_path = build_store(folder / "store.duckdb")
+    store_path = make_small_store(folder / "store.duckdb")
     refs = [UnitRef("L0.mlp", 1), UnitRef("L1.sae.res", 3)]
     with Store(store_path) as store:
         examples = [e for ref in refs for e in store.examples(ref)]

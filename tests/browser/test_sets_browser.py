@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from app_screenshot import free_port
+from browser_helpers import wait_for_download, wait_for_path
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-from test_app_browser import free_port, wait_for_path
 
 from neurodash.app import create_app
 from neurodash.export import Selection, examples_frame
@@ -38,15 +38,6 @@ def start(dash_duo, app, path: str, downloads: Path) -> None:
     dash_duo.start_server(app, port=free_port())
     dash_duo.driver.get(dash_duo.server_url + path)
     dash_duo.wait_for_element(".nd-main .nd-title")
-
-
-def downloaded(path: Path, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        assert time.monotonic() < deadline, f"no download {path.name} arrived"
-        time.sleep(0.2)
-    time.sleep(0.2)  # written whole
-    return path.read_bytes()
 
 
 def assert_inert(dash_duo) -> None:
@@ -94,7 +85,7 @@ def test_add_to_a_set_then_view_rename_download_remove_one_and_delete_it(dash_du
     assert [s.name for s in sets.all()] == ["dates"]
 
     dash_duo.find_element(".nd-set-actions .nd-downloads button:nth-of-type(2)").click()  # JSONL
-    lines = downloaded(tmp_path / "dates.jsonl").decode().splitlines()
+    lines = wait_for_download(tmp_path / "dates.jsonl").decode().splitlines()
     with Store(synthetic_store) as store:
         want = examples_frame(store, Selection(set_name="dates"), sets_file=sets.path)
     assert [(r["unit"], r["bucket"], r["rank"], r["note"]) for r in map(json.loads, lines)] == list(
@@ -138,7 +129,7 @@ def test_overview_downloads_the_units_its_filter_leaves(dash_duo, synthetic_stor
     dash_duo.wait_for_text_to_equal("#units-shown", "11 units shown")
     dash_duo.find_element("#units-download-format input[value='parquet']").click()
     dash_duo.find_element("#units-download-button").click()
-    got = pd.read_parquet(io.BytesIO(downloaded(tmp_path / "units-top.parquet")))
+    got = pd.read_parquet(io.BytesIO(wait_for_download(tmp_path / "units-top.parquet")))
     shown = ["L1.mlp/1", *(f"L1.mlp/{u}" for u in range(10, 20))]
     with Store(synthetic_store) as store:
         want = examples_frame(store, Selection(units=shown, buckets=["top"]))

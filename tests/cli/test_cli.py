@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_failed
 
 from neurodash.app import ids
 from neurodash.cli import main
@@ -31,15 +32,6 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
 
 def precompute_args(model: Path, out: Path, *extra: str) -> list[str]:
     return ["precompute", "--model", str(model), "--out", str(out), "--tokens", "256", "--ctx", "32", *extra]
-
-
-def assert_failed(code: int, err: str, fragment: str, *paths: Path) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, err
-    assert len(lines) == 1 and fragment in lines[0], err
-    for p in paths:
-        assert not p.exists(), f"{p} was written"
-        assert not Path(str(p) + ".partial").exists()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

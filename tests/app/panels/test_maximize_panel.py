@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 
 import pytest
 from app_helpers import by_id, texts, token_rows
@@ -91,10 +90,10 @@ def test_the_job_explains_bad_input(store_with_runs, unit_ref, length, steps, me
 
 
 @pytest.mark.browser
-@pytest.mark.model
 def test_maximize_in_the_browser(dash_duo, tiny_store, tmp_path):
+    from app_screenshot import free_port
     from selenium.webdriver.common.keys import Keys
-    from test_app_browser import free_port
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from neurodash.storage import Store
 
@@ -121,7 +120,12 @@ def test_maximize_in_the_browser(dash_duo, tiny_store, tmp_path):
 
     dash_duo.driver.refresh()  # the run is drawn with the page now
     dash_duo.wait_for_element(f"#{ids.MAXIMIZE_FIGURE} .scatterlayer .point")
-    time.sleep(0.2)
+    WebDriverWait(dash_duo.driver, 30).until(  # and neurodash.js has made its token rows
+        lambda d: (
+            len(d.find_elements("css selector", f"#{ids.MAXIMIZE_RESULT} .nd-tokens > span"))
+            == 4 * len(runs[0].prompts)
+        )
+    )
     assert dash_duo.get_logs() == []
 
 

@@ -1,5 +1,6 @@
 """Activation maximization: a toy model whose answer is known, then real models (the tiny Llama and
-its SAE) whose reported activations must reproduce on a fresh forward pass, the CLI and the results file."""
+its SAE) whose reported activations must reproduce on a fresh forward pass. The CLI and the results
+file: tests/cli/test_maximize_cli.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_llama import strongest_unit
 
 from neurodash.errors import NeurodashError
 from precompute.live.maximize import MaximizeConfig, optimize, pareto
@@ -119,14 +121,6 @@ SMALL = MaximizeConfig(length=6, steps=4, seed=0, penalties=(0.0, 1.0, 4.0), bat
 HOOK = "blocks.1.mlp.hook_post"
 
 
-def strongest(store_path, source_id: str) -> str:
-    from neurodash.storage import Store
-
-    with Store(store_path) as store:
-        units = store.units_frame(source_id)
-    return f"{source_id}/{int(units.loc[units['max_act'].idxmax(), 'unit'])}"
-
-
 def hf_forward(model_dir, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight from Hugging Face: (blocks.1.mlp.hook_post [pos, d_mlp], logits [pos, vocab]) for ``ids``."""
     from transformers import AutoModelForCausalLM
@@ -154,7 +148,7 @@ def check_against_hf(frontier, model_dir, bos: int, read) -> None:
 def test_a_neurons_found_activations_reproduce_on_a_fresh_forward_pass(tiny_store, tiny_model_dir):
     from precompute.live.maximize import maximize
 
-    ref = strongest(tiny_store, "L1.mlp")
+    ref = strongest_unit(tiny_store, "L1.mlp")
     frontier = maximize(tiny_store, ref, config=SMALL)
     assert (
         str(frontier.ref) == ref
@@ -172,7 +166,7 @@ def test_an_sae_features_found_activations_reproduce_on_a_fresh_forward_pass(tin
     from precompute.live.maximize import maximize
     from precompute.sae import load_sae
 
-    ref = strongest(tiny_store, "L1.sae")
+    ref = strongest_unit(tiny_store, "L1.sae")
     frontier = maximize(tiny_store, ref, config=SMALL)
     with Store(tiny_store) as store:
         sae = load_sae(store.source("L1.sae").config["saes"][0])
@@ -184,7 +178,7 @@ def test_same_seed_same_frontier_and_corpus_seeds_start_it(tiny_store):
     from neurodash.storage import Store
     from precompute.live.maximize import corpus_seeds, maximize
 
-    ref = strongest(tiny_store, "L1.mlp")
+    ref = strongest_unit(tiny_store, "L1.mlp")
     a, b = maximize(tiny_store, ref, config=SMALL), maximize(tiny_store, ref, config=SMALL)
     assert a.prompts == b.prompts
     c = maximize(tiny_store, ref, config=MaximizeConfig(**{**SMALL.__dict__, "seed": 3}))
@@ -194,95 +188,3 @@ def test_same_seed_same_frontier_and_corpus_seeds_start_it(tiny_store):
         seeds = corpus_seeds(store, a.ref, 6, 2, bos=1)
         assert seeds[0] == list(top.token_ids[: top.pos - top.start + 1])[-6:]
         assert a.corpus_max == pytest.approx(store.unit_stats(a.ref).max_act)
-
-
-def test_cli_json_matches_the_results_file(tiny_store, capsys):
-    from neurodash.cli import main
-    from neurodash.results import frontier_from_json
-    from neurodash.storage.maximize import MaximizeResults, results_path
-
-    ref = strongest(tiny_store, "L1.mlp")
-    results_path(tiny_store).unlink(missing_ok=True)
-    assert (
-        main(
-            ["maximize", str(tiny_store), "--unit", f"{ref},L1F0", "--length", "5", "--steps", "2", "--json"]
-        )
-        == 0
-    )
-    printed = json.loads(capsys.readouterr().out)
-    assert [p["unit"] for p in printed] == [ref, "L1.sae/0"]
-    saved = MaximizeResults.beside(tiny_store).all()
-    assert len(saved) == 2
-    for data, frontier in zip(printed, saved):
-        assert data["steps"] == 2 and data["length"] == 5
-        assert all(set(p) >= {"token_ids", "text", "activation", "cross_entropy"} for p in data["frontier"])
-        again = frontier_from_json(data)
-        assert (again.ref, again.prompts, again.corpus_max, again.settings) == (
-            frontier.ref,
-            frontier.prompts,
-            frontier.corpus_max,
-            frontier.settings,
-        )
-    assert MaximizeResults.beside(tiny_store).latest(saved[0].ref) == saved[0]
-
-    assert main(["maximize", str(tiny_store), "--unit", ref, "--steps", "1", "--length", "4"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"{ref}: corpus max") and "activation" in out
-    assert len(MaximizeResults.beside(tiny_store).all()) == 3
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--unit", "L1N999"], "out of range"),
-        (["--unit", "L7N1"], "no source"),
-        ([], "--unit"),
-        (["--unit", "L1N1", "--length", "0"], "--length"),
-        (["--unit", "L1N1", "--steps", "-1"], "--steps"),
-        (["--units-file", "/no/such/file"], "--units-file"),
-    ],
-)
-def test_cli_bad_input(tiny_store, capsys, args, message):
-    from neurodash.cli import main
-
-    assert main(["maximize", str(tiny_store), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and err.count("\n") == 1
-
-
-def test_cli_missing_store(tmp_path, capsys):
-    from neurodash.cli import main
-
-    assert main(["maximize", str(tmp_path / "none.duckdb"), "--unit", "L1N1"]) == 2
-    assert "no store at" in capsys.readouterr().err
-    assert not (tmp_path / "none.maximize.duckdb").exists()
-
-
-def test_units_file_and_results_round_trip(tiny_store, tmp_path, capsys):
-    from neurodash.cli import main
-    from neurodash.storage.maximize import MaximizeResults
-
-    units = tmp_path / "units.txt"
-    units.write_text("# two units\nL1N3\nL0N2, L1F1\n")
-    out = tmp_path / "mine.duckdb"
-    assert (
-        main(
-            [
-                "maximize",
-                str(tiny_store),
-                "--units-file",
-                str(units),
-                "--steps",
-                "1",
-                "--length",
-                "3",
-                "--results",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    runs = MaximizeResults(out).all()
-    assert [str(r.ref) for r in runs] == ["L1.mlp/3", "L0.mlp/2", "L1.sae/1"]
-    assert all(r.prompts and r.created_at is not None for r in runs)
-    assert MaximizeResults(tmp_path / "absent.duckdb").all() == []

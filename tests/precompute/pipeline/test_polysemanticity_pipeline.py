@@ -7,33 +7,21 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from tiny_llama import STORE_CONTEXT_DIMS, STORE_CTX, STORE_TOKENS, examples_config
 
 from neurodash.storage import Store, StoreWriter
 from neurodash.units import UnitRef
 from precompute import PrecomputeConfig, run_precompute
 from precompute.corpus import load_corpus, pack_windows
-from precompute.pipeline.accumulate import AccumulatorConfig
 from precompute.pipeline.polysemanticity import bimodality, combined, diversity, leader_clusters, projection
 
-CTX, TOKENS, BATCH, DIMS = 32, 1536, 5, 32
-EXAMPLES = AccumulatorConfig(top_k=6, bottom_k=2, quantile_groups=3, per_group=3, window=10, window_before=6)
+CTX, TOKENS, DIMS = STORE_CTX, STORE_TOKENS, STORE_CONTEXT_DIMS
+EXAMPLES = examples_config()
 
 
 @pytest.fixture(scope="module")
-def store(tiny_model_dir, docs_jsonl, tmp_path_factory) -> Store:
-    out = tmp_path_factory.mktemp("poly") / "tiny.duckdb"
-    cfg = PrecomputeConfig(
-        out=out,
-        model=str(tiny_model_dir),
-        dataset=str(docs_jsonl),
-        tokens=TOKENS,
-        ctx=CTX,
-        batch_size=BATCH,
-        examples=EXAMPLES,
-        context_dims=DIMS,
-    )
-    run_precompute(cfg, progress=False)
-    return Store(out)
+def store(tiny_pipeline_store) -> Store:
+    return Store(tiny_pipeline_store)
 
 
 @pytest.fixture(scope="module")

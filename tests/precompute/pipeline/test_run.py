@@ -5,33 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_llama import (
+    SAE_HOOK,
+    SAE_WIDTH,
+    STORE_CTX,
+    STORE_N_LOGITS,
+    STORE_N_NEIGHBORS,
+    STORE_TOKENS,
+    examples_config,
+)
 
 from neurodash.storage import Store
 from neurodash.units import UnitRef
-from precompute import PrecomputeConfig, run_precompute
 from precompute.corpus import load_corpus, pack_windows
-from precompute.pipeline.accumulate import AccumulatorConfig
 
-CTX, TOKENS, BATCH = 32, 1536, 5
-EXAMPLES = AccumulatorConfig(top_k=4, bottom_k=3, quantile_groups=3, per_group=2, window=10, window_before=6)
+CTX, TOKENS, N_LOGITS, N_NEIGHBORS = STORE_CTX, STORE_TOKENS, STORE_N_LOGITS, STORE_N_NEIGHBORS
+EXAMPLES = examples_config()
 
 
 @pytest.fixture(scope="module")
-def store(tiny_model_dir, docs_jsonl, tmp_path_factory) -> Store:
-    out = tmp_path_factory.mktemp("store") / "tiny.duckdb"
-    cfg = PrecomputeConfig(
-        out=out,
-        model=str(tiny_model_dir),
-        dataset=str(docs_jsonl),
-        tokens=TOKENS,
-        ctx=CTX,
-        batch_size=BATCH,
-        n_logits=5,
-        n_neighbors=3,
-        examples=EXAMPLES,
-    )
-    run_precompute(cfg, progress=False)
-    return Store(out)
+def store(tiny_pipeline_store) -> Store:
+    return Store(tiny_pipeline_store)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def brute(hf, docs_jsonl) -> dict[int, np.ndarray]:
 
 
 def test_sources_and_sequences(store, brute):
-    assert [s.source_id for s in store.sources()] == ["L0.mlp", "L1.mlp"]
+    assert [s.source_id for s in store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
     s = store.source("L1.mlp")
     assert (s.hook, s.kind, s.n_units, s.n_tokens) == ("blocks.1.mlp.hook_post", "neuron", 48, TOKENS)
     stored = store.sql("SELECT token_ids FROM sequences ORDER BY seq_id").fetchall()
@@ -90,7 +84,10 @@ def test_top_and_bottom_examples(store, brute, layer):
     acts = brute[layer]
     for unit in range(0, 48, 5):
         ref = UnitRef(f"L{layer}.mlp", unit)
-        for bucket, reduce, sign, k in (("top", np.max, 1, 4), ("bottom", np.min, -1, 3)):
+        for bucket, reduce, sign, k in (
+            ("top", np.max, 1, EXAMPLES.top_k),
+            ("bottom", np.min, -1, EXAMPLES.bottom_k),
+        ):
             per_seq = reduce(acts[:, 1:, unit], axis=1)
             expected = [s for s in np.argsort(-sign * per_seq, kind="stable")[:k] if sign * per_seq[s] > 0]
             examples = store.examples(ref, [bucket])
@@ -127,9 +124,11 @@ def test_logit_effects_equal_the_direct_product(store, hf):
         got = store.logit_effects(UnitRef("L1.mlp", unit))
         boosted = [e for e in got if e.sign == "+"]
         suppressed = [e for e in got if e.sign == "-"]
-        np.testing.assert_array_equal([e.token_id for e in boosted], np.argsort(-effects[unit])[:5])
-        np.testing.assert_array_equal([e.token_id for e in suppressed], np.argsort(effects[unit])[:5])
-        np.testing.assert_allclose([e.value for e in boosted], np.sort(effects[unit])[::-1][:5], rtol=1e-4)
+        np.testing.assert_array_equal([e.token_id for e in boosted], np.argsort(-effects[unit])[:N_LOGITS])
+        np.testing.assert_array_equal([e.token_id for e in suppressed], np.argsort(effects[unit])[:N_LOGITS])
+        np.testing.assert_allclose(
+            [e.value for e in boosted], np.sort(effects[unit])[::-1][:N_LOGITS], rtol=1e-4
+        )
 
 
 def test_neighbors_by_cosine(store, hf):
@@ -139,112 +138,75 @@ def test_neighbors_by_cosine(store, hf):
     cos = (unit_dirs @ unit_dirs.T).numpy()
     np.fill_diagonal(cos, -np.inf)
     got = store.neighbors(UnitRef("L0.mlp", 3))
-    assert [r.unit for r, _ in got] == list(np.argsort(-cos[3])[:3])
-    np.testing.assert_allclose([c for _, c in got], np.sort(cos[3])[::-1][:3], rtol=1e-5)
-
-
-SAE_HOOK = "blocks.1.mlp.hook_post"
+    assert [r.unit for r, _ in got] == list(np.argsort(-cos[3])[:N_NEIGHBORS])
+    np.testing.assert_allclose([c for _, c in got], np.sort(cos[3])[::-1][:N_NEIGHBORS], rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def sae_folder(tmp_path_factory) -> str:
-    """An untrained TopK SAE on the tiny Llama's last MLP, saved by SAELens itself."""
-    from sae_lens import SAE
-
-    torch.manual_seed(1)
-    sae = SAE.from_dict(
-        {"architecture": "topk", "d_in": 48, "d_sae": 24, "k": 4, "metadata": {"hook_name": SAE_HOOK}}
-    )
-    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
-    sae.save_model(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def sae_store(tiny_model_dir, docs_jsonl, sae_folder, tmp_path_factory) -> Store:
-    out = tmp_path_factory.mktemp("store") / "tiny-sae.duckdb"
-    cfg = PrecomputeConfig(
-        out=out,
-        model=str(tiny_model_dir),
-        dataset=str(docs_jsonl),
-        layers=(0, 1),
-        tokens=TOKENS,
-        ctx=CTX,
-        batch_size=BATCH,
-        n_logits=5,
-        n_neighbors=3,
-        examples=EXAMPLES,
-        saes=(sae_folder,),
-    )
-    run_precompute(cfg, progress=False)
-    return Store(out)
-
-
-@pytest.fixture(scope="module")
-def features(brute, sae_folder) -> np.ndarray:
+def features(brute, untrained_sae) -> np.ndarray:
     from precompute.sae import load_sae
 
-    return load_sae(sae_folder).encode(torch.from_numpy(brute[1])).numpy()
+    return load_sae(str(untrained_sae)).encode(torch.from_numpy(brute[1])).numpy()
 
 
-def test_sae_features_are_a_source(sae_store):
-    s = sae_store.source("L1.sae")
-    assert (s.kind, s.hook, s.n_units, s.sae) == ("sae_feature", SAE_HOOK, 24, "tiny-topk")
-    assert [x.source_id for x in sae_store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
+def test_sae_features_are_a_source(store):
+    s = store.source("L1.sae")
+    assert (s.kind, s.hook, s.n_units, s.sae) == ("sae_feature", SAE_HOOK, SAE_WIDTH, "tiny-topk")
+    assert [x.source_id for x in store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
 
 
-def test_feature_activations_equal_sae_encode(sae_store, features):
-    f = features[:, 1:, :].reshape(-1, 24).astype(np.float64)
-    frame = sae_store.units_frame("L1.sae").set_index("unit")
+def test_feature_activations_equal_sae_encode(store, features):
+    f = features[:, 1:, :].reshape(-1, SAE_WIDTH).astype(np.float64)
+    frame = store.units_frame("L1.sae").set_index("unit")
     np.testing.assert_allclose(frame["max_act"], f.max(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(frame["mean_act"], f.mean(0), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(frame["density"], (f > 0).mean(0), atol=1e-6)
-    for unit in range(24):
-        examples = sae_store.examples(UnitRef("L1.sae", unit), ["top"])
+    for unit in range(SAE_WIDTH):
+        examples = store.examples(UnitRef("L1.sae", unit), ["top"])
         per_seq = features[:, 1:, unit].max(1)
-        expected = [s for s in np.argsort(-per_seq, kind="stable")[:4] if per_seq[s] > 0]
+        expected = [s for s in np.argsort(-per_seq, kind="stable")[: EXAMPLES.top_k] if per_seq[s] > 0]
         assert [e.seq_id for e in examples] == expected
         for e in examples:
             window = features[e.seq_id, e.start : e.start + len(e.acts), unit]
             np.testing.assert_allclose(e.acts, window, rtol=1e-4, atol=1e-5)
-        assert not sae_store.examples(UnitRef("L1.sae", unit), ["bottom"]), (
-            "ReLU-type features never go negative"
-        )
+        assert not store.examples(UnitRef("L1.sae", unit), ["bottom"]), "ReLU-type features never go negative"
 
 
-def test_feature_logits_and_neighbors_use_the_decoder(sae_store, sae_folder, hf):
+def test_feature_logits_and_neighbors_use_the_decoder(store, untrained_sae, hf):
     from precompute.sae import load_sae
 
     model, _ = hf
-    W_dec = load_sae(sae_folder).decoder_directions()
+    W_dec = load_sae(str(untrained_sae)).decoder_directions()
     W_out = model.model.layers[1].mlp.down_proj.weight.detach().T
     W_U = model.model.norm.weight.detach()[:, None] * model.lm_head.weight.detach().T
     effects = (W_dec @ W_out @ W_U).numpy()
-    boosted = [e.token_id for e in sae_store.logit_effects(UnitRef("L1.sae", 5)) if e.sign == "+"]
-    np.testing.assert_array_equal(boosted, np.argsort(-effects[5])[:5])
+    boosted = [e.token_id for e in store.logit_effects(UnitRef("L1.sae", 5)) if e.sign == "+"]
+    np.testing.assert_array_equal(boosted, np.argsort(-effects[5])[:N_LOGITS])
     unit_dirs = torch.nn.functional.normalize(W_dec, dim=1)
     cos = (unit_dirs @ unit_dirs.T).numpy()
     np.fill_diagonal(cos, -np.inf)
-    assert [r.unit for r, _ in sae_store.neighbors(UnitRef("L1.sae", 5))] == list(np.argsort(-cos[5])[:3])
+    assert [r.unit for r, _ in store.neighbors(UnitRef("L1.sae", 5))] == list(
+        np.argsort(-cos[5])[:N_NEIGHBORS]
+    )
 
 
-def test_links_between_neurons_and_features(sae_store, sae_folder, features, brute):
+def test_links_between_neurons_and_features(store, untrained_sae, features, brute):
     """Neuron -> features by share of activation mass, token by token; feature -> neurons by share
     of the decoder row."""
     from precompute.sae import load_sae
 
-    W_dec = load_sae(sae_folder).decoder_directions().double().numpy()  # [24 features, 48 neurons]
+    W_dec = load_sae(str(untrained_sae)).decoder_directions().double().numpy()  # [24 features, 48 neurons]
     neurons = np.maximum(brute[1][:, 1:, :].reshape(-1, 48), 0).astype(np.float64)
-    acts = features[:, 1:, :].reshape(-1, 24).astype(np.float64)
-    mass = np.zeros((48, 24))
+    acts = features[:, 1:, :].reshape(-1, SAE_WIDTH).astype(np.float64)
+    mass = np.zeros((48, SAE_WIDTH))
     for x, a in zip(neurons, acts):  # each token's activation split among the features pushing it up
         written = a[:, None] * np.maximum(W_dec, 0)  # [features, neurons]
         total = written.sum(0)
         mass += np.divide(x * written, total, out=np.zeros_like(written), where=total > 0).T
     share = mass / mass.sum(1, keepdims=True)
-    scores = sae_store.units_frame("L1.mlp").set_index("unit")
+    scores = store.units_frame("L1.mlp").set_index("unit")
     for neuron in (0, 17, 47):
-        links = sae_store.links(UnitRef("L1.mlp", neuron))
+        links = store.links(UnitRef("L1.mlp", neuron))
         assert [link.ref for link in links] == [UnitRef("L1.sae", f) for f in np.argsort(-share[neuron])[:3]]
         np.testing.assert_allclose(
             [link.share for link in links], np.sort(share[neuron])[::-1][:3], rtol=1e-4
@@ -256,7 +218,7 @@ def test_links_between_neurons_and_features(sae_store, sae_folder, features, bru
         assert scores.loc[neuron, "sae_features"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
         assert scores.loc[neuron, "sae_features_80"] == np.argmax(np.cumsum(np.sort(p)[::-1]) >= 0.8) + 1
     energy = W_dec[5] ** 2 / (W_dec[5] ** 2).sum()
-    links = sae_store.links(UnitRef("L1.sae", 5))
+    links = store.links(UnitRef("L1.sae", 5))
     assert [link.ref for link in links] == [UnitRef("L1.mlp", i) for i in np.argsort(-energy)[:3]]
     np.testing.assert_allclose([link.share for link in links], np.sort(energy)[::-1][:3], rtol=1e-4)
-    assert sae_store.links(UnitRef("L0.mlp", 3)) == [], "no SAE reads layer 0"
+    assert store.links(UnitRef("L0.mlp", 3)) == [], "no SAE reads layer 0"

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_llama import save_untrained_sae
 
-from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from precompute.models import load_model
 from precompute.sae import (
@@ -36,34 +32,9 @@ def tiny_model(tiny_model_dir):
     return load_model(str(tiny_model_dir))
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir, docs_jsonl, tmp_path_factory):
-    """An SAE trained by ``train_sae`` on the tiny Llama over a few thousand tokens of real text."""
-    out = tmp_path_factory.mktemp("sae") / "tiny-sae"
-    cfg = TrainSAEConfig(
-        out=out,
-        hook=HOOK,
-        model=str(tiny_model_dir),
-        dataset=str(docs_jsonl),
-        tokens=4096,
-        ctx=64,
-        batch_size=8,
-        eval_tokens=1024,
-        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
-    )
-    return train_sae(cfg, progress=False)
-
-
 def save_sae(folder: Path, architecture: str = "topk", d_in: int = 48, hook: str | None = HOOK) -> Path:
-    """An untrained SAE of ``architecture`` saved by SAELens itself."""
-    from sae_lens import SAE
-
-    metadata = {"hook_name": hook} if hook else {}
-    sae = SAE.from_dict(
-        {"architecture": architecture, "d_in": d_in, "d_sae": 16, "k": 4, "metadata": metadata}
-    )
-    sae.save_model(folder)
-    return folder
+    """An untrained SAE of ``architecture`` (16 features) on the tiny Llama's last MLP."""
+    return save_untrained_sae(folder, architecture, d_in=d_in, d_sae=16, hook=hook)
 
 
 # --- ground truth: known sparse directions are recovered -------------------------------------
@@ -97,8 +68,8 @@ def test_recovers_known_sparse_directions():
 # --- training end to end -------------------------------------------------------------------
 
 
-def test_train_sae_writes_a_loadable_sae(trained, tiny_model):
-    folder = trained.path
+def test_train_sae_writes_a_loadable_sae(trained_sae, tiny_model):
+    folder = trained_sae.path
     assert {"cfg.json", "sae_weights.safetensors", "metrics.json"} <= {p.name for p in folder.iterdir()}
     assert not Path(f"{folder}.partial").exists()
     sae = load_sae(folder)
@@ -113,16 +84,16 @@ def test_train_sae_writes_a_loadable_sae(trained, tiny_model):
     assert sae.decode(feats).shape == acts.shape
 
 
-def test_train_sae_metrics_are_held_out_and_honest(trained, tiny_model):
-    m = trained.metrics
+def test_train_sae_metrics_are_held_out_and_honest(trained_sae, tiny_model):
+    m = trained_sae.metrics
     assert 0.0 < m.explained_variance <= 1.0
     assert 0 < m.l0 <= 8
     assert 0.0 <= m.dead_fraction < 1.0
     assert m.n_tokens == 16 * 63  # 16 held-out windows of 64, BOS left out
-    assert json.loads((trained.path / "metrics.json").read_text())["l0"] == pytest.approx(m.l0)
+    assert json.loads((trained_sae.path / "metrics.json").read_text())["l0"] == pytest.approx(m.l0)
 
     # the same numbers, brute force, on one window
-    sae = load_sae(trained.path)
+    sae = load_sae(trained_sae.path)
     window = torch.randint(0, 1000, (1, 64))
     window[0, 0] = tiny_model.bos_token_id
     x = tiny_model.activations(window, [HOOK])[HOOK][0, 1:]
@@ -135,21 +106,23 @@ def test_train_sae_metrics_are_held_out_and_honest(trained, tiny_model):
     assert got.dead_fraction == pytest.approx(1 - (feats > 0).any(0).float().mean().item())
 
 
-def test_residual_directions_go_through_W_out(trained, tiny_model):
-    sae = load_sae(trained.path)
+def test_residual_directions_go_through_W_out(trained_sae, tiny_model):
+    sae = load_sae(trained_sae.path)
     W_out = tiny_model.mlp_out_directions(1)  # [d_mlp, d_model]
     directions = sae.residual_directions(tiny_model)
     assert directions.shape == (96, 32)
     torch.testing.assert_close(directions, sae.decoder_directions() @ W_out)
 
 
-def test_existing_out_is_refused(trained, tiny_model_dir, docs_jsonl):
-    before = sorted(p.name for p in trained.path.iterdir())
+def test_existing_out_is_refused(trained_sae, tiny_model_dir, docs_jsonl):
+    before = sorted(p.name for p in trained_sae.path.iterdir())
     with pytest.raises(NeurodashError, match="exists: pass --overwrite"):
         train_sae(
-            TrainSAEConfig(out=trained.path, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl))
+            TrainSAEConfig(
+                out=trained_sae.path, hook=HOOK, model=str(tiny_model_dir), dataset=str(docs_jsonl)
+            )
         )
-    assert sorted(p.name for p in trained.path.iterdir()) == before
+    assert sorted(p.name for p in trained_sae.path.iterdir()) == before
 
 
 # --- loading: every architecture, and clear errors ---------------------------------------------
@@ -164,17 +137,17 @@ def test_loads_any_sae_lens_architecture(architecture, tmp_path, tiny_model):
     assert sae.decoder_directions().shape == (16, 48)
 
 
-def test_missing_cfg_json(tmp_path, trained):
+def test_missing_cfg_json(tmp_path, trained_sae):
     folder = tmp_path / "sae"
-    shutil.copytree(trained.path, folder)
+    shutil.copytree(trained_sae.path, folder)
     (folder / "cfg.json").unlink()
     with pytest.raises(NeurodashError, match="is not an SAE folder in SAELens's format: it needs cfg.json"):
         load_sae(folder)
 
 
-def test_malformed_cfg_json(tmp_path, trained):
+def test_malformed_cfg_json(tmp_path, trained_sae):
     folder = tmp_path / "sae"
-    shutil.copytree(trained.path, folder)
+    shutil.copytree(trained_sae.path, folder)
     (folder / "cfg.json").write_text('{"d_in": 48,')
     with pytest.raises(NeurodashError, match=r"cfg.json is not valid JSON"):
         load_sae(folder)
@@ -256,7 +229,7 @@ def offline_hub(monkeypatch, tmp_path):
     """No hub and an empty cache, whatever this machine's network."""
     import huggingface_hub.constants as constants
 
-    monkeypatch.setattr("precompute.sae.hub_reachable", lambda: False)
+    monkeypatch.setattr("precompute.sae.train.hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -271,132 +244,3 @@ def test_release_offline(offline_hub):
     ):
         load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
     assert time.perf_counter() - started < 15  # at once: no network timeouts
-
-
-# --- the command line ---------------------------------------------------------------------
-
-
-def train_sae_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["train-sae", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_failed(code: int, err: str, fragment: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, err
-    assert len(lines) == 1 and fragment in lines[0], err
-
-
-def test_cli_trains_and_prints_metrics(capsys, tiny_model_dir, docs_jsonl, tmp_path):
-    out = tmp_path / "cli-sae"
-    code, stdout, err = train_sae_cli(
-        capsys,
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        str(docs_jsonl),
-        "--hook",
-        HOOK,
-        "--d-sae",
-        "64",
-        "--k",
-        "4",
-        "--tokens",
-        "1024",
-        "--ctx",
-        "32",
-        "--batch-tokens",
-        "128",
-        "--out",
-        str(out),
-    )
-    assert code == 0, err
-    assert f"wrote {out}" in stdout
-    assert "explained variance" in stdout and "L0" in stdout and "dead features" in stdout
-    assert load_sae(out).d_sae == 64
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["--hook", "blocks.9.mlp.hook_post"], "has no hook 'blocks.9.mlp.hook_post'"),
-        (["--hook", HOOK, "--k", "100"], "--k 100 is more than --d-sae 64"),
-        (["--hook", HOOK, "--d-sae", "0"], "--d-sae must be at least 1"),
-        (["--hook", HOOK, "--dataset", "no-such-dataset-xyz"], "cannot load dataset 'no-such-dataset-xyz'"),
-    ],
-)
-def test_cli_bad_input(capsys, tiny_model_dir, tmp_path, args, fragment):
-    out = tmp_path / "sae"
-    code, _, err = train_sae_cli(
-        capsys, "--model", str(tiny_model_dir), "--d-sae", "64", *args, "--out", str(out)
-    )
-    assert_failed(code, err, fragment)
-    assert not out.exists() and not Path(f"{out}.partial").exists()
-
-
-def test_cli_unknown_model(capsys, tmp_path):
-    code, _, err = train_sae_cli(
-        capsys, "--model", "no-such-org/no-such-model", "--hook", HOOK, "--out", str(tmp_path / "sae")
-    )
-    assert_failed(code, err, "cannot load model 'no-such-org/no-such-model'")
-
-
-def test_cli_existing_out(capsys, tmp_path):
-    out = tmp_path / "sae"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    code, _, err = train_sae_cli(capsys, "--hook", HOOK, "--out", str(out))
-    assert_failed(code, err, "exists: pass --overwrite to replace it")
-    assert (out / "keep.txt").read_text() == "mine"
-
-
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_training_keeps_the_old_sae(tmp_path, tiny_model_dir, docs_jsonl, trained, how):
-    """Ctrl-C and kill stay ours during SAELens's training loop: a clean stop, the old SAE intact."""
-    out = tmp_path / "sae"
-    shutil.copytree(trained.path, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    corpus = tmp_path / "long.jsonl"
-    corpus.write_text(docs_jsonl.read_text() * 10)
-    log = tmp_path / "stderr.txt"
-    cmd = [
-        sys.executable,
-        "-m",
-        "neurodash.cli",
-        "train-sae",
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        str(corpus),
-        "--hook",
-        HOOK,
-        "--d-sae",
-        "64",
-        "--k",
-        "4",
-        "--tokens",
-        "200000",
-        "--ctx",
-        "32",
-        "--batch-tokens",
-        "128",
-        "--out",
-        str(out),
-        "--overwrite",
-    ]
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 120
-    while "train-sae:" not in log.read_text():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "training never started"
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(how)
-    assert proc.wait(timeout=60) == 130, log.read_text()
-    assert "interrupted: nothing was written" in log.read_text()
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert not Path(f"{out}.partial").exists()
