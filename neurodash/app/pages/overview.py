@@ -7,11 +7,12 @@ from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_u
 from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, render, state
-from neurodash.app.data import STAT_COLUMNS, box_stats, label_prefixes, plural, units_payload
+from neurodash.app.data import box_stats, label_prefixes, plural, units_payload
 from neurodash.app.panels import polysemanticity
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
 from neurodash.storage import Store
+from neurodash.storage.schema import STAT_COLUMNS
 
 PATH = "/"
 TITLE = "neurodash"
