@@ -100,7 +100,7 @@ class MaximizeResults:
         return self._runs("ORDER BY run_id", [])
 
     def _runs(self, where: str, params: list) -> list[Frontier]:
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             return []
         with self._connect(read_only=True) as con:
             runs = con.execute(
@@ -146,7 +146,7 @@ def _latest(path: Path, version: tuple, ref: UnitRef) -> Frontier | None:
 
 @functools.lru_cache(maxsize=16)
 def _units_with_runs(path: Path, version: tuple) -> frozenset[UnitRef]:
-    if not path.is_file():
+    if not path.exists():
         return frozenset()
     with MaximizeResults(path)._connect(read_only=True) as con:
         rows = con.execute("SELECT DISTINCT source_id, unit FROM runs").fetchall()

@@ -64,7 +64,7 @@ class ExampleSets:
     # --- reading ----------------------------------------------------------------------------
     def all(self) -> list[SetInfo]:
         """Every set, by name, with its size."""
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             return []
         with self._connect() as con:
             rows = con.execute(
@@ -169,7 +169,7 @@ class ExampleSets:
 
     # --- the file ---------------------------------------------------------------------------
     def _must_exist(self, name: str) -> None:
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             raise NeurodashError(f"no set named {name!r}: there is no sets file {self.path}")
 
     def _connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
