@@ -14,6 +14,7 @@ needs its one output file in ``allowed_paths`` (DuckDB >= 1.2), set before exter
 
 from __future__ import annotations
 
+import codecs
 import struct
 from pathlib import Path
 
@@ -139,11 +140,12 @@ def _cut_short(head: bytes, size: int) -> str | None:
 
 
 def _is_text(head: bytes) -> bool:
+    """Whether the first bytes are UTF-8 text (a character cut at their end is fine)."""
     try:
-        head.decode("utf-8")
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
-    return "\x00" not in head.decode("utf-8")
+    return "\x00" not in text
 
 
 def check_tables(
