@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store, check_writable
 from neurodash.storage.copy import copy_batches
-from neurodash.storage.schema import EXAMPLE_KEYS
 from neurodash.units import UnitRef, parse_ref
 
 FORMATS = ("csv", "jsonl", "parquet", "html")
@@ -72,7 +71,7 @@ class Selection:
     - ``ranges``: ``(metric, low, high)`` on a statistic (``max_act``, ``density``, ...) or a score
       metric, None for an open end; a mapping ``{"density": (None, 0.01)}`` works too
     - ``buckets``: ``top``, ``bottom``, quantile groups (``q0.40``) or ``quantiles`` (every group)
-    - ``set_name``: a curated set (``neurodash.sets``): its examples, narrowed by the rest
+    - ``set_name``: a curated set (``neurodash.storage.sets``): its examples, narrowed by the rest
     """
 
     units: tuple[str, ...] = ()
@@ -96,7 +95,7 @@ class Selection:
 
 def _ranges(ranges: Iterable[Range] | Mapping[str, tuple[float | None, float | None]]) -> tuple[Range, ...]:
     if isinstance(ranges, Mapping):
-        return tuple((m, lo, hi) for m, (lo, hi) in ranges.items())
+        return tuple((str(m), lo, hi) for m, (lo, hi) in ranges.items())
     return tuple((m, lo, hi) for m, lo, hi in ranges)
 
 
@@ -126,7 +125,7 @@ def resolve(store: Store, selection: Selection, sets_file: str | os.PathLike | N
     and for a selection with no example."""
     buckets = resolve_buckets(store, selection.buckets)
     if selection.set_name is not None:
-        result = _set_plan(store, selection, buckets, sets_file)
+        result = _set_plan(store, selection, selection.set_name, buckets, sets_file)
     else:
         keys = _unit_keys(_units(store, selection))
         chunks = tuple(keys.slice(i, CHUNK_UNITS) for i in range(0, keys.num_rows, CHUNK_UNITS))
@@ -159,12 +158,12 @@ def _unit_keys(units: pd.DataFrame) -> pa.Table:
     )
 
 
-def _set_plan(store: Store, sel: Selection, buckets: tuple[str, ...], sets_file) -> Plan:
+def _set_plan(
+    store: Store, sel: Selection, name: str, buckets: tuple[str, ...], sets_file: str | os.PathLike | None
+) -> Plan:
     from neurodash.storage.sets import ExampleSets
 
-    items = ExampleSets.beside(store.path, sets_file).items(sel.set_name)[[*EXAMPLE_KEYS, "note"]]
-    if buckets:
-        items = items[items["bucket"].isin(buckets)]
+    items = ExampleSets.beside(store.path, sets_file).example_keys(name, buckets)
     if sel.units or sel.layers or sel.sources or sel.ranges:
         units = _units(store, sel)
         items = items.merge(units, on=["source_id", "unit"])
@@ -172,7 +171,7 @@ def _set_plan(store: Store, sel: Selection, buckets: tuple[str, ...], sets_file)
     found = store.count_examples(keys)
     if found != len(items):
         raise NeurodashError(
-            f"{len(items) - found} example(s) of set {sel.set_name!r} are not in {store.path}: "
+            f"{len(items) - found} example(s) of set {name!r} are not in {store.path}: "
             "was the store rebuilt since they were added?"
         )
     return Plan((keys,), buckets, found, with_note=True)
@@ -232,10 +231,11 @@ def batches(store: Store, p: Plan) -> Iterator[pa.Table]:
 def _decode(rows: pa.Table, vocab: pa.Array) -> pa.Table:
     """Token ids to tokens, text and max token; the columns in row order."""
     ids = rows["token_ids"].combine_chunks()
-    tokens = pa.ListArray.from_arrays(pc.subtract(ids.offsets, ids.offsets[0]), vocab.take(ids.flatten()))
+    offsets = pc.subtract(ids.offsets, ids.offsets[0])  # pyright: ignore[reportAttributeAccessIssue]  # made at import, not in pyarrow's stubs
+    tokens = pa.ListArray.from_arrays(offsets, vocab.take(ids.flatten()))
     decoded = {
         "max_token": vocab.take(rows["max_token_id"]),
-        "text": pc.binary_join(tokens, ""),
+        "text": pc.binary_join(tokens, ""),  # pyright: ignore[reportAttributeAccessIssue]  # as pc.subtract
         "tokens": tokens,
     }
     names = [n for n in (*ROW_SCHEMA.names, NOTE_FIELD.name) if n in decoded or n in rows.column_names]

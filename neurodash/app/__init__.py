@@ -20,7 +20,7 @@ ASSETS = Path(__file__).with_name("assets")
 
 def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | None = None):
     """A Dash app over the store at ``store_path``; a ``NeurodashError`` if it is missing or unreadable.
-    Curated sets go to ``sets_file``, by default the file beside the store (``neurodash.sets``); a
+    Curated sets go to ``sets_file``, by default the file beside the store (``neurodash.storage.sets``); a
     ``NeurodashError`` if its folder does not exist."""
     if sets_file is not None:
         check_sets_file(Path(sets_file))

@@ -11,9 +11,6 @@ import pandas as pd
 from neurodash.app import routes
 from neurodash.units import NEURON, SAE_FEATURE, Source, UnitRef
 
-STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
-UNIT_COLUMNS = {"source_id", "layer", "kind", "unit", *STAT_COLUMNS}
-
 
 def plural(n: int, word: str) -> str:
     """``plural(3, "example")`` -> ``3 examples``."""

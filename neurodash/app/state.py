@@ -13,6 +13,7 @@ import pandas as pd
 
 from neurodash.app.data import max_by_source
 from neurodash.storage import Store
+from neurodash.storage.schema import UNIT_FRAME_COLUMNS
 from neurodash.storage.sets import ExampleSets
 
 EXTENSION = "neurodash"
@@ -35,25 +36,15 @@ class AppState:
     def load(cls, store: Store, sets_file: str | os.PathLike | None = None) -> AppState:
         units = store.units_frame()
         return cls(
-            store, units, max_by_source(units, store.sources()), ExampleSets.beside(store.path, sets_file)
+            store,
+            units,
+            max_by_source(units, store.sources()),
+            ExampleSets.beside(store.path, sets_file).check(),
         )
 
     @cached_property
     def score_metrics(self) -> list[str]:
-        fixed = {
-            "source_id",
-            "layer",
-            "kind",
-            "unit",
-            "max_act",
-            "min_act",
-            "mean_act",
-            "std_act",
-            "skew",
-            "kurtosis",
-            "density",
-        }
-        return [c for c in self.units.columns if c not in fixed]
+        return [c for c in self.units.columns if c not in UNIT_FRAME_COLUMNS]
 
     @cached_property
     def keep_bos(self) -> bool:

@@ -1,11 +1,14 @@
 """Storage: the only package with SQL. Both sides import it; it imports neither.
 
-- ``schema``: every table's DDL and the schema versions, for the analysis store and the app's files;
+- ``schema``: every file's DDL and schema version (``STORE``, ``SETS``, ``MAXIMIZE``), and the
+  column lists the rest of the code shares (``STAT_COLUMNS``, ``EXAMPLE_KEYS``);
+- ``connect``: the one ``duckdb.connect``: every connection offline and inert (no extension
+  installed or loaded, no file but its own), and a file of the wrong kind refused with one line;
 - ``writer``: ``StoreWriter``, which builds a store in a ``.partial`` file and renames it into place;
 - ``reader``: ``Store``, a finished store opened read-only, and its queries;
 - ``copy``: query results streamed into CSV, JSON lines or Parquet files;
-- ``owned``, ``sets``, ``maximize``: the small files the app owns beside a store (curated sets,
-  maximization results), each opened for one transaction at a time.
+- ``owned``: the small files the app owns beside a store, each opened for one transaction at a
+  time; ``sets`` (curated example sets) and ``maximize`` (maximization results) are two of them.
 """
 
 from neurodash.storage.reader import Store, open_store

@@ -1,9 +1,10 @@
 """The activation-maximization results file: the frontiers found for a store's units.
 
 Results live in a small DuckDB file the app owns, beside the store (``demo.duckdb`` ->
-``demo.maximize.duckdb``), never in the read-only analysis store. As with the sets file, every
-call opens the file, works in one transaction and closes it, so the dashboard's background jobs and
-a ``neurodash maximize`` in another process take turns.
+``demo.maximize.duckdb``), never in the read-only analysis store; its tables are
+``schema.MAXIMIZE``. As with the sets file, every call opens the file, works in one transaction and
+closes it, so the dashboard's background jobs and a ``neurodash maximize`` in another process take
+turns.
 """
 
 from __future__ import annotations
@@ -19,17 +20,9 @@ import duckdb
 from neurodash import paths
 from neurodash.results import FoundPrompt, Frontier
 from neurodash.storage import owned
+from neurodash.storage.schema import MAXIMIZE
 from neurodash.units import UnitRef
 
-SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS run_ids;
-CREATE TABLE IF NOT EXISTS runs (
-    run_id BIGINT PRIMARY KEY, source_id VARCHAR, unit INTEGER, model VARCHAR, length INTEGER,
-    steps INTEGER, seed INTEGER, corpus_max DOUBLE, seconds DOUBLE, settings JSON, created_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS prompts (
-    run_id BIGINT, rank INTEGER, token_ids INTEGER[], tokens VARCHAR[], text VARCHAR,
-    activation DOUBLE, cross_entropy DOUBLE, acts DOUBLE[], PRIMARY KEY (run_id, rank));
-"""
 BUSY_TIMEOUT_S = 10.0
 
 
@@ -48,11 +41,16 @@ class MaximizeResults:
     def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> MaximizeResults:
         return cls(path if path is not None else results_path(store_path))
 
+    def check(self) -> MaximizeResults:
+        """Refuse, with one line, a file that is not a results file; return self."""
+        owned.check(self.path, MAXIMIZE, BUSY_TIMEOUT_S)
+        return self
+
     def save(self, frontier: Frontier) -> int:
         """Keep a run; returns its id."""
         f = frontier
         with self._connect() as con:
-            run_id = con.execute(
+            (run_id,) = con.execute(
                 "INSERT INTO runs VALUES (nextval('run_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
                 [
                     f.ref.source_id,
@@ -66,7 +64,7 @@ class MaximizeResults:
                     json.dumps(f.settings),
                     f.created_at or owned.now(),
                 ],
-            ).fetchone()[0]
+            ).fetchall()[0]
             con.executemany(
                 "INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -102,7 +100,7 @@ class MaximizeResults:
         return self._runs("ORDER BY run_id", [])
 
     def _runs(self, where: str, params: list) -> list[Frontier]:
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             return []
         with self._connect(read_only=True) as con:
             runs = con.execute(
@@ -138,7 +136,7 @@ class MaximizeResults:
 
     def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success; waits while another process has the file."""
-        return owned.transaction(self.path, SCHEMA, "results file", BUSY_TIMEOUT_S, read_only)
+        return owned.transaction(self.path, MAXIMIZE, BUSY_TIMEOUT_S, read_only)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,7 +146,7 @@ def _latest(path: Path, version: tuple, ref: UnitRef) -> Frontier | None:
 
 @functools.lru_cache(maxsize=16)
 def _units_with_runs(path: Path, version: tuple) -> frozenset[UnitRef]:
-    if not path.is_file():
+    if not path.exists():
         return frozenset()
     with MaximizeResults(path)._connect(read_only=True) as con:
         rows = con.execute("SELECT DISTINCT source_id, unit FROM runs").fetchall()

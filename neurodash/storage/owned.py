@@ -3,7 +3,8 @@
 The analysis store is opened read-only; what the app writes goes to these files instead. Each
 call opens its file, does its work in one transaction and closes it, so the dashboard and a CLI
 command in another process take turns (DuckDB lets one process at a time open a file for writing).
-Each module keeps its own schema and SQL; this one only opens and closes.
+Each kind's DDL is in ``schema``, its queries in its own module (``sets``, ``maximize``); this one
+opens, checks and closes.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from pathlib import Path
 import duckdb
 
 from neurodash.errors import NeurodashError
+from neurodash.storage.connect import connect, first_line, open_checked
+from neurodash.storage.schema import FileSchema
 
 _LOCK = threading.Lock()  # one connection at a time in this process
 
 
 @contextmanager
 def transaction(
-    path: Path, schema: str, what: str, busy_timeout: float, read_only: bool = False
+    path: Path, schema: FileSchema, busy_timeout: float, read_only: bool = False
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to ``path`` in one transaction, committed on success. Threads take turns; a call
-    waits up to ``busy_timeout`` seconds while another process has the file. ``what`` names the
-    file in errors ("sets file")."""
+    waits up to ``busy_timeout`` seconds while another process has the file. A writing connection
+    creates the file, or what is missing of its schema."""
     with _LOCK:
-        con = _open(path, schema, what, busy_timeout, read_only)
+        con = _open(path, schema, busy_timeout, read_only)
         try:
             con.execute("BEGIN")
             yield con
@@ -39,26 +42,56 @@ def transaction(
             con.close()
 
 
-def _open(
-    path: Path, schema: str, what: str, busy_timeout: float, read_only: bool
-) -> duckdb.DuckDBPyConnection:
+def check(path: Path, schema: FileSchema, busy_timeout: float) -> None:
+    """Refuse, with one line, a file that is not of this kind, or a folder that does not exist. A
+    file not made yet is fine, and so is an empty DuckDB database (the first write fills it in)."""
+    _check_folder(path, schema)
+    if path.exists():
+        with _LOCK:
+            _open(path, schema, busy_timeout, read_only=True, may_be_empty=True).close()
+
+
+def _check_folder(path: Path, schema: FileSchema) -> None:
     if not path.parent.is_dir():
-        raise NeurodashError(f"cannot open {what} {path}: folder {path.parent} does not exist")
+        raise NeurodashError(f"cannot open {schema.what} {path}: folder {path.parent} does not exist")
+
+
+def _open(
+    path: Path, schema: FileSchema, busy_timeout: float, read_only: bool, may_be_empty: bool = False
+) -> duckdb.DuckDBPyConnection:
+    _check_folder(path, schema)
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            if not read_only:
-                con.execute(schema)
-            return con
+            return _connect(path, schema, read_only, may_be_empty or not read_only)
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
-                raise NeurodashError(f"cannot open {what} {path} ({e})") from None
+                raise NeurodashError(f"cannot open {schema.what} {path} ({first_line(e)})") from None
             if time.monotonic() > deadline:
-                raise NeurodashError(f"{what} {path} is busy: another process has it open") from None
+                raise NeurodashError(f"{schema.what} {path} is busy: another process has it open") from None
             time.sleep(0.1)
         except duckdb.Error as e:
-            raise NeurodashError(f"{path} is not a readable {what} ({e})") from None
+            raise NeurodashError(f"cannot open {schema.what} {path} ({first_line(e)})") from None
+
+
+def _connect(
+    path: Path, schema: FileSchema, read_only: bool, may_be_empty: bool
+) -> duckdb.DuckDBPyConnection:
+    """A checked connection to the file; a writing one to a file not made yet makes it."""
+    if path.exists() or read_only:
+        con, _ = open_checked(path, schema, read_only=read_only, may_be_empty=may_be_empty)
+    else:
+        con = connect(path)
+    if not read_only:
+        try:
+            con.execute(schema.ddl)
+            con.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", [str(schema.version)]
+            )
+        except BaseException:
+            con.close()
+            raise
+    return con
 
 
 def version(path: Path) -> tuple:

@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 
 from neurodash.errors import NeurodashError
-from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, TABLES
+from neurodash.storage.connect import first_line, is_damage, open_checked, sql_string
+from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, STORE, UNIT_FRAME_COLUMNS
 from neurodash.units import Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 # An example's window, with the token ids it covers sliced from its sequence: the columns of
@@ -26,25 +27,23 @@ _EXAMPLE_WINDOW = (
 )
 
 
+# ``UNIT_FRAME_COLUMNS`` from ``units u`` joined to ``sources s``.
+_UNIT_FRAME_SELECT = ", ".join(f"{'s' if c in ('layer', 'kind') else 'u'}.{c}" for c in UNIT_FRAME_COLUMNS)
+
+
 class Store:
     """A finished store, opened read-only. Safe to share between threads."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise NeurodashError(
-                f"no store at {self.path}: build one with `neurodash precompute` or `neurodash demo`"
-            )
+        if not self.path.exists():
+            raise NeurodashError(f"no store at {self.path}: build one with {STORE.made_by}")
+        if self.path.is_dir():
+            raise NeurodashError(f"no store at {self.path}: it is a directory, not a store file")
         try:
-            self._con = duckdb.connect(str(self.path), read_only=True)
-            tables = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        except duckdb.Error as e:
-            raise NeurodashError(f"{self.path} is not a readable neurodash store ({e})") from None
-        missing = set(TABLES) - tables
-        if missing:
-            self._con.close()
-            raise NeurodashError(f"{self.path} is not a neurodash store (missing {sorted(missing)})")
-        self._tables = frozenset(tables)
+            self._con, self._tables = open_checked(self.path, STORE, read_only=True)
+        except duckdb.Error as e:  # a lock: another process writes the file
+            raise NeurodashError(f"cannot open store {self.path} ({first_line(e)})") from None
         self._local = threading.local()
 
     def close(self) -> None:
@@ -58,7 +57,20 @@ class Store:
 
     def sql(self, query: str, params: Sequence = ()) -> duckdb.DuckDBPyConnection:
         """Run a query on this thread's cursor (DuckDB connections are not shared between threads)."""
-        return self._cursor().execute(query, list(params))
+        with self._reading():
+            return self._cursor().execute(query, list(params))
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A block of the file that cannot be read (cut short, corrupt) as one line, not a traceback."""
+        try:
+            yield
+        except duckdb.Error as e:
+            if not is_damage(e):
+                raise
+            raise NeurodashError(
+                f"{self.path} is damaged ({first_line(e)}): build it again with {STORE.made_by}"
+            ) from None
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cur", None)
@@ -107,8 +119,8 @@ class Store:
     # --- units ------------------------------------------------------------------------------
     def unit_stats(self, ref: UnitRef) -> UnitStats:
         rows = self.sql(  # fetchall, not fetchone: an unfinished result blocks this thread's cursor
-            "SELECT max_act, min_act, mean_act, std_act, skew, kurtosis, density, n_tokens, "
-            "hist_edges, hist_counts FROM units WHERE source_id = ? AND unit = ?",
+            f"SELECT {', '.join(STAT_COLUMNS)}, n_tokens, hist_edges, hist_counts FROM units "
+            "WHERE source_id = ? AND unit = ?",
             [ref.source_id, ref.unit],
         ).fetchall()
         row = rows[0] if rows else None
@@ -209,15 +221,14 @@ class Store:
         """One row per unit: statistics plus one column per score metric."""
         where = "WHERE u.source_id = ?" if source_id else ""
         df = self.sql(
-            "SELECT u.source_id, s.layer, s.kind, u.unit, u.max_act, u.min_act, u.mean_act, "
-            "u.std_act, u.skew, u.kurtosis, u.density FROM units u JOIN sources s USING (source_id) "
+            f"SELECT {_UNIT_FRAME_SELECT} FROM units u JOIN sources s USING (source_id) "
             f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
             [source_id] if source_id else [],
         ).df()
         if not self._has_scores:
             return df
         # PIVOT takes no parameter in its source unless its columns are listed (the store's own metrics)
-        columns = ", ".join(f"'{_sql_string(m)}'" for m in self.score_metrics)
+        columns = ", ".join(f"'{sql_string(m)}'" for m in self.score_metrics)
         scores = self.sql(
             f"PIVOT (SELECT * FROM scores {'WHERE source_id = ?' if source_id else ''}) "
             f"ON metric IN ({columns}) USING first(value)",
@@ -305,12 +316,13 @@ class Store:
         """How many examples ``keys`` names (see ``_example_rows``)."""
         cur = self._cursor()
         query, params = _examples_joined(keys, buckets)
-        with _registered(cur, keys):
+        with self._reading(), _registered(cur, keys):
             return cur.execute(f"SELECT count(*) {query}", params).fetchall()[0][0]
 
     def example_rows(self, keys: pa.Table, buckets: Sequence[str] = ()) -> pa.Table:
         """The examples that ``keys`` names, in store order, as Arrow; see ``_example_rows``."""
-        return _example_rows(self._cursor(), keys, buckets)
+        with self._reading():
+            return _example_rows(self._cursor(), keys, buckets)
 
     def example_batches(
         self, key_chunks: Iterable[pa.Table], buckets: Sequence[str] = ()
@@ -319,7 +331,9 @@ class Store:
         cur = self._con.cursor()
         try:
             for keys in key_chunks:
-                yield _example_rows(cur, keys, buckets)
+                with self._reading():
+                    rows = _example_rows(cur, keys, buckets)
+                yield rows
         finally:
             cur.close()
 
@@ -365,10 +379,6 @@ def _example_rows(cur: duckdb.DuckDBPyConnection, keys: pa.Table, buckets: Seque
             "e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
             params=params,
         ).to_arrow_table()
-
-
-def _sql_string(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def open_store(path: str | os.PathLike) -> Store:

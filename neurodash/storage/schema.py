@@ -1,9 +1,43 @@
-"""The schema of every DuckDB file neurodash writes: the analysis store, and the small files the
-app owns beside it (curated sets, maximization results). Every table's DDL and version is here."""
+"""The schema of every DuckDB file neurodash writes, each kind one ``FileSchema``: its tables' DDL,
+its schema version and how messages name it.
 
-SCHEMA_VERSION = 1
+- ``STORE``: the analysis store, written once by ``StoreWriter`` and opened read-only after;
+- ``SETS``: curated example sets, the app-owned file beside a store (``demo.sets.duckdb``);
+- ``MAXIMIZE``: activation-maximization results, beside it too (``demo.maximize.duckdb``).
 
-SCHEMA = """
+A new kind of file (the lab runs, explanations) is one more ``FileSchema`` here, added to
+``FILE_KINDS`` so that opening one kind of file where another is expected says which it is, and a
+``paths.beside`` name; its module opens it with ``owned.transaction``. A change to a kind's tables
+raises its ``version``: a file of another version is refused with one line, never misread.
+
+Every file keeps ``schema_version`` in its ``meta`` table. Sets and results files written before
+they had one are read as version 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FileSchema:
+    """One kind of DuckDB file: ``what`` names it in messages ("store"), ``made_by`` what writes it
+    ("`neurodash precompute`"); ``tables`` must all be there, ``optional_tables`` (newer) may be missing."""
+
+    what: str
+    made_by: str
+    version: int
+    ddl: str
+    tables: tuple[str, ...]
+    optional_tables: tuple[str, ...] = ()
+
+
+# --- the analysis store -----------------------------------------------------------------------
+STORE = FileSchema(
+    what="store",
+    made_by="`neurodash precompute` or `neurodash demo`",
+    version=1,
+    ddl="""
 CREATE TABLE meta (key VARCHAR, value VARCHAR);
 CREATE TABLE sources (
     source_id VARCHAR, model VARCHAR, hook VARCHAR, kind VARCHAR, layer INTEGER,
@@ -26,12 +60,57 @@ CREATE TABLE links (
     source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
     weight FLOAT, share FLOAT);
 CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
-"""
+""",
+    tables=("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores"),
+    optional_tables=("links", "clusters"),  # a store from before them still opens, and reads them empty
+)
 
-TABLES = ("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores")
-# Newer tables: a store without them still opens, and reads them empty.
-OPTIONAL_TABLES = ("links", "clusters")
-
-
+# A unit's statistics: columns of ``units``, in order, and the numbers the overview shows and filters.
 STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
+# The columns of ``Store.units_frame()`` before its score metrics (one column per metric follows).
+UNIT_FRAME_COLUMNS = ("source_id", "layer", "kind", "unit", *STAT_COLUMNS)
+# What names one example in the store.
 EXAMPLE_KEYS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos")
+
+# --- the files the app owns beside a store ------------------------------------------------------
+# Their DDL runs on every writing connection, so it creates only what is missing.
+_OWNED_META = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);"
+
+SETS = FileSchema(
+    what="sets file",
+    made_by="the dashboard",
+    version=1,
+    ddl=_OWNED_META
+    + """
+CREATE SEQUENCE IF NOT EXISTS set_ids;
+CREATE SEQUENCE IF NOT EXISTS item_ids;
+CREATE TABLE IF NOT EXISTS sets (set_id BIGINT PRIMARY KEY, name VARCHAR UNIQUE NOT NULL, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS set_examples (
+    set_id BIGINT, item_id BIGINT, source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER,
+    seq_id BIGINT, pos INTEGER, note VARCHAR, added_at TIMESTAMP,
+    PRIMARY KEY (set_id, source_id, unit, bucket, rank));
+""",
+    tables=("sets", "set_examples"),
+)
+# A set's item as ``ExampleSets.items`` returns it: the columns of ``set_examples`` after the ids.
+SET_ITEM_COLUMNS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos", "note", "added_at")
+
+MAXIMIZE = FileSchema(
+    what="results file",
+    made_by="`neurodash maximize` or the dashboard",
+    version=1,
+    ddl=_OWNED_META
+    + """
+CREATE SEQUENCE IF NOT EXISTS run_ids;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id BIGINT PRIMARY KEY, source_id VARCHAR, unit INTEGER, model VARCHAR, length INTEGER,
+    steps INTEGER, seed INTEGER, corpus_max DOUBLE, seconds DOUBLE, settings JSON, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS prompts (
+    run_id BIGINT, rank INTEGER, token_ids INTEGER[], tokens VARCHAR[], text VARCHAR,
+    activation DOUBLE, cross_entropy DOUBLE, acts DOUBLE[], PRIMARY KEY (run_id, rank));
+""",
+    tables=("runs", "prompts"),
+)
+
+# Every kind, so that a file of one kind given for another is named for what it is.
+FILE_KINDS = (STORE, SETS, MAXIMIZE)

@@ -1,10 +1,10 @@
 """Curated example sets: named lists of a store's examples, each with an optional note.
 
 Sets live in a small DuckDB file the app owns, beside the store (``demo.duckdb`` ->
-``demo.sets.duckdb``), never in the read-only analysis store. This is a different database from
-the store, with its own schema, so its SQL lives here rather than in ``store.py``. Every call opens
-the file, does its work in one transaction and closes it: the dashboard and a ``neurodash export
---set`` in another process take turns (DuckDB lets one process at a time open a file for writing).
+``demo.sets.duckdb``), never in the read-only analysis store; its tables are ``schema.SETS``. Every
+call opens the file, does its work in one transaction and closes it: the dashboard and a
+``neurodash export --set`` in another process take turns (DuckDB lets one process at a time open a
+file for writing).
 
 An example is kept by its key in the store, (unit, bucket, rank), with its sequence and position,
 so an export can tell when the store was rebuilt under the set.
@@ -13,7 +13,7 @@ so an export can tell when the store was rebuilt under the set.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,18 +26,9 @@ from neurodash import paths
 from neurodash.errors import NeurodashError
 from neurodash.storage import owned
 from neurodash.storage.reader import Store
+from neurodash.storage.schema import EXAMPLE_KEYS, SET_ITEM_COLUMNS, SETS
 from neurodash.units import Example, UnitRef, parse_ref
 
-SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS set_ids;
-CREATE SEQUENCE IF NOT EXISTS item_ids;
-CREATE TABLE IF NOT EXISTS sets (set_id BIGINT PRIMARY KEY, name VARCHAR UNIQUE NOT NULL, created_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS set_examples (
-    set_id BIGINT, item_id BIGINT, source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER,
-    seq_id BIGINT, pos INTEGER, note VARCHAR, added_at TIMESTAMP,
-    PRIMARY KEY (set_id, source_id, unit, bucket, rank));
-"""
-ITEM_COLUMNS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos", "note", "added_at")
 MAX_NAME = 200
 BUSY_TIMEOUT_S = 10.0
 
@@ -65,10 +56,15 @@ class ExampleSets:
         """The sets file ``path``, or by default the one beside the store."""
         return cls(path if path is not None else sets_path(store_path))
 
+    def check(self) -> ExampleSets:
+        """Refuse, with one line, a file that is not a sets file (before serving it, say); return self."""
+        owned.check(self.path, SETS, BUSY_TIMEOUT_S)
+        return self
+
     # --- reading ----------------------------------------------------------------------------
     def all(self) -> list[SetInfo]:
         """Every set, by name, with its size."""
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             return []
         with self._connect() as con:
             rows = con.execute(
@@ -84,8 +80,20 @@ class ExampleSets:
         with self._connect() as con:
             set_id = self._id(con, name)
             return con.execute(
-                f"SELECT {', '.join(ITEM_COLUMNS)} FROM set_examples WHERE set_id = ? ORDER BY item_id",
+                f"SELECT {', '.join(SET_ITEM_COLUMNS)} FROM set_examples WHERE set_id = ? ORDER BY item_id",
                 [set_id],
+            ).df()
+
+    def example_keys(self, name: str, buckets: Sequence[str] = ()) -> pd.DataFrame:
+        """A set's examples in ``buckets`` (empty: all), in the order they were added, as their keys in
+        the store (``EXAMPLE_KEYS``) and their note."""
+        self._must_exist(name)
+        with self._connect() as con:
+            set_id = self._id(con, name)
+            return con.execute(
+                f"SELECT {', '.join(EXAMPLE_KEYS)}, note FROM set_examples WHERE set_id = ? "
+                "AND (len(?::VARCHAR[]) = 0 OR bucket IN (SELECT unnest(?::VARCHAR[]))) ORDER BY item_id",
+                [set_id, list(buckets), list(buckets)],
             ).df()
 
     # --- writing ----------------------------------------------------------------------------
@@ -161,13 +169,13 @@ class ExampleSets:
 
     # --- the file ---------------------------------------------------------------------------
     def _must_exist(self, name: str) -> None:
-        if not self.path.is_file():
+        if not self.path.exists():  # a folder here is refused on opening
             raise NeurodashError(f"no set named {name!r}: there is no sets file {self.path}")
 
     def _connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection in one transaction, committed on success. Threads take turns; a call waits
         while another process has the file."""
-        return owned.transaction(self.path, SCHEMA, "sets file", BUSY_TIMEOUT_S)
+        return owned.transaction(self.path, SETS, BUSY_TIMEOUT_S)
 
     def _find(self, con: duckdb.DuckDBPyConnection, name: str) -> int | None:
         row = con.execute("SELECT set_id FROM sets WHERE name = ?", [name]).fetchone()
@@ -183,9 +191,10 @@ class ExampleSets:
     def _create(self, con: duckdb.DuckDBPyConnection, name: str) -> int:
         if self._find(con, name) is not None:
             raise NeurodashError(f"a set named {name!r} exists already")
-        return con.execute(
+        rows = con.execute(
             "INSERT INTO sets VALUES (nextval('set_ids'), ?, ?) RETURNING set_id", [name, owned.now()]
-        ).fetchone()[0]
+        ).fetchall()
+        return rows[0][0]
 
 
 def find_example(

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from neurodash.errors import NeurodashError
-from neurodash.storage.schema import OPTIONAL_TABLES, SCHEMA, SCHEMA_VERSION, TABLES
+from neurodash.storage.connect import connect
+from neurodash.storage.schema import STORE
 from neurodash.units import Source
 
 
@@ -31,9 +31,9 @@ class StoreWriter:
         check_writable(self.path, overwrite)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self._remove_partial()  # a killed run's leftovers
-        self.con = duckdb.connect(str(self.partial))
-        self.con.execute(SCHEMA)
-        self.set_meta(schema_version=SCHEMA_VERSION)
+        self.con = connect(self.partial)
+        self.con.execute(STORE.ddl)
+        self.set_meta(schema_version=STORE.version)
         self.committed = False
 
     def __enter__(self) -> StoreWriter:
@@ -66,12 +66,12 @@ class StoreWriter:
 
     def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
         """Bulk-append columns (in the table's column order) through Arrow."""
-        if table not in TABLES and table not in OPTIONAL_TABLES:
+        if table not in STORE.tables and table not in STORE.optional_tables:
             raise ValueError(f"unknown table {table!r}")
         data = (
-            columns
-            if isinstance(columns, pa.Table)
-            else pa.table({k: _arrow_column(v) for k, v in columns.items()})
+            pa.table({k: _arrow_column(v) for k, v in columns.items()})
+            if isinstance(columns, dict)
+            else columns
         )
         if data.num_rows:
             self.con.register("_incoming", data)

@@ -4,7 +4,7 @@ The sets page's panel is ``set_manager``.
 The set is chosen by name (an input with a datalist of the existing sets; a new name makes a new
 set), with an optional note. Adding is idempotent: an example already in the set stays once, and
 gets the new note if one is given. The sets live in the app-owned file beside the store
-(``neurodash.sets``); its SQL stays there.
+(``neurodash.storage.sets``); its SQL stays there.
 """
 
 from __future__ import annotations

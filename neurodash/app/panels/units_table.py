@@ -8,11 +8,12 @@ from dash import ClientsideFunction, Dash, Input, NoUpdate, Output, State, dcc, 
 from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, render, state
-from neurodash.app.data import STAT_COLUMNS, plural, units_payload
+from neurodash.app.data import plural, units_payload
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
 from neurodash.storage import Store
+from neurodash.storage.schema import STAT_COLUMNS
 
 HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "std"}
 HIDE_DEAD = {"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}  # AG Grid filter model

@@ -1,0 +1,7 @@
+"""``python -m neurodash ...``: the same as the ``neurodash`` command."""
+
+import sys
+
+from neurodash.cli import main
+
+sys.exit(main())

@@ -1,0 +1,228 @@
+"""The store's writer and reader on real temporary files: every table round trip, the ``.partial``
+file renamed into place only on commit, nothing left by an abort, and a store that stays read-only."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from neurodash.errors import NeurodashError
+from neurodash.storage import Store, StoreWriter
+from neurodash.storage.schema import STORE, UNIT_FRAME_COLUMNS
+from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
+
+NEURONS = Source("L0.mlp", "tiny", "blocks.0.mlp.hook_post", NEURON, 0, 2, 64, config={"ctx": 8})
+FEATURES = Source("L0.sae", "tiny", "blocks.0.hook_resid_post", SAE_FEATURE, 0, 3, 64, sae="toy-sae")
+VOCAB = ["<s>", "a", " b", "c", " d", "\n"]
+SEQUENCE = [0, 1, 2, 3, 4, 5, 1, 2]
+A, B = UnitRef("L0.mlp", 0), UnitRef("L0.mlp", 1)
+
+
+def write_every_table(w: StoreWriter) -> None:
+    """One or two rows in each table, for units ``A`` and ``B``."""
+    w.set_meta(model="tiny", dataset="toy", n_tokens=64, ctx=8)
+    w.add_source(NEURONS)
+    w.add_source(FEATURES)
+    w.append("vocab", {"model": ["tiny"] * len(VOCAB), "token_id": list(range(len(VOCAB))), "token": VOCAB})
+    w.append("sequences", {"seq_id": [7], "doc_id": [3], "start": [0], "token_ids": [SEQUENCE]})
+    w.append(
+        "units",
+        {
+            "source_id": ["L0.mlp", "L0.mlp"],
+            "unit": [0, 1],
+            "max_act": np.array([2.5, 1.0], np.float32),
+            "min_act": np.array([-0.5, -1.0], np.float32),
+            "mean_act": np.array([0.25, 0.0], np.float32),
+            "std_act": np.array([0.5, 0.75], np.float32),
+            "skew": np.array([1.5, 0.0], np.float32),
+            "kurtosis": np.array([3.0, 2.0], np.float32),
+            "density": np.array([0.125, 0.5], np.float32),
+            "n_tokens": [64, 64],
+            "hist_edges": np.array([[-0.5, 1.0, 2.5], [-1.0, 0.0, 1.0]], np.float32),  # 2-D: one row per unit
+            "hist_counts": [[60, 4], [32, 32]],
+        },
+    )
+    w.append(
+        "examples",
+        {
+            "source_id": ["L0.mlp"] * 2,
+            "unit": [0, 0],
+            "bucket": ["top", "bottom"],
+            "rank": [0, 0],
+            "seq_id": [7, 7],
+            "pos": [3, 1],
+            "start": [1, 0],
+            "acts": [[0.0, 0.5, 2.5, 0.25], [0.0, -0.5, 0.0]],
+        },
+    )
+    w.append(
+        "logits",
+        {
+            "source_id": ["L0.mlp"] * 2,
+            "unit": [0, 0],
+            "sign": ["+", "-"],
+            "rank": [0, 0],
+            "token_id": [2, 4],
+            "value": np.array([1.5, -0.75], np.float32),
+        },
+    )
+    w.append(
+        "neighbors",
+        {"source_id": ["L0.mlp"], "unit": [0], "rank": [0], "neighbor": [1], "cosine": np.float32([0.5])},
+    )
+    w.append(
+        "scores", {"source_id": ["L0.mlp"] * 2, "unit": [0, 1], "metric": ["poly"] * 2, "value": [0.25, 0.75]}
+    )
+    w.append(
+        "links",
+        pa.table(  # an Arrow table goes in as it is
+            {
+                "source_id": ["L0.mlp"],
+                "unit": pa.array([0], pa.int32()),
+                "rank": pa.array([0], pa.int32()),
+                "target_source_id": ["L0.sae"],
+                "target_unit": pa.array([2], pa.int32()),
+                "weight": pa.array([0.5], pa.float32()),
+                "share": pa.array([0.25], pa.float32()),
+            }
+        ),
+    )
+    w.append("clusters", {"source_id": ["L0.mlp"], "unit": [0], "seq_id": [7], "pos": [3], "cluster": [1]})
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with StoreWriter(path) as w:
+        write_every_table(w)
+        w.commit()
+    return path
+
+
+def test_every_table_round_trips(store_path):
+    with Store(store_path) as store:
+        assert store.meta == {
+            "schema_version": str(STORE.version),
+            "model": "tiny",
+            "dataset": "toy",
+            "n_tokens": "64",
+            "ctx": "8",
+        }
+        assert store.sources() == [NEURONS, FEATURES]
+        assert store.source("L0.mlp").config == {"ctx": 8}
+        assert store.source("L0.sae").sae == "toy-sae"
+        assert store.vocab == VOCAB
+        assert store.sequence(7) == tuple(SEQUENCE)
+        assert store.unit_stats(A) == UnitStats(
+            A, 2.5, -0.5, 0.25, 0.5, 1.5, 3.0, 0.125, 64, (-0.5, 1.0, 2.5), (60, 4)
+        )
+        assert store.examples(A) == [
+            Example(A, "top", 0, 7, 3, 1, ("a", " b", "c", " d"), (1, 2, 3, 4), (0.0, 0.5, 2.5, 0.25)),
+            Example(A, "bottom", 0, 7, 1, 0, ("<s>", "a", " b"), (0, 1, 2), (0.0, -0.5, 0.0)),
+        ]
+        assert store.strongest_examples([A, B]) == {A: store.examples(A)[0]}
+        assert store.logit_effects(A) == [
+            LogitEffect("+", 0, 2, " b", 1.5),
+            LogitEffect("-", 0, 4, " d", -0.75),
+        ]
+        assert store.neighbors(A) == [(B, 0.5)]
+        assert store.scores(B) == {"poly": 0.75}
+        assert store.links(A) == [Link(UnitRef("L0.sae", 2), 0.5, 0.25)]
+        assert store.clusters(A) == {(7, 3): 1}
+        assert store.bucket_names == ["top", "bottom"]
+        frame = store.units_frame()
+        assert list(frame.columns) == [*UNIT_FRAME_COLUMNS, "poly"]
+        assert frame[["unit", "density", "poly"]].to_dict("list") == {
+            "unit": [0, 1],
+            "density": [0.125, 0.5],
+            "poly": [0.25, 0.75],
+        }
+
+
+def test_a_store_without_the_newer_tables_reads_them_empty(store_path):
+    with duckdb.connect(str(store_path)) as con:
+        for table in STORE.optional_tables:
+            con.execute(f"DROP TABLE {table}")
+    with Store(store_path) as store:
+        assert store.links(A) == [] and store.clusters(A) == {}
+        assert store.unit_stats(A).max_act == 2.5
+
+
+def test_the_store_appears_only_on_commit(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with StoreWriter(path) as w:
+        write_every_table(w)
+        assert w.partial == tmp_path / "s.duckdb.partial" and w.partial.is_file()
+        assert not path.exists()
+        assert w.commit() == path
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s.duckdb"]
+
+
+def test_an_abort_leaves_nothing(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with pytest.raises(RuntimeError, match="killed"), StoreWriter(path) as w:
+        write_every_table(w)
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_aborted_rewrite_keeps_the_old_store(store_path):
+    before = store_path.read_bytes()
+    with StoreWriter(store_path, overwrite=True) as w:
+        w.set_meta(model="other")
+        w.abort()
+    assert store_path.read_bytes() == before
+    assert sorted(p.name for p in store_path.parent.iterdir()) == [store_path.name]
+
+
+def test_a_killed_runs_leftovers_are_replaced(store_path):
+    partial = store_path.with_name(store_path.name + ".partial")
+    partial.write_bytes(b"half a store")
+    partial.with_name(partial.name + ".wal").write_bytes(b"its log")
+    with StoreWriter(store_path, overwrite=True) as w:
+        write_every_table(w)
+        w.commit()
+    assert sorted(p.name for p in store_path.parent.iterdir()) == [store_path.name]
+    with Store(store_path) as store:
+        assert store.vocab == VOCAB
+
+
+def test_an_existing_store_needs_overwrite(store_path):
+    with pytest.raises(NeurodashError, match="exists: pass --overwrite"):
+        StoreWriter(store_path)
+
+
+def test_unknown_table(tmp_path):
+    with StoreWriter(tmp_path / "s.duckdb") as w, pytest.raises(ValueError, match="unknown table"):
+        w.append("intruder", {"a": [1]})
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "CREATE TABLE intruder (a INTEGER)",
+        "INSERT INTO meta VALUES ('k', 'v')",
+        "DELETE FROM units",
+        "DROP TABLE scores",
+    ],
+)
+def test_the_store_is_read_only(store_path, statement):
+    before = store_path.read_bytes()
+    with Store(store_path) as store, pytest.raises(duckdb.Error, match="read-only"):
+        store.sql(statement)
+    assert store_path.read_bytes() == before
+    assert sorted(p.name for p in store_path.parent.iterdir()) == [store_path.name]
+
+
+def test_unknown_units_and_sources(store_path):
+    with Store(store_path) as store:
+        with pytest.raises(NeurodashError, match="no unit L0.mlp/5"):
+            store.unit_stats(UnitRef("L0.mlp", 5))
+        with pytest.raises(NeurodashError, match="no source 'L9.mlp'"):
+            store.source("L9.mlp")
+        with pytest.raises(NeurodashError, match="no sequence 99"):
+            store.sequence(99)
+        assert store.has_unit(B) and not store.has_unit(UnitRef("L0.mlp", 2))
+        assert store.examples(B) == [] and store.logit_effects(B) == []
