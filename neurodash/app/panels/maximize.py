@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from neurodash.app import ids, jobs, render
+from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS
 from neurodash.errors import NeurodashError
-from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS, Frontier, frontier_from_json
+from neurodash.results import Frontier, frontier_from_json
 from neurodash.storage.maximize import MaximizeResults
 from neurodash.units import UnitRef
 
