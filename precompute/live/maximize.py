@@ -49,51 +49,19 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from neurodash.config import MaximizeConfig
 from neurodash.errors import NeurodashError
-from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS, FoundPrompt, Frontier
+from neurodash.results import FoundPrompt, Frontier
 from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, Source, UnitRef, parse_ref
+from precompute.live.cache import cached_model, cached_sae
 from precompute.models import LoadedModel, layer_of
+from precompute.sae.load import LoadedSAE
 
-MAX_LENGTH = 64
-MAX_STEPS = 10_000
 NATS_PER_SCALE = 10.0  # at penalty 1, a nat of cross-entropy costs act_scale / 10
 SCREEN_UP_TO = 0.9  # screen candidates with the truncated pass for hooks in this first part of the layers
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
-
-
-@dataclass(frozen=True)
-class MaximizeConfig:
-    """The search. The defaults keep a middle-layer unit of the default model under 2 minutes on a
-    2-core CPU (``benchmarks/maximize_quality.py``)."""
-
-    length: int = DEFAULT_LENGTH  # prompt tokens after BOS
-    steps: int = DEFAULT_STEPS
-    seed: int = 0
-    penalties: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # fluency penalties: one member each
-    batch: int = 96  # single-token swaps screened per step, over the population
-    shortlist: int = 24  # of those, evaluated with the full forward pass per step
-    top_k: int = 64  # candidate tokens per position
-    corpus_seeds: int = 3  # members started from top corpus examples (the rest start at random)
-
-    def __post_init__(self):
-        if not 1 <= self.length <= MAX_LENGTH:
-            raise NeurodashError(f"--length must be between 1 and {MAX_LENGTH} tokens (got {self.length})")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise NeurodashError(f"--steps must be between 1 and {MAX_STEPS} (got {self.steps})")
-        if not self.penalties or any(p < 0 for p in self.penalties):
-            raise NeurodashError("fluency penalties must be one or more numbers >= 0")
-        if min(self.batch, self.shortlist) < self.population:
-            raise NeurodashError(f"batch and shortlist must be at least the population ({self.population})")
-        if self.top_k < 1:
-            raise NeurodashError("top_k must be at least 1")
-        if self.corpus_seeds < 0:
-            raise NeurodashError("corpus_seeds must be >= 0")
-
-    @property
-    def population(self) -> int:
-        return len(self.penalties)
 
 
 class Objective(Protocol):
@@ -259,7 +227,9 @@ class UnitObjective:
     log-probabilities are uniform.
     """
 
-    def __init__(self, model: LoadedModel, hook: str, unit: int, sae=None, chunk: int = 64):
+    def __init__(
+        self, model: LoadedModel, hook: str, unit: int, sae: LoadedSAE | None = None, chunk: int = 64
+    ):
         self.model, self.hook, self.unit, self.sae, self.chunk = model, hook, unit, sae, chunk
         self.embedding = model.embedding_matrix()
         vocab = self.embedding.shape[0]
@@ -313,19 +283,12 @@ class UnitObjective:
 
 # --- a unit of a store ------------------------------------------------------------------------
 
-_SAES: dict[str, object] = {}
-
 
 def unit_objective(model: LoadedModel, source: Source, unit: int) -> UnitObjective:
     """The objective for a unit of ``source``: a neuron, or a feature of the SAE the store names."""
     if source.kind != SAE_FEATURE:
         return UnitObjective(model, source.hook, unit)
-    spec = sae_spec(source)
-    if spec not in _SAES:
-        from precompute.sae import load_sae
-
-        _SAES[spec] = load_sae(spec, model.device)
-    return UnitObjective(model, source.hook, unit, sae=_SAES[spec])
+    return UnitObjective(model, source.hook, unit, sae=cached_sae(sae_spec(source), model.device))
 
 
 def sae_spec(source: Source) -> str:
@@ -394,8 +357,6 @@ def maximize_many(
     device: str = "cpu",
 ) -> Iterator[Frontier]:
     """``maximize`` for several units of one store, loading the model once; units are checked first."""
-    from precompute.live.probe import cached_model
-
     config = config or MaximizeConfig()
     with Store(store_path) as store:
         sources = store.sources()
