@@ -277,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def demo_sae() -> Path:
     """The demo's SAE on the default model's middle MLP, trained once into $NEURODASH_HOME."""
-    from precompute.models import mlp_hook
+    from precompute import mlp_hook
     from precompute.sae import train_sae
 
     folder = paths.home() / f"sae-L{DEMO_SAE_LAYER}"
@@ -351,7 +351,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         units=split_list(args.units),
         layers=parse_layers(args.layers) if args.layers else (),
         sources=split_list(args.sources),
-        ranges=ranges,
+        ranges=tuple(ranges),
         buckets=split_list(args.buckets),
         set_name=args.set,
     )

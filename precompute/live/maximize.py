@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -72,13 +72,16 @@ class Objective(Protocol):
 
     def surrogate(self, embeds: Float[Tensor, "batch length d"]) -> Float[Tensor, " batch"]:
         """A differentiable stand-in for the activation at the last token (the gradient's source)."""
+        ...
 
     def screen(self, tokens: Int[Tensor, "batch length"]) -> Float[Tensor, " batch"]:
         """The activation at the last token, as cheaply as possible."""
+        ...
 
     def evaluate(self, tokens: Int[Tensor, "batch length"]) -> tuple[Tensor, Tensor]:
         """(activation at every token ``[batch, length]``, log-probabilities ``[batch, length, vocab]``
         of each position's token given the ones before it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ def _unique_rows(rows: Tensor, exclude: Tensor) -> Tensor:
     return rows[keep]
 
 
-def pareto(points: Sequence[Evaluated] | Iterator[Evaluated]) -> list[Evaluated]:
+def pareto(points: Iterable[Evaluated]) -> list[Evaluated]:
     """The points no other point beats on both activation (higher) and cross-entropy (lower), by rising CE."""
     frontier: list[Evaluated] = []
     for p in sorted(points, key=lambda p: (p.cross_entropy, -p.activation, p.tokens)):
@@ -274,7 +277,9 @@ class UnitObjective:
             if self.bos is not None:
                 logp = logits[:, :-1].float().log_softmax(-1)
             else:
-                uniform = torch.full_like(logits[:, :1], -torch.log(torch.tensor(float(logits.shape[-1]))))
+                uniform = torch.full_like(
+                    logits[:, :1], -torch.log(torch.tensor(float(logits.shape[-1]))).item()
+                )
                 logp = torch.cat([uniform, logits[:, :-1].float().log_softmax(-1)], dim=1)
             acts.append(self._read(hook_acts)[:, -t.shape[1] :].float().cpu())
             logps.append(logp.cpu())
@@ -383,7 +388,7 @@ def maximize_many(
                 FoundPrompt(
                     p.tokens,
                     store.tokens(p.tokens),
-                    model.tokenizer.decode(list(p.tokens)),
+                    model.decode(p.tokens),
                     p.activation,
                     p.cross_entropy,
                     p.acts,

@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from precompute.models import LoadedModel
 from precompute.pipeline.accumulate import UnitAccumulator
 from precompute.pipeline.polysemanticity import attribution_sums, projection
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -94,9 +95,9 @@ class PhaseClock:
             torch.cuda.synchronize()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
-    def measure(self, name: str, fn: Callable[..., R], *args: object) -> R:
+    def measure(self, name: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         with self.phase(name):
-            return fn(*args)
+            return fn(*args, **kwargs)
 
 
 def stream(

@@ -19,6 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -27,6 +28,9 @@ from torch import Tensor
 from neurodash.errors import NeurodashError
 from precompute.hub import hub_reachable
 from precompute.models import LoadedModel
+
+if TYPE_CHECKING:  # imported where an SAE loads: importing SAELens takes seconds
+    from sae_lens import SAE
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -47,7 +51,7 @@ class LoadedSAE:
     """An SAE ready to encode activations of its hook."""
 
     name: str  # the folder's name, or ``release/sae_id``
-    sae: Any  # sae_lens.SAE, in eval mode
+    sae: SAE  # in eval mode
 
     @property
     def hook(self) -> str:
