@@ -36,26 +36,27 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 def kept_examples_of_a_run(tokens: int) -> dict[str, dict]:
     """Each source's kept examples (``kept_examples``) and corpus-mean representation, from a real run."""
-    import precompute.pipeline as pipeline
     from neurodash.cli import demo_sae
+    from precompute import PrecomputeConfig, run_precompute
+    from precompute.pipeline import tables
+    from precompute.pipeline.polysemanticity import kept_examples
 
     kept: dict[str, dict] = {}
-    score = pipeline.polysemanticity_tables
+    score = tables.polysemanticity_tables
 
-    def keep(sid: str, res: dict, rep_mean: np.ndarray, dims: int):
-        tables = score(sid, res, rep_mean, dims)  # fills in the slots no example entered
-        kept[sid] = {"kept": pipeline.kept_examples(res["top"], res["sample"]), "rep_mean": rep_mean}
-        return tables
+    def keep(sid: str, res, rep_mean: np.ndarray, dims: int):
+        kept[sid] = {"kept": kept_examples(res.top, res.sample, dims), "rep_mean": rep_mean}
+        return score(sid, res, rep_mean, dims)
 
-    pipeline.polysemanticity_tables = keep
+    tables.polysemanticity_tables = keep  # run.py calls it through the module
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = pipeline.PrecomputeConfig(
+            cfg = PrecomputeConfig(
                 out=Path(tmp) / "s.duckdb", layers=(LAYER,), tokens=tokens, saes=(str(demo_sae()),)
             )
-            pipeline.run_precompute(cfg)
+            run_precompute(cfg)
     finally:
-        pipeline.polysemanticity_tables = score
+        tables.polysemanticity_tables = score
     return kept
 
 

@@ -79,14 +79,9 @@ def scoring_overhead(args) -> dict[str, float]:
     from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
-    from precompute.pipeline.run import (
-        _context_hook,
-        _Contexts,
-        _features,
-        _neurons,
-        examples_table,
-        polysemanticity_tables,
-    )
+    from precompute.pipeline.run import context_hook, features, neurons
+    from precompute.pipeline.stream import Contexts
+    from precompute.pipeline.tables import examples_table, polysemanticity_tables
 
     cfg = PrecomputeConfig(
         out="unused",
@@ -99,12 +94,13 @@ def scoring_overhead(args) -> dict[str, float]:
         saes=tuple(args.sae),
     )
     model = load_model(cfg.model, cfg.device)
-    plain = [_neurons(model, layer, cfg) for layer in cfg.layers] + _features(model, cfg)
-    scored = [_neurons(model, layer, cfg) for layer in cfg.layers] + _features(model, cfg)
+    layers = cfg.layers or ()
+    plain = [neurons(model, layer, cfg) for layer in layers] + features(model, cfg)
+    scored = [neurons(model, layer, cfg) for layer in layers] + features(model, cfg)
     for t in scored:
-        t.context_hook = _context_hook(model, t.hook)
+        t.context_hook = context_hook(model, t.hook)
     hooks = list(dict.fromkeys([*(t.hook for t in plain), *(t.context_hook for t in scored)]))
-    contexts = _Contexts(cfg.context_dims, cfg.device, cfg.examples.seed)
+    contexts = Contexts(cfg.context_dims, cfg.device, cfg.examples.seed)
     first = 1
     seconds = {"forward": 0.0, "plain": 0.0, "scored": 0.0, "write plain": 0.0, "write scored": 0.0}
 

@@ -14,17 +14,26 @@ Errors the user can fix print one line, ``error: ...``, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from neurodash import paths
+from neurodash.config import (
+    AccumulatorConfig,
+    MaximizeConfig,
+    PrecomputeConfig,
+    SAEHyperparams,
+    TrainSAEConfig,
+)
 from neurodash.errors import NeurodashError
 
 DEMO_LAYERS = "0-29"
-DEMO_TOKENS = 65_536
+DEMO_TOKENS = PrecomputeConfig.tokens
 DEMO_SAE_LAYER = 15  # a middle layer: its SAE's features decompose that layer's neurons
 DEMO_SAE_TOKENS = 200_000
 DEMO_SAE_WIDTH = 4096
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("precompute", help="stream a corpus through a model into a store")
     add_precompute_args(p)
-    p.add_argument("--out", required=True, type=Path, help="the store file to write (.duckdb)")
+    config_option(p, PrecomputeConfig, "out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_precompute)
 
@@ -99,64 +108,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_and_corpus_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="embedded 'smollm2-135m' (default), a local HF folder, or a hub name",
-    )
-    p.add_argument(
-        "--dataset",
-        default="python-docs",
-        help="embedded 'python-docs' (default), a .txt/.jsonl/.parquet file or folder, or a hub name",
-    )
-    p.add_argument("--split", default="train", help="dataset split (hub datasets)")
-    p.add_argument("--text-column", default="text")
+def config_option(
+    p: argparse.ArgumentParser, config: type, name: str, flag: str | None = None, **kwargs: Any
+) -> None:
+    """An option whose default, type and help come from a field of a config in ``neurodash.config``
+    (``--top-k`` from ``AccumulatorConfig.top_k``); ``kwargs`` override them."""
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs.setdefault("default", default)
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and "action" not in kwargs:
+        kwargs.setdefault("type", type(default))
+    help_text = f.metadata.get("help")
+    if help_text and isinstance(default, (str, int, float)) and not isinstance(default, bool):
+        help_text += f" (default {default})"
+    kwargs.setdefault("help", help_text)
+    p.add_argument(flag or "--" + name.replace("_", "-"), **kwargs)
+
+
+def add_model_and_corpus_args(p: argparse.ArgumentParser, config: type = PrecomputeConfig) -> None:
+    for name in ("model", "dataset", "split", "text_column"):
+        config_option(p, config, name)
 
 
 def add_precompute_args(p: argparse.ArgumentParser) -> None:
     add_model_and_corpus_args(p)
-    p.add_argument("--layers", default=None, help="e.g. 0-29 or 0,15,29 (default: every layer)")
-    p.add_argument("--tokens", type=int, default=DEMO_TOKENS, help="corpus tokens to read")
-    p.add_argument("--ctx", type=int, default=128, help="tokens per window")
-    p.add_argument("--top-k", type=int, default=20, help="top examples per unit")
-    p.add_argument("--bottom-k", type=int, default=10, help="bottom (most negative) examples per unit")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--sae",
-        action="append",
-        default=[],
-        metavar="SAE",
-        help="an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)",
-    )
-    p.add_argument(
-        "--keep-bos", action="store_true", help="keep the first (BOS) position in examples and statistics"
-    )
+    config_option(p, PrecomputeConfig, "layers", type=str)
+    for name in ("tokens", "ctx"):
+        config_option(p, PrecomputeConfig, name)
+    for name in ("top_k", "bottom_k"):
+        config_option(p, AccumulatorConfig, name)
+    for name in ("batch_size", "device"):
+        config_option(p, PrecomputeConfig, name)
+    config_option(p, PrecomputeConfig, "saes", "--sae", action="append", default=[], metavar="SAE")
+    config_option(p, PrecomputeConfig, "keep_bos", action="store_true")
     p.add_argument("--no-scores", action="store_true", help="skip the polysemanticity scores (a bare pass)")
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
-    add_model_and_corpus_args(p)
-    p.add_argument(
-        "--hook", required=True, help="the TransformerLens hook to decompose, e.g. blocks.15.mlp.hook_post"
-    )
-    p.add_argument("--d-sae", type=int, default=4096, help="number of features (default 4096)")
-    p.add_argument("--k", type=int, default=32, help="features kept per token, TopK (default 32)")
-    p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200000)")
-    p.add_argument("--ctx", type=int, default=128, help="tokens per window")
-    p.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimiser step (default 2048)")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass of the model")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", required=True, type=Path, help="the SAE folder to write (SAELens format)")
+    add_model_and_corpus_args(p, TrainSAEConfig)
+    config_option(p, TrainSAEConfig, "hook", required=True)
+    for name in ("d_sae", "k"):
+        config_option(p, SAEHyperparams, name)
+    for name in ("tokens", "ctx"):
+        config_option(p, TrainSAEConfig, name)
+    config_option(p, SAEHyperparams, "batch_tokens")
+    config_option(p, TrainSAEConfig, "batch_size")
+    for name in ("lr", "seed"):
+        config_option(p, SAEHyperparams, name)
+    config_option(p, TrainSAEConfig, "device")
+    config_option(p, TrainSAEConfig, "out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def add_maximize_args(p: argparse.ArgumentParser) -> None:
-    from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS
-
     p.add_argument(
         "--unit",
         action="append",
@@ -165,14 +169,9 @@ def add_maximize_args(p: argparse.ArgumentParser) -> None:
         help="L12N345, L15F7 or <source>/<index> (repeatable, or comma-separated)",
     )
     p.add_argument("--units-file", type=Path, help="a file of unit references, one per line (# comments)")
-    p.add_argument(
-        "--length", type=int, default=DEFAULT_LENGTH, help=f"prompt tokens (default {DEFAULT_LENGTH})"
-    )
-    p.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    for name in ("length", "steps", "seed"):
+        config_option(p, MaximizeConfig, name)
+    config_option(p, PrecomputeConfig, "device")
     p.add_argument("--results", type=Path, help="the results file (default: STORE.maximize.duckdb beside it)")
     p.add_argument("--json", action="store_true", help="print the frontiers as JSON (a list, one per unit)")
 
@@ -212,10 +211,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
-def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool):
+def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> PrecomputeConfig:
     from neurodash.units import parse_layers
-    from precompute import PrecomputeConfig
-    from precompute.pipeline.accumulate import AccumulatorConfig
 
     return PrecomputeConfig(
         out=out,
@@ -280,8 +277,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def demo_sae() -> Path:
     """The demo's SAE on the default model's middle MLP, trained once into $NEURODASH_HOME."""
-    from precompute.models import mlp_hook
-    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+    from precompute import mlp_hook
+    from precompute.sae import train_sae
 
     folder = paths.home() / f"sae-L{DEMO_SAE_LAYER}"
     if not (folder / "cfg.json").is_file():
@@ -300,7 +297,7 @@ def demo_sae() -> Path:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> None:
-    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+    from precompute.sae import train_sae
 
     hyperparams = SAEHyperparams(
         d_sae=args.d_sae, k=args.k, lr=args.lr, batch_tokens=args.batch_tokens, seed=args.seed
@@ -354,7 +351,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         units=split_list(args.units),
         layers=parse_layers(args.layers) if args.layers else (),
         sources=split_list(args.sources),
-        ranges=ranges,
+        ranges=tuple(ranges),
         buckets=split_list(args.buckets),
         set_name=args.set,
     )
@@ -376,7 +373,7 @@ def cmd_maximize(args: argparse.Namespace) -> None:
     refs = list(split_list(args.unit)) + _units_file(args.units_file)
     if not refs:
         raise NeurodashError("name the units to maximize with --unit or --units-file")
-    from precompute.live.maximize import MaximizeConfig, maximize_many
+    from precompute.live.maximize import maximize_many
 
     config = MaximizeConfig(length=args.length, steps=args.steps, seed=args.seed)
     Store(args.store).close()  # a missing or unreadable store fails here, before the model loads

@@ -11,10 +11,6 @@ from datetime import datetime
 
 from neurodash.units import UnitRef, parse_ref
 
-DEFAULT_LENGTH = 12  # prompt tokens after BOS
-# Optimizer steps: a middle-layer unit of the default model in under 2 minutes on 2 CPU cores.
-DEFAULT_STEPS = 40
-
 
 @dataclass(frozen=True)
 class FoundPrompt:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from neurodash.config import DEFAULT_DATASET
 from neurodash.errors import NeurodashError
 from precompute.hub import hub_reachable
 
-DEFAULT_DATASET = "python-docs"
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
 
@@ -94,15 +94,17 @@ def _load_local(path: Path, split: str):
     files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS) if path.is_dir() else [path]
     if not files:
         raise NeurodashError(f"{path} holds no .txt, .jsonl or .parquet files")
-    builders = {LOCAL_BUILDERS.get(p.suffix) for p in files}
-    if None in builders or len(builders) > 1:
+    builders = {LOCAL_BUILDERS[p.suffix] for p in files if p.suffix in LOCAL_BUILDERS}
+    if len(builders) != 1 or any(p.suffix not in LOCAL_BUILDERS for p in files):
         raise NeurodashError(
             f"{path}: use files of one kind, .txt, .jsonl or .parquet (got {sorted(p.suffix for p in files)})"
         )
     builder = builders.pop()
-    kwargs = {"sample_by": "document"} if builder == "text" else {}
+    data_files = [str(p) for p in files]
     try:
-        return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **kwargs)
+        if builder == "text":
+            return datasets.load_dataset(builder, data_files=data_files, split="train", sample_by="document")
+        return datasets.load_dataset(builder, data_files=data_files, split="train")
     except Exception as e:
         raise NeurodashError(f"cannot read corpus {path}: {str(e).splitlines()[0]}") from None
 

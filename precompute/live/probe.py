@@ -1,7 +1,7 @@
 """The text probe: every unit's activation on one text, token by token.
 
-Models are loaded once per process (``cached_model``): the dashboard calls this from background
-jobs, never from a request thread. The text is tokenized as the pipeline does it: BOS, then the
+Models are loaded once per process (``precompute.live.cache``): the dashboard calls this from
+background jobs, never from a request thread. The text is tokenized as the pipeline does it: BOS, then the
 text without special tokens; the BOS position is dropped unless ``keep_bos``.
 """
 
@@ -10,24 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from precompute.models import DEFAULT_MODEL, LoadedModel, load_model
+from precompute.live.cache import avoid_inherited_thread_pool, cached_model
 
 MAX_TOKENS = 512
-_MODELS: dict[tuple[str, str], LoadedModel] = {}
 
-
-def avoid_inherited_thread_pool() -> None:
-    """Run torch on one thread. A process forked from one that had already used torch's OpenMP
-    pool (a test run, a notebook) hangs at its first parallel op otherwise."""
-    torch.set_num_threads(1)
-
-
-def cached_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
-    """``load_model`` once per (name, device) in this process."""
-    key = (name, device)
-    if key not in _MODELS:
-        _MODELS[key] = load_model(name, device)
-    return _MODELS[key]
+__all__ = ["MAX_TOKENS", "avoid_inherited_thread_pool", "cached_model", "probe_text"]
 
 
 def probe_text(

@@ -1,8 +1,13 @@
 """The pipeline: stream a corpus through the model once and write a store.
 
-- ``run``: the pass (``run_precompute``): load, stream batches, update every unit's state, write;
-- ``accumulate``: the streaming per-unit state (top/bottom-k, quantile sample, moments, histogram);
+- ``run``: ``run_precompute``: set up the sources to track, run the pass, write every table;
+- ``stream``: the pass itself: each batch through the model once, every source's state updated;
+- ``accumulate``: the streaming per-unit state (top/bottom-k, quantile sample, moments, histogram),
+  handed over as an ``AccumulatorResult``;
+- ``tables``: an ``AccumulatorResult`` (and the units' directions) -> the store's tables;
 - ``polysemanticity``: the score functions applied to that state.
+
+The settings (``PrecomputeConfig``, ``AccumulatorConfig``) live in ``neurodash.config``.
 """
 
 from precompute.pipeline.run import PrecomputeConfig, run_precompute

@@ -11,6 +11,8 @@ bounded state on the device, so memory does not grow with the corpus:
 - count, sums of powers (mean, std, skew, kurtosis), min, max, density;
 - a histogram with per-unit power-of-two bin width that doubles (merging bin pairs exactly) when
   a larger value arrives, so it equals a histogram over the final edges of every activation.
+
+``result()`` hands the state over as an ``AccumulatorResult``: numpy arrays, per unit.
 """
 
 from __future__ import annotations
@@ -22,24 +24,93 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from neurodash.config import AccumulatorConfig
+
 _MASK32 = 0xFFFFFFFF
 NO_KEY = 1 << 30  # larger than any 30-bit key: an empty sample slot
 
 
 @dataclass(frozen=True)
-class AccumulatorConfig:
-    top_k: int = 20
-    bottom_k: int = 10
-    quantile_groups: int = 5
-    per_group: int = 4
-    window: int = 32  # tokens stored around each example's extreme token
-    window_before: int = 24  # of which this many come before it, where the sequence allows
-    hist_bins: int = 64  # bins on each side of zero
-    seed: int = 0
+class Examples:
+    """``k`` example slots per unit: ``[units, k]`` arrays (``win``: ``[units, k, window]``).
+
+    ``val`` is the activation that ranked the example (its extreme, or the sampled token's value);
+    ``pos`` its token, ``start`` the window's first token in sequence ``seq`` (-1: an empty slot).
+    ``tok`` and ``rep`` (the token id and projected representation at ``pos``) are copied only when
+    the pass keeps context for scores, and only once an example entered (else None).
+    """
+
+    val: np.ndarray
+    seq: np.ndarray
+    pos: np.ndarray
+    start: np.ndarray
+    win: np.ndarray
+    tok: np.ndarray | None = None
+    rep: np.ndarray | None = None
+
+    @classmethod
+    def from_slots(cls, slots: dict[str, np.ndarray]) -> Examples:
+        return cls(**{name: slots[name] for name in _EXAMPLE_FIELDS if name in slots})
+
+    def take(self, order: np.ndarray) -> Examples:
+        """The slots reordered per unit: slot j of unit u becomes slot ``order[u, j]``."""
+
+        def t(v: np.ndarray) -> np.ndarray:
+            return np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1)
+
+        tok = None if self.tok is None else t(self.tok)
+        rep = None if self.rep is None else t(self.rep)
+        return Examples(t(self.val), t(self.seq), t(self.pos), t(self.start), t(self.win), tok, rep)
+
+    def context(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(tok, rep)``, zero-filled where no example ever entered (nothing was copied)."""
+        shape = self.val.shape
+        tok = self.tok if self.tok is not None else np.zeros(shape, dtype=np.int32)
+        rep = self.rep if self.rep is not None else np.zeros((*shape, dims), dtype=np.float16)
+        return tok, rep
+
+
+_EXAMPLE_FIELDS = ("val", "seq", "pos", "start", "win", "tok", "rep")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Over the ``count`` tokens read (BOS left out): each unit's mean, std, skew and kurtosis."""
+
+    count: int
+    mean: np.ndarray
+    std: np.ndarray
+    skew: np.ndarray
+    kurtosis: np.ndarray
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """``counts[u]``: unit u's tokens in the ``2 * n_bins`` right-closed bins of width ``bin_width[u]``
+    (``hist_edges``); bins ``n_bins`` and up count the firing tokens."""
+
+    bin_width: np.ndarray  # [units], 0 where the unit was 0 everywhere
+    counts: np.ndarray  # [units, 2 * n_bins]
+    n_bins: int
+
+
+@dataclass(frozen=True)
+class AccumulatorResult:
+    """All a source's units kept over the pass, as numpy arrays (``[units]`` unless said)."""
+
+    max: np.ndarray
+    min: np.ndarray
+    density: np.ndarray  # the fraction of tokens where the unit fires (> 0)
+    moments: Moments
+    hist: Histogram
+    top: Examples  # the sequences with the highest max, strongest first
+    bottom: Examples  # with the lowest min (``val`` is minus the min), most negative first
+    sample: Examples  # the quantile sample of firing tokens, by rising key
+    sample_keys: np.ndarray  # [units, r]: ``NO_KEY`` marks an empty slot
 
     @property
-    def sample_size(self) -> int:
-        return self.quantile_groups * self.per_group
+    def n_units(self) -> int:
+        return len(self.max)
 
 
 def token_hash(global_pos: Int[Tensor, "..."], seed: int = 0) -> Int[Tensor, "..."]:
@@ -125,9 +196,9 @@ class _Extremes:
             incoming |= at_token(fb, pos)
         _replace_evicted(self.slots, ~chosen[:, :k], incoming)
 
-    def sorted(self) -> dict[str, np.ndarray]:
+    def sorted(self) -> Examples:
         order = self.slots["val"].argsort(1, descending=True)
-        return {name: _take(v, order).cpu().numpy() for name, v in self.slots.items()}
+        return Examples.from_slots({name: _take(v, order).cpu().numpy() for name, v in self.slots.items()})
 
 
 def _take(value: Tensor, order: Tensor) -> Tensor:
@@ -205,8 +276,10 @@ class UnitAccumulator:
             start = (pos - before).clamp(0, t - w)
             return start, rows(b, u, start[:, None] + torch.arange(w, device=self.device))
 
+        to_copy = at_token or {}
+
         def copied(b: Tensor, pos: Tensor) -> dict[str, Tensor]:
-            return {name: v[b, pos] for name, v in at_token.items()}
+            return {name: v[b, pos] for name, v in to_copy.items()}
 
         copy = copied if at_token else None
         body = torch.arange(first, t, device=self.device)[None, :]
@@ -295,8 +368,8 @@ class UnitAccumulator:
         _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
         self.sample_bound = state["key"].max(1).values
 
-    def result(self) -> dict:
-        """Final statistics and examples as numpy arrays (see ``precompute.pipeline``)."""
+    def result(self) -> AccumulatorResult:
+        """Final statistics and examples as numpy arrays."""
         n = max(self.count, 1)
         m1, m2, m3, m4 = (self.moments / n).cpu().numpy()
         var = np.maximum(m2 - m1**2, 0.0)
@@ -305,23 +378,19 @@ class UnitAccumulator:
             skew = np.where(var > 0, (m3 - 3 * m1 * m2 + 2 * m1**3) / std**3, 0.0)
             kurt = np.where(var > 0, (m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4) / var**2, 0.0)
         hist = self.hist.T.cpu().numpy()
-        return {
-            "count": self.count,
-            "max": self.max.cpu().numpy(),
-            "min": self.min.cpu().numpy(),
-            "mean": m1,
-            "std": std,
-            "skew": skew,
-            "kurtosis": kurt,
-            "density": hist[:, self.cfg.hist_bins :].sum(1) / n,
-            "bin_width": self.bin_width.cpu().numpy(),
-            "hist": hist,
-            "top": self.top.sorted(),
-            "bottom": self.bottom.sorted(),
-            "sample": {
-                k: _take(v, self.sample["key"].argsort(1)).cpu().numpy() for k, v in self.sample.items()
-            },
-        }
+        by_key = self.sample["key"].argsort(1)
+        sample = {k: _take(v, by_key).cpu().numpy() for k, v in self.sample.items()}
+        return AccumulatorResult(
+            max=self.max.cpu().numpy(),
+            min=self.min.cpu().numpy(),
+            density=hist[:, self.cfg.hist_bins :].sum(1) / n,
+            moments=Moments(self.count, m1, std, skew, kurt),
+            hist=Histogram(self.bin_width.cpu().numpy(), hist, self.cfg.hist_bins),
+            top=self.top.sorted(),
+            bottom=self.bottom.sorted(),
+            sample=Examples.from_slots(sample),
+            sample_keys=sample["key"],
+        )
 
 
 def hist_edges(bin_width: float, n_bins: int) -> np.ndarray:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from precompute.pipeline.accumulate import Examples
+
 
 def effective_number(weights: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(H(p)) of the distribution p proportional to non-negative ``weights`` along ``axis``.
@@ -149,14 +151,20 @@ def combined(*effective_numbers: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.exp(logs / np.maximum(n, 1)), np.nan)
 
 
-def kept_examples(top: dict[str, np.ndarray], sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def kept_examples(top: Examples, sample: Examples, dims: int) -> dict[str, np.ndarray]:
     """Each unit's top and quantile-sample examples where it fires, strongest first: ``[units, n]`` arrays
-    ``val``, ``seq``, ``pos``, ``tok`` and ``rep`` (``[units, n, d]``), and ``valid``.
+    ``val``, ``seq``, ``pos``, ``tok`` and ``rep`` (``[units, n, dims]``), and ``valid``.
 
     ``top`` and ``sample`` are the accumulator's slots (``val`` 0 or less marks an empty one).
     """
-    names = ("val", "seq", "pos", "tok", "rep")
-    both = {k: np.concatenate([top[k], sample[k]], axis=1) for k in names}
+    (top_tok, top_rep), (sample_tok, sample_rep) = top.context(dims), sample.context(dims)
+    both = {
+        "val": np.concatenate([top.val, sample.val], axis=1),
+        "seq": np.concatenate([top.seq, sample.seq], axis=1),
+        "pos": np.concatenate([top.pos, sample.pos], axis=1),
+        "tok": np.concatenate([top_tok, sample_tok], axis=1),
+        "rep": np.concatenate([top_rep, sample_rep], axis=1),
+    }
     valid = both["val"] > 0
     order = np.argsort(-np.where(valid, both["val"], -np.inf), axis=1, kind="stable")
     out = {

@@ -17,12 +17,12 @@ from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
 from neurodash.app import current_unit, ids, jobs, render
 from neurodash.colors import POSITIVE, rgba
+from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS, MAX_LENGTH
 from neurodash.errors import NeurodashError
-from neurodash.results import DEFAULT_LENGTH, DEFAULT_STEPS, Frontier, frontier_from_json
+from neurodash.results import Frontier, frontier_from_json
 from neurodash.storage.maximize import MaximizeResults
 from neurodash.units import UnitRef
 
-MAX_LENGTH = 64
 MAX_STEPS = 1000  # from the page; the CLI allows more
 JOB = jobs.JobControls(
     ids.MAXIMIZE_RUN,

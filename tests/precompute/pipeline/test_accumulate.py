@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.pipeline.accumulate import NO_KEY, AccumulatorConfig, UnitAccumulator, token_hash, unit_salts
-from precompute.pipeline.run import examples_table
+from neurodash.config import AccumulatorConfig
+from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, UnitAccumulator, token_hash, unit_salts
+from precompute.pipeline.tables import examples_table
 
 CFG = AccumulatorConfig(
     top_k=5, bottom_k=3, quantile_groups=3, per_group=2, window=8, window_before=5, hist_bins=16
@@ -30,7 +31,7 @@ def acts() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def result(acts) -> dict:
+def result(acts) -> AccumulatorResult:
     acc = UnitAccumulator(U, T, CFG)
     for s in range(0, N_SEQ, BATCH):
         batch = torch.from_numpy(acts[s : s + BATCH].copy())
@@ -46,20 +47,20 @@ def window_of(acts: np.ndarray, seq: int, pos: int, unit: int) -> tuple[int, np.
 
 def test_moments_and_density(acts, result):
     a = acts[:, FIRST:, :].reshape(-1, U).astype(np.float64)
-    assert result["count"] == a.shape[0]
-    np.testing.assert_allclose(result["max"], a.max(0), rtol=1e-6)
-    np.testing.assert_allclose(result["min"], a.min(0), rtol=1e-6)
-    np.testing.assert_allclose(result["mean"], a.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(result["std"], a.std(0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(result["density"], (a > 0).mean(0))
+    assert result.moments.count == a.shape[0]
+    np.testing.assert_allclose(result.max, a.max(0), rtol=1e-6)
+    np.testing.assert_allclose(result.min, a.min(0), rtol=1e-6)
+    np.testing.assert_allclose(result.moments.mean, a.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.moments.std, a.std(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.density, (a > 0).mean(0))
     centered = a - a.mean(0)
     var = centered.var(0)
     live = var > 0
     np.testing.assert_allclose(
-        result["skew"][live], (centered**3).mean(0)[live] / var[live] ** 1.5, rtol=1e-3
+        result.moments.skew[live], (centered**3).mean(0)[live] / var[live] ** 1.5, rtol=1e-3
     )
     np.testing.assert_allclose(
-        result["kurtosis"][live], (centered**4).mean(0)[live] / var[live] ** 2, rtol=1e-3
+        result.moments.kurtosis[live], (centered**4).mean(0)[live] / var[live] ** 2, rtol=1e-3
     )
 
 
@@ -67,11 +68,11 @@ def test_histogram_equals_binning_every_activation(acts, result):
     a = acts[:, FIRST:, :].reshape(-1, U).astype(np.float64)
     h = CFG.hist_bins
     for u in range(U):
-        w = result["bin_width"][u] or 1.0
+        w = result.hist.bin_width[u] or 1.0
         assert np.abs(a[:, u]).max() < h * w, "bins cover every value"
         expected = np.bincount((np.ceil(a[:, u] / w) - 1 + h).astype(int), minlength=2 * h)
-        np.testing.assert_array_equal(result["hist"][u], expected)
-        assert result["hist"][u][h:].sum() == (a[:, u] > 0).sum()  # bins k >= 0 are the firing tokens
+        np.testing.assert_array_equal(result.hist.counts[u], expected)
+        assert result.hist.counts[u][h:].sum() == (a[:, u] > 0).sum()  # bins k >= 0 are the firing tokens
 
 
 def test_top_and_bottom_examples(acts, result):
@@ -80,20 +81,20 @@ def test_top_and_bottom_examples(acts, result):
         ("top", body.max(1), CFG.top_k, 1),
         ("bottom", body.min(1), CFG.bottom_k, -1),
     ):
-        got = result[name]
+        got = getattr(result, name)
         for u in range(U):
             order = np.argsort(-sign * extreme[:, u], kind="stable")
             expected = [s for s in order[:k] if sign * extreme[s, u] > 0]
-            valid = got["val"][u] > 0
+            valid = got.val[u] > 0
             assert valid.sum() == len(expected), (name, u)
-            np.testing.assert_allclose(sign * got["val"][u][valid], extreme[expected, u])
-            np.testing.assert_array_equal(got["seq"][u][valid], expected)
+            np.testing.assert_allclose(sign * got.val[u][valid], extreme[expected, u])
+            np.testing.assert_array_equal(got.seq[u][valid], expected)
             for slot, seq in enumerate(expected):
                 pos = int(np.argmax(sign * body[seq, :, u])) + FIRST
-                assert got["pos"][u][slot] == pos
+                assert got.pos[u][slot] == pos
                 start, window = window_of(acts, seq, pos, u)
-                assert got["start"][u][slot] == start
-                np.testing.assert_array_equal(got["win"][u][slot], window)
+                assert got.start[u][slot] == start
+                np.testing.assert_array_equal(got.win[u][slot], window)
 
 
 def test_quantile_sample_is_the_smallest_keys_among_firing_tokens(acts, result):
@@ -105,24 +106,24 @@ def test_quantile_sample_is_the_smallest_keys_among_firing_tokens(acts, result):
         firing = acts[:, FIRST:, u] > 0
         keys = (token_keys ^ salts[u])[firing]
         chosen = np.argsort(keys, kind="stable")[:r]
-        sample = result["sample"]
-        valid = sample["key"][u] < NO_KEY
+        sample = result.sample
+        valid = result.sample_keys[u] < NO_KEY
         assert valid.sum() == len(chosen)
-        np.testing.assert_array_equal(sample["key"][u][valid], keys[chosen])
-        np.testing.assert_array_equal(sample["seq"][u][valid], seq[firing][chosen])
-        np.testing.assert_array_equal(sample["pos"][u][valid], pos[firing][chosen])
-        np.testing.assert_array_equal(sample["val"][u][valid], acts[:, FIRST:, u][firing][chosen])
+        np.testing.assert_array_equal(result.sample_keys[u][valid], keys[chosen])
+        np.testing.assert_array_equal(sample.seq[u][valid], seq[firing][chosen])
+        np.testing.assert_array_equal(sample.pos[u][valid], pos[firing][chosen])
+        np.testing.assert_array_equal(sample.val[u][valid], acts[:, FIRST:, u][firing][chosen])
         for slot in np.flatnonzero(valid):
-            start, window = window_of(acts, sample["seq"][u][slot], sample["pos"][u][slot], u)
-            np.testing.assert_array_equal(sample["win"][u][slot], window)
+            start, window = window_of(acts, sample.seq[u][slot], sample.pos[u][slot], u)
+            np.testing.assert_array_equal(sample.win[u][slot], window)
 
 
 def test_quantile_groups_split_the_sorted_sample(result):
     table = examples_table("L0.mlp", result, CFG)
     groups = [f"q{g / CFG.quantile_groups:.2f}" for g in range(CFG.quantile_groups)]
-    sample = result["sample"]
+    sample = result.sample
     for u in range(U):
-        values = np.sort(sample["val"][u][sample["key"][u] < NO_KEY])
+        values = np.sort(sample.val[u][result.sample_keys[u] < NO_KEY])
         n = len(values)
         for g, name in enumerate(groups):
             rows = (table["unit"] == u) & (table["bucket"] == name)
@@ -137,7 +138,7 @@ def test_quantile_groups_split_the_sorted_sample(result):
 def test_dead_unit_has_no_examples(result):
     table = examples_table("L0.mlp", result, CFG)
     assert not (table["unit"] == 5).any()
-    assert result["density"][5] == 0 and result["max"][5] == 0
+    assert result.density[5] == 0 and result.max[5] == 0
 
 
 def test_keep_bos_counts_the_first_position():
@@ -146,4 +147,4 @@ def test_keep_bos_counts_the_first_position():
     acc = UnitAccumulator(3, 6, CFG)
     acc.update(x.clone(), torch.arange(2), first=0)
     res = acc.result()
-    assert res["count"] == 12 and res["max"][0] == 9.0 and res["top"]["pos"][0][0] == 0
+    assert res.moments.count == 12 and res.max[0] == 9.0 and res.top.pos[0][0] == 0

@@ -229,7 +229,7 @@ def offline_hub(monkeypatch, tmp_path):
     """No hub and an empty cache, whatever this machine's network."""
     import huggingface_hub.constants as constants
 
-    monkeypatch.setattr("precompute.sae.train.hub_reachable", lambda: False)
+    monkeypatch.setattr("precompute.sae.load.hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

@@ -1,0 +1,157 @@
+"""The one streaming pass: each batch of windows runs through the model once, and every tracked
+source updates its units' state from the activations it needs; the windows go to the store as they pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from neurodash.config import PrecomputeConfig
+from neurodash.storage import StoreWriter
+from neurodash.units import Source
+from precompute.corpus import pack_windows
+from precompute.models import LoadedModel
+from precompute.pipeline.accumulate import UnitAccumulator
+from precompute.pipeline.polysemanticity import attribution_sums, projection
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Tracked:
+    """A source being accumulated: its metadata, the hook it reads, its directions, its state."""
+
+    source: Source
+    hook: str
+    directions: Tensor  # [n_units, d_model]: what each unit writes to the residual stream
+    acc: UnitAccumulator
+    encode: Callable[[Tensor], Tensor] | None = None  # hook activations -> unit activations (SAEs)
+    decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
+    bridge: NeuronBridge | None = None  # SAEs on tracked neurons: what drives them (``run._write_links``)
+    context_hook: str | None = None  # the representation kept at each example's token (scores)
+
+
+@dataclass
+class NeuronBridge:
+    """For an SAE read from tracked neurons: the decoder's positive part on the device, and the
+    ``attribution_sums`` gathered so far (``[n_units, d_in]``, float64)."""
+
+    decoder_up: Tensor
+    attribution: Tensor
+
+    def update(self, neurons: Tensor, features: Tensor) -> None:
+        self.attribution += attribution_sums(neurons.float(), features.float(), self.decoder_up).double()
+
+
+class Contexts:
+    """Per hook, a fixed random projection of its activation vector at every token (the
+    representation that context clusters compare), and the projections' running sum for centring."""
+
+    def __init__(self, dims: int, device: str, seed: int):
+        self.dims, self.device, self.seed = dims, device, seed
+        self.matrix: dict[str, Tensor] = {}
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def project(self, hook: str, acts: Tensor, first: int) -> Tensor:
+        if hook not in self.matrix:
+            p = projection(acts.shape[-1], self.dims, self.seed)
+            self.matrix[hook] = torch.from_numpy(p).to(self.device)
+            self.sums[hook] = torch.zeros(self.dims, dtype=torch.float64, device=self.device)
+            self.counts[hook] = 0
+        rep = acts.float() @ self.matrix[hook]
+        self.sums[hook] += rep[:, first:].sum((0, 1)).double()
+        self.counts[hook] += rep.shape[0] * (rep.shape[1] - first)
+        return rep.half()
+
+    def mean(self, hook: str | None) -> np.ndarray:
+        if hook not in self.sums:
+            return np.zeros(self.dims, dtype=np.float32)
+        return (self.sums[hook] / max(self.counts[hook], 1)).float().cpu().numpy()
+
+
+class PhaseClock:
+    """Wall time per phase of the pass (synchronising the GPU at phase ends, so times are real)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def measure(self, name: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.phase(name):
+            return fn(*args, **kwargs)
+
+
+def stream(
+    model: LoadedModel,
+    dataset: Iterable,
+    cfg: PrecomputeConfig,
+    tracked: list[Tracked],
+    hooks: list[str],
+    first: int,
+    writer: StoreWriter,
+    progress: bool,
+    contexts: Contexts | None = None,
+) -> tuple[int, dict[str, float]]:
+    """The one pass: run each batch once, update every source, append its sequences.
+
+    Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
+    """
+    batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
+    total = (cfg.tokens // cfg.ctx) * cfg.ctx
+    clock = PhaseClock(cfg.device)
+    n_tokens = 0
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="precompute", disable=not progress) as bar:
+        while (batch := clock.measure("tokenize", next, batches, None)) is not None:
+            acts = clock.measure("forward", model.activations, batch.tokens, hooks)
+            with clock.phase("accumulate"):
+                at_token = {}
+                if contexts is not None:
+                    tokens = batch.tokens.to(cfg.device, torch.int32)
+                    context_hooks = dict.fromkeys(t.context_hook for t in tracked if t.context_hook)
+                    at_token = {
+                        h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks
+                    }
+                for t in tracked:
+                    unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
+                    if t.bridge is not None:  # an SAE on tracked neurons: what drives them
+                        x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
+                        t.bridge.update(x, a)
+                    t.acc.update(
+                        unit_acts,
+                        batch.seq_ids,
+                        first=first,
+                        ctx=cfg.ctx,
+                        at_token=at_token.get(t.context_hook) if t.context_hook else None,
+                    )
+            with clock.phase("write"):
+                writer.append(
+                    "sequences",
+                    {
+                        "seq_id": batch.seq_ids.numpy(),
+                        "doc_id": batch.doc_ids.numpy(),
+                        "start": batch.starts.numpy(),
+                        "token_ids": batch.tokens.numpy().astype(np.int32),
+                    },
+                )
+            n_tokens += batch.tokens.numel()
+            bar.update(batch.tokens.numel())
+    return n_tokens, clock.seconds

@@ -1,0 +1,214 @@
+"""From what the pass kept to the store's tables: one dict of columns per table, ready for
+``StoreWriter.append``. Pure functions of an ``AccumulatorResult`` (and of the units' directions).
+
+- ``units_table``: statistics and the histogram, trimmed to its non-empty bins;
+- ``examples_table``: top, bottom and quantile-group examples;
+- ``polysemanticity_tables``: the scores (long format) and each kept example's context cluster;
+- ``logits_table``, ``neighbors_table``: the output directions through W_U, and nearest units;
+- ``links_table``, ``unit_scores_table``: the bridge between a layer's neurons and an SAE's features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from neurodash.config import AccumulatorConfig
+from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, Examples, hist_edges
+from precompute.pipeline.polysemanticity import bimodality, combined, example_scores, kept_examples
+
+Columns = dict[str, Sequence | np.ndarray]  # what StoreWriter.append takes
+
+
+def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
+    n, m, h = res.n_units, res.moments, res.hist
+    edges, counts = [], []
+    for w, unit_counts in zip(h.bin_width, h.counts):
+        nz = np.flatnonzero(unit_counts)
+        lo, hi = (nz[0], nz[-1] + 1) if len(nz) else (n_bins - 1, n_bins)
+        edges.append(hist_edges(w if w > 0 else 1.0, n_bins)[lo : hi + 1].astype(np.float32))
+        counts.append(unit_counts[lo:hi])
+    return {
+        "source_id": [sid] * n,
+        "unit": np.arange(n, dtype=np.int32),
+        "max_act": res.max,
+        "min_act": res.min,
+        "mean_act": m.mean.astype(np.float32),
+        "std_act": m.std.astype(np.float32),
+        "skew": m.skew.astype(np.float32),
+        "kurtosis": m.kurtosis.astype(np.float32),
+        "density": res.density.astype(np.float32),
+        "n_tokens": np.full(n, m.count, dtype=np.int64),
+        "hist_edges": edges,
+        "hist_counts": counts,
+    }
+
+
+def examples_table(sid: str, res: AccumulatorResult, cfg: AccumulatorConfig) -> Columns:
+    """Top and bottom examples where the unit fires (> 0) or goes negative, and quantile groups."""
+    top, bottom = res.top, res.bottom
+    parts = [
+        _bucket_rows(top, top.val > 0, np.full(top.val.shape, "top", dtype=object)),
+        _bucket_rows(bottom, bottom.val > 0, np.full(bottom.val.shape, "bottom", dtype=object)),
+        _quantile_rows(res.sample, res.sample_keys < NO_KEY, cfg.quantile_groups),
+    ]
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.lexsort((cols["rank"], cols["bucket"], cols["unit"]))
+    return {
+        "source_id": [sid] * len(order),
+        "unit": cols["unit"][order].astype(np.int32),
+        "bucket": cols["bucket"][order],
+        "rank": cols["rank"][order].astype(np.int32),
+        "seq_id": cols["seq"][order],
+        "pos": cols["pos"][order].astype(np.int32),
+        "start": cols["start"][order].astype(np.int32),
+        "acts": cols["win"][order],
+    }
+
+
+def _bucket_rows(
+    e: Examples, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    units, slots = np.nonzero(keep)
+    return {
+        "unit": units,
+        "bucket": bucket[units, slots],
+        "rank": (slots if rank is None else rank[units, slots]),
+        "seq": e.seq[units, slots],
+        "pos": e.pos[units, slots],
+        "start": e.start[units, slots],
+        "win": e.win[units, slots],
+    }
+
+
+def _quantile_rows(sample: Examples, valid: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+    """Sort each unit's sample by value; the i-th of n goes to group floor(i * G / n).
+
+    Group j holds the sample's quantiles [j / G, (j + 1) / G) and is named by its lower bound
+    (``q0.00``, ``q0.20``, ...); rank 0 is the group's strongest example.
+    """
+    vals = np.where(valid, sample.val, np.inf)
+    by_value = sample.take(np.argsort(vals, axis=1, kind="stable"))
+    n = valid.sum(1, keepdims=True)
+    i = np.arange(vals.shape[1])[None, :]
+    group = (i * n_groups) // np.maximum(n, 1)
+    keep = i < n
+    in_group_from_top = np.zeros_like(group)
+    for g in range(n_groups):  # rank within a group counts down from its strongest member
+        members = (group == g) & keep
+        in_group_from_top = np.where(members, np.cumsum(members[:, ::-1], 1)[:, ::-1] - 1, in_group_from_top)
+    names = np.array([f"q{g / n_groups:.2f}" for g in range(n_groups)], dtype=object)
+    return _bucket_rows(by_value, keep, names[np.minimum(group, n_groups - 1)], in_group_from_top)
+
+
+def polysemanticity_tables(
+    sid: str, res: AccumulatorResult, rep_mean: np.ndarray, dims: int
+) -> tuple[Columns, Columns]:
+    """The scores (long format, NaN left out) and each kept example's context cluster."""
+    kept = kept_examples(res.top, res.sample, dims)
+    ex = example_scores(kept, rep_mean)
+    metrics = {
+        "context_diversity": ex["context_diversity"],
+        "token_diversity": ex["token_diversity"],
+        "bimodality": bimodality(res.moments.skew, res.moments.kurtosis),
+    }
+    metrics["polysemanticity"] = combined(metrics["context_diversity"], metrics["token_diversity"])
+    units, names, values = [], [], []
+    for name, v in metrics.items():
+        ok = np.flatnonzero(np.isfinite(v))
+        units.append(ok)
+        names.append(np.full(len(ok), name, dtype=object))
+        values.append(v[ok])
+    units_np = np.concatenate(units)
+    scores = {
+        "source_id": [sid] * len(units_np),
+        "unit": units_np.astype(np.int32),
+        "metric": np.concatenate(names),
+        "value": np.concatenate(values).astype(np.float64),
+    }
+    u, j = np.nonzero(kept["valid"])
+    clusters = {
+        "source_id": [sid] * len(u),
+        "unit": u.astype(np.int32),
+        "seq_id": kept["seq"][u, j].astype(np.int64),
+        "pos": kept["pos"][u, j].astype(np.int32),
+        "cluster": ex["cluster"][u, j].astype(np.int32),
+    }
+    return scores, clusters
+
+
+def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> Columns:
+    """Top ``k`` boosted and suppressed tokens of each unit's output direction through W_U."""
+    rows: dict[str, list] = {"source_id": [], "unit": [], "sign": [], "rank": [], "token_id": [], "value": []}
+    for chunk_start in range(0, directions.shape[0], 512):
+        effects = directions[chunk_start : chunk_start + 512] @ unembed  # [chunk, d_vocab]
+        for sign, (vals, ids) in (("+", effects.topk(k, dim=1)), ("-", (-effects).topk(k, dim=1))):
+            vals = vals if sign == "+" else -vals
+            n = vals.shape[0]
+            rows["unit"].append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
+            rows["rank"].append(np.tile(np.arange(k), n))
+            rows["token_id"].append(ids.reshape(-1).cpu().numpy())
+            rows["value"].append(vals.reshape(-1).cpu().numpy())
+            rows["sign"].append(np.full(n * k, sign, dtype=object))
+    out: Columns = {key: np.concatenate(v) for key, v in rows.items() if v}
+    out["source_id"] = [sid] * len(out["unit"])
+    return {key: out[key] for key in ("source_id", "unit", "sign", "rank", "token_id", "value")}
+
+
+def neighbors_table(sid: str, directions: Tensor, k: int) -> Columns:
+    """Each unit's ``k`` nearest units of the same source by cosine similarity of ``directions``.
+
+    Neurons: their output directions (rows of W_out); SAE features: their decoder rows.
+    """
+    unit_dirs = torch.nn.functional.normalize(directions.float(), dim=1)
+    k = min(k, unit_dirs.shape[0] - 1)
+    units, ranks, neighbors, cosines = [], [], [], []
+    for chunk_start in range(0, unit_dirs.shape[0], 1024):
+        sims = unit_dirs[chunk_start : chunk_start + 1024] @ unit_dirs.T
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        sims[rows, rows + chunk_start] = -torch.inf  # not its own neighbor
+        vals, ids = sims.topk(k, dim=1)
+        n = vals.shape[0]
+        units.append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
+        ranks.append(np.tile(np.arange(k), n))
+        neighbors.append(ids.reshape(-1).cpu().numpy())
+        cosines.append(vals.reshape(-1).cpu().numpy())
+    units_np = np.concatenate(units)
+    return {
+        "source_id": [sid] * len(units_np),
+        "unit": units_np.astype(np.int32),
+        "rank": np.concatenate(ranks).astype(np.int32),
+        "neighbor": np.concatenate(neighbors).astype(np.int32),
+        "cosine": np.concatenate(cosines).astype(np.float32),
+    }
+
+
+def links_table(sid: str, target: str, share: np.ndarray, weight: np.ndarray, k: int) -> Columns:
+    """Each row's ``k`` largest ``share`` entries with a share above zero, largest first."""
+    k = min(k, share.shape[1])
+    top = np.argpartition(-share, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(share, top, 1), axis=1, kind="stable"), 1)
+    units, ranks = np.nonzero(np.take_along_axis(share, top, 1) > 0)
+    cols = top[units, ranks]
+    return {
+        "source_id": [sid] * len(units),
+        "unit": units.astype(np.int32),
+        "rank": ranks.astype(np.int32),
+        "target_source_id": [target] * len(units),
+        "target_unit": cols.astype(np.int32),
+        "weight": weight[units, cols].astype(np.float32),
+        "share": share[units, cols].astype(np.float32),
+    }
+
+
+def unit_scores_table(sid: str, metric: str, values: np.ndarray) -> Columns:
+    """One score per unit of ``sid`` (long format, as ``polysemanticity_tables`` writes them)."""
+    return {
+        "source_id": [sid] * len(values),
+        "unit": np.arange(len(values), dtype=np.int32),
+        "metric": [metric] * len(values),
+        "value": values.astype(np.float64),
+    }
