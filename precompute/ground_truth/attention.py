@@ -115,7 +115,6 @@ def hand_built_model(layout: Layout | None = None) -> HookedTransformer:
         normalization_type=None,
         positional_embedding_type="standard",
         use_attn_scale=False,
-        act_fn=None,
         seed=0,
     )
     model = HookedTransformer(cfg)
@@ -142,22 +141,22 @@ def _set_previous_token_head(attn: torch.nn.Module, layout: Layout) -> None:
     """Query at p meets key at p - 1; OV moves the token into the previous-token slot."""
     h = PREVIOUS
     for p in range(layout.n_ctx - 1):
-        attn.W_Q[h, layout.position(p + 1), p] = LOGIT
-        attn.W_K[h, layout.position(p), p] = 1
+        attn.get_parameter("W_Q")[h, layout.position(p + 1), p] = LOGIT
+        attn.get_parameter("W_K")[h, layout.position(p), p] = 1
     for t in range(layout.d_vocab):
-        attn.W_V[h, layout.token(t), t] = 1
-        attn.W_O[h, t, layout.previous(t)] = 1
+        attn.get_parameter("W_V")[h, layout.token(t), t] = 1
+        attn.get_parameter("W_O")[h, t, layout.previous(t)] = 1
 
 
 def _set_bos_head(attn: torch.nn.Module, layout: Layout) -> None:
     """Every query meets position 0; OV writes minus the token read (an anti-copier)."""
     h = TO_BOS
     for p in range(layout.n_ctx):
-        attn.W_Q[h, layout.position(p), 0] = LOGIT
-    attn.W_K[h, layout.position(0), 0] = 1
+        attn.get_parameter("W_Q")[h, layout.position(p), 0] = LOGIT
+    attn.get_parameter("W_K")[h, layout.position(0), 0] = 1
     for t in range(layout.d_vocab):
-        attn.W_V[h, layout.token(t), t] = 1
-        attn.W_O[h, t, layout.token(t)] = -1
+        attn.get_parameter("W_V")[h, layout.token(t), t] = 1
+        attn.get_parameter("W_O")[h, t, layout.token(t)] = -1
 
 
 def _set_duplicate_head(attn: torch.nn.Module, layout: Layout) -> None:
@@ -165,23 +164,23 @@ def _set_duplicate_head(attn: torch.nn.Module, layout: Layout) -> None:
     h = DUPLICATE
     V = layout.d_vocab
     for t in range(V):
-        attn.W_Q[h, layout.token(t), t] = LOGIT
-        attn.W_K[h, layout.token(t), t] = 1
-        attn.W_V[h, layout.token(t), t] = 1
-        attn.W_O[h, t, layout.token(t)] = 1
+        attn.get_parameter("W_Q")[h, layout.token(t), t] = LOGIT
+        attn.get_parameter("W_K")[h, layout.token(t), t] = 1
+        attn.get_parameter("W_V")[h, layout.token(t), t] = 1
+        attn.get_parameter("W_O")[h, t, layout.token(t)] = 1
     for p in range(layout.n_ctx):
-        attn.W_Q[h, layout.position(p), V + p] = -LOGIT
-        attn.W_K[h, layout.position(p), V + p] = 1
+        attn.get_parameter("W_Q")[h, layout.position(p), V + p] = -LOGIT
+        attn.get_parameter("W_K")[h, layout.position(p), V + p] = 1
 
 
 def _set_induction_head(attn: torch.nn.Module, layout: Layout) -> None:
     """Query: the current token; key: the previous-token slot; OV copies the token."""
     h = INDUCTION
     for t in range(layout.d_vocab):
-        attn.W_Q[h, layout.token(t), t] = LOGIT
-        attn.W_K[h, layout.previous(t), t] = 1
-        attn.W_V[h, layout.token(t), t] = 1
-        attn.W_O[h, t, layout.token(t)] = 1
+        attn.get_parameter("W_Q")[h, layout.token(t), t] = LOGIT
+        attn.get_parameter("W_K")[h, layout.previous(t), t] = 1
+        attn.get_parameter("W_V")[h, layout.token(t), t] = 1
+        attn.get_parameter("W_O")[h, t, layout.token(t)] = 1
 
 
 # --- trained ----------------------------------------------------------------------------------
@@ -268,7 +267,6 @@ def _train(config: TrainConfig) -> HookedTransformer:
         attn_only=True,
         normalization_type="LN",
         positional_embedding_type="shortformer",  # positions reach Q and K only, not the stream
-        act_fn=None,
         seed=config.seed,
     )
     model = HookedTransformer(cfg)

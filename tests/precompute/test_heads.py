@@ -120,7 +120,11 @@ def test_trained_toy_ranks_its_previous_token_and_induction_heads_first():
 
     # Truth by ablation: the layer-1 head the second repeat needs most is the induction head; the
     # layer-0 head it needs most is the previous-token head the induction head's keys read.
-    harm = {(layer, head): ablation_loss_increase(model, layer, head, tokens) for layer in (0, 1) for head in range(3)}
+    harm = {
+        (layer, head): ablation_loss_increase(model, layer, head, tokens)
+        for layer in (0, 1)
+        for head in range(3)
+    }
     induction_head = max([(1, h) for h in range(3)], key=harm.__getitem__)
     previous_head = max([(0, h) for h in range(3)], key=harm.__getitem__)
 
