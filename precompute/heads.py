@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -277,25 +278,26 @@ class BridgeAttention:
     def copy_token_ids(self) -> Tensor:
         """The first ``n_copy_tokens`` BPE merges: ordinary tokens of two or more characters, lowest ids
         first (merge order follows pair frequency), so the single-byte alphabet is left out."""
-        pieces = self.loaded.tokenizer.convert_ids_to_tokens(self.probe_token_ids().tolist())
-        ids = [t for t, piece in zip(self.probe_token_ids().tolist(), pieces) if len(piece) >= 2]
-        return torch.tensor(ids[: self.n_copy_tokens])
+        ids = self.probe_token_ids().tolist()
+        pieces = self.loaded.tokenizer.convert_ids_to_tokens(ids)
+        return torch.tensor([t for t, piece in zip(ids, pieces) if len(piece) >= 2][: self.n_copy_tokens])
 
     def attention_patterns(self, tokens: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
         cache = self.loaded.activations(tokens, [pattern_hook(layer) for layer in layers])
         return {layer: cache[pattern_hook(layer)] for layer in layers}
 
+    @torch.inference_mode()
     def ov_factors(self, layer: int, token_ids: Tensor) -> tuple[Tensor, Tensor]:
-        bridge = self.bridge
-        embeddings = self.loaded.embedding_matrix()[token_ids.to(embeddings_device(bridge))]
-        norm: Callable[[Tensor], Tensor] = bridge.blocks[layer].ln1
-        W_V = query_head_values(bridge.W_V[layer].detach(), self.n_heads)
-        W_O = bridge.W_O[layer].detach()
-        unembed = self.loaded.unembed()[:, token_ids.to(embeddings_device(bridge))]
-        with torch.inference_mode():
-            token_inputs = norm(embeddings)
-        return ov_factors_from_weights(token_inputs, W_V, W_O, unembed)
+        ids = token_ids.to(self.loaded.device)
+        norm: Callable[[Tensor], Tensor] = self.bridge.blocks[layer].ln1
+        token_inputs = norm(self.loaded.embedding_matrix()[ids])
+        W_V = query_head_values(self._W_V[layer], self.n_heads)
+        return ov_factors_from_weights(token_inputs, W_V, self._W_O[layer], self.loaded.unembed()[:, ids])
 
+    @cached_property
+    def _W_V(self) -> Float[Tensor, "layer kv_head d_model d_head"]:
+        return self.bridge.W_V.detach().float()  # the bridge stacks every layer on each access
 
-def embeddings_device(bridge: TransformerBridge) -> torch.device:
-    return bridge.W_E.device
+    @cached_property
+    def _W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        return self.bridge.W_O.detach().float()
