@@ -12,9 +12,12 @@ so ``HookedAttention`` is a thin ``AttentionModel`` and the scoring code is the 
   L0H2 to the earlier occurrence of the same token (OV: the identity, a copier), L1H0 is an
   induction head (query: the token; key: the previous-token slot; OV: the identity); L1H1 and
   L1H2 are zero (uniform attention, zero OV circuit).
-- ``train_induction_model``: 2 layers x 3 heads trained (seeded, a few seconds on CPU) to predict
-  the second repeat of random segments; it grows a previous-token head in layer 0 and an induction
-  head in layer 1. Which heads those are is not designed: the tests find them by ablation.
+- ``train_induction_model``: 2 layers x 3 heads (LayerNorm, shortformer positions: positions enter
+  Q and K only) trained, seeded, for 600 steps (10-40 s on the 2-core CPU) to predict the second
+  repeat of random segments of varying length (so no fixed positional offset solves it: with a fixed
+  length and positions in the stream, layer 0 learns to look back R - 1 places instead). It grows a
+  previous-token head in layer 0 and an induction head in layer 1; which heads those are is not
+  designed: the tests find them by ablation.
 """
 
 from __future__ import annotations
