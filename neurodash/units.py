@@ -1,7 +1,8 @@
 """The values that pass between layers: sources, unit references, statistics and examples.
 
 A *unit* is one scalar direction read at one hook: an MLP neuron (``blocks.L.mlp.hook_post``,
-index i) or an SAE feature. A *source* is the set of units read at one hook (and, for features,
+index i), an SAE feature, or an attention head (``blocks.L.attn.hook_z``, query head h; its scalar is
+the norm of its output at a query position). A *source* is the set of units read at one hook (and, for features,
 through one SAE). Everything downstream treats neurons and features alike.
 """
 
@@ -14,6 +15,7 @@ from neurodash.errors import NeurodashError
 
 NEURON = "neuron"
 SAE_FEATURE = "sae_feature"
+HEAD = "head"
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class Source:
     source_id: str  # e.g. "L12.mlp" (neurons) or "L12.sae" (features of an SAE on layer 12)
     model: str
     hook: str  # TransformerLens hook name, e.g. "blocks.12.mlp.hook_post"
-    kind: str  # NEURON or SAE_FEATURE
+    kind: str  # NEURON, SAE_FEATURE or HEAD
     layer: int
     n_units: int
     n_tokens: int
@@ -101,6 +103,18 @@ class Example:
 
 
 @dataclass(frozen=True)
+class AttentionRow:
+    """A head example's query row: the attention from the example's ``pos`` to each token of its
+    window (``pattern[i]`` to ``start + i``; 0 after ``pos``), and, where stored, the attention mass
+    that falls on keys before the window (``before``)."""
+
+    bucket: str
+    rank: int
+    pattern: tuple[float, ...]
+    before: float | None = None
+
+
+@dataclass(frozen=True)
 class LogitEffect:
     sign: str  # "+" boosted, "-" suppressed
     rank: int
@@ -109,7 +123,7 @@ class LogitEffect:
     value: float
 
 
-_SHORT_REF = re.compile(r"^\s*L(\d+)\s*([NF])\s*(\d+)\s*$", re.IGNORECASE)
+_SHORT_REF = re.compile(r"^\s*L(\d+)\s*([NFH])\s*(\d+)\s*$", re.IGNORECASE)
 _LONG_REF = re.compile(r"^\s*/?(?:unit/)?([^/\s]+)/(\d+)\s*$")
 
 
@@ -117,12 +131,18 @@ def neuron_source_id(layer: int) -> str:
     return f"L{layer}.mlp"
 
 
+def head_source_id(layer: int) -> str:
+    """The source of layer ``layer``'s attention heads (one unit per query head)."""
+    return f"L{layer}.attn"
+
+
 def sae_source_id(layer: int, name: str = "") -> str:
     return f"L{layer}.sae" + (f".{name}" if name else "")
 
 
 def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
-    """Parse ``L12N345`` (neuron), ``L12F7`` (feature of the layer's first SAE) or ``<source>/<index>``.
+    """Parse ``L12N345`` (neuron), ``L12F7`` (feature of the layer's first SAE), ``L12H3`` (head) or
+    ``<source>/<index>``.
 
     With ``sources`` given, the reference is also checked against them.
     """
@@ -131,13 +151,17 @@ def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
         layer, kind, index = int(m.group(1)), m.group(2).upper(), int(m.group(3))
         if kind == "N":
             ref = UnitRef(neuron_source_id(layer), index)
+        elif kind == "H":
+            ref = UnitRef(head_source_id(layer), index)
         else:
             candidates = [s for s in sources or [] if s.kind == SAE_FEATURE and s.layer == layer]
             ref = UnitRef(candidates[0].source_id if candidates else sae_source_id(layer), index)
     elif m := _LONG_REF.match(text):
         ref = UnitRef(m.group(1), int(m.group(2)))
     else:
-        raise NeurodashError(f"cannot read unit reference {text!r}: use L12N345, L12F7 or <source>/<index>")
+        raise NeurodashError(
+            f"cannot read unit reference {text!r}: use L12N345, L12F7, L12H3 or <source>/<index>"
+        )
     if sources is not None:
         by_id = {s.source_id: s for s in sources}
         if ref.source_id not in by_id:

@@ -88,6 +88,22 @@ def synthetic_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def heads_store(tmp_path_factory) -> Path:
+    """As ``synthetic_store``, plus 4 attention heads on each of its 3 layers (``L{layer}.attn``)."""
+    from synthetic import XSS_TOKENS, make_synthetic_store
+
+    path = tmp_path_factory.mktemp("app") / "heads.duckdb"
+    return make_synthetic_store(
+        path,
+        n_layers=3,
+        n_units=40,
+        tokens=XSS_TOKENS,
+        score_metrics=("polysemanticity",),
+        head_layers=(0, 1, 2),
+    )
+
+
+@pytest.fixture(scope="session")
 def small_store(tmp_path_factory) -> Path:
     """The small hand-built store of small_store.py (awkward tokens, windows mid-sequence), read only."""
     from small_store import make_small_store

@@ -2,7 +2,9 @@
 
 Used by the app's tests and by ``benchmarks/app_speed.py`` (100k units). Every layer is one
 neuron source ``L{layer}.mlp``; every sequence is ``ctx`` tokens long and every example window
-covers a whole sequence, so ``start`` is always 0.
+covers a whole sequence, so ``start`` is always 0. With ``head_layers``, each of those layers also has
+a source of attention heads ``L{layer}.attn`` laid out as HEADS_SCHEMA.md says: output norms as the
+activations, one stored query row per example in ``attention``, OV logits and the head metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from neurodash.storage import StoreWriter
-from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
+from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, neuron_source_id, sae_source_id
 
 MODEL = "synthetic"
 N_QUANTILE_GROUPS = 5
@@ -28,6 +30,19 @@ XSS_TOKENS = (
     '<img src=x onerror="window.__pwned=1">',
     '<img src=x onerror="window.__xss=1">',
     "<link rel=stylesheet href=http://127.0.0.1:9/x.css>",
+)
+# The metrics of a head (HEADS_SCHEMA.md): synthetic probes, then corpus statistics of its attention.
+HEAD_METRICS = (
+    "induction",
+    "previous_token",
+    "duplicate_token",
+    "bos",
+    "copying",
+    "attn_bos",
+    "attn_previous",
+    "attn_same_token",
+    "attn_distance",
+    "attn_entropy",
 )
 
 
@@ -44,6 +59,8 @@ def make_synthetic_store(
     n_sequences: int = 1024,
     overwrite: bool = True,
     sae_layers: Sequence[int] = (),
+    head_layers: Sequence[int] = (),
+    n_heads: int = 4,
 ) -> Path:
     """Write a store of ``n_layers`` neuron sources of ``n_units`` units each; return its path.
 
@@ -54,6 +71,8 @@ def make_synthetic_store(
     ``tokens`` (e.g. strings that look like HTML) become the first vocabulary entries, appear at
     positions 1, 2, ... of every sequence (so every example shows them) and are every unit's top
     boosted tokens.
+
+    ``head_layers`` adds ``n_heads`` attention heads (source ``L{layer}.attn``) for each layer given.
     """
     rng = np.random.default_rng(seed)
     vocab = _vocab(vocab_size, list(tokens or ()))
@@ -99,6 +118,8 @@ def make_synthetic_store(
             if kind == SAE_FEATURE and layer < n_layers:
                 for table in _links(neuron_source_id(layer), sid, n_units):
                     writer.append("links", table)
+        for layer in head_layers:
+            _write_heads(writer, rng, layer, n_heads, n_examples, ctx, n_sequences, len(vocab), tokens or ())
         writer.set_meta(model=MODEL, dataset="synthetic", ctx=ctx, n_tokens=n_tokens)
         return writer.commit()
 
@@ -261,4 +282,58 @@ def _scores(rng: np.random.Generator, sid: str, n: int, metrics: Sequence[str]) 
         "unit": np.repeat(np.arange(n, dtype=np.int32), m),
         "metric": list(metrics) * n,
         "value": rng.uniform(0, 1, n * m),
+    }
+
+
+def _write_heads(
+    writer: StoreWriter,
+    rng: np.random.Generator,
+    layer: int,
+    n_heads: int,
+    n_examples: int,
+    ctx: int,
+    n_sequences: int,
+    vocab_size: int,
+    injected: Sequence[str],
+) -> None:
+    """One layer's heads: norms (never negative, density 1), examples with their query rows, logits, metrics."""
+    sid = head_source_id(layer)
+    n_tokens = n_sequences * ctx
+    hook = f"blocks.{layer}.attn.hook_z"
+    writer.add_source(
+        Source(sid, MODEL, hook, HEAD, layer, n_heads, n_tokens, config={"activation": "z_norm"})
+    )
+    stats = _units(rng, sid, n_heads, n_tokens)
+    stats["min_act"] = rng.uniform(0.01, 0.1, n_heads).astype(np.float32)
+    stats["mean_act"] = (stats["max_act"] * 0.3).astype(np.float32)
+    stats["density"] = np.ones(n_heads, dtype=np.float32)
+    writer.append("units", stats)
+    examples = _examples(rng, sid, stats["max_act"], stats["min_act"], n_examples, ctx, n_sequences)
+    keep = np.array([b != "bottom" for b in examples["bucket"]])  # norms: no negative side
+    examples = {
+        k: [v[i] for i in np.flatnonzero(keep)] if isinstance(v, list) else v[keep]
+        for k, v in examples.items()
+    }
+    examples["acts"] = np.abs(examples["acts"])
+    writer.append("examples", examples)
+    writer.append("attention", _attention(rng, examples, ctx))
+    writer.append("logits", _logits(rng, sid, n_heads, vocab_size, n_injected=len(injected)))
+    metrics = _scores(rng, sid, n_heads, HEAD_METRICS)
+    writer.append("scores", metrics)
+
+
+def _attention(rng: np.random.Generator, examples: dict, ctx: int) -> dict:
+    """Each example's query row: a softmax over the window up to its query position, 0 after it."""
+    pos = np.asarray(examples["pos"])
+    logits = rng.normal(0, 2, (len(pos), ctx))
+    logits[:, 0] += 2  # a sink on the first token, as real heads have
+    logits[np.arange(ctx)[None, :] > pos[:, None]] = -np.inf
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    return {
+        "source_id": examples["source_id"],
+        "unit": examples["unit"],
+        "bucket": examples["bucket"],
+        "rank": examples["rank"],
+        "pattern": weights.astype(np.float32),
     }

@@ -61,7 +61,7 @@ def test_a_short_feature_ref_takes_the_layers_first_sae():
 )
 def test_parse_ref_refuses_what_it_cannot_read(text):
     message = one_line_error(parse_ref, text)
-    assert message == f"cannot read unit reference {text!r}: use L12N345, L12F7 or <source>/<index>"
+    assert message == f"cannot read unit reference {text!r}: use L12N345, L12F7, L12H3 or <source>/<index>"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ out a path.
 A unit's page is ``/unit/<source>/<index>``: its source id is percent-encoded (ids such as ``L12.mlp``
 stay as they are) so that any id makes one path segment, and read back decoded. A set's page is
 ``/sets?name=...``, the name query-encoded.
+
+An attention head is a unit too (source ``L{layer}.attn``), but its page is ``/head/<layer>/<head>``:
+``unit_href`` of a head leads there, and ``/unit/L3.attn/2`` shows the same page.
 """
 
 from __future__ import annotations
@@ -12,22 +15,41 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote, urlencode
 
-from neurodash.units import UnitRef
+from neurodash.units import UnitRef, head_source_id
 
 OVERVIEW = "/"
 PROBE = "/probe"
 SETS = "/sets"
+HEADS = "/heads"
 NOT_FOUND = "/404"
 UNIT_PREFIX = "/unit/"
 UNIT_TEMPLATE = UNIT_PREFIX + "<source_id>/<index>"  # Dash passes source_id and index to the layout
-# To come: HEAD_TEMPLATE = "/head/<layer>/<head>" (an attention head's page), LAB = "/lab" (the circuit lab).
+HEAD_PREFIX = "/head/"
+HEAD_TEMPLATE = HEAD_PREFIX + "<layer>/<head>"  # an attention head's page
+# To come: LAB = "/lab" (the circuit lab).
 
 _INDEX = re.compile(r"[0-9]+")
+_HEAD_SOURCE = re.compile(r"L(0|[1-9][0-9]*)\.attn")  # units.head_source_id's ids
 
 
 def unit_source_href(source_id: str) -> str:
-    """The start of the paths of a source's units: ``unit_source_href(s) + "7"`` is unit 7's page."""
+    """The start of the paths of a source's units: ``unit_source_href(s) + "7"`` is unit 7's page
+    (a head's page for a source of heads)."""
+    layer = head_layer(source_id)
+    if layer is not None:
+        return f"{HEAD_PREFIX}{layer}/"
     return f"{UNIT_PREFIX}{quote(source_id, safe='')}/"
+
+
+def head_layer(source_id: str) -> int | None:
+    """The layer of a source of heads (``L3.attn`` -> 3), or None for any other source."""
+    m = _HEAD_SOURCE.fullmatch(source_id)
+    return int(m.group(1)) if m else None
+
+
+def head_href(layer: int, head: int) -> str:
+    """A head's page: ``/head/3/2``."""
+    return f"{HEAD_PREFIX}{layer}/{head}"
 
 
 def unit_href(ref: UnitRef) -> str:
@@ -48,12 +70,22 @@ def unit_ref(source_id: str | None, index: str | None) -> UnitRef | None:
     return UnitRef(unquote(source_id), int(index))
 
 
-def parse_unit_path(pathname: str | None) -> UnitRef | None:
-    """The unit whose page is at ``pathname`` (as the browser gives it, a trailing ``/`` allowed), or None."""
-    if not pathname or not pathname.startswith(UNIT_PREFIX):
+def head_ref(layer: str | None, head: str | None) -> UnitRef | None:
+    """The head the variables of ``HEAD_TEMPLATE`` name (as a unit of ``L{layer}.attn``), or None when
+    they name none (this says nothing about whether a store has it)."""
+    if layer is None or head is None or not _INDEX.fullmatch(layer) or not _INDEX.fullmatch(head):
         return None
-    parts = pathname[len(UNIT_PREFIX) :].rstrip("/").split("/")
-    return unit_ref(*parts) if len(parts) == 2 else None
+    return UnitRef(head_source_id(int(layer)), int(head))
+
+
+def parse_unit_path(pathname: str | None) -> UnitRef | None:
+    """The unit whose page is at ``pathname`` (as the browser gives it, a trailing ``/`` allowed; a head's
+    page too), or None."""
+    for prefix, read in ((UNIT_PREFIX, unit_ref), (HEAD_PREFIX, head_ref)):
+        if pathname and pathname.startswith(prefix):
+            parts = pathname[len(prefix) :].rstrip("/").split("/")
+            return read(*parts) if len(parts) == 2 else None
+    return None
 
 
 def set_name(name: str | list[str] | None) -> str | None:

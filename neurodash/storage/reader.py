@@ -17,7 +17,7 @@ import pyarrow as pa
 from neurodash.errors import NeurodashError
 from neurodash.storage.connect import first_line, is_damage, open_checked, sql_string
 from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, STORE, UNIT_FRAME_COLUMNS
-from neurodash.units import Example, Link, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import AttentionRow, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 # An example's window, with the token ids it covers sliced from its sequence: the columns of
 # ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
@@ -215,6 +215,32 @@ class Store:
             [ref.source_id, ref.unit],
         ).fetchall()
         return {(seq, pos): c for seq, pos, c in rows}
+
+    # --- attention heads (#13, the dashboard's side; the precompute helper may add more here) ---
+    def attention_rows(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[AttentionRow]:
+        """A head's stored query rows, one per example (same bucket and rank), in ``examples`` order;
+        empty for a store without the ``attention`` table or a unit that is not a head."""
+        if "attention" not in self._tables:
+            return []
+        before = "before" if "before" in self._attention_columns else "NULL"
+        where, params = "source_id = ? AND unit = ?", [ref.source_id, ref.unit]
+        if buckets:
+            where += f" AND bucket IN ({', '.join('?' * len(buckets))})"
+            params += list(buckets)
+        rows = self.sql(
+            f"SELECT bucket, rank, pattern, {before} FROM attention WHERE {where} "
+            "ORDER BY bucket = 'bottom', bucket <> 'top', bucket DESC, rank",
+            params,
+        ).fetchall()
+        return [AttentionRow(b, r, tuple(p), None if m is None else float(m)) for b, r, p, m in rows]
+
+    @cached_property
+    def _attention_columns(self) -> set[str]:
+        """The ``attention`` table's columns (``before``, the mass before the window, is optional)."""
+        rows = self.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'attention'"
+        ).fetchall()
+        return {r[0] for r in rows}
 
     # --- frames for notebooks, the overview and export -------------------------------------
     def units_frame(self, source_id: str | None = None) -> pd.DataFrame:

@@ -60,9 +60,11 @@ CREATE TABLE links (
     source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
     weight FLOAT, share FLOAT);
 CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
+CREATE TABLE attention (source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER, pattern FLOAT[]);
 """,
     tables=("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores"),
-    optional_tables=("links", "clusters"),  # a store from before them still opens, and reads them empty
+    # a store from before them still opens, and reads them empty
+    optional_tables=("links", "clusters", "attention"),
 )
 
 # A unit's statistics: columns of ``units``, in order, and the numbers the overview shows and filters.
