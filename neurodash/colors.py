@@ -11,12 +11,14 @@ RGB = tuple[int, int, int]
 
 POSITIVE: RGB = (240, 120, 20)  # orange
 NEGATIVE: RGB = (30, 110, 200)  # blue
+ATTENTION: RGB = (120, 70, 190)  # violet: attention weights (never negative), apart from activations
 MIN_ALPHA = 0.005  # a token fainter than this is left uncoloured
 
 # What neurodash.js colours token rows with (see ``token_background``): written into the page as JSON.
 SCALE = {
     "positive": ",".join(map(str, POSITIVE)),
     "negative": ",".join(map(str, NEGATIVE)),
+    "attention": ",".join(map(str, ATTENTION)),
     "min_alpha": MIN_ALPHA,
 }
 

@@ -1,6 +1,6 @@
 """The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``.
 
-A multi-page app (overview, unit, text probe, curated sets, not found) over one store opened read-only. The
+A multi-page app (overview, unit, heads, head, text probe, curated sets, not found) over one store opened read-only. The
 store reaches pages through the app's Flask server (``state.current()``), so several apps can
 live in one process. Everything is served locally: no CDN, fonts or external scripts.
 """
@@ -29,7 +29,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import diskcache
 
     from neurodash.app import routes, shell, state
-    from neurodash.app.pages import not_found_404, overview, probe, sets, unit
+    from neurodash.app.pages import head, heads, not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"
@@ -50,6 +50,10 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     dash.register_page(
         unit.__name__, path_template=routes.UNIT_TEMPLATE, title=unit.title, layout=unit.layout
     )
+    dash.register_page(heads.__name__, path=routes.HEADS, title=heads.TITLE, layout=heads.layout)
+    dash.register_page(
+        head.__name__, path_template=routes.HEAD_TEMPLATE, title=head.title, layout=head.layout
+    )
     dash.register_page(probe.__name__, path=routes.PROBE, title=probe.TITLE, layout=probe.layout)
     dash.register_page(sets.__name__, path=routes.SETS, title=sets.TITLE, layout=sets.layout)
     dash.register_page(
@@ -59,6 +63,8 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     shell.register_callbacks(app)
     overview.register_callbacks(app)
     unit.register_callbacks(app, store.path)
+    heads.register_callbacks(app)
+    head.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
     sets.register_callbacks(app)
     return app

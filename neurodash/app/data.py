@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from neurodash.app import routes
-from neurodash.units import NEURON, SAE_FEATURE, Source, UnitRef
+from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, UnitRef
 
 
 def plural(n: int, word: str) -> str:
@@ -27,6 +27,8 @@ def label_prefixes(sources: list[Source]) -> dict[str, str | None]:
     for s in sources:
         if s.kind == NEURON:
             prefixes[s.source_id] = f"L{s.layer}N"
+        elif s.kind == HEAD:
+            prefixes[s.source_id] = f"L{s.layer}H"
         elif s.kind == SAE_FEATURE and s.layer not in sae_layers:
             prefixes[s.source_id] = f"L{s.layer}F"
             sae_layers.add(s.layer)
@@ -42,8 +44,10 @@ def unit_label(ref: UnitRef, prefixes: dict[str, str | None]) -> str:
 
 
 def adjacent_units(ref: UnitRef, sources: list[Source]) -> tuple[UnitRef | None, UnitRef | None]:
-    """The units before and after ``ref``, running on across sources in the store's order."""
-    order = [s for s in sources if s.n_units > 0]
+    """The units before and after ``ref``, running on across sources in the store's order (heads
+    step among heads, other units among other units)."""
+    is_head = {s.source_id: s.kind == HEAD for s in sources}
+    order = [s for s in sources if s.n_units > 0 and is_head[s.source_id] == is_head[ref.source_id]]
     i = next(k for k, s in enumerate(order) if s.source_id == ref.source_id)
     if ref.unit > 0:
         prev = UnitRef(ref.source_id, ref.unit - 1)
@@ -190,3 +194,62 @@ def unit_magnitudes(units: pd.DataFrame, keys: pd.DataFrame) -> list[float]:
         mags, left_on=["source_id", "unit_index"], right_on=["source_id", "unit"], how="left"
     )
     return merged["mag"].fillna(0.0).clip(lower=1e-9).tolist()
+
+
+# --- attention heads --------------------------------------------------------------------------
+# The head metrics HEADS_SCHEMA.md names, in the order the pages show them; others a store has follow.
+HEAD_METRICS = (
+    "induction",
+    "previous_token",
+    "duplicate_token",
+    "bos",
+    "copying",
+    "attn_bos",
+    "attn_previous",
+    "attn_same_token",
+    "attn_distance",
+    "attn_entropy",
+)
+
+
+def head_frame(units: pd.DataFrame) -> pd.DataFrame:
+    """The heads among ``units`` (``Store.units_frame()``), with their names (``L3H2``) in ``name``."""
+    heads = units[units["kind"] == HEAD].reset_index(drop=True)
+    return heads.assign(name=[f"L{layer}H{unit}" for layer, unit in zip(heads["layer"], heads["unit"])])
+
+
+def head_metrics(heads: pd.DataFrame, score_metrics: list[str]) -> list[str]:
+    """The score metrics that some head has, the known ones first."""
+    have = [m for m in score_metrics if m in heads.columns and heads[m].notna().any()]
+    return sorted(have, key=lambda m: (HEAD_METRICS.index(m) if m in HEAD_METRICS else len(HEAD_METRICS), m))
+
+
+def head_grid(heads: pd.DataFrame, column: str) -> tuple[list[int], int, list[list[float | None]]]:
+    """(layers, heads per layer, ``column`` as rows of layers x columns of heads; None where missing)."""
+    layers = sorted({int(x) for x in heads["layer"]})
+    width = int(heads["unit"].max()) + 1 if len(heads) else 0
+    grid: list[list[float | None]] = [[None] * width for _ in layers]
+    row = {layer: i for i, layer in enumerate(layers)}
+    for layer, unit, value in zip(heads["layer"], heads["unit"], heads[column]):
+        grid[row[int(layer)]][int(unit)] = None if pd.isna(value) else round(float(value), 4)
+    return layers, width, grid
+
+
+def closest_heads(
+    heads: pd.DataFrame, ref: UnitRef, metrics: list[str], k: int = 8
+) -> list[tuple[UnitRef, float]]:
+    """The ``k`` heads whose metrics (each standardised over all heads) are nearest to ``ref``'s, with
+    their Euclidean distance; missing values count as the mean."""
+    if not metrics or len(heads) < 2:
+        return []
+    values = heads[metrics].astype(float)
+    z = ((values - values.mean()) / values.std(ddof=0).replace(0, 1)).fillna(0.0).to_numpy()
+    me = np.flatnonzero(
+        (heads["source_id"] == ref.source_id).to_numpy() & (heads["unit"] == ref.unit).to_numpy()
+    )
+    if not len(me):
+        return []
+    distance = np.sqrt(((z - z[me[0]]) ** 2).sum(1))
+    distance[me[0]] = np.inf
+    order = np.argsort(distance, kind="stable")[: min(k, len(heads) - 1)]
+    return [(UnitRef(str(heads["source_id"][i]), int(heads["unit"][i])), float(distance[i])) for i in order]

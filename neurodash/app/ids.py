@@ -82,3 +82,21 @@ MAXIMIZE_STATUS = "maximize-status"
 MAXIMIZE_DATA = "maximize-data"
 MAXIMIZE_RESULT = "maximize-result"
 MAXIMIZE_FIGURE = "maximize-figure"
+
+# heads page (neurodash/app/pages/heads.py)
+HEADS_METRIC = "heads-metric"  # the score the heat map shows
+HEADS_HEATMAP = "heads-heatmap"  # a click on a cell opens that head's page
+HEADS_GRID = "heads-grid"
+
+# head page (neurodash/app/pages/head.py); its j / k links are UNIT_PREV / UNIT_NEXT
+HEAD_SCORES = "head-scores"
+HEAD_LOGITS = "head-logits"
+HEAD_EXAMPLE = "head-example"  # which example's query row the strip shows
+HEAD_PATTERN = "head-pattern"
+
+# text probe: attention (neurodash/app/panels/probe_attention.py)
+PROBE_ATTN_LAYER = "probe-attn-layer"
+PROBE_ATTN_HEAD = "probe-attn-head"
+PROBE_ATTN_FIGURE = "probe-attn-figure"
+PROBE_ATTN_ARCS = "probe-attn-arcs"
+PROBE_ATTN_TOP_HEADS = "probe-attn-top-heads"  # the heads attending most to the clicked token

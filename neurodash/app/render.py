@@ -17,8 +17,19 @@ from dash import dcc, html
 from dash.development.base_component import Component
 
 from neurodash.app import ids, routes
-from neurodash.colors import NEGATIVE, POSITIVE, SCALE, rgba, value_color
-from neurodash.units import NEURON, SAE_FEATURE, Example, Link, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.colors import ATTENTION, NEGATIVE, POSITIVE, SCALE, rgba, value_color
+from neurodash.units import (
+    HEAD,
+    NEURON,
+    SAE_FEATURE,
+    AttentionRow,
+    Example,
+    Link,
+    LogitEffect,
+    Source,
+    UnitRef,
+    UnitStats,
+)
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 C = TypeVar("C", bound=Component)
@@ -27,9 +38,15 @@ GRAPH_CONFIG: dcc.Graph.Config = {"displayModeBar": False, "responsive": True}
 
 # --- tokens ---------------------------------------------------------------------------------
 def token_row(
-    tokens: Sequence[str], acts: Sequence[float], max_abs: float, marked_index: int | None = None
+    tokens: Sequence[str],
+    acts: Sequence[float],
+    max_abs: float,
+    marked_index: int | None = None,
+    mode: str = "activation",
 ) -> html.Div:
     """A row of tokens coloured by activation, the marked token outlined, hover giving the exact value.
+    With ``mode="attention"``, ``acts`` are attention weights from the marked (query) token, coloured
+    in the attention colour and titled as such.
 
     The row is one element: its tokens and activations travel as JSON in ``data-tokens`` and
     ``assets/neurodash.js`` (``renderTokens``) builds the spans, as text. A unit page holds some
@@ -42,6 +59,7 @@ def token_row(
         "acts": [round(float(a), 4) for a in acts],
         "max_abs": float(max_abs),
         "marked": marked_index,
+        **({"mode": mode} if mode != "activation" else {}),
     }
     return with_data(html.Div(className="nd-tokens"), tokens=json.dumps(payload, separators=(",", ":")))
 
@@ -218,7 +236,7 @@ def logit_figure(effects: Sequence[LogitEffect]) -> dict:
     }
 
 
-KIND_COLORS = {NEURON: POSITIVE, SAE_FEATURE: (40, 150, 130)}
+KIND_COLORS = {NEURON: POSITIVE, SAE_FEATURE: (40, 150, 130), HEAD: ATTENTION}
 
 
 def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> dict:
@@ -528,4 +546,167 @@ def ranked_units(
     ]
     return html.Table(
         [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
+    )
+
+
+# --- attention heads ------------------------------------------------------------------------
+ATTENTION_SCALE = [[0.0, "rgba(255,255,255,1)"], [1.0, rgba(ATTENTION)]]
+
+
+def head_heatmap_figure(
+    layers: Sequence[int], n_heads: int, grid: Sequence[Sequence[float | None]], metric: str
+) -> dict:
+    """Layers (rows, layer 0 at the top) x heads (columns), coloured by ``metric``; the hover names the
+    head (``L3H2``) and its value; ``customdata`` holds ``[layer, head]`` for a click."""
+    heatmap = {
+        "type": "heatmap",
+        "z": [list(row) for row in grid],
+        "x": list(range(n_heads)),
+        "y": list(layers),
+        "customdata": [[[layer, h] for h in range(n_heads)] for layer in layers],
+        "text": [[f"L{layer}H{h}" for h in range(n_heads)] for layer in layers],
+        "hovertemplate": "%{text}: %{z:.3f}<extra></extra>",
+        "colorscale": ATTENTION_SCALE,
+        "xgap": 1,
+        "ygap": 1,
+        "colorbar": {"title": {"text": metric_title(metric), "side": "right"}, "thickness": 12},
+    }
+    return {
+        "data": [heatmap],
+        "layout": _layout(
+            height=max(220, 26 * len(layers) + 90),
+            margin={"l": 50, "r": 10, "t": 10, "b": 40},
+            xaxis={"title": {"text": "head"}, "dtick": 1, "side": "bottom"},
+            yaxis={"title": {"text": "layer"}, "autorange": "reversed", "dtick": 1},
+        ),
+    }
+
+
+def score_strips_figure(names: Sequence[str], values: dict[str, Sequence[float | None]], me: int) -> dict:
+    """One strip per metric: every head's value as a dot (hover: its name), head ``me`` a large marker."""
+    metrics = list(values)
+    traces, axes = [], {}
+    rows = max(len(metrics), 1)
+    for i, metric in enumerate(metrics):
+        suffix = "" if i == 0 else str(i + 1)
+        column = list(values[metric])
+        top, bottom = 1 - i / rows, 1 - (i + 1) / rows
+        common = {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}", "type": "scatter", "mode": "markers"}
+        traces.append(
+            common
+            | {
+                "x": column,
+                "y": [((k * 0.618) % 1) - 0.5 for k in range(len(column))],  # a steady jitter
+                "text": list(names),
+                "marker": {"size": 5, "color": rgba(ATTENTION, 0.3)},
+                "hovertemplate": "%{text}: %{x:.3f}<extra></extra>",
+            }
+        )
+        traces.append(
+            common
+            | {
+                "x": [column[me]],
+                "y": [0],
+                "text": [names[me]],
+                "marker": {"size": 13, "symbol": "diamond", "color": rgba(POSITIVE), "line": {"width": 1}},
+                "hovertemplate": "%{text} (this head): %{x:.3f}<extra></extra>",
+            }
+        )
+        axes[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "gridcolor": "#eee", "zeroline": False}
+        axes[f"yaxis{suffix}"] = {
+            "domain": [bottom + 0.25 / rows, top],
+            "range": [-0.8, 0.8],
+            "showticklabels": False,
+            "showgrid": False,
+            "zeroline": False,
+            "title": {"text": metric_title(metric), "standoff": 0},
+        }
+    return {
+        "data": traces,
+        "layout": _layout(
+            height=max(120, 62 * rows + 20), margin={"l": 120, "r": 10, "t": 10, "b": 10}, **axes
+        ),
+    }
+
+
+def attention_strip_figure(tokens: Sequence[str], row: AttentionRow, query: int) -> dict:
+    """One stored query row as a 1 x window heat map: the query token (its label marked) and its
+    attention to every token of the window, token texts on the axis."""
+    labels = [f"{i}: {token_label(t, 14)}" for i, t in enumerate(tokens)]
+    heatmap = {
+        "type": "heatmap",
+        "z": [[round(w, 4) for w in row.pattern]],
+        "x": list(range(len(row.pattern))),
+        "y": [f"query {query}"],
+        "customdata": [labels],
+        "hovertemplate": "key %{customdata}: %{z:.3f}<extra></extra>",
+        "colorscale": ATTENTION_SCALE,
+        "zmin": 0,
+        "colorbar": {"thickness": 10, "len": 1.2},
+    }
+    return {
+        "data": [heatmap],
+        "layout": _layout(
+            height=200,
+            margin={"l": 70, "r": 10, "t": 10, "b": 110},
+            xaxis={"tickvals": list(range(len(labels))), "ticktext": labels, "tickangle": -60},
+            yaxis={
+                "ticktext": [f"{query}: {token_label(tokens[query], 14)}"],
+                "tickvals": [f"query {query}"],
+            },
+        ),
+    }
+
+
+def attention_pattern_figure(tokens: Sequence[str], pattern: Sequence[Sequence[float]], title: str) -> dict:
+    """A full query x key pattern (the text probe's): queries down, keys across, token texts on both."""
+    labels = [f"{i}: {token_label(t, 14)}" for i, t in enumerate(tokens)]
+    heatmap = {
+        "type": "heatmap",
+        "z": [[round(float(w), 3) for w in row] for row in pattern],
+        "customdata": [[[q, k] for k in labels] for q in labels],
+        "hovertemplate": "query %{customdata[0]}<br>key %{customdata[1]}: %{z:.3f}<extra></extra>",
+        "colorscale": ATTENTION_SCALE,
+        "zmin": 0,
+        "zmax": 1,
+        "colorbar": {"thickness": 10},
+    }
+    ticks = {"tickvals": list(range(len(labels))), "ticktext": labels, "tickfont": {"size": 9}}
+    size = min(max(300, 14 * len(tokens) + 160), 900)
+    return {
+        "data": [heatmap],
+        "layout": _layout(
+            height=size,
+            margin={"l": 110, "r": 10, "t": 30, "b": 110},
+            title={"text": plotly_text(title), "font": {"size": 13}, "x": 0.01},
+            xaxis={**ticks, "tickangle": -60, "title": {"text": "key"}},
+            yaxis={**ticks, "autorange": "reversed", "title": {"text": "query"}},
+        ),
+    }
+
+
+def attention_example_row(example: Example, row: AttentionRow | None) -> html.Div:
+    """A head's example: its output norm at the query, and the window coloured by the query's
+    attention (relative to the row's largest weight), the query outlined; without a stored row, the
+    window coloured by the norm."""
+    value = example.value
+    tokens = (
+        token_row(example.tokens, row.pattern, max(max(row.pattern), 1e-9), example.peak, mode="attention")
+        if row is not None and len(row.pattern) == len(example.tokens)
+        else example_tokens(example, max(max(example.acts), 1e-9))
+    )
+    before = (
+        f", {row.before:.1%} of its attention before the window" if row and row.before is not None else ""
+    )
+    return html.Div(
+        [
+            html.Span(
+                f"{value:.3f}",
+                className="nd-value",
+                style={"color": rgba(ATTENTION)},
+                title=f"output norm at the query; sequence {example.seq_id}, token {example.pos}{before}",
+            ),
+            tokens,
+        ],
+        className="nd-example",
     )

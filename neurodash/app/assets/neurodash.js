@@ -46,10 +46,12 @@
     return holder.ndScale;
   }
 
-  /* As colors.token_background. */
-  function tokenColor(scale, act, maxAbs) {
+  /* As colors.token_background; attention weights (mode "attention") in the attention colour. */
+  function tokenColor(scale, act, maxAbs, mode) {
     const alpha = maxAbs > 0 ? Math.min(Math.abs(act) / maxAbs, 1) : 0;
-    return !scale || alpha < scale.min_alpha ? null : "rgba(" + (act > 0 ? scale.positive : scale.negative) + "," + alpha.toFixed(2) + ")";
+    if (!scale || alpha < scale.min_alpha) return null;
+    const rgb = mode === "attention" ? scale.attention : act > 0 ? scale.positive : scale.negative;
+    return "rgba(" + rgb + "," + alpha.toFixed(2) + ")";
   }
 
   /* Newlines and tabs made visible (and kept), empty tokens marked. */
@@ -67,8 +69,9 @@
     }) + quote;
   }
 
-  /* The hover text: the exact token (quoted, escapes visible) and its activation. */
-  function tokenTitle(token, act) {
+  /* The hover text: the exact token (quoted, escapes visible) and its activation (or attention). */
+  function tokenTitle(token, act, mode, isQuery) {
+    if (mode === "attention") return pyRepr(token) + "  attention " + act.toFixed(3) + (isQuery ? "  (query)" : "");
     return pyRepr(token) + "  " + (act >= 0 ? "+" : "") + act.toFixed(3);
   }
 
@@ -76,13 +79,13 @@
     const data = row.getAttribute("data-tokens");
     if (row.ndRendered === data) return;
     row.ndRendered = data;
-    const { tokens, acts, max_abs: maxAbs, marked } = JSON.parse(data);
+    const { tokens, acts, max_abs: maxAbs, marked, mode } = JSON.parse(data);
     const scale = tokenScale(row);
     const spans = tokens.map(function (token, i) {
       const span = document.createElement("span");
       span.textContent = tokenDisplay(token);
-      span.title = tokenTitle(token, acts[i]);
-      const color = tokenColor(scale, acts[i], maxAbs);
+      span.title = tokenTitle(token, acts[i], mode, i === marked);
+      const color = tokenColor(scale, acts[i], maxAbs, mode);
       if (color) span.style.backgroundColor = color;
       if (i === marked) span.className = "nd-tok-max";
       return span;
@@ -119,6 +122,59 @@
     const index = Array.prototype.indexOf.call(token.parentNode.children, token);
     window.dash_clientside.set_props("probe-selected-token", { data: { index: index, at: Date.now() } });
   });
+
+  /* Attention arcs (the text probe, render.attention_arcs): tokens in one line, built as text, and
+   * an SVG above them with one arc per [query, key, weight] from data-arcs, as opaque as the weight.
+   * The hover of an arc gives its weight and the two tokens. */
+  const SVG = "http://www.w3.org/2000/svg";
+  function renderArcs(box) {
+    const data = box.getAttribute("data-arcs");
+    if (box.ndRendered === data) return;
+    box.ndRendered = data;
+    const { tokens, arcs, scale } = JSON.parse(data);
+    const line = document.createElement("div");
+    line.className = "nd-arc-tokens";
+    tokens.forEach(function (token, i) {
+      const span = document.createElement("span");
+      span.textContent = tokenDisplay(token);
+      span.title = pyRepr(token) + "  position " + i;
+      line.appendChild(span);
+    });
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "nd-arc-svg");
+    box.replaceChildren(svg, line);
+    const spans = line.children;
+    const centre = function (i) { return spans[i].offsetLeft + spans[i].offsetWidth / 2; };
+    const longest = arcs.reduce(function (m, a) { return Math.max(m, Math.abs(centre(a[0]) - centre(a[1]))); }, 1);
+    const height = Math.min(120, longest / 2 + 8);
+    svg.setAttribute("width", String(line.scrollWidth));
+    svg.setAttribute("height", String(height));
+    arcs.forEach(function (a) {
+      const q = centre(a[0]), k = centre(a[1]);
+      const rise = Math.max(6, (height - 4) * Math.abs(q - k) / longest);
+      const path = document.createElementNS(SVG, "path");
+      path.setAttribute("d", "M" + k + "," + height + " C" + k + "," + (height - rise) + " " + q + "," + (height - rise) + " " + q + "," + height);
+      path.setAttribute("stroke", "rgba(" + scale + "," + Math.max(a[2], 0.08).toFixed(2) + ")");
+      path.setAttribute("stroke-width", String(1 + 3 * a[2]));
+      path.setAttribute("fill", "none");
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = pyRepr(tokens[a[0]]) + " (" + a[0] + ") attends to " + pyRepr(tokens[a[1]]) + " (" + a[1] + "): " + a[2].toFixed(3);
+      path.appendChild(title);
+      svg.appendChild(path);
+    });
+  }
+
+  function renderArcsIn(node) {
+    if (node.nodeType !== 1) return;
+    if (node.matches(".nd-arcs[data-arcs]")) renderArcs(node);
+    else node.querySelectorAll(".nd-arcs[data-arcs]").forEach(renderArcs);
+  }
+  new MutationObserver(function (mutations) {
+    for (const m of mutations) {
+      if (m.type === "attributes") renderArcs(m.target);
+      else if (!m.target.ndRendered) m.addedNodes.forEach(renderArcsIn);
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true, attributes: true, attributeFilter: ["data-arcs"] });
 
   /* Client-side navigation, as dcc.Link does it: no page reload. */
   function navigate(path) {

@@ -1,4 +1,5 @@
 """Unit page (``routes.UNIT_TEMPLATE``, ``/unit/<source>/<index>``): what one neuron or feature does.
+A head's address here (``/unit/L3.attn/2``) shows the head page (``pages/head.py``).
 
 The page holds the current unit (``current_unit``) for its panels' callbacks; the panels, with their
 callbacks, are in ``app/panels/``.
@@ -12,11 +13,12 @@ from dash import Dash, html
 
 from neurodash.app import current_unit, ids, render, routes, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
+from neurodash.app.pages import head
 from neurodash.app.panels import downloads, neighbors, polysemanticity
 from neurodash.app.panels import maximize as maximize_panel
 from neurodash.app.panels import sets as sets_panel
 from neurodash.storage import Store
-from neurodash.units import UnitRef
+from neurodash.units import HEAD, UnitRef
 
 
 def resolve(store: Store, source_id: str | None, index: str | None) -> UnitRef | None:
@@ -46,6 +48,8 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
         return render.not_found(
             f"This store has no unit {source_id}/{index}.", where_units_are(store, source_id)
         )
+    if store.source(ref.source_id).kind == HEAD:
+        return head.page(store, ref)
     sources = store.sources()
     prefixes = label_prefixes(sources)
     stats = store.unit_stats(ref)
