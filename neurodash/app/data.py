@@ -127,8 +127,17 @@ def units_payload(units: pd.DataFrame, sources: list[Source], metrics: list[str]
         ],
         "source": _b64(units["source_id"].map(index).to_numpy(np.uint16)),
         "unit": _b64(units["unit"].to_numpy(np.int32)),
-        "metrics": {m: _b64(units[m].to_numpy(np.float32)) for m in metrics},
+        "metrics": {m: _b64(_metric_values(units, m)) for m in metrics},
     }
+
+
+def _metric_values(units: pd.DataFrame, metric: str) -> np.ndarray:
+    """A column of the units table; a head's density left blank (its activation is a norm, > 0 at
+    almost every token: its density says nothing about sparsity)."""
+    values = units[metric].to_numpy(np.float32)
+    if metric == "density":
+        values = np.where(units["kind"].to_numpy() == HEAD, np.float32(np.nan), values)
+    return values
 
 
 def _b64(values: np.ndarray) -> str:

@@ -87,7 +87,7 @@ class Store:
     def _sources(self) -> dict[str, Source]:
         rows = self.sql(
             "SELECT source_id, model, hook, kind, layer, n_units, n_tokens, sae, config "
-            "FROM sources ORDER BY kind, layer, source_id"
+            "FROM sources ORDER BY kind = 'head', kind, layer, source_id"  # heads after neurons and features
         ).fetchall()
         return {r[0]: Source(*r[:8], config=json.loads(r[8] or "{}")) for r in rows}
 
@@ -248,7 +248,7 @@ class Store:
         where = "WHERE u.source_id = ?" if source_id else ""
         df = self.sql(
             f"SELECT {_UNIT_FRAME_SELECT} FROM units u JOIN sources s USING (source_id) "
-            f"{where} ORDER BY s.kind, s.layer, u.source_id, u.unit",
+            f"{where} ORDER BY s.kind = 'head', s.kind, s.layer, u.source_id, u.unit",
             [source_id] if source_id else [],
         ).df()
         if not self._has_scores:

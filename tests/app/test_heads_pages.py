@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+
+import numpy as np
 
 import pytest
 from app_helpers import by_id, find, texts, token_rows
@@ -114,5 +117,15 @@ def test_overview_lists_heads_with_neurons(app):
     payload = by_id(page, ids.UNITS_DATA).data
     kinds = {s["kind"]: s["href"] for s in payload["sources"]}
     assert kinds["head"].startswith("/head/") and "neuron" in kinds
-    assert "L1.attn" in texts(page)
+    shown = texts(page)
+    assert shown.index("L2.mlp") < shown.index("L0.attn")  # neurons first, then heads
     assert json.dumps(payload)  # JSON-ready
+    density = np.frombuffer(base64.b64decode(payload["metrics"]["density"]), "<f4")
+    source = np.frombuffer(base64.b64decode(payload["source"]), "<u2")
+    is_head = np.array([payload["sources"][i]["kind"] == "head" for i in source])
+    assert is_head.sum() == 12 and np.isnan(density[is_head]).all() and not np.isnan(density[~is_head]).any()
+    grid = by_id(page, ids.UNITS_GRID)
+    density_column = next(c for c in grid.columnDefs if c["field"] == "density")
+    assert density_column["filterParams"]["includeBlanksInGreaterThan"]  # the dead filter keeps heads
+    boxes = by_id(page, ids.LAYER_PLOTS).figure["data"]
+    assert {t["name"] for t in boxes if t["yaxis"] == "y2"} == {"neuron"}  # no density box for heads

@@ -128,3 +128,40 @@ def test_the_current_unit_store_reads_back_as_its_unit(ref):
 )
 def test_bad_current_unit_data_reads_as_none(data):
     assert current_unit.read(data) is None
+
+
+# --- attention heads: /heads and /head/<layer>/<head> ------------------------------------------
+HEAD_REFS = [UnitRef("L0.attn", 0), UnitRef("L17.attn", 3), UnitRef("L29.attn", 8)]
+
+
+@pytest.mark.parametrize("ref", HEAD_REFS, ids=str)
+def test_a_heads_href_is_its_head_page_and_reads_back(ref):
+    from dash._pages import _parse_path_variables
+
+    href = routes.unit_href(ref)
+    layer = routes.head_layer(ref.source_id)
+    assert href == routes.head_href(layer, ref.unit) == f"/head/{layer}/{ref.unit}"
+    assert routes.parse_unit_path(href) == ref and routes.parse_unit_path(href + "/") == ref
+    assert routes.unit_source_href(ref.source_id) + str(ref.unit) == href
+    variables = _parse_path_variables(href.strip("/"), routes.HEAD_TEMPLATE.strip("/"))
+    assert variables is not None and routes.head_ref(**variables) == ref
+
+
+@pytest.mark.parametrize("source_id", ["L3.mlp", "L3.attn.x", "Lx.attn", "L03.attn", "3.attn", "L3.sae"])
+def test_only_sources_of_heads_lead_to_head_pages(source_id):
+    assert routes.head_layer(source_id) is None
+    assert routes.unit_href(UnitRef(source_id, 1)).startswith(routes.UNIT_PREFIX)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/head", "/head/", "/head/1", "/head/1/x", "/head/-1/2", "/head/1/2/3", "/head/a/b", "/heads/1/2"],
+)
+def test_a_path_that_names_no_head_reads_as_none(path):
+    assert routes.parse_unit_path(path) is None
+
+
+def test_the_head_template_is_what_dash_passes_to_the_head_page():
+    assert routes.HEADS == "/heads" and routes.HEAD_TEMPLATE == "/head/<layer>/<head>"
+    assert routes.head_ref("17", "3") == UnitRef("L17.attn", 3)
+    assert routes.head_ref(None, "3") is None and routes.head_ref("1", "") is None

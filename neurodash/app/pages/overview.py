@@ -1,5 +1,5 @@
-"""Overview (``routes.OVERVIEW``, ``/``): the store's sources, per-layer distributions, the most and
-least polysemantic units, and the table of every unit (``panels/units_table.py``)."""
+"""Overview (``routes.OVERVIEW``, ``/``): the store's sources (neurons', features' and heads'), per-layer
+distributions, the most and least polysemantic units, and the table of every unit (``panels/units_table.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dash import Dash, html
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
 from neurodash.app.panels import polysemanticity, units_table
+from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
@@ -18,7 +19,13 @@ def layout(**_query) -> html.Div:
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
     n_units = sum(s.n_units for s in sources)
-    boxes = {m: box_stats(app_state.units, m) for m in (*DISTRIBUTIONS, *app_state.score_metrics)}
+    units = app_state.units
+    is_head = units["kind"] == HEAD
+    not_heads = units.loc[~is_head] if is_head.any() else units  # a head's density (of a norm) means nothing
+    boxes = {
+        m: box_stats(not_heads if m == "density" else units, m)
+        for m in (*DISTRIBUTIONS, *app_state.score_metrics)
+    }
     return html.Div(
         [
             html.H1("Overview", className="nd-title"),
@@ -34,7 +41,7 @@ def layout(**_query) -> html.Div:
             html.Details(
                 [
                     html.Summary(["Sources", html.Span(f"{len(sources)}", className="nd-count")]),
-                    render.sources_table(sources, label_prefixes(sources)),
+                    render.sources_table(sorted(sources, key=kind_order), label_prefixes(sources)),
                 ],
                 open=len(sources) <= 8,
                 className="nd-section",
@@ -44,6 +51,11 @@ def layout(**_query) -> html.Div:
             units_table.layout(app_state),
         ]
     )
+
+
+def kind_order(source: Source) -> tuple[int, int, str]:
+    """Neurons, then SAE features, then heads; by layer within each."""
+    return ({NEURON: 0, SAE_FEATURE: 1, HEAD: 2}.get(source.kind, 3), source.layer, source.source_id)
 
 
 def register_callbacks(app: Dash) -> None:

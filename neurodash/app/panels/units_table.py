@@ -17,6 +17,8 @@ from neurodash.storage.schema import STAT_COLUMNS
 
 HEADERS = {"max_act": "max", "min_act": "min", "mean_act": "mean", "std_act": "std"}
 HIDE_DEAD = {"density": {"filterType": "number", "type": "greaterThan", "filter": 0}}  # AG Grid filter model
+# Heads' density is blank (see ``data.units_payload``): the dead-units filter keeps blanks.
+DENSITY_FILTER = {"includeBlanksInGreaterThan": True, "includeBlanksInLessThan": True}
 # The shown units' examples download in one response, held in memory: at most this many
 # (about 1 KB each in CSV); larger selections go through `neurodash export`, which streams.
 MAX_DOWNLOAD_EXAMPLES = 50_000
@@ -79,6 +81,7 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
     for column in columns:
         if column["field"] == "density":
             column["valueFormatter"] = {"function": "ndPercent(params.value)"}
+            column["filterParams"] = DENSITY_FILTER
     return dag.AgGrid(
         id=ids.UNITS_GRID,
         rowData=[],
