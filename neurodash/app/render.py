@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from typing import TypeVar
 
+import numpy as np
 from dash import dcc, html
 from dash.development.base_component import Component
 
@@ -658,12 +659,12 @@ def attention_strip_figure(tokens: Sequence[str], row: AttentionRow, query: int)
     }
 
 
-def attention_pattern_figure(tokens: Sequence[str], pattern: Sequence[Sequence[float]], title: str) -> dict:
+def attention_pattern_figure(tokens: Sequence[str], pattern: np.ndarray, title: str) -> dict:
     """A full query x key pattern (the text probe's): queries down, keys across, token texts on both."""
     labels = [f"{i}: {token_label(t, 14)}" for i, t in enumerate(tokens)]
     heatmap = {
         "type": "heatmap",
-        "z": [[round(float(w), 3) for w in row] for row in pattern],
+        "z": np.round(np.asarray(pattern, dtype=np.float64), 3).tolist(),
         "customdata": [[[q, k] for k in labels] for q in labels],
         "hovertemplate": "query %{customdata[0]}<br>key %{customdata[1]}: %{z:.3f}<extra></extra>",
         "colorscale": ATTENTION_SCALE,
@@ -709,4 +710,31 @@ def attention_example_row(example: Example, row: AttentionRow | None) -> html.Di
             tokens,
         ],
         className="nd-example",
+    )
+
+
+def empty_figure(height: int = 300) -> dict:
+    """A blank figure, for a graph whose data comes later."""
+    hidden = {"visible": False}
+    return {"data": [], "layout": _layout(height=height, xaxis=hidden, yaxis=hidden)}
+
+
+def attention_arcs(tokens: Sequence[str], pattern: np.ndarray, threshold: float, limit: int) -> html.Div:
+    """The pattern [query, key] as arcs over the tokens, CircuitsVis-style: one arc from each query to
+    each earlier key it attends to with at least ``threshold`` (the ``limit`` strongest). Tokens and
+    arcs travel as JSON in ``data-arcs``; ``assets/neurodash.js`` (``renderArcs``) draws them, tokens as text."""
+    below = np.tril(np.asarray(pattern, dtype=np.float32), -1)
+    queries, keys = np.nonzero(below >= threshold)
+    weights = below[queries, keys]
+    order = np.argsort(-weights, kind="stable")[:limit]
+    arcs = [[int(queries[i]), int(keys[i]), round(float(weights[i]), 3)] for i in order]
+    payload = {"tokens": list(tokens), "arcs": arcs, "scale": SCALE["attention"]}
+    note = f"{len(arcs)} arcs: attention of at least {threshold:g} from a token to an earlier one"
+    return html.Div(
+        [
+            html.P(
+                note + (f" (the {limit} strongest)" if len(weights) > limit else ""), className="nd-muted"
+            ),
+            with_data(html.Div(className="nd-arcs"), arcs=json.dumps(payload, separators=(",", ":"))),
+        ]
     )

@@ -1,8 +1,10 @@
-"""The text probe: every unit's activation on one text, token by token.
+"""The text probe: every unit's activation on one text, token by token, and on request the attention
+pattern of every head of every layer.
 
 Models are loaded once per process (``precompute.live.cache``): the dashboard calls this from
 background jobs, never from a request thread. The text is tokenized as the pipeline does it: BOS, then the
-text without special tokens; the BOS position is dropped unless ``keep_bos``.
+text without special tokens; the BOS position is dropped from the tokens and activations unless
+``keep_bos``, but never from the attention patterns (where BOS is the usual sink, rows would not sum to 1).
 """
 
 from __future__ import annotations
@@ -13,8 +15,21 @@ import torch
 from precompute.live.cache import avoid_inherited_thread_pool, cached_model
 
 MAX_TOKENS = 512
+ATTENTION = "attention"  # the key of the patterns among probe_text's activations (no hook is named so)
 
-__all__ = ["MAX_TOKENS", "avoid_inherited_thread_pool", "cached_model", "probe_text"]
+__all__ = [
+    "ATTENTION",
+    "MAX_TOKENS",
+    "attention_hook",
+    "avoid_inherited_thread_pool",
+    "cached_model",
+    "probe_text",
+]
+
+
+def attention_hook(layer: int) -> str:
+    """The hook of a layer's attention pattern, [batch, query heads, query, key]."""
+    return f"blocks.{layer}.attn.hook_pattern"
 
 
 def probe_text(
@@ -24,14 +39,23 @@ def probe_text(
     device: str = "cpu",
     keep_bos: bool = False,
     max_tokens: int = MAX_TOKENS,
+    attention: bool = False,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(tokens, {hook: activations [pos, units]}) for ``text``, at most ``max_tokens`` tokens."""
+    """(tokens, {hook: activations [pos, units]}) for ``text``, at most ``max_tokens`` tokens, in one
+    forward pass. With ``attention``, the dict also holds ``ATTENTION``: every layer's pattern as float16
+    [layers, query heads, pos, pos] over every position, BOS included (one more position than the
+    tokens when BOS is dropped from them)."""
     model = cached_model(model_name, device)
-    model.check_hooks(hooks)
+    wanted = list(hooks) + ([attention_hook(layer) for layer in range(model.n_layers)] if attention else [])
+    model.check_hooks(wanted)
     bos = model.bos_token_id
     ids = ([bos] if bos is not None else []) + model.tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = ids[: max_tokens + (bos is not None)]
-    acts = model.activations(torch.tensor([ids], dtype=torch.long), hooks)
+    acts = model.activations(torch.tensor([ids], dtype=torch.long), wanted) if wanted else {}
     first = 1 if bos is not None and not keep_bos else 0
     tokens = model.tokenizer.batch_decode([[i] for i in ids[first:]])
-    return tokens, {hook: a[0, first:].float().cpu().numpy() for hook, a in acts.items()}
+    out = {hook: acts[hook][0, first:].float().cpu().numpy() for hook in hooks}
+    if attention:
+        patterns = [acts[attention_hook(layer)][0] for layer in range(model.n_layers)]
+        out[ATTENTION] = torch.stack(patterns).to(torch.float16).cpu().numpy()
+    return tokens, out

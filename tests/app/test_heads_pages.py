@@ -6,7 +6,6 @@ import base64
 import json
 
 import numpy as np
-
 import pytest
 from app_helpers import by_id, find, texts, token_rows
 from dash.exceptions import PreventUpdate

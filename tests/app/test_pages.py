@@ -129,6 +129,7 @@ def test_probe_page_config(app):
         "model": "synthetic",
         "keep_bos": False,
         "hooks": {f"blocks.{i}.mlp.hook_post": f"L{i}.mlp" for i in range(3)},
+        "attention": True,
     }
     assert by_id(page, ids.PROBE_TEXT).value == text_probe.DEFAULT_TEXT
 
@@ -138,7 +139,7 @@ def fake_model(monkeypatch):
     """``precompute.probe`` replaced by a stub: two tokens, unit 3 of L1 firing on the second."""
     calls = []
 
-    def probe_text(model, text, hooks, keep_bos=False):
+    def probe_text(model, text, hooks, keep_bos=False, attention=False):
         calls.append((model, text, hooks, keep_bos))
         acts = {h: np.zeros((2, 40), dtype=np.float32) for h in hooks}
         acts["blocks.1.mlp.hook_post"][1, 3] = 5.0

@@ -1,5 +1,6 @@
 """Text probe (``routes.PROBE``, ``/probe``): run the store's model on a text; which units fire most,
-token by token. The job and its results are ``panels/text_probe.py``."""
+token by token, and where every head attends. The job and its results are ``panels/text_probe.py``
+(attention: ``panels/probe_attention.py``)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ def layout(**_query) -> html.Div:
         "model": store.meta.get("model"),
         "hooks": {s.hook: s.source_id for s in sources},
         "keep_bos": app_state.keep_bos,
+        "attention": True,
     }
     return html.Div(
         [
             html.H1("Text probe", className="nd-title"),
             html.P(
                 f"Runs {config['model']} on your text and reads the {len(sources)} neuron sources of this store. "
-                "Units are ranked by their activation as a fraction of their max over the corpus.",
+                "Units are ranked by their activation as a fraction of their max over the corpus; "
+                "every head's attention is shown below them.",
                 className="nd-muted",
             ),
             *text_probe.layout(config),

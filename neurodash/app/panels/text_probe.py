@@ -1,5 +1,6 @@
 """The text probe: run the store's model on a text in a background job, then show which units fire
-most over the text and at each token, the text coloured by a chosen unit.
+most over the text and at each token, the text coloured by a chosen unit, and every head's attention
+(``panels/probe_attention.py``).
 
 The model runs in a background callback (``DiskcacheManager``): each job is a process forked
 from the server, which imports ``precompute`` (torch) there and never in a request thread.
@@ -16,6 +17,7 @@ from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, jobs, render, state
 from neurodash.app.data import label_prefixes, summarise_probe, unit_label
+from neurodash.app.panels import probe_attention
 from neurodash.errors import NeurodashError
 from neurodash.units import UnitRef
 
@@ -37,7 +39,8 @@ STRONGEST = -1  # colour by: the strongest fraction of max at each token, over a
 
 def layout(config: dict) -> list:
     """The text, the run and its progress, and the results' places (the page's children); ``config``
-    is what the job needs (``model``, ``hooks``: hook -> source id, ``keep_bos``)."""
+    is what the job needs (``model``, ``hooks``: hook -> source id, ``keep_bos``, ``attention``: whether
+    to read every head's pattern)."""
     return [
         dcc.Store(id=ids.PROBE_CONFIG, data=config),
         dcc.Textarea(id=ids.PROBE_TEXT, value=DEFAULT_TEXT, className="nd-textarea", spellCheck=False),
@@ -70,6 +73,7 @@ def layout(config: dict) -> list:
             ],
             className="nd-grid-2",
         ),
+        *([probe_attention.layout()] if config.get("attention") else []),
     ]
 
 
@@ -92,14 +96,22 @@ def probe_job(
         set_progress(("1", str(STAGES), f"Loading {config['model']}…"))
         cached_model(config["model"])
         set_progress(("2", str(STAGES), "Running the model…"))
-        tokens, acts = probe_text(config["model"], text, list(config["hooks"]), keep_bos=config["keep_bos"])
+        attention = bool(config.get("attention"))
+        tokens, acts = probe_text(
+            config["model"], text, list(config["hooks"]), keep_bos=config["keep_bos"], attention=attention
+        )
     except NeurodashError as e:
         return None, f"Cannot probe: {e}"
     if not tokens:
         return None, "The text has no tokens."
     set_progress(("3", str(STAGES), "Ranking units…"))
+    patterns = acts.pop(probe_attention.ATTENTION_KEY, None)
     by_source = {config["hooks"][hook]: a for hook, a in acts.items()}
-    return summarise_probe(tokens, by_source, unit_max), f"{len(tokens)} tokens probed."
+    summary = summarise_probe(tokens, by_source, unit_max)
+    if patterns is not None:
+        info = probe_attention.attention_info(tokens, patterns)
+        summary["attention"] = info | {"key": probe_attention.save_patterns(patterns)}
+    return summary, f"{len(tokens)} tokens probed."
 
 
 def strongest_token(result: dict) -> int:
@@ -178,6 +190,7 @@ def select_token(selected: dict | None, result: dict | None) -> list:
 
 def register_callbacks(app: Dash, unit_max: dict) -> None:
     """``unit_max`` is captured here so the forked background job has it in memory."""
+    probe_attention.register_callbacks(app)
 
     @app.callback(
         Output(ids.PROBE_RESULT, "data"),
