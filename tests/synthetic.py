@@ -61,6 +61,7 @@ def make_synthetic_store(
     sae_layers: Sequence[int] = (),
     head_layers: Sequence[int] = (),
     n_heads: int = 4,
+    model: str = MODEL,
 ) -> Path:
     """Write a store of ``n_layers`` neuron sources of ``n_units`` units each; return its path.
 
@@ -73,6 +74,7 @@ def make_synthetic_store(
     boosted tokens.
 
     ``head_layers`` adds ``n_heads`` attention heads (source ``L{layer}.attn``) for each layer given.
+    ``model`` is the model the store names (the probe runs it: a real one's name or folder, for a probe test).
     """
     rng = np.random.default_rng(seed)
     vocab = _vocab(vocab_size, list(tokens or ()))
@@ -81,7 +83,7 @@ def make_synthetic_store(
         writer.append(
             "vocab",
             {
-                "model": [MODEL] * len(vocab),
+                "model": [model] * len(vocab),
                 "token_id": np.arange(len(vocab), dtype=np.int32),
                 "token": vocab,
             },
@@ -102,7 +104,7 @@ def make_synthetic_store(
         for layer, kind in layers:
             sid = neuron_source_id(layer) if kind == NEURON else sae_source_id(layer)
             hook = f"blocks.{layer}.mlp.hook_post" if kind == NEURON else f"blocks.{layer}.hook_resid_post"
-            writer.add_source(Source(sid, MODEL, hook, kind, layer, n_units, n_tokens))
+            writer.add_source(Source(sid, model, hook, kind, layer, n_units, n_tokens))
             stats = _units(rng, sid, n_units, n_tokens)
             if kind == SAE_FEATURE:
                 stats["density"][-1] = 0.0
@@ -119,8 +121,10 @@ def make_synthetic_store(
                 for table in _links(neuron_source_id(layer), sid, n_units):
                     writer.append("links", table)
         for layer in head_layers:
-            _write_heads(writer, rng, layer, n_heads, n_examples, ctx, n_sequences, len(vocab), tokens or ())
-        writer.set_meta(model=MODEL, dataset="synthetic", ctx=ctx, n_tokens=n_tokens)
+            _write_heads(
+                writer, rng, layer, n_heads, n_examples, ctx, n_sequences, len(vocab), tokens or (), model
+            )
+        writer.set_meta(model=model, dataset="synthetic", ctx=ctx, n_tokens=n_tokens)
         return writer.commit()
 
 
@@ -295,13 +299,14 @@ def _write_heads(
     n_sequences: int,
     vocab_size: int,
     injected: Sequence[str],
+    model: str,
 ) -> None:
     """One layer's heads: norms (never negative, density 1), examples with their query rows, logits, metrics."""
     sid = head_source_id(layer)
     n_tokens = n_sequences * ctx
     hook = f"blocks.{layer}.attn.hook_z"
     writer.add_source(
-        Source(sid, MODEL, hook, HEAD, layer, n_heads, n_tokens, config={"activation": "z_norm"})
+        Source(sid, model, hook, HEAD, layer, n_heads, n_tokens, config={"activation": "z_norm"})
     )
     stats = _units(rng, sid, n_heads, n_tokens)
     stats["min_act"] = rng.uniform(0.01, 0.1, n_heads).astype(np.float32)

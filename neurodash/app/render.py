@@ -558,13 +558,12 @@ def head_heatmap_figure(
     layers: Sequence[int], n_heads: int, grid: Sequence[Sequence[float | None]], metric: str
 ) -> dict:
     """Layers (rows, layer 0 at the top) x heads (columns), coloured by ``metric``; the hover names the
-    head (``L3H2``) and its value; ``customdata`` holds ``[layer, head]`` for a click."""
+    head (``L3H2``) and its value; a click's point has the head as x and the layer as y."""
     heatmap = {
         "type": "heatmap",
         "z": [list(row) for row in grid],
         "x": list(range(n_heads)),
         "y": list(layers),
-        "customdata": [[[layer, h] for h in range(n_heads)] for layer in layers],
         "text": [[f"L{layer}H{h}" for h in range(n_heads)] for layer in layers],
         "hovertemplate": "%{text}: %{z:.3f}<extra></extra>",
         "colorscale": ATTENTION_SCALE,

@@ -32,7 +32,7 @@ def test_heads_page_has_a_heat_map_per_score_and_a_table_of_every_head(app):
     figure = by_id(page, ids.HEADS_HEATMAP).figure
     heatmap = figure["data"][0]
     assert heatmap["y"] == [0, 1, 2] and heatmap["x"] == [0, 1, 2, 3]
-    assert heatmap["text"][1][2] == "L1H2" and heatmap["customdata"][1][2] == [1, 2]
+    assert heatmap["text"][1][2] == "L1H2"
     options = [o["value"] for o in by_id(page, ids.HEADS_METRIC).options]
     assert options == list(HEAD_METRICS)  # in the schema's order, polysemanticity (neurons only) left out
     grid = by_id(page, ids.HEADS_GRID)
@@ -45,8 +45,8 @@ def test_heads_page_has_a_heat_map_per_score_and_a_table_of_every_head(app):
 
 
 def test_a_heat_map_click_opens_the_head():
-    assert heads.open_head({"points": [{"customdata": [2, 3], "z": 0.5}]}) == "/head/2/3"
-    for bad in (None, {}, {"points": []}, {"points": [{"customdata": ["x", 1]}]}):
+    assert heads.open_head({"points": [{"x": 3, "y": 2, "z": 0.5, "text": "L2H3"}]}) == "/head/2/3"
+    for bad in (None, {}, {"points": []}, {"points": [{"x": "1", "y": 1}]}, {"points": [{"x": -1, "y": 0}]}):
         with pytest.raises(PreventUpdate):
             heads.open_head(bad)
 

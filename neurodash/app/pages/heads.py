@@ -114,13 +114,13 @@ def show_metric(metric: str | None) -> dict:
 
 
 def open_head(click: dict | None) -> str:
-    """A cell was clicked: the path of its head's page."""
+    """A cell was clicked: the path of its head's page (the cell's x is the head, its y the layer)."""
     points = click.get("points") if isinstance(click, dict) else None
     point = points[0] if isinstance(points, list) and points else None
-    cell = point.get("customdata") if isinstance(point, dict) else None
-    if not isinstance(cell, list) or len(cell) != 2 or not all(isinstance(v, int) for v in cell):
+    layer, head = (point.get("y"), point.get("x")) if isinstance(point, dict) else (None, None)
+    if not isinstance(layer, int) or not isinstance(head, int) or layer < 0 or head < 0:
         raise PreventUpdate
-    return routes.head_href(cell[0], cell[1])
+    return routes.head_href(layer, head)
 
 
 def register_callbacks(app: Dash) -> None:
