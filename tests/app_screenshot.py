@@ -3,6 +3,8 @@
     python tests/app_screenshot.py STORE [--unit L15N3 | --page /] [--out assets/unit_page.png]
     python tests/app_screenshot.py STORE --unit L15N631 --panel maximize --out assets/maximize_panel.png
     python tests/app_screenshot.py STORE --page "/sets?name=comparison words" --out assets/sets_page.png
+    python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
+    python tests/app_screenshot.py STORE --unit L5H3 --out assets/head_page.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
 units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it.
@@ -39,8 +41,14 @@ CHROME_FLAGS = (
     "--window-size=1400,1000",
     "--force-device-scale-factor=1",
 )
-# what each page shows once drawn (CSS), by URL path; a unit page is "unit"
-READY = {"unit": "#unit-logits .ytick", "/": "#layer-plots .box", "/sets": ".nd-main .nd-panel"}
+# what each page shows once drawn (CSS), by URL path; a unit page is "unit", a head's page "head"
+READY = {
+    "unit": "#unit-logits .ytick",
+    "head": "#head-logits .ytick",
+    "/": "#layer-plots .box",
+    "/sets": ".nd-main .nd-panel",
+    "/heads": "#heads-heatmap .heatmaplayer",
+}
 # --panel NAME: the panel saved, and what it shows once drawn
 PANELS = {"maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick")}
 
@@ -154,7 +162,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
     args = parser.parse_args()
     path = args.page or unit_path(args.store, args.unit)
-    ready = READY.get(urlsplit(args.page).path if args.page else "unit", ".nd-main > *")
+    page = urlsplit(args.page).path if args.page else "head" if path.startswith("/head/") else "unit"
+    ready = READY.get(page, ".nd-main > *")
     crop = None
     if args.panel:
         crop, ready = PANELS[args.panel]

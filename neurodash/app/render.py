@@ -616,15 +616,15 @@ def score_strips_figure(names: Sequence[str], values: dict[str, Sequence[float |
         axes[f"yaxis{suffix}"] = {
             "domain": [bottom + 0.25 / rows, top],
             "range": [-0.8, 0.8],
-            "showticklabels": False,
+            "tickvals": [0],
+            "ticktext": [metric_title(metric)],  # a label read across, beside its strip
             "showgrid": False,
             "zeroline": False,
-            "title": {"text": metric_title(metric), "standoff": 0},
         }
     return {
         "data": traces,
         "layout": _layout(
-            height=max(120, 62 * rows + 20), margin={"l": 120, "r": 10, "t": 10, "b": 10}, **axes
+            height=max(120, 56 * rows + 20), margin={"l": 120, "r": 10, "t": 10, "b": 10}, **axes
         ),
     }
 
@@ -648,7 +648,7 @@ def attention_strip_figure(tokens: Sequence[str], row: AttentionRow, query: int)
         "data": [heatmap],
         "layout": _layout(
             height=200,
-            margin={"l": 70, "r": 10, "t": 10, "b": 110},
+            margin={"l": 120, "r": 10, "t": 10, "b": 110},
             xaxis={"tickvals": list(range(len(labels))), "ticktext": labels, "tickangle": -60},
             yaxis={
                 "ticktext": [f"{query}: {token_label(tokens[query], 14)}"],
@@ -685,10 +685,10 @@ def attention_pattern_figure(tokens: Sequence[str], pattern: np.ndarray, title: 
     }
 
 
-def attention_example_row(example: Example, row: AttentionRow | None) -> html.Div:
+def attention_example_row(example: Example, row: AttentionRow | None, add_button: bool = False) -> html.Div:
     """A head's example: its output norm at the query, and the window coloured by the query's
     attention (relative to the row's largest weight), the query outlined; without a stored row, the
-    window coloured by the norm."""
+    window coloured by the norm. With ``add_button``, a "+" that adds the example to a curated set."""
     value = example.value
     tokens = (
         token_row(example.tokens, row.pattern, max(max(row.pattern), 1e-9), example.peak, mode="attention")
@@ -700,6 +700,7 @@ def attention_example_row(example: Example, row: AttentionRow | None) -> html.Di
     )
     return html.Div(
         [
+            *([add_example_button(example)] if add_button else []),
             html.Span(
                 f"{value:.3f}",
                 className="nd-value",

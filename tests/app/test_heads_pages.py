@@ -128,3 +128,24 @@ def test_overview_lists_heads_with_neurons(app):
     assert density_column["filterParams"]["includeBlanksInGreaterThan"]  # the dead filter keeps heads
     boxes = by_id(page, ids.LAYER_PLOTS).figure["data"]
     assert {t["name"] for t in boxes if t["yaxis"] == "y2"} == {"neuron"}  # no density box for heads
+
+
+def test_a_heads_examples_go_into_a_set_as_any_units(heads_store, tmp_path):
+    from neurodash.app.panels import sets as sets_panel
+    from neurodash.storage import Store
+    from neurodash.storage.sets import ExampleSets
+
+    sets = ExampleSets.beside(heads_store, tmp_path / "heads.sets.duckdb")
+    ref = UnitRef("L1.attn", 2)
+    page = build(
+        create_app(heads_store, tmp_path / "heads.sets.duckdb"), head.layout, "/head/1/2", layer="1", head="2"
+    )
+    buttons = find(
+        page, lambda c: isinstance(getattr(c, "id", None), dict) and c.id["type"] == ids.SET_ADD_EXAMPLE
+    )
+    assert {(b.id["bucket"], b.id["rank"]) for b in buttons} >= {("top", 0), ("top", 1)}
+    with Store(heads_store) as store:
+        assert (
+            sets_panel.add_to_set(sets, store, ref, "heads", None, ("top", 1)) == "added 1 example to 'heads'"
+        )
+        assert "added 19 examples" in sets_panel.add_to_set(sets, store, ref, "heads", None)

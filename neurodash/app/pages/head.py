@@ -206,7 +206,10 @@ def example_sections(
                     ]
                 ),
                 html.Div(
-                    [render.attention_example_row(e, rows.get((e.bucket, e.rank))) for e in group],
+                    [
+                        render.attention_example_row(e, rows.get((e.bucket, e.rank)), add_button=True)
+                        for e in group
+                    ],
                     className="nd-examples",
                 ),
             ],
