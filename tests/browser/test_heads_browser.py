@@ -106,7 +106,7 @@ def test_probe_shows_attention_on_the_tiny_model(dash_duo, tiny_heads_store, tmp
     arcs = dash_duo.driver.execute_script(
         "return [...document.querySelectorAll('.nd-arc-tokens > span')].map(s => s.textContent).join('')"
     )
-    assert arcs.startswith("<bos>def greet(name):")  # the text, as text
+    assert arcs.startswith("<bos>def greet(name):\u21b5")  # the text, as text, on one line
     dash_duo.select_dcc_dropdown("#probe-attn-layer", "1")
     dash_duo.wait_for_contains_text("#probe-attn-figure .gtitle", "L1H0")
     token = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")[2]

@@ -127,6 +127,11 @@
    * an SVG above them with one arc per [query, key, weight] from data-arcs, as opaque as the weight.
    * The hover of an arc gives its weight and the two tokens. */
   const SVG = "http://www.w3.org/2000/svg";
+
+  /* As tokenDisplay, but on one line: newlines and tabs shown, not kept. */
+  function oneLineDisplay(token) {
+    return token ? token.replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192").replace(/\r/g, "\u240d") : "\u2205";
+  }
   function renderArcs(box) {
     const data = box.getAttribute("data-arcs");
     if (box.ndRendered === data) return;
@@ -136,7 +141,7 @@
     line.className = "nd-arc-tokens";
     tokens.forEach(function (token, i) {
       const span = document.createElement("span");
-      span.textContent = tokenDisplay(token);
+      span.textContent = oneLineDisplay(token);
       span.title = pyRepr(token) + "  position " + i;
       line.appendChild(span);
     });

@@ -87,13 +87,8 @@ def layout() -> html.Section:
             className="nd-toolbar",
         ),
         html.Div(id=ids.PROBE_ATTN_ARCS),
-        html.Div(
-            [
-                dcc.Graph(id=ids.PROBE_ATTN_FIGURE, figure=render.empty_figure(), config=render.GRAPH_CONFIG),
-                html.Div(id=ids.PROBE_ATTN_TOP_HEADS),
-            ],
-            className="nd-grid-2",
-        ),
+        html.Div(id=ids.PROBE_ATTN_TOP_HEADS, style={"maxWidth": "560px"}),
+        dcc.Graph(id=ids.PROBE_ATTN_FIGURE, figure=render.empty_figure(), config=render.GRAPH_CONFIG),
     )
 
 
@@ -160,7 +155,7 @@ def heads_at_token(selected: dict | None, result: dict | None) -> html.Div:
                     html.Code(repr(last)),
                     " to ",
                     html.Code(repr(info["tokens"][position])),
-                    f" (position {position})",
+                    f" (token {key} of the text)",
                 ],
                 className="nd-muted",
             ),
