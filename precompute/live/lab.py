@@ -217,17 +217,21 @@ class Lab:
         self.forward_passes += 1
         return resid
 
+    @torch.inference_mode()
     def _normed(self, x: Tensor) -> Tensor:
         """The final RMSNorm, as the model computes it."""
         return self._hf.model.norm(x)
 
+    @torch.inference_mode()
     def _logits(self, x: Tensor) -> Tensor:
         return self._hf.lm_head(self._normed(x)).float()
 
+    @torch.inference_mode()
     def _metric_direction(self, prompt: LabPrompt) -> Tensor:
         u = self._W_U[:, prompt.answer_id]
         return u if prompt.counterfactual_id is None else u - self._W_U[:, prompt.counterfactual_id]
 
+    @torch.inference_mode()
     def _metric(self, prompt: LabPrompt, final: Tensor) -> Tensor:
         """The metric of each copy from the final norm's input [batch, pos, d_model]."""
         return self._normed(final[:, -1]).float() @ self._metric_direction(prompt)
@@ -324,7 +328,6 @@ class Lab:
             value = acts(source)
         return _Edit(hook, 0, unit, value)
 
-    @torch.inference_mode()
     def _edited_metrics(
         self,
         prompt: LabPrompt,
@@ -333,10 +336,22 @@ class Lab:
         start: int | None = None,
         resid_start: Tensor | None = None,
     ) -> np.ndarray:
-        """The metric of ``base``'s prompt run once per edit set, in batches of MAX_BATCH copies,
-        each batch starting at the earliest layer it edits (or ``start``, from ``resid_start``
-        [copies, pos, d_model] when given)."""
-        out = []
+        """The metric of each edit set's run (see ``_edited_finals``)."""
+        finals = self._edited_finals(base, edit_sets, start, resid_start)
+        return self._metric(prompt, finals[:, None]).numpy()
+
+    @torch.inference_mode()
+    def _edited_finals(
+        self,
+        base: _Cache,
+        edit_sets: Sequence[Sequence[_Edit]],
+        start: int | None = None,
+        resid_start: Tensor | None = None,
+    ) -> Tensor:
+        """``base``'s prompt run once per edit set, in batches of MAX_BATCH copies, each batch
+        starting at the earliest layer it edits (or ``start``, from ``resid_start`` [copies, pos,
+        d_model] when given): the final norm's input at the last position, [copies, d_model]."""
+        out = [torch.zeros(0, base.final.shape[-1])]
         for lo in range(0, len(edit_sets), MAX_BATCH):
             chunk = edit_sets[lo : lo + MAX_BATCH]
             first = start if start is not None else min((_layer(e.hook) for s in chunk for e in s), default=0)
@@ -346,8 +361,8 @@ class Lab:
                 else base.resid_pre[first].expand(len(chunk), -1, -1)
             )
             edits = [_Edit(e.hook, i, e.unit, e.value) for i, s in enumerate(chunk) for e in s]
-            out.append(self._metric(prompt, self._run_from(first, resid.clone(), _replacing_hooks(edits))))
-        return torch.cat(out).numpy() if out else np.zeros(0)
+            out.append(self._run_from(first, resid.clone(), _replacing_hooks(edits))[:, -1].float())
+        return torch.cat(out)
 
     def mean_activations(self, texts: Sequence[str]) -> MeanActivations:
         """Each head's hook_z, each MLP's output and neuron over every non-BOS position of ``texts``."""
@@ -370,19 +385,21 @@ class Lab:
         kind: str = ZERO,
         neurons: Sequence[Component] = (),
         means: MeanActivations | None = None,
+        layers: Sequence[int] | None = None,
     ) -> AblationResult:
         """Every head, every MLP layer and ``neurons`` ablated one at a time (``kind``: ZERO; MEAN over
-        ``means``, by default over the prompts themselves; RESAMPLE from the corrupted prompt)."""
+        ``means``, by default over the prompts themselves; RESAMPLE from the corrupted prompt). Only
+        ``layers`` when given (the others' entries stay NaN)."""
         if kind == MEAN and means is None:
             means = self.mean_activations([p.text for p in prompts])
         L, H = self.n_layers, self.n_heads
-        heads, mlps = np.zeros((len(prompts), L, H)), np.zeros((len(prompts), L))
-        neuron_effects, clean = np.zeros((len(prompts), len(neurons))), np.zeros(len(prompts))
+        heads, mlps = np.full((len(prompts), L, H), np.nan), np.full((len(prompts), L), np.nan)
+        neuron_effects, clean = np.full((len(prompts), len(neurons)), np.nan), np.zeros(len(prompts))
         for p, prompt in enumerate(prompts):
             run = self.cache(prompt.token_ids)
             source = self.cache(prompt.corrupted_ids) if kind == RESAMPLE else None
             clean[p] = float(self._metric(prompt, run.final[None]))
-            for layer in range(L):
+            for layer in range(L) if layers is None else layers:
                 at_layer = [n for n in neurons if n.layer == layer]
                 comps = [head(layer, h) for h in range(H)] + [mlp(layer)] + at_layer
                 metrics = self._edited_metrics(prompt, run, [[self._value(c, kind, means, source)] for c in comps])
@@ -390,6 +407,20 @@ class Lab:
                 for n, m in zip(at_layer, metrics[H + 1 :]):
                     neuron_effects[p, list(neurons).index(n)] = m - clean[p]
         return AblationResult(kind, clean, heads, mlps, tuple(neurons), neuron_effects)
+
+    @torch.inference_mode()
+    def ablated_logits(
+        self,
+        prompt: LabPrompt,
+        components: Sequence[Component],
+        kind: str = ZERO,
+        means: MeanActivations | None = None,
+    ) -> np.ndarray:
+        """The last position's logits [d_vocab] with ``components`` ablated together (the batched path)."""
+        source = self.cache(prompt.corrupted_ids) if kind == RESAMPLE else None
+        edits = [self._value(c, kind, means, source) for c in components]
+        final = self._edited_finals(self.cache(prompt.token_ids), [edits])
+        return self._logits(final[0]).numpy()
 
     @torch.inference_mode()
     def ablated_metric(
@@ -413,10 +444,11 @@ class Lab:
         direction: str = DENOISE,
         resid: bool = True,
         components: bool = True,
+        layers: Sequence[int] | None = None,
     ) -> PatchingResult:
         """Activation patching from one run into the other (DENOISE: clean into corrupted), one
         component per copy: the residual stream per layer x position (``resid``), each head's
-        hook_z and each MLP's output at every position (``components``)."""
+        hook_z and each MLP's output at every position (``components``); only ``layers`` when given."""
         if direction not in (DENOISE, NOISE):
             raise NeurodashError(f"unknown patching direction {direction!r}: use {DENOISE!r} or {NOISE!r}")
         L, H = self.n_layers, self.n_heads
@@ -433,7 +465,7 @@ class Lab:
 
             n_pos = len(prompt.token_ids)
             resid_map = np.full((L, n_pos), np.nan)
-            for layer in range(L):
+            for layer in range(L) if layers is None else layers:
                 if resid:
                     starts = base.resid_pre[layer].repeat(n_pos, 1, 1)
                     for pos in range(n_pos):
