@@ -161,8 +161,8 @@ class AblationResult:
 
     def ranked(self, top: int = 20) -> tuple[tuple[Component, float], ...]:
         """Components by the mean change over prompts, most harmful ablation first (those not run left out)."""
-        items = [(head(l, h), float(v)) for (l, h), v in np.ndenumerate(self.heads.mean(0))]
-        items += [(mlp(l), float(v)) for l, v in enumerate(self.mlps.mean(0))]
+        items = [(head(layer, h), float(v)) for (layer, h), v in np.ndenumerate(self.heads.mean(0))]
+        items += [(mlp(layer), float(v)) for layer, v in enumerate(self.mlps.mean(0))]
         items += list(zip(self.neurons, (float(v) for v in self.neuron_effects.mean(0))))
         return tuple(sorted((i for i in items if not np.isnan(i[1])), key=lambda item: item[1])[:top])
 

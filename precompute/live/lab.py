@@ -67,6 +67,17 @@ class _Cache:
 
 
 @dataclass(frozen=True)
+class _Job:
+    """One copy in a batched run: ``prompt`` run from ``base``'s residual stream (or ``resid``
+    [pos, d_model] when given, at the start layer) with ``edits`` (their ``copy`` is ignored)."""
+
+    prompt: LabPrompt
+    base: _Cache
+    edits: tuple[_Edit, ...] = ()
+    resid: Tensor | None = None
+
+
+@dataclass(frozen=True)
 class _Edit:
     """Replace ``unit`` (a head of hook_z, a neuron of hook_post; None: all of it) of batch copy
     ``copy`` at ``hook`` with ``value`` at every position."""
@@ -85,7 +96,9 @@ class Lab:
         self.bridge = cast("TransformerBridge", model.bridge)
         cfg = self.bridge.cfg
         if cfg.normalization_type != "RMS":
-            raise NeurodashError(f"the lab supports RMSNorm models; {model.name} uses {cfg.normalization_type}")
+            raise NeurodashError(
+                f"the lab supports RMSNorm models; {model.name} uses {cfg.normalization_type}"
+            )
         self.n_layers, self.n_heads, self.n_ctx = cfg.n_layers, cfg.n_heads, cfg.n_ctx
         self._hf = self.bridge.original_model
         self._W_U = self.bridge.W_U.detach().float()
@@ -141,7 +154,9 @@ class Lab:
         bos = self.model.bos_token_id
         ids = ([bos] if bos is not None else []) + list(ids)
         if len(ids) > self.n_ctx:
-            raise NeurodashError(f"the {what} has {len(ids)} tokens; {self.model.name} reads at most {self.n_ctx}")
+            raise NeurodashError(
+                f"the {what} has {len(ids)} tokens; {self.model.name} reads at most {self.n_ctx}"
+            )
         return tuple(int(i) for i in ids)
 
     def _one_token(self, text: str, what: str) -> int:
@@ -182,7 +197,9 @@ class Lab:
             L = self.n_layers
             names = {f"blocks.{i}.{h}" for i in range(L) for h in _CACHED}
             with self.bridge.hooks(fwd_hooks=[("ln_final.hook_in", _stop_here)]):  # returns its input
-                final, run = self.bridge.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
+                final, run = self.bridge.run_with_cache(
+                    torch.tensor([ids]), names_filter=lambda n: n in names
+                )
             self.forward_passes += 1
 
             def stack(hook: str) -> Tensor:
@@ -208,7 +225,11 @@ class Lab:
         positions = torch.arange(resid.shape[1])[None]
         rotary = inner.rotary_emb(resid, position_ids=positions)
         mask = create_causal_mask(
-            config=self._hf.config, inputs_embeds=resid, attention_mask=None, cache=None, position_ids=positions
+            config=self._hf.config,
+            inputs_embeds=resid,
+            attention_mask=None,
+            cache=None,
+            position_ids=positions,
         )
         with self.bridge.hooks(fwd_hooks=list(hooks)):
             for block in inner.layers[layer:]:
@@ -309,14 +330,26 @@ class Lab:
             total -= float(b_U[prompt.counterfactual_id])
         return total
 
+    def components(self) -> list[Component]:
+        """Every head and every MLP layer."""
+        heads = [head(layer, h) for layer in range(self.n_layers) for h in range(self.n_heads)]
+        return heads + [mlp(layer) for layer in range(self.n_layers)]
+
     # --- batched interventions -----------------------------------------------------------------
-    def _value(self, comp: Component, kind: str, means: MeanActivations | None, source: _Cache | None) -> _Edit:
+    def _value(
+        self, comp: Component, kind: str, means: MeanActivations | None, source: _Cache | None
+    ) -> _Edit:
         """The edit (copy 0) that replaces ``comp`` by zero, its mean, or its value in ``source``."""
         L, i = comp.layer, comp.index
         hook, unit, acts, mean = {
             "head": (f"blocks.{L}.attn.hook_z", i, lambda c: c.z[L, :, i], lambda m: m.z[L, i]),
             "mlp": (f"blocks.{L}.hook_mlp_out", None, lambda c: c.mlp_out[L], lambda m: m.mlp_out[L]),
-            "neuron": (f"blocks.{L}.mlp.hook_post", i, lambda c: c.mlp_post[L, :, i], lambda m: m.mlp_post[L, i]),
+            "neuron": (
+                f"blocks.{L}.mlp.hook_post",
+                i,
+                lambda c: c.mlp_post[L, :, i],
+                lambda m: m.mlp_post[L, i],
+            ),
         }[comp.kind]
         if kind == ZERO:
             value = torch.zeros(())
@@ -336,33 +369,38 @@ class Lab:
         start: int | None = None,
         resid_start: Tensor | None = None,
     ) -> np.ndarray:
-        """The metric of each edit set's run (see ``_edited_finals``)."""
-        finals = self._edited_finals(base, edit_sets, start, resid_start)
-        return self._metric(prompt, finals[:, None]).numpy()
+        """The metric of ``base``'s prompt run once per edit set (see ``_job_metrics``)."""
+        jobs = [
+            _Job(prompt, base, tuple(edits), None if resid_start is None else resid_start[i])
+            for i, edits in enumerate(edit_sets)
+        ]
+        return self._job_metrics(jobs, start)
+
+    def _job_metrics(self, jobs: Sequence[_Job], start: int | None = None) -> np.ndarray:
+        """Each job's metric. Jobs of prompts of one length share batches of up to MAX_BATCH copies;
+        a batch starts at the earliest layer its edits touch (``start`` when given)."""
+        metrics = np.zeros(len(jobs))
+        by_length: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_length.setdefault(job.base.final.shape[0], []).append(i)
+        for members in by_length.values():
+            for lo in range(0, len(members), MAX_BATCH):
+                chunk = members[lo : lo + MAX_BATCH]
+                finals = self._edited_finals([jobs[i] for i in chunk], start)
+                for i, final in zip(chunk, finals):
+                    metrics[i] = float(self._metric(jobs[i].prompt, final[None, None]))
+        return metrics
 
     @torch.inference_mode()
-    def _edited_finals(
-        self,
-        base: _Cache,
-        edit_sets: Sequence[Sequence[_Edit]],
-        start: int | None = None,
-        resid_start: Tensor | None = None,
-    ) -> Tensor:
-        """``base``'s prompt run once per edit set, in batches of MAX_BATCH copies, each batch
-        starting at the earliest layer it edits (or ``start``, from ``resid_start`` [copies, pos,
-        d_model] when given): the final norm's input at the last position, [copies, d_model]."""
-        out = [torch.zeros(0, base.final.shape[-1])]
-        for lo in range(0, len(edit_sets), MAX_BATCH):
-            chunk = edit_sets[lo : lo + MAX_BATCH]
-            first = start if start is not None else min((_layer(e.hook) for s in chunk for e in s), default=0)
-            resid = (
-                resid_start[lo : lo + len(chunk)]
-                if resid_start is not None
-                else base.resid_pre[first].expand(len(chunk), -1, -1)
-            )
-            edits = [_Edit(e.hook, i, e.unit, e.value) for i, s in enumerate(chunk) for e in s]
-            out.append(self._run_from(first, resid.clone(), _replacing_hooks(edits))[:, -1].float())
-        return torch.cat(out)
+    def _edited_finals(self, jobs: Sequence[_Job], start: int | None = None) -> Tensor:
+        """One batched run of ``jobs`` (prompts of one length): the final norm's input at the last
+        position, [copies, d_model]."""
+        first = (
+            start if start is not None else min((_layer(e.hook) for j in jobs for e in j.edits), default=0)
+        )
+        resid = torch.stack([j.base.resid_pre[first] if j.resid is None else j.resid for j in jobs])
+        edits = [_Edit(e.hook, i, e.unit, e.value) for i, j in enumerate(jobs) for e in j.edits]
+        return self._run_from(first, resid, _replacing_hooks(edits))[:, -1].float()
 
     def mean_activations(self, texts: Sequence[str]) -> MeanActivations:
         """Each head's hook_z, each MLP's output and neuron over every non-BOS position of ``texts``."""
@@ -395,17 +433,22 @@ class Lab:
         L, H = self.n_layers, self.n_heads
         heads, mlps = np.full((len(prompts), L, H), np.nan), np.full((len(prompts), L), np.nan)
         neuron_effects, clean = np.full((len(prompts), len(neurons)), np.nan), np.zeros(len(prompts))
-        for p, prompt in enumerate(prompts):
-            run = self.cache(prompt.token_ids)
-            source = self.cache(prompt.corrupted_ids) if kind == RESAMPLE else None
+        runs = [self.cache(p.token_ids) for p in prompts]
+        sources = [self.cache(p.corrupted_ids) if kind == RESAMPLE else None for p in prompts]
+        for p, (prompt, run) in enumerate(zip(prompts, runs)):
             clean[p] = float(self._metric(prompt, run.final[None]))
-            for layer in range(L) if layers is None else layers:
-                at_layer = [n for n in neurons if n.layer == layer]
-                comps = [head(layer, h) for h in range(H)] + [mlp(layer)] + at_layer
-                metrics = self._edited_metrics(prompt, run, [[self._value(c, kind, means, source)] for c in comps])
-                heads[p, layer], mlps[p, layer] = metrics[:H] - clean[p], metrics[H] - clean[p]
-                for n, m in zip(at_layer, metrics[H + 1 :]):
-                    neuron_effects[p, list(neurons).index(n)] = m - clean[p]
+        for layer in range(L) if layers is None else layers:
+            at_layer = [n for n in neurons if n.layer == layer]
+            comps = [head(layer, h) for h in range(H)] + [mlp(layer)] + at_layer
+            jobs = [
+                _Job(prompt, run, (self._value(c, kind, means, source),))
+                for prompt, run, source in zip(prompts, runs, sources)
+                for c in comps
+            ]
+            effects = self._job_metrics(jobs).reshape(len(prompts), len(comps)) - clean[:, None]
+            heads[:, layer], mlps[:, layer] = effects[:, :H], effects[:, H]
+            for n, column in zip(at_layer, effects[:, H + 1 :].T):
+                neuron_effects[:, list(neurons).index(n)] = column
         return AblationResult(kind, clean, heads, mlps, tuple(neurons), neuron_effects)
 
     @torch.inference_mode()
@@ -419,7 +462,7 @@ class Lab:
         """The last position's logits [d_vocab] with ``components`` ablated together (the batched path)."""
         source = self.cache(prompt.corrupted_ids) if kind == RESAMPLE else None
         edits = [self._value(c, kind, means, source) for c in components]
-        final = self._edited_finals(self.cache(prompt.token_ids), [edits])
+        final = self._edited_finals([_Job(prompt, self.cache(prompt.token_ids), tuple(edits))])
         return self._logits(final[0]).numpy()
 
     @torch.inference_mode()
@@ -453,40 +496,64 @@ class Lab:
             raise NeurodashError(f"unknown patching direction {direction!r}: use {DENOISE!r} or {NOISE!r}")
         L, H = self.n_layers, self.n_heads
         clean_m, corrupt_m = np.zeros(len(prompts)), np.zeros(len(prompts))
-        resid_maps, heads, mlps = [], np.full((len(prompts), L, H), np.nan), np.full((len(prompts), L), np.nan)
+        heads, mlps = np.full((len(prompts), L, H), np.nan), np.full((len(prompts), L), np.nan)
+        pairs = []
         for p, prompt in enumerate(prompts):
             clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
-            source, base = (clean, corrupt) if direction == DENOISE else (corrupt, clean)
+            pairs.append((clean, corrupt) if direction == DENOISE else (corrupt, clean))
             clean_m[p] = float(self._metric(prompt, clean.final[None]))
             corrupt_m[p] = float(self._metric(prompt, corrupt.final[None]))
-
-            def norm(m: np.ndarray) -> np.ndarray:
-                return _normalise(m, clean_m[p], corrupt_m[p])
-
-            n_pos = len(prompt.token_ids)
-            resid_map = np.full((L, n_pos), np.nan)
-            for layer in range(L) if layers is None else layers:
-                if resid:
-                    starts = base.resid_pre[layer].repeat(n_pos, 1, 1)
-                    for pos in range(n_pos):
-                        starts[pos, pos] = source.resid_pre[layer, pos]
-                    no_edits: list[list[_Edit]] = [[] for _ in range(n_pos)]
-                    resid_map[layer] = norm(self._edited_metrics(prompt, base, no_edits, layer, starts))
-                if components:
-                    comps = [head(layer, h) for h in range(H)] + [mlp(layer)]
-                    metrics = norm(
-                        self._edited_metrics(prompt, base, [[self._value(c, RESAMPLE, None, source)] for c in comps])
-                    )
-                    heads[p, layer], mlps[p, layer] = metrics[:H], metrics[H]
-            resid_maps.append(resid_map)
+        resid_maps = [np.full((L, len(p.token_ids)), np.nan) for p in prompts]
+        for layer in range(L) if layers is None else layers:
+            if resid:
+                self._patch_resid(prompts, pairs, layer, resid_maps, clean_m, corrupt_m)
+            if components:
+                comps = [head(layer, h) for h in range(H)] + [mlp(layer)]
+                jobs = [
+                    _Job(prompt, base, (self._value(c, RESAMPLE, None, source),))
+                    for prompt, (source, base) in zip(prompts, pairs)
+                    for c in comps
+                ]
+                metrics = self._job_metrics(jobs).reshape(len(prompts), len(comps))
+                for p in range(len(prompts)):
+                    normalised = _normalise(metrics[p], clean_m[p], corrupt_m[p])
+                    heads[p, layer], mlps[p, layer] = normalised[:H], normalised[H]
         return PatchingResult(direction, clean_m, corrupt_m, tuple(resid_maps), heads, mlps)
 
-    def patched_metric(self, prompt: LabPrompt, components: Sequence[Component], direction: str = DENOISE) -> float:
+    def _patch_resid(
+        self,
+        prompts: Sequence[LabPrompt],
+        pairs: Sequence[tuple[_Cache, _Cache]],
+        layer: int,
+        maps: list[np.ndarray],
+        clean_m: np.ndarray,
+        corrupt_m: np.ndarray,
+    ) -> None:
+        """Fill ``maps[p][layer]``: the source's residual stream at one position patched into the base
+        run. A position where the two runs already agree (before the first changed token) is 0 without
+        a run: the patch changes nothing."""
+        jobs, where = [], []
+        for p, (prompt, (source, base)) in enumerate(zip(prompts, pairs)):
+            for pos in range(len(prompt.token_ids)):
+                if torch.equal(source.resid_pre[layer, pos], base.resid_pre[layer, pos]):
+                    maps[p][layer, pos] = 0.0 if abs(clean_m[p] - corrupt_m[p]) >= 1e-6 else np.nan
+                    continue
+                patched = base.resid_pre[layer].clone()
+                patched[pos] = source.resid_pre[layer, pos]
+                jobs.append(_Job(prompt, base, (), patched))
+                where.append((p, pos))
+        metrics = self._job_metrics(jobs, start=layer)
+        for (p, pos), m in zip(where, metrics):
+            maps[p][layer, pos] = _normalise(np.array([m]), clean_m[p], corrupt_m[p])[0]
+
+    def patched_metric(
+        self, prompt: LabPrompt, components: Sequence[Component], direction: str = DENOISE
+    ) -> float:
         """The normalised metric with ``components`` (EMBED among them: the token embedding) patched
         together from one run into the other."""
         clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
         source, base = (clean, corrupt) if direction == DENOISE else (corrupt, clean)
-        start = (source if EMBED in components else base).resid_pre[0][None]
+        start = (source if EMBED in components else base).resid_pre[0][None]  # [1, pos, d_model]
         edits = [self._value(c, RESAMPLE, None, source) for c in components if c != EMBED]
         metric = self._edited_metrics(prompt, base, [edits], 0, start)
         clean_m, corrupt_m = (float(self._metric(prompt, c.final[None])) for c in (clean, corrupt))
@@ -525,28 +592,37 @@ class Lab:
         return Circuit(tuple(sorted(members)), ablation, threshold, kept_now, faithful, found)
 
     def _kept(
-        self, prompts: Sequence[LabPrompt], sets: Sequence[Sequence[Component]], kind: str, means: MeanActivations
+        self,
+        prompts: Sequence[LabPrompt],
+        sets: Sequence[Sequence[Component]],
+        kind: str,
+        means: MeanActivations,
     ) -> np.ndarray:
         """The behaviour kept when each set is ablated, normalised (0 = corrupted, 1 = clean), mean over prompts."""
         kept = []
         for prompt in prompts:
             clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
             source = corrupt if kind == RESAMPLE else None
-            metrics = self._edited_metrics(prompt, clean, [[self._value(c, kind, means, source) for c in s] for s in sets])
+            metrics = self._edited_metrics(
+                prompt, clean, [[self._value(c, kind, means, source) for c in s] for s in sets]
+            )
             ends = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
             kept.append(_normalise(metrics, *ends))
         return np.mean(kept, axis=0)
 
-    def _faithfulness(self, prompts: Sequence[LabPrompt], members: Sequence[Component], means: MeanActivations) -> float:
-        everything = [head(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
-        everything += [mlp(l) for l in range(self.n_layers)]
+    def _faithfulness(
+        self, prompts: Sequence[LabPrompt], members: Sequence[Component], means: MeanActivations
+    ) -> float:
+        everything = self.components()
         rest = [c for c in everything if c not in members]
         scores = []
         for prompt in prompts:
             run = self.cache(prompt.token_ids)
             sets = [[self._value(c, MEAN, means, None) for c in s] for s in (everything, rest)]
             nothing, circuit = self._edited_metrics(prompt, run, sets)
-            scores.append(_normalise(np.array([circuit]), float(self._metric(prompt, run.final[None])), nothing)[0])
+            scores.append(
+                _normalise(np.array([circuit]), float(self._metric(prompt, run.final[None])), nothing)[0]
+            )
         return float(np.mean(scores))
 
     # --- steering ------------------------------------------------------------------------------
@@ -612,7 +688,9 @@ class Lab:
             final = self.bridge.run_with_hooks(torch.tensor([prompt.token_ids]).repeat(len(coefs), 1))
         self.forward_passes += 1
         probs = self._logits(final[:, -1]).softmax(-1)[:, prompt.answer_id]
-        return SteeringSweep(hook, tuple(float(c) for c in coefs), probs.numpy(), seen[0].numpy() if seen else None)
+        return SteeringSweep(
+            hook, tuple(float(c) for c in coefs), probs.numpy(), seen[0].numpy() if seen else None
+        )
 
 
 _CACHED = ("hook_resid_pre", "attn.hook_z", "attn.hook_pattern", "hook_mlp_out", "mlp.hook_post")

@@ -14,20 +14,24 @@ pytestmark = pytest.mark.model
 PROMPT = "cat dog cat dog cat"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab():
+    """One torch thread here: on the shared 2-core machine two threads wait on each other (10x slower)."""
     from precompute.live.lab import Lab
     from precompute.live.probe import cached_model
 
-    return Lab(cached_model())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Lab(cached_model())
+    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prompt(lab):
     return lab.prompt(PROMPT)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def contrast(lab):
     return lab.prompt(PROMPT, answer=" dog", counterfactual=" cat", corrupted="cat dog cat dog bird")
 
@@ -65,8 +69,7 @@ def test_direct_attributions_sum_to_the_metric(lab, which, request):
 
 
 def test_patching_everything_gives_one_and_nothing_zero(lab, contrast):
-    everything = [EMBED] + [head(l, h) for l in range(lab.n_layers) for h in range(lab.n_heads)]
-    everything += [mlp(l) for l in range(lab.n_layers)]
+    everything = [EMBED, *lab.components()]
     assert lab.patched_metric(contrast, everything) == pytest.approx(1.0, abs=1e-4)
     assert lab.patched_metric(contrast, []) == pytest.approx(0.0, abs=1e-4)
     assert lab.patched_metric(contrast, everything, NOISE) == pytest.approx(0.0, abs=1e-4)
@@ -147,5 +150,3 @@ def test_bad_input_is_one_clear_line(lab):
         lab.prompt(PROMPT, answer=" dog", corrupted="cat dog cat dog")
     with pytest.raises(NeurodashError, match="unknown corruption"):
         lab.prompt(PROMPT, answer=" dog", corruption="shuffle")
-    for e in []:
-        assert "\n" not in str(e)
