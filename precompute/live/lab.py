@@ -48,6 +48,7 @@ from precompute.models import LoadedModel, _stop_here
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PretrainedConfig
 
 MAX_BATCH = 64  # copies per forward pass
 ONE_TOKEN, RANDOM = "one-token", "random"  # the default corruptions
@@ -100,7 +101,12 @@ class Lab:
                 f"the lab supports RMSNorm models; {model.name} uses {cfg.normalization_type}"
             )
         self.n_layers, self.n_heads, self.n_ctx = cfg.n_layers, cfg.n_heads, cfg.n_ctx
-        self._hf = self.bridge.original_model
+        hf = cast(torch.nn.Module, self.bridge.original_model)  # the HF model, its modules bridged
+        self._config = cast("PretrainedConfig", hf.config)
+        self._rotary = hf.get_submodule("model.rotary_emb")
+        self._layers = cast(torch.nn.ModuleList, hf.get_submodule("model.layers"))
+        self._final_norm = hf.get_submodule("model.norm")
+        self._lm_head = hf.get_submodule("lm_head")
         self._W_U = self.bridge.W_U.detach().float()
         self._W_O = self.bridge.W_O.detach().float()
         self._W_out = self.bridge.W_out.detach().float()
@@ -221,18 +227,17 @@ class Lab:
         ``blocks.{layer}.hook_resid_pre`` holds), with ``hooks``: the final norm's input."""
         from transformers.masking_utils import create_causal_mask
 
-        inner = self._hf.model
         positions = torch.arange(resid.shape[1])[None]
-        rotary = inner.rotary_emb(resid, position_ids=positions)
+        rotary = self._rotary(resid, position_ids=positions)
         mask = create_causal_mask(
-            config=self._hf.config,
+            config=self._config,
             inputs_embeds=resid,
             attention_mask=None,
             cache=None,
             position_ids=positions,
         )
         with self.bridge.hooks(fwd_hooks=list(hooks)):
-            for block in inner.layers[layer:]:
+            for block in self._layers[layer:]:
                 out = block(resid, attention_mask=mask, position_embeddings=rotary, position_ids=positions)
                 resid = out[0] if isinstance(out, tuple) else out
         self.forward_passes += 1
@@ -241,11 +246,11 @@ class Lab:
     @torch.inference_mode()
     def _normed(self, x: Tensor) -> Tensor:
         """The final RMSNorm, as the model computes it."""
-        return self._hf.model.norm(x)
+        return self._final_norm(x)
 
     @torch.inference_mode()
     def _logits(self, x: Tensor) -> Tensor:
-        return self._hf.lm_head(self._normed(x)).float()
+        return self._lm_head(self._normed(x)).float()
 
     @torch.inference_mode()
     def _metric_direction(self, prompt: LabPrompt) -> Tensor:
@@ -516,7 +521,7 @@ class Lab:
                 ]
                 metrics = self._job_metrics(jobs).reshape(len(prompts), len(comps))
                 for p in range(len(prompts)):
-                    normalised = _normalise(metrics[p], clean_m[p], corrupt_m[p])
+                    normalised = _normalise(metrics[p], float(clean_m[p]), float(corrupt_m[p]))
                     heads[p, layer], mlps[p, layer] = normalised[:H], normalised[H]
         return PatchingResult(direction, clean_m, corrupt_m, tuple(resid_maps), heads, mlps)
 
@@ -544,7 +549,7 @@ class Lab:
                 where.append((p, pos))
         metrics = self._job_metrics(jobs, start=layer)
         for (p, pos), m in zip(where, metrics):
-            maps[p][layer, pos] = _normalise(np.array([m]), clean_m[p], corrupt_m[p])[0]
+            maps[p][layer, pos] = _normalise(np.array([m]), float(clean_m[p]), float(corrupt_m[p]))[0]
 
     def patched_metric(
         self, prompt: LabPrompt, components: Sequence[Component], direction: str = DENOISE
@@ -606,8 +611,8 @@ class Lab:
             metrics = self._edited_metrics(
                 prompt, clean, [[self._value(c, kind, means, source) for c in s] for s in sets]
             )
-            ends = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
-            kept.append(_normalise(metrics, *ends))
+            clean_m, corrupt_m = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
+            kept.append(_normalise(metrics, clean_m, corrupt_m))
         return np.mean(kept, axis=0)
 
     def _faithfulness(
