@@ -573,13 +573,16 @@ class Lab:
         max_size: int = 40,
         single: AblationResult | None = None,
         means: MeanActivations | None = None,
+        kinds: Sequence[str] = ("head", "mlp"),
     ) -> Circuit:
         """Greedy: heads and MLP layers by their single ablation effect (``single``, computed when not
         given), the shortest prefix whose joint ablation leaves <= 1 - ``threshold`` of the behaviour
-        (0 = corrupted run, 1 = clean), then members dropped one at a time while the rest still do."""
+        (0 = corrupted run, 1 = clean), then members dropped one at a time while the rest still do.
+        ``kinds=("head",)`` searches heads only (an MLP layer 0 that acts as a second embedding is
+        otherwise often the whole answer)."""
         means = means or self.mean_activations([p.text for p in prompts])
         single = single or self.ablate(prompts, ablation, means=means)
-        order = [c for c, _ in single.ranked(top=self.n_layers * (self.n_heads + 1)) if c.kind != "neuron"]
+        order = [c for c, _ in single.ranked(top=self.n_layers * (self.n_heads + 1)) if c.kind in kinds]
         prefixes = [order[:k] for k in range(1, min(max_size, len(order)) + 1)]
         kept = self._kept(prompts, prefixes, ablation, means)
         goal = 1 - threshold

@@ -150,3 +150,19 @@ def test_bad_input_is_one_clear_line(lab):
         lab.prompt(PROMPT, answer=" dog", corrupted="cat dog cat dog")
     with pytest.raises(NeurodashError, match="unknown corruption"):
         lab.prompt(PROMPT, answer=" dog", corruption="shuffle")
+
+
+def test_minimal_circuit_does_what_it_claims(lab, contrast):
+    means = lab.mean_activations(["the quick brown fox", PROMPT, "A B C D E"])
+    circuit = lab.minimal_circuit([contrast], MEAN, means=means, kinds=("head",))
+    assert circuit.found and all(c.kind == "head" for c in circuit.components)
+    clean = lab.attribution(contrast).metric
+    corrupt = float(lab._metric(contrast, lab.cache(contrast.corrupted_ids).final[None]))
+    ablated = lab.ablated_metric(contrast, circuit.components, MEAN, means)  # the plain, unbatched path
+    kept = (ablated - corrupt) / (clean - corrupt)
+    assert kept == pytest.approx(circuit.kept_when_ablated, abs=1e-3)
+    assert kept <= 1 - circuit.threshold
+    for c in circuit.components:  # greedy pruning: no member can be dropped
+        rest = [x for x in circuit.components if x != c]
+        if rest:
+            assert (lab.ablated_metric(contrast, rest, MEAN, means) - corrupt) / (clean - corrupt) > 0.2
