@@ -115,7 +115,7 @@ def main() -> None:
         attn = analysis.attention.last_token_to(2)
         on_two_back = " ".join(f"{c}:{attn[c.layer, c.index]:.2f}" for c in two_back_heads)
         zeroed = lab.ablated_logits(p, two_back_heads, ZERO)
-        new_top = lab._decode(int(np.argmax(zeroed)))
+        new_top = lab.model.tokenizer.decode([int(np.argmax(zeroed))])
         print(
             f"{text!r}: {top}; two-back heads' attention 2 back {on_two_back}; "
             f"top after zeroing them {new_top!r}"
@@ -138,8 +138,7 @@ def _kept(lab: Lab, prompts: list[LabPrompt], comps: list[Component], kind: str,
     """Mean over the prompts but the digits one, whose clean - corrupted gap is too small to divide by."""
     kept = []
     for p in prompts:
-        clean = lab.ablated_metric(p, [], kind, means)
-        corrupt = float(lab._metric(p, lab.cache(p.corrupted_ids).final[None]))
+        clean, corrupt = lab.metrics(p)
         if abs(clean - corrupt) > 1.0:
             kept.append((lab.ablated_metric(p, comps, kind, means) - corrupt) / (clean - corrupt))
     return float(np.mean(kept))

@@ -262,6 +262,13 @@ class Lab:
         """The metric of each copy from the final norm's input [batch, pos, d_model]."""
         return self._normed(final[:, -1]).float() @ self._metric_direction(prompt)
 
+    def metrics(self, prompt: LabPrompt) -> tuple[float, float]:
+        """(clean, corrupted): the metric on the prompt and on its corrupted twin."""
+        clean, corrupted = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
+        return float(self._metric(prompt, clean.final[None])), float(
+            self._metric(prompt, corrupted.final[None])
+        )
+
     def _top_token(self, ids: tuple[int, ...]) -> int:
         return int(self._logits(self.cache(ids).final[-1]).argmax())
 

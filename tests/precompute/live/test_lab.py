@@ -156,8 +156,7 @@ def test_minimal_circuit_does_what_it_claims(lab, contrast):
     means = lab.mean_activations(["the quick brown fox", PROMPT, "A B C D E"])
     circuit = lab.minimal_circuit([contrast], MEAN, means=means, kinds=("head",))
     assert circuit.found and all(c.kind == "head" for c in circuit.components)
-    clean = lab.attribution(contrast).metric
-    corrupt = float(lab._metric(contrast, lab.cache(contrast.corrupted_ids).final[None]))
+    clean, corrupt = lab.metrics(contrast)
     ablated = lab.ablated_metric(contrast, circuit.components, MEAN, means)  # the plain, unbatched path
     kept = (ablated - corrupt) / (clean - corrupt)
     assert kept == pytest.approx(circuit.kept_when_ablated, abs=1e-3)
