@@ -108,4 +108,5 @@ def serve(
     if debug:
         app.run(host=host, port=port, debug=True)
     else:
+        server.IdleTrim(app)
         server.run_waitress(app, host, port, threads)

@@ -19,10 +19,15 @@ and DuckDB's cache are loaded once and background jobs fork from one server proc
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import re
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,7 +35,9 @@ import dash
 import flask
 from dash import Dash
 
+from neurodash.app import state
 from neurodash.errors import NeurodashError
+from neurodash.storage import Store
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a download of every unit of a 100k-unit store sends ~1.6 MB of names
 MAX_JSON_DEPTH = 32  # the app's callbacks nest 5 deep at most (the grid's rows in a list of states)
@@ -38,6 +45,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 CALLBACK_PATH = "/_dash-update-component"
 DEFAULT_THREADS = 8
+IDLE_TRIM_S = 5  # after this long without a request, the server returns freed memory to the system
 HOSTS_KEY = "neurodash.allowed_hosts"
 ANY_HOST = "*"
 NOT_FOUND_PAGE = "neurodash.app.pages.not_found_404"
@@ -187,7 +195,6 @@ def page_exists(path: str, request: flask.Request) -> bool:
 
 
 def unit_exists(variables: dict[str, str], request: flask.Request) -> bool:
-    from neurodash.app import state
     from neurodash.app.pages import unit
 
     store = state.current().store
@@ -196,8 +203,6 @@ def unit_exists(variables: dict[str, str], request: flask.Request) -> bool:
 
 def set_exists(variables: dict[str, str], request: flask.Request) -> bool:
     """``/sets`` exists; ``/sets?name=N`` if set N does (or the sets file cannot be read: the page says so)."""
-    from neurodash.app import state
-
     name = request.args.get("name")
     if name is None:
         return True
@@ -317,3 +322,45 @@ def run_waitress(app: Dash, host: str, port: int, threads: int = DEFAULT_THREADS
 def url_host(host: str) -> str:
     """``host`` as written in a URL: IPv6 addresses in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+class IdleTrim:
+    """Hands memory back to the system once the server falls idle after serving: DuckDB's cache of
+    the store's blocks (it grows with every unit read: +190 MB after 600 units of a 318 MB store),
+    then a garbage collection and glibc's ``malloc_trim`` (free heap pages)."""
+
+    def __init__(self, app: Dash, idle_s: float = IDLE_TRIM_S) -> None:
+        self._idle_s = idle_s
+        self._last_request = time.monotonic()
+        self._served_since_trim = False
+        self._trim = _malloc_trim()
+        self._store: Store = app.server.extensions[state.EXTENSION].store
+        app.server.before_request(self._saw_request)
+        threading.Thread(target=self._run, name="neurodash-idle-trim", daemon=True).start()
+
+    def _saw_request(self) -> None:
+        self._last_request = time.monotonic()
+        self._served_since_trim = True
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._idle_s / 2)
+            if self._served_since_trim and time.monotonic() - self._last_request >= self._idle_s:
+                self._served_since_trim = False
+                self._store.release_cache()
+                gc.collect()
+                self._trim()
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or nothing where the C library has none (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def trim_now() -> None:
+        trim(0)
+
+    return trim_now
