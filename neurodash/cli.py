@@ -274,6 +274,10 @@ def server_options(args: argparse.Namespace) -> dict:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train the demo SAE and build the demo store, each once, then serve."""
     store = paths.demo_store_path()
+    if not args.no_serve:
+        from neurodash.app.server import check_options
+
+        check_options(args.port, args.threads)  # before a build of minutes, not after
     if args.rebuild or not store.is_file():
         from precompute import run_precompute
 

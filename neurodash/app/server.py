@@ -6,8 +6,8 @@ in ``neurodash serve``, the development server in ``dash_duo``'s browser tests, 
 - request bodies over ``MAX_BODY_BYTES`` get 413;
 - a ``Host`` header that is not an allowed name gets 400 (DNS rebinding: a page on another site whose
   name resolves to 127.0.0.1 must not reach the server); loopback names are always allowed;
-- every response carries a Content-Security-Policy allowing only the app's own scripts (and the hash of
-  Dash's one inline script) and styles, no framing, ``nosniff`` and no referrer beyond the origin;
+- every response carries a Content-Security-Policy allowing only the app's own scripts (and the hashes of
+  Dash's inline scripts) and styles, no framing, ``nosniff`` and no referrer beyond the origin;
 - a page address that names no page, unit or set answers 404 (with the app, which shows its not-found
   page), where Dash pages answers 200 for every path;
 - a malformed callback body (not JSON, not an object, too deeply nested, without the inputs of the

@@ -259,16 +259,21 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("command", ["serve", "demo"])
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "65536"])
-def test_a_port_out_of_range_is_one_line_and_status_2(synthetic_store, port):
+def test_a_port_out_of_range_is_one_line_and_status_2(synthetic_store, tmp_path, command, port):
+    """``demo`` says so before it builds anything (its home here is empty)."""
+    store = [str(synthetic_store)] if command == "serve" else []
     proc = subprocess.run(
-        [sys.executable, "-m", "neurodash.cli", "serve", str(synthetic_store), "--port", port],
+        [sys.executable, "-m", "neurodash.cli", command, *store, "--port", port],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "NEURODASH_HOME": str(tmp_path / "home")},
     )
     assert f"--port {port}" in one_error_line(proc)
+    assert not (tmp_path / "home").exists()
 
 
 def test_a_port_in_use_is_one_line_and_status_2(synthetic_store, tmp_path):
