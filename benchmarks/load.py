@@ -211,6 +211,7 @@ def run_server(name: str, command: str, store: Path, units: list[str], args: arg
         time.sleep(1)
         start_rss = tree_rss(process)
         warm_up(port, units)
+        warm_rss = tree_rss(process)
         watch = MemoryWatch(process)
         results = Results()
         started = time.monotonic()
@@ -241,6 +242,7 @@ def run_server(name: str, command: str, store: Path, units: list[str], args: arg
         "results": results,
         "elapsed": elapsed,
         "rss": (start_rss, peak, settled),
+        "warm_rss": warm_rss,
         "traceback": "Traceback" in tail,
     }
 
@@ -257,10 +259,12 @@ def report(run: dict) -> None:
         print(f"  {kind:<22}{len(seconds):>7}{p50:>10.0f}{p95:>10.0f}{p99:>10.0f}")
     for error, n in sorted(results.errors.items()):
         print(f"  error {error}: {n}")
+    warm = run["warm_rss"] / 2**20
     change = (mb[2] - mb[0]) / mb[0] * 100
     print(
-        f"  memory: {mb[0]:.0f} MB at start, {mb[1]:.0f} MB peak, {mb[2]:.0f} MB after the settle "
-        f"({change:+.0f}% of start)" + ("; a traceback in its log" if run["traceback"] else "")
+        f"  memory: {mb[0]:.0f} MB at start ({warm:.0f} MB after one browser's visit), {mb[1]:.0f} MB peak, "
+        f"{mb[2]:.0f} MB after the settle ({change:+.0f}% of start, {(mb[2] - warm) / warm * 100:+.0f}% of "
+        "after one visit)" + ("; a traceback in its log" if run["traceback"] else "")
     )
 
 
