@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from neurodash import paths
@@ -28,7 +29,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import routes, shell, state
+    from neurodash.app import routes, server, shell, state
     from neurodash.app.pages import not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
@@ -61,6 +62,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     unit.register_callbacks(app, store.path)
     probe.register_callbacks(app, app_state.unit_max)
     sets.register_callbacks(app)
+    server.harden(app)  # limits, allowed hosts, security headers, real 404s and 400s
     return app
 
 
@@ -86,8 +88,23 @@ def serve(
     port: int = 8050,
     debug: bool = False,
     sets_file: str | os.PathLike | None = None,
+    threads: int = 8,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
+    """Serve the app with waitress (Flask's development server with ``debug``); a ``NeurodashError``
+    for a port out of range or in use. Requests must name this machine's loopback, ``host`` or one
+    of ``allowed_hosts`` in their ``Host`` header."""
+    from neurodash.app import server
+
+    server.check_options(port, threads)
     app = create_app(Path(store_path), sets_file)
+    hosts = server.hosts_to_allow(host, allowed_hosts)
+    server.allow_hosts(app, hosts)
+    server.warn_if_exposed(host, [*server.LOOPBACK_HOSTS, *hosts])
     freeze_startup_heap()
-    print(f"neurodash: serving {store_path} on http://{host}:{port}")
-    app.run(host=host, port=port, debug=debug)
+    print(f"neurodash: serving {store_path} on http://{server.url_host(host)}:{port}")
+    if debug:
+        app.run(host=host, port=port, debug=True)
+    else:
+        server.IdleTrim(app)
+        server.run_waitress(app, host, port, threads)

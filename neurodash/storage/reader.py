@@ -337,6 +337,20 @@ class Store:
         finally:
             cur.close()
 
+    # --- memory -------------------------------------------------------------------------------
+    def release_cache(self, floor_mb: int = 16) -> None:
+        """Hand back DuckDB's cache of the file's blocks, which grows with every unit read (to the
+        size of the file): lower the memory limit to ``floor_mb`` (evicting the rest), then restore
+        it. For a server fallen idle: a query in that instant has ``floor_mb`` to work in."""
+        cur = self._cursor()
+        limit = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        try:
+            cur.execute(f"SET memory_limit = '{int(floor_mb)}MB'")
+        except duckdb.Error:
+            pass  # a query in flight holds more: the next idle moment will do
+        finally:
+            cur.execute(f"SET memory_limit = '{_sql_string(limit)}'")
+
 
 def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
     """``FROM examples e`` joined to the registered ``keys`` on its columns among ``EXAMPLE_KEYS``."""

@@ -250,10 +250,13 @@ def test_store_is_opened_read_only(app):
 
 
 def test_serve_binds_localhost_by_default(monkeypatch, synthetic_store):
+    from neurodash.app import server
+
     runs = []
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr(server, "run_waitress", lambda app, host, port, threads: runs.append((host, port)))
+    monkeypatch.setattr(server, "IdleTrim", lambda app: None)
     serve(synthetic_store)
-    assert runs == [{"host": "127.0.0.1", "port": 8050, "debug": False}]
+    assert runs == [("127.0.0.1", 8050)]
 
 
 @pytest.mark.parametrize(
