@@ -349,7 +349,7 @@ class Store:
         except duckdb.Error:
             pass  # a query in flight holds more: the next idle moment will do
         finally:
-            cur.execute(f"SET memory_limit = '{_sql_string(limit)}'")
+            cur.execute(f"SET memory_limit = '{sql_string(limit)}'")
 
 
 def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
