@@ -340,16 +340,17 @@ class Store:
     # --- memory -------------------------------------------------------------------------------
     def release_cache(self, floor_mb: int = 16) -> None:
         """Hand back DuckDB's cache of the file's blocks, which grows with every unit read (to the
-        size of the file): lower the memory limit to ``floor_mb`` (evicting the rest), then restore
-        it. For a server fallen idle: a query in that instant has ``floor_mb`` to work in."""
+        size of the file): lower the memory limit to ``floor_mb`` (evicting the rest), then reset it
+        to DuckDB's default (a store never sets its own; read back as text, "18.8 GiB", the old value
+        would come back rounded, a little lower each time). For a server fallen idle: a query in
+        that instant has ``floor_mb`` to work in."""
         cur = self._cursor()
-        limit = cur.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         try:
             cur.execute(f"SET memory_limit = '{int(floor_mb)}MB'")
         except duckdb.Error:
             pass  # a query in flight holds more: the next idle moment will do
         finally:
-            cur.execute(f"SET memory_limit = '{sql_string(limit)}'")
+            cur.execute("RESET memory_limit")
 
 
 def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
