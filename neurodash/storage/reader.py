@@ -62,10 +62,14 @@ class Store:
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
-        """A block of the file that cannot be read (cut short, corrupt) as one line, not a traceback."""
+        """A block of the file that cannot be read (cut short, corrupt) as one line, not a traceback;
+        Ctrl-C that lands while DuckDB reads a registered Arrow table (DuckDB wraps it in its own
+        error) as the KeyboardInterrupt it is."""
         try:
             yield
         except duckdb.Error as e:
+            if "KeyboardInterrupt" in str(e) or isinstance(e, duckdb.InterruptException):
+                raise KeyboardInterrupt from None
             if not is_damage(e):
                 raise
             raise NeurodashError(
