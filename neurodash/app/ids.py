@@ -20,6 +20,9 @@ UNITS_DOWNLOAD_BUTTON = "units-download-button"
 UNITS_DOWNLOAD_FORMAT = "units-download-format"
 UNITS_DOWNLOAD_BUCKETS = "units-download-buckets"
 UNITS_DOWNLOAD_STATUS = "units-download-status"
+SEARCH_INPUT = "search-input"  # find units by token (app/panels/search.py)
+SEARCH_MODE = "search-mode"
+SEARCH_RESULTS = "search-results"
 UNITS_SELECTION = "units-selection"  # the units shown when the button was pressed, read from the grid
 
 # unit page

@@ -110,16 +110,18 @@ def test_not_found_page(app):
         (" l0n7 ", "/unit/L0.mlp/7", ""),
         ("L1.mlp/39", "/unit/L1.mlp/39", ""),
         ("", no_update, ""),
-        ("hello", no_update, "cannot read unit reference 'hello'"),
+        ("hello", "/?q=hello", ""),  # not a unit reference: find units that peak on it
+        (" import", "/?q=+import", ""),
         ("L0N40", no_update, "unit 40 is out of range for L0.mlp (0..39)"),
         ("L7N1", no_update, "no source 'L7.mlp' in this store"),
     ],
 )
 def test_jump_box(app, typed, path, error):
     with app.server.test_request_context("/"):
-        got_path, got_error = shell.on_jump(1, typed)
+        got_path, got_error, box = shell.on_jump(1, typed)
     assert got_path == path
     assert got_error.startswith(error)
+    assert box == ("" if path is not no_update else no_update)  # the box clears after a jump
 
 
 def test_probe_page_config(app):
@@ -327,7 +329,7 @@ def test_a_store_with_sae_features(tmp_path):
         == "/unit/L1.sae/0"
     )
     with mixed.server.test_request_context("/"):
-        assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "")
+        assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
 
@@ -364,3 +366,18 @@ def test_strongest_examples_are_each_units_top_example(tmp_path):
     for ref in refs[:3]:
         assert found[ref] == store.examples(ref, ["top"])[0]
     assert store.strongest_examples([]) == {}
+
+
+def test_search_from_the_overview_and_the_address(app):
+    from neurodash.app.panels import search
+
+    with Store(app.server.extensions["neurodash"].store.path) as store:
+        token = store.examples(UnitRef("L2.mlp", 5), ["top"])[0].max_token
+    with app.server.test_request_context("/"):
+        shown = html.Div(search.on_search(token, []))
+        hrefs = [link.href for link in find(shown, lambda c: isinstance(c, dcc.Link))]
+        assert "/unit/L2.mlp/5" in hrefs
+        assert search.on_search("", []) == [] and search.on_search("no such token", ["substring"])
+    page = render(app, overview.layout, q=token)
+    assert by_id(page, ids.SEARCH_INPUT).value == token
+    assert "/unit/L2.mlp/5" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]

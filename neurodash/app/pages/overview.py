@@ -7,13 +7,14 @@ from dash import Dash, html
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
-from neurodash.app.panels import polysemanticity, units_table
+from neurodash.app.panels import polysemanticity, search, units_table
 
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
 
 
-def layout(**_query) -> html.Div:
+def layout(q: str | list[str] | None = None, **_query) -> html.Div:
+    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results."""
     app_state = state.current()
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
@@ -39,6 +40,7 @@ def layout(**_query) -> html.Div:
                 open=len(sources) <= 8,
                 className="nd-section",
             ),
+            search.layout(q[0] if isinstance(q, list) else q or ""),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
             polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
             units_table.layout(app_state),
@@ -48,3 +50,4 @@ def layout(**_query) -> html.Div:
 
 def register_callbacks(app: Dash) -> None:
     units_table.register_callbacks(app)
+    search.register_callbacks(app)
