@@ -300,7 +300,11 @@ class Store:
             unit_key = (columns["source"].astype(np.int64) << 32) | columns["unit"].astype(np.int64)
             units, n_top = np.unique(unit_key, return_counts=True)
             return PeakIndex(
-                unit_key, columns["token_id"].astype(np.int64), columns["value"].astype(np.float32), units, n_top
+                unit_key,
+                columns["token_id"].astype(np.int64),
+                columns["value"].astype(np.float32),
+                units,
+                n_top,
             )
 
     # --- frames for notebooks, the overview and export -------------------------------------

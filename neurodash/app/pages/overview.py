@@ -11,6 +11,7 @@ from neurodash.app.panels import polysemanticity, search, units_table
 
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
+RELATIVE_FREQUENCIES = ("freq_10", "freq_50")  # where the store has them: sparsity on each unit's own scale
 
 
 def layout(q: str | list[str] | None = None, **_query) -> html.Div:
@@ -19,7 +20,9 @@ def layout(q: str | list[str] | None = None, **_query) -> html.Div:
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
     n_units = sum(s.n_units for s in sources)
-    boxes = {m: box_stats(app_state.units, m) for m in (*DISTRIBUTIONS, *app_state.score_metrics)}
+    metrics = [*DISTRIBUTIONS, *(m for m in RELATIVE_FREQUENCIES if m in app_state.units)]
+    metrics += [m for m in app_state.score_metrics if m not in metrics]
+    boxes = {m: box_stats(app_state.units, m) for m in metrics}
     return html.Div(
         [
             html.H1("Overview", className="nd-title"),
@@ -42,7 +45,9 @@ def layout(q: str | list[str] | None = None, **_query) -> html.Div:
             ),
             search.layout(q[0] if isinstance(q, list) else q or ""),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
-            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
+            polysemanticity.ranking_panel(
+                app_state.units, label_prefixes(sources), {s.source_id: s.n_tokens for s in sources}
+            ),
             units_table.layout(app_state),
         ]
     )
