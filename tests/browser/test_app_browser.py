@@ -102,9 +102,8 @@ def test_jump_box(dash_duo, synthetic_store):
 
 def test_search_by_token_lists_units_that_peak_on_it(dash_duo, synthetic_store):
     with Store(synthetic_store) as store:
-        token = store.examples(
-            store_ref := __import__("neurodash.units").units.UnitRef("L2.mlp", 5), ["top"]
-        )[0].max_token
+        store_ref = UnitRef("L2.mlp", 5)
+        token = store.examples(store_ref, ["top"])[0].max_token
         expected = [str(p.ref) for p in store.units_peaking_on(token)]
     start(dash_duo, synthetic_store)
     box = dash_duo.find_element("#search-input")

@@ -45,9 +45,7 @@ def layout(q: str | list[str] | None = None, **_query) -> html.Div:
             ),
             search.layout(q[0] if isinstance(q, list) else q or ""),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
-            polysemanticity.ranking_panel(
-                app_state.units, label_prefixes(sources), {s.source_id: s.n_tokens for s in sources}
-            ),
+            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
             units_table.layout(app_state),
         ]
     )

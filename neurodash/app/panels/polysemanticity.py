@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from dash import html
 
@@ -220,32 +221,31 @@ MIN_FIRING_TOKENS = 20  # evidence a unit needs to be ranked: tokens it fired on
 
 
 def with_evidence(
-    units: pd.DataFrame, n_tokens: dict[str, int], min_firing: int = MIN_FIRING_TOKENS
+    units: pd.DataFrame, firing_tokens: np.ndarray, metric: str, min_firing: int = MIN_FIRING_TOKENS
 ) -> pd.DataFrame:
-    """The units that fired on at least ``min_firing`` of the tokens their source saw (``n_tokens``, per
-    source id): a feature that fired on one token scores 1 by having nothing to vary, which says
-    nothing about what it means."""
-    seen = units["source_id"].map(n_tokens).fillna(0).to_numpy()
-    return units[units["density"].to_numpy() * seen >= min_firing]
+    """The units scored by ``metric`` that fired on at least ``min_firing`` tokens (``firing_tokens``, per
+    row of ``units``): a feature that fired on one token scores 1 by having nothing to vary, which
+    says nothing about what it means."""
+    return units.loc[units[metric].notna().to_numpy() & (firing_tokens >= min_firing)]
 
 
 def ranked(
-    units: pd.DataFrame, n_tokens: dict[str, int], metric: str = COMBINED, n: int = 10
+    units: pd.DataFrame, firing_tokens: np.ndarray, metric: str = COMBINED, n: int = 10
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``n`` units with the highest and the lowest ``metric``, among units with enough evidence
     (``with_evidence``; units without the metric, NaN, left out)."""
     if metric not in units:
         empty = units.iloc[:0]
         return empty, empty
-    scored = with_evidence(units.dropna(subset=[metric]), n_tokens)
+    scored = with_evidence(units, firing_tokens, metric)
     return scored.nlargest(n, metric), scored.nsmallest(n, metric)
 
 
 def ranking_panel(
-    units: pd.DataFrame, prefixes: dict[str, str | None], n_tokens: dict[str, int], n: int = 10
+    units: pd.DataFrame, prefixes: dict[str, str | None], firing_tokens: np.ndarray, n: int = 10
 ) -> html.Section | None:
     """Most and least polysemantic units of the store (by the combined score), linked."""
-    most, least = ranked(units, n_tokens, COMBINED, n)
+    most, least = ranked(units, firing_tokens, COMBINED, n)
     if most.empty:
         return None
     extra = [m for m in ("context_diversity", "token_diversity", "sae_features") if m in units]
@@ -267,7 +267,7 @@ def ranking_panel(
             [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
         )
 
-    n_ranked = len(with_evidence(units.dropna(subset=[COMBINED]), n_tokens))
+    n_ranked = len(with_evidence(units, firing_tokens, COMBINED))
     return render.panel(
         "Most and least polysemantic",
         html.P(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from app_helpers import find, texts, token_rows
 from dash import dcc
@@ -56,11 +57,10 @@ def test_ranking_lists_link_the_extremes_and_skip_unscored_units():
             "layer": [0] * 4,
             "kind": ["neuron"] * 4,
             "unit": [0, 1, 2, 3],
-            "density": [0.5, 0.5, 0.5, 0.5],
             "polysemanticity": [3.0, None, 1.0, 2.0],
         }
     )
-    seen = {"L0.mlp": 1000}
+    seen = np.full(4, 500.0)  # tokens each unit fired on
     most, least = ranked(units, seen, n=2)
     assert most["unit"].tolist() == [0, 3] and least["unit"].tolist() == [2, 3]
     panel = ranking_panel(units, {"L0.mlp": "L0N"}, seen, n=2)
@@ -77,9 +77,8 @@ def test_units_with_too_little_evidence_are_not_ranked():
             "layer": [0] * 3,
             "kind": ["sae_feature"] * 3,
             "unit": [0, 1, 2],
-            "density": [1 / 65536, 0.01, 0.2],
             "polysemanticity": [1.0, 1.5, 4.0],
         }
     )
-    most, least = ranked(units, {"L0.sae": 65536}, n=3)
+    most, least = ranked(units, np.array([1.0, 655.0, 13107.0]), n=3)
     assert least["unit"].tolist() == [1, 2] and 0 not in most["unit"].tolist()
