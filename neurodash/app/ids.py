@@ -85,6 +85,7 @@ MAXIMIZE_STATUS = "maximize-status"
 MAXIMIZE_DATA = "maximize-data"
 MAXIMIZE_RESULT = "maximize-result"
 MAXIMIZE_FIGURE = "maximize-figure"
+MAXIMIZE_WATCH = "maximize-watch"  # an interval that watches a run started before the page was built
 
 # unit page: try your own text (neurodash/app/panels/own_text.py)
 OWN_TEXT_INPUT = "own-text-input"
