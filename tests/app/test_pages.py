@@ -22,6 +22,7 @@ from dash.exceptions import PreventUpdate
 from synthetic import make_synthetic_store
 
 from neurodash.app import create_app, ids, serve, shell, state
+from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
 from neurodash.app.panels import downloads, text_probe
 from neurodash.cli import main
@@ -381,3 +382,31 @@ def test_search_from_the_overview_and_the_address(app):
     page = render(app, overview.layout, q=token)
     assert by_id(page, ids.SEARCH_INPUT).value == token
     assert "/unit/L2.mlp/5" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
+
+
+def test_relative_frequencies_show_where_the_store_has_them(tmp_path):
+    """``freq_10`` / ``freq_50`` (fractions of tokens above 10% / 50% of the unit's max), when a store has
+    them: per-layer plots on the overview, percentages in the grid and on the unit page."""
+    from neurodash.app.panels import units_table
+
+    path = make_synthetic_store(
+        tmp_path / "f.duckdb", n_layers=2, n_units=6, score_metrics=("freq_10", "freq_50", "polysemanticity")
+    )
+    app = create_app(path)
+    page = render(app, overview.layout)
+    figure = by_id(page, ids.LAYER_PLOTS).figure
+    titles = [a["title"]["text"] for k, a in figure["layout"].items() if k.startswith("yaxis")]
+    assert titles[:4] == [
+        "max activation",
+        "density (fraction > 0)",
+        "fraction > 10% of max",
+        "fraction > 50% of max",
+    ]
+    grid = by_id(page, ids.UNITS_GRID)
+    formats = {c["field"]: c.get("valueFormatter", {}).get("function", "") for c in grid.columnDefs}
+    assert formats["freq_10"].startswith("ndPercent") and formats["freq_50"].startswith("ndPercent")
+    assert units_table.HIDE_DEAD  # unchanged
+    with Store(path) as store:
+        value = store.scores(UnitRef("L1.mlp", 2))["freq_50"]
+    cards = texts(render(app, unit.layout, source_id="L1.mlp", index="2"))
+    assert "fraction > 50% of max" in cards and render_module.fraction_text(value) in cards
