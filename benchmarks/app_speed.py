@@ -12,6 +12,8 @@ to ``--synthetic``), prints:
   the browser receives (``+json``), p50 and p95; target p95 <= 50 ms;
 - the overview's time to first render on the server: layout and units-table payload (``build``)
   and serialised (``+json``), cold (right after start-up) and warm; target < 1 s;
+- the search by token: the index loaded once, then typed text to the results' JSON (exact and
+  substring), p50 and p95; target < 300 ms;
 - with ``--browser``, in headless Chromium: the overview from navigation to the first grid rows,
   and the unit page from a click on "next unit" to the new page drawn, p50 and p95.
 """
@@ -61,6 +63,30 @@ def unit_page_ms(app, n: int, seed: int = 0) -> tuple[list[float], list[float]]:
         build.append(ms)
         total.append(ms + json_ms)
     return build, total
+
+
+def search_ms(app, n: int = 30, seed: int = 0) -> dict[str, float]:
+    """The search by token, server side, from the typed text to the results' JSON: loading the index of
+    top examples' max tokens once (``serve`` does it in the background at start-up), then searches
+    for tokens that top examples peak on (exact) and for parts of them (substring), p50 and p95."""
+    from neurodash.app.panels import search
+
+    store = app.server.extensions["neurodash"].store
+    load, index = timed(lambda: store.peak_index)
+    rng = random.Random(seed)
+    tokens = [store.vocab[int(t)] for t in rng.sample(list(index.token_id), min(n, len(index.token_id)))]
+    times = {"exact": [], "substring": []}
+    for token in tokens:
+        for mode, typed in (("exact", token), ("substring", token.strip()[:3] or token)):
+            with app.server.test_request_context("/"):
+                ms, shown = timed(lambda typed=typed, mode=mode: search.on_search(typed, [mode]))
+                json_ms, _ = timed(lambda shown=shown: to_json(shown))
+            times[mode].append(ms + json_ms)
+    return {
+        "search_index": load,
+        **{f"search_{m}_p50": float(np.percentile(t, 50)) for m, t in times.items()},
+        **{f"search_{m}_p95": float(np.percentile(t, 95)) for m, t in times.items()},
+    }
 
 
 def overview_ms(app) -> tuple[float, float]:
@@ -159,6 +185,7 @@ def bench(name: str, path: Path, repeats: int, browser: bool) -> dict:
         "overview_cold_json": cold_json,
         "overview_warm": warm,
         "overview_warm_json": warm_json,
+        **search_ms(app),
     }
     if browser:
         row |= browser_ms(path)
@@ -198,6 +225,14 @@ def print_table(rows: list[dict]) -> None:
         if "overview_browser" in r:
             line += f"  {r['overview_browser']:>7.0f}  {r['unit_browser_p50']:>5.0f} / {r['unit_browser_p95']:<5.0f}"
         print(line)
+    print()
+    print(f"{'store':<28} {'search by token, typed to results JSON (ms)':<60}")
+    for r in rows:
+        print(
+            f"{r['store']:<28} index load {r['search_index']:>6.0f} (once, in the background at start-up) · "
+            f"exact p50 / p95 {r['search_exact_p50']:.1f} / {r['search_exact_p95']:.1f} · "
+            f"substring p50 / p95 {r['search_substring_p50']:.1f} / {r['search_substring_p95']:.1f}"
+        )
     print("\ntargets: unit page p95 <= 50 ms; overview first render < 1000 ms")
 
 

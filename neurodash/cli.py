@@ -1,7 +1,7 @@
 """The ``neurodash`` command: a thin layer over the Python API.
 
     neurodash precompute --out store.duckdb [--model M] [--dataset D] [--layers 0-29] ...
-    neurodash serve STORE [--host 127.0.0.1] [--port 8050] [--sets-file PATH]
+    neurodash serve STORE [--host 127.0.0.1] [--port 8050] [--threads 8] [--allowed-host NAME] [--sets-file PATH]
     neurodash demo
     neurodash info STORE
     neurodash train-sae --hook blocks.15.mlp.hook_post --out DIR [--d-sae 4096] [--tokens 200000] ...
@@ -181,7 +181,19 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=int, default=8050)
-    p.add_argument("--debug", action="store_true", help="Dash debug mode (reloads, dev tools)")
+    p.add_argument("--threads", type=int, default=8, help="waitress threads serving requests (default 8)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; loopback and --host always; * any)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="Dash debug mode on Flask's development server (reloads, dev tools)",
+    )
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
@@ -243,12 +255,26 @@ def cmd_precompute(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from neurodash.app import serve
 
-    serve(args.store, host=args.host, port=args.port, debug=args.debug, sets_file=args.sets_file)
+    serve(args.store, sets_file=args.sets_file, **server_options(args))
+
+
+def server_options(args: argparse.Namespace) -> dict:
+    return {
+        "host": args.host,
+        "port": args.port,
+        "debug": args.debug,
+        "threads": args.threads,
+        "allowed_hosts": args.allowed_host,
+    }
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train the demo SAE and build the demo store, each once, then serve."""
     store = paths.demo_store_path()
+    if not args.no_serve:
+        from neurodash.app.server import check_options
+
+        check_options(args.port, args.threads)  # before a build of minutes, not after
     if args.rebuild or not store.is_file():
         from precompute import run_precompute
 
@@ -272,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not args.no_serve:
         from neurodash.app import serve
 
-        serve(store, host=args.host, port=args.port, debug=args.debug)
+        serve(store, **server_options(args))
 
 
 def demo_sae() -> Path:

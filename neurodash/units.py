@@ -186,3 +186,15 @@ def parse_layers(text: str) -> tuple[int, ...]:
     if not layers:
         raise NeurodashError(f"layers {text!r} names no layer")
     return tuple(sorted(layers))
+
+
+@dataclass(frozen=True)
+class TokenPeaks:
+    """A unit found by what its top examples peak on: ``n`` of its ``n_top`` top examples peak on a
+    matching token, the strongest at ``value``; ``tokens`` are the matching tokens (a few)."""
+
+    ref: UnitRef
+    n: int
+    n_top: int
+    value: float
+    tokens: tuple[str, ...]

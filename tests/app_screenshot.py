@@ -3,6 +3,8 @@
     python tests/app_screenshot.py STORE [--unit L15N3 | --page /] [--out assets/unit_page.png]
     python tests/app_screenshot.py STORE --unit L15N631 --panel maximize --out assets/maximize_panel.png
     python tests/app_screenshot.py STORE --page "/sets?name=comparison words" --out assets/sets_page.png
+    python tests/app_screenshot.py STORE --page "/?q= the" --panel search --out assets/search.png
+    python tests/app_screenshot.py STORE --unit L0N5 --own-text "import os" --panel own_text --out assets/own_text.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
     python tests/app_screenshot.py STORE --unit L5H3 --out assets/head_page.png
 
@@ -50,7 +52,11 @@ READY = {
     "/heads": "#heads-heatmap .heatmaplayer",
 }
 # --panel NAME: the panel saved, and what it shows once drawn
-PANELS = {"maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick")}
+PANELS = {
+    "maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick"),
+    "search": ("section.nd-panel:has(#search-results)", "#search-results .nd-search-row"),
+    "own_text": ("section.nd-panel:has(#own-text-result)", "#own-text-input"),
+}
 
 
 def chrome_options():
@@ -78,6 +84,7 @@ def screenshot(
     height: int = 1700,
     ready: str = ".nd-main > *",
     crop: str | None = None,
+    own_text: str | None = None,
 ) -> Path:
     """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG:
     the window, or only the element ``crop`` (CSS)."""
@@ -97,6 +104,12 @@ def screenshot(
         driver.set_window_size(1400, height)
         driver.get(f"http://127.0.0.1:{server.server_port}{path}")
         WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
+        if own_text:  # type it into the unit page's box and run the model on it
+            driver.find_element(By.CSS_SELECTOR, "#own-text-input").send_keys(own_text)
+            driver.find_element(By.CSS_SELECTOR, "#own-text-run").click()
+            WebDriverWait(driver, 180).until(
+                ec.presence_of_element_located((By.CSS_SELECTOR, "#own-text-result .nd-tokens > span"))
+            )
         marked = driver.find_elements(By.CSS_SELECTOR, ".nd-example .nd-tok-max")
         if marked and not crop:  # show the token inspector at work
             webdriver.ActionChains(driver).move_to_element(marked[0]).perform()
@@ -158,6 +171,7 @@ def main() -> None:
     parser.add_argument("--unit", help="e.g. L15N3 or L15.mlp/3 (default: a sparse unit of the middle layer)")
     parser.add_argument("--page", help="another page instead, e.g. / or /probe or '/sets?name=my set'")
     parser.add_argument("--panel", choices=sorted(PANELS), help="save only this panel of the unit page")
+    parser.add_argument("--own-text", help="type this into the unit page's own-text box and run it")
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "unit_page.png")
     parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
     args = parser.parse_args()
@@ -167,7 +181,7 @@ def main() -> None:
     crop = None
     if args.panel:
         crop, ready = PANELS[args.panel]
-    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready, crop)} ({path})")
+    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready, crop, args.own_text)} ({path})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from neurodash import paths
@@ -28,7 +30,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import routes, shell, state
+    from neurodash.app import routes, server, shell, state
     from neurodash.app.pages import head, heads, not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
@@ -67,6 +69,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     head.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
     sets.register_callbacks(app)
+    server.harden(app)  # limits, allowed hosts, security headers, real 404s and 400s
     return app
 
 
@@ -86,14 +89,39 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def warm_search_index(app) -> None:
+    """Load the store's index for the search by token (``Store.peak_index``: one scan of the examples,
+    seconds on a large store) in the background, so that the first search is as fast as the next."""
+    from neurodash.app import state
+
+    store = app.server.extensions[state.EXTENSION].store
+    threading.Thread(target=lambda: store.peak_index, name="neurodash-search-index", daemon=True).start()
+
+
 def serve(
     store_path: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int = 8050,
     debug: bool = False,
     sets_file: str | os.PathLike | None = None,
+    threads: int = 8,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
+    """Serve the app with waitress (Flask's development server with ``debug``); a ``NeurodashError``
+    for a port out of range or in use. Requests must name this machine's loopback, ``host`` or one
+    of ``allowed_hosts`` in their ``Host`` header."""
+    from neurodash.app import server
+
+    server.check_options(port, threads)
     app = create_app(Path(store_path), sets_file)
+    hosts = server.hosts_to_allow(host, allowed_hosts)
+    server.allow_hosts(app, hosts)
+    server.warn_if_exposed(host, [*server.LOOPBACK_HOSTS, *hosts])
+    warm_search_index(app)
     freeze_startup_heap()
-    print(f"neurodash: serving {store_path} on http://{host}:{port}")
-    app.run(host=host, port=port, debug=debug)
+    print(f"neurodash: serving {store_path} on http://{server.url_host(host)}:{port}")
+    if debug:
+        app.run(host=host, port=port, debug=True)
+    else:
+        server.IdleTrim(app)
+        server.run_waitress(app, host, port, threads)

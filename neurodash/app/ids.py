@@ -20,6 +20,9 @@ UNITS_DOWNLOAD_BUTTON = "units-download-button"
 UNITS_DOWNLOAD_FORMAT = "units-download-format"
 UNITS_DOWNLOAD_BUCKETS = "units-download-buckets"
 UNITS_DOWNLOAD_STATUS = "units-download-status"
+SEARCH_INPUT = "search-input"  # find units by token (app/panels/search.py)
+SEARCH_MODE = "search-mode"
+SEARCH_RESULTS = "search-results"
 UNITS_SELECTION = "units-selection"  # the units shown when the button was pressed, read from the grid
 
 # unit page
@@ -82,6 +85,19 @@ MAXIMIZE_STATUS = "maximize-status"
 MAXIMIZE_DATA = "maximize-data"
 MAXIMIZE_RESULT = "maximize-result"
 MAXIMIZE_FIGURE = "maximize-figure"
+MAXIMIZE_WATCH = "maximize-watch"  # an interval that watches a run started before the page was built
+
+# unit page: try your own text (neurodash/app/panels/own_text.py)
+OWN_TEXT_INPUT = "own-text-input"
+OWN_TEXT_RUN = "own-text-run"
+OWN_TEXT_CANCEL = "own-text-cancel"
+OWN_TEXT_PROGRESS = "own-text-progress"
+OWN_TEXT_PROGRESS_BOX = "own-text-progress-box"
+OWN_TEXT_STAGE = "own-text-stage"
+OWN_TEXT_STATUS = "own-text-status"
+OWN_TEXT_SCALE = "own-text-scale"
+OWN_TEXT_DATA = "own-text-data"
+OWN_TEXT_RESULT = "own-text-result"
 
 # heads page (neurodash/app/pages/heads.py)
 HEADS_METRIC = "heads-metric"  # the score the heat map shows

@@ -9,6 +9,7 @@ Figures are plain dicts: building ``plotly.graph_objects`` figures costs millise
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import TypeVar
@@ -176,7 +177,7 @@ def histogram_figure(stats: UnitStats) -> dict:
         "y": [c / total for c in counts],
         "width": [b - a for a, b in bins],
         "marker": {
-            "color": [rgba(POSITIVE if c > 0 else NEGATIVE, 0.85) for c in centres],
+            "color": [bin_color(a, b) for a, b in bins],
             "line": {"width": 0},
         },
         "customdata": [[a, b, c] for (a, b), c in zip(bins, counts, strict=True)],
@@ -184,7 +185,11 @@ def histogram_figure(stats: UnitStats) -> dict:
         "%{y:.2%}<extra></extra>",
     }
     layout = _layout(
-        title={"text": f"Activations · {stats.density:.1%} of tokens > 0", "font": {"size": 13}, "x": 0.01},
+        title={
+            "text": f"Activations · {fraction_text(stats.density)} of tokens > 0",
+            "font": {"size": 13},
+            "x": 0.01,
+        },
         xaxis={"title": {"text": "activation"}, "zeroline": True, "zerolinecolor": "#999"},
         yaxis={
             "type": "log",
@@ -197,6 +202,16 @@ def histogram_figure(stats: UnitStats) -> dict:
         height=260,
     )
     return {"data": [bar], "layout": layout}
+
+
+ZERO_BIN = (152, 162, 179)  # a bin that holds zero: neither sign
+
+
+def bin_color(low: float, high: float) -> str:
+    """A histogram bin's colour: the positive or negative colour, grey for the bin around zero."""
+    if low >= 0:
+        return rgba(POSITIVE, 0.85)
+    return rgba(NEGATIVE, 0.85) if high <= 0 else rgba(ZERO_BIN, 0.85)
 
 
 def logit_figure(effects: Sequence[LogitEffect]) -> dict:
@@ -237,6 +252,8 @@ def logit_figure(effects: Sequence[LogitEffect]) -> dict:
     }
 
 
+LAYER_PLOTS_PER_ROW = 2  # wide enough to read a box per layer of a 30-layer model
+LAYER_PLOT_HEIGHT = 320
 KIND_COLORS = {NEURON: POSITIVE, SAE_FEATURE: (40, 150, 130), HEAD: ATTENTION}
 
 
@@ -246,8 +263,11 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
     metrics = list(boxes)
     kinds = sorted({kind for per_kind in boxes.values() for kind in per_kind})
     traces, axes = [], {}
-    gap = 0.08
-    width = (1 - gap * (len(metrics) - 1)) / max(len(metrics), 1)
+    n_cols = min(len(metrics), LAYER_PLOTS_PER_ROW)
+    n_rows = -(-len(metrics) // max(n_cols, 1))
+    gap, vgap = 0.08, 0.12 if n_rows > 1 else 0.0
+    width = (1 - gap * (n_cols - 1)) / max(n_cols, 1)
+    height = (1 - vgap * (n_rows - 1)) / max(n_rows, 1)
     for i, metric in enumerate(metrics):
         suffix = "" if i == 0 else str(i + 1)
         for kind, stats in boxes[metric].items():
@@ -273,7 +293,8 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
                 }
             )
         medians = [m for stats in boxes[metric].values() for m in stats["median"]]
-        start = i * (width + gap)
+        col, row = i % max(n_cols, 1), i // max(n_cols, 1)
+        start, top = col * (width + gap), 1 - row * (height + vgap)
         axes[f"xaxis{suffix}"] = {
             "domain": [start, start + width],
             "title": {"text": "layer"},
@@ -282,6 +303,7 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
         }
         axes[f"yaxis{suffix}"] = {
             "anchor": f"x{suffix}",
+            "domain": [top - height, top],
             "title": {"text": metric_title(metric)},
             "gridcolor": "#eee",
             "type": "log" if medians and 0 < min(medians) < 0.05 else "linear",
@@ -289,8 +311,8 @@ def layer_distribution_figure(boxes: dict[str, dict[str, dict[str, list]]]) -> d
     return {
         "data": traces,
         "layout": _layout(
-            height=280,
-            margin={"l": 60, "r": 10, "t": 20, "b": 40},
+            height=LAYER_PLOT_HEIGHT * n_rows,
+            margin={"l": 60, "r": 10, "t": 30, "b": 40},
             boxmode="group",
             showlegend=len(kinds) > 1,
             legend={"orientation": "h", "y": 1.12, "x": 0},
@@ -306,6 +328,8 @@ def metric_title(metric: str) -> str:
         "mean_act": "mean",
         "std_act": "std",
         "density": "density (fraction > 0)",
+        "freq_10": "fraction > 10% of max",
+        "freq_50": "fraction > 50% of max",
     }.get(metric, metric.replace("_", " "))
 
 
@@ -317,6 +341,26 @@ def graph(figure: dict, graph_id: str) -> dcc.Graph:
 
 
 # --- panels ---------------------------------------------------------------------------------
+FRACTION_METRICS = ("density", "freq_10", "freq_50")  # fractions of tokens: shown as percentages
+
+
+def fraction_text(value: float) -> str:
+    """A fraction of tokens, readable however small: ``12.34%``, ``0.0015% (1 in 65k)``, ``0%``."""
+    if value <= 0 or value >= 0.001:
+        return f"{value:.2%}"
+    one_in = 1 / value
+    count = (
+        f"{one_in / 1e6:.3g}M"
+        if one_in >= 1e6
+        else f"{one_in / 1e3:.3g}k"
+        if one_in >= 1e4
+        else f"{one_in:,.0f}"
+    )
+    percent = value * 100
+    digits = 1 - math.floor(math.log10(percent))  # two significant digits, never an exponent
+    return f"{percent:.{digits}f}".rstrip("0").rstrip(".") + f"% (1 in {count})"
+
+
 def stat_cards(items: Sequence[tuple[str, str]]) -> html.Div:
     return html.Div(
         [
@@ -338,10 +382,13 @@ def unit_stat_cards(stats: UnitStats, scores: dict[str, float]) -> html.Div:
         ("std", f"{stats.std_act:.3f}"),
         ("skew", f"{stats.skew:.2f}"),
         ("kurtosis", f"{stats.kurtosis:.1f}"),
-        ("density", f"{stats.density:.2%}"),
+        ("density", fraction_text(stats.density)),
         ("tokens", f"{stats.n_tokens:,}"),
     ]
-    items += [(metric_title(m), f"{v:.3f}") for m, v in scores.items()]
+    items += [
+        (metric_title(m), fraction_text(v) if m in FRACTION_METRICS else f"{v:.3f}")
+        for m, v in scores.items()
+    ]
     return stat_cards(items)
 
 

@@ -57,6 +57,11 @@ def unit_href(ref: UnitRef) -> str:
     return f"{unit_source_href(ref.source_id)}{ref.unit}"
 
 
+def search_href(text: str) -> str:
+    """The overview with ``text`` in its search box (units whose top examples peak on it)."""
+    return f"{OVERVIEW}?{urlencode({'q': text})}"
+
+
 def set_href(name: str | None = None) -> str:
     """The sets page, showing set ``name`` when given."""
     return SETS if name is None else f"{SETS}?{urlencode({'name': name})}"

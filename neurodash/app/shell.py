@@ -31,7 +31,7 @@ def layout(store_name: str, model: str) -> html.Div:
                             dcc.Input(
                                 id=ids.JUMP_INPUT,
                                 type="text",
-                                placeholder="Jump to unit: L12N345   ( / )",
+                                placeholder="Jump to L12N345, or find a token   ( / )",
                                 debounce=True,
                                 autoComplete="off",
                                 spellCheck=False,
@@ -52,24 +52,39 @@ def layout(store_name: str, model: str) -> html.Div:
 
 
 def jump(text: str | None) -> tuple[str | NoUpdate, str]:
-    """(path to go to or ``no_update``, error message) for what was typed in the jump box."""
+    """(path to go to or ``no_update``, error message) for what was typed in the jump box: a unit's page
+    for a unit reference, the search for anything else (units whose top examples peak on it)."""
     if text is None or not text.strip():
         return no_update, ""
+    if not looks_like_ref(text.strip()):
+        return routes.search_href(text), ""
     try:
-        ref = parse_ref(text, state.current().store.sources())
+        ref = parse_ref(text.strip(), state.current().store.sources())
     except NeurodashError as e:
         return no_update, str(e)
     return routes.unit_href(ref), ""
 
 
-def on_jump(_submits: int | None, text: str | None) -> tuple[str | NoUpdate, str]:
-    return jump(text)
+def looks_like_ref(text: str) -> bool:
+    """Whether ``text`` is meant as a unit reference (``L12N3``, ``L3F7``, ``source/index``)."""
+    try:
+        parse_ref(text)
+    except NeurodashError:
+        return False
+    return True
+
+
+def on_jump(_submits: int | None, text: str | None) -> tuple[str | NoUpdate, str, str | NoUpdate]:
+    """Go, and clear the box when it went somewhere (an error keeps the text to correct)."""
+    href, error = jump(text)
+    return href, error, ("" if error == "" and href is not no_update else no_update)
 
 
 def register_callbacks(app: Dash) -> None:
     app.callback(
         Output(ids.NAV_LOCATION, "href"),
         Output(ids.JUMP_ERROR, "children"),
+        Output(ids.JUMP_INPUT, "value"),
         Input(ids.JUMP_INPUT, "n_submit"),
         State(ids.JUMP_INPUT, "value"),
         prevent_initial_call=True,

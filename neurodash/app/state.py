@@ -47,6 +47,15 @@ class AppState:
         return [c for c in self.units.columns if c not in UNIT_FRAME_COLUMNS]
 
     @cached_property
+    def firing_tokens(self) -> np.ndarray:
+        """Per row of ``units``: how many tokens the unit fired on (> 0) over the corpus."""
+        seen = {s.source_id: s.n_tokens for s in self.store.sources()}
+        per_source = self.units.groupby("source_id", sort=False)["source_id"].transform(
+            lambda g: seen[g.name]
+        )
+        return self.units["density"].to_numpy(np.float64) * per_source.to_numpy(np.float64)
+
+    @cached_property
     def keep_bos(self) -> bool:
         """Whether the store's statistics include the BOS position (the probe follows suit)."""
         return bool(json.loads(self.store.meta.get("config") or "{}").get("keep_bos", False))

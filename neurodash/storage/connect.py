@@ -4,7 +4,9 @@ A store or a sets file may come from anyone, so no file is handed to DuckDB befo
 say it is a whole DuckDB database, and every connection is inert: extensions are never installed
 nor loaded (a SQLite file would otherwise fetch ``sqlite_scanner`` from the internet), no file but
 the database itself can be read or written (external access off, which also keeps DuckDB off the
-network), and the configuration is locked so that no query can change this. A file that is not
+network; DuckDB refuses to turn it back on while the database is open, and with it off no extension
+can be installed or loaded even if a setting were changed). The configuration is not locked: the
+server lowers the memory limit for a moment to hand back DuckDB's block cache. A file that is not
 what was expected is refused with one line saying what it is.
 
 Measured on DuckDB 2.0: with external access off, Arrow tables registered on the connection,
@@ -29,7 +31,7 @@ INERT: Config = {
     "autoload_known_extensions": False,
     "allow_community_extensions": False,
 }
-OFFLINE: Config = {**INERT, "enable_external_access": False, "lock_configuration": True}
+OFFLINE: Config = {**INERT, "enable_external_access": False}
 
 # A DuckDB file: a 4096-byte main header ("DUCK" at byte 8), two 4096-byte database headers, then blocks.
 _HEADER_SIZE = 4096

@@ -7,17 +7,19 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from neurodash.errors import NeurodashError
 from neurodash.storage.connect import first_line, is_damage, open_checked, sql_string
 from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, STORE, UNIT_FRAME_COLUMNS
-from neurodash.units import AttentionRow, Example, Link, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import AttentionRow, Example, Link, LogitEffect, Source, TokenPeaks, UnitRef, UnitStats
 
 # An example's window, with the token ids it covers sliced from its sequence: the columns of
 # ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
@@ -25,6 +27,18 @@ _EXAMPLE_WINDOW = (
     "e.seq_id, e.pos, e.start, e.acts, list_slice(s.token_ids, e.start + 1, e.start + len(e.acts)) "
     "FROM examples e JOIN sequences s USING (seq_id)"
 )
+
+
+@dataclass(frozen=True)
+class PeakIndex:
+    """Per top example: its unit (``source index << 32 | unit``, the index in ``Store.sources()``), the
+    token it peaks on and its value there; ``units`` (sorted) and ``n_top``, each unit's count of them."""
+
+    unit_key: np.ndarray
+    token_id: np.ndarray
+    value: np.ndarray
+    units: np.ndarray
+    n_top: np.ndarray
 
 
 # ``UNIT_FRAME_COLUMNS`` from ``units u`` joined to ``sources s``.
@@ -45,6 +59,7 @@ class Store:
         except duckdb.Error as e:  # a lock: another process writes the file
             raise NeurodashError(f"cannot open store {self.path} ({first_line(e)})") from None
         self._local = threading.local()
+        self._peak_lock = threading.Lock()
 
     def close(self) -> None:
         self._con.close()
@@ -62,10 +77,14 @@ class Store:
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
-        """A block of the file that cannot be read (cut short, corrupt) as one line, not a traceback."""
+        """A block of the file that cannot be read (cut short, corrupt) as one line, not a traceback;
+        Ctrl-C that lands while DuckDB reads a registered Arrow table (DuckDB wraps it in its own
+        error) as the KeyboardInterrupt it is."""
         try:
             yield
         except duckdb.Error as e:
+            if "KeyboardInterrupt" in str(e) or isinstance(e, duckdb.InterruptException):
+                raise KeyboardInterrupt from None
             if not is_damage(e):
                 raise
             raise NeurodashError(
@@ -216,6 +235,82 @@ class Store:
         ).fetchall()
         return {(seq, pos): c for seq, pos, c in rows}
 
+    # --- search ------------------------------------------------------------------------------
+    def units_peaking_on(self, text: str, substring: bool = False, limit: int = 50) -> list[TokenPeaks]:
+        """Units whose top examples peak on a token matching ``text``, across every source: most matching
+        top examples first, then the highest value there.
+
+        A token matches exactly when it equals ``text`` or, surrounding whitespace stripped on both
+        sides, the stripped ``text`` (``6`` finds `` 6``); with ``substring``, when it contains ``text``,
+        case ignored. Only the ``top`` bucket counts: a unit's strongest examples. Reads ``peak_index``
+        (loaded once), so that a search takes milliseconds, not a scan of every example."""
+        wanted = self.matching_token_ids(text, substring)
+        if not wanted.size:
+            return []
+        index = self.peak_index
+        hit = np.zeros(max(len(self.vocab), 1), dtype=bool)
+        hit[wanted] = True
+        rows = np.flatnonzero(hit[index.token_id])
+        if not rows.size:
+            return []
+        keys, which = np.unique(index.unit_key[rows], return_inverse=True)
+        counts = np.bincount(which)
+        best = np.full(len(keys), -np.inf, dtype=np.float64)
+        np.maximum.at(best, which, index.value[rows])
+        order = np.lexsort((-best, -counts))[:limit]  # most matches, then the highest value
+        sources = self.sources()
+        found = []
+        for k in order:
+            tokens = sorted({self.vocab[t] for t in index.token_id[rows[which == k]]})[:5]
+            source, unit = divmod(int(keys[k]), 1 << 32)
+            found.append(
+                TokenPeaks(
+                    UnitRef(sources[source].source_id, unit),
+                    int(counts[k]),
+                    int(index.n_top[np.searchsorted(index.units, keys[k])]),
+                    float(best[k]),
+                    tuple(tokens),
+                )
+            )
+        return found
+
+    def matching_token_ids(self, text: str, substring: bool = False) -> np.ndarray:
+        """The vocabulary ids that ``units_peaking_on`` counts as ``text`` (see there)."""
+        needle = text if substring else text.strip()
+        if not needle:
+            return np.zeros(0, dtype=np.int64)
+        if substring:
+            lowered = needle.lower()
+            ids = [i for i, t in enumerate(self.vocab) if lowered in t.lower()]
+        else:
+            ids = [i for i, t in enumerate(self.vocab) if t == text or t.strip() == needle]
+        return np.asarray(ids, dtype=np.int64)
+
+    @cached_property
+    def peak_index(self) -> PeakIndex:
+        """Every top example's unit, max token and value, in memory (one scan of the examples)."""
+        with self._peak_lock:
+            cached = self.__dict__.get("peak_index")  # another thread may have loaded it meanwhile
+            if cached is not None:
+                return cached
+            columns = self.sql(
+                "SELECT src.i AS source, e.unit, s.token_ids[e.pos + 1] AS token_id, "
+                "e.acts[e.pos - e.start + 1] AS value "
+                "FROM examples e JOIN sequences s USING (seq_id) "
+                "JOIN (SELECT unnest(?::VARCHAR[]) AS source_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS i) "
+                "src USING (source_id) WHERE e.bucket = 'top'",
+                [[x.source_id for x in self.sources()]] * 2,
+            ).fetchnumpy()
+            unit_key = (columns["source"].astype(np.int64) << 32) | columns["unit"].astype(np.int64)
+            units, n_top = np.unique(unit_key, return_counts=True)
+            return PeakIndex(
+                unit_key,
+                columns["token_id"].astype(np.int64),
+                columns["value"].astype(np.float32),
+                units,
+                n_top,
+            )
+
     # --- attention heads (#13, the dashboard's side; the precompute helper may add more here) ---
     def attention_rows(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[AttentionRow]:
         """A head's stored query rows, one per example (same bucket and rank), in ``examples`` order;
@@ -362,6 +457,21 @@ class Store:
                 yield rows
         finally:
             cur.close()
+
+    # --- memory -------------------------------------------------------------------------------
+    def release_cache(self, floor_mb: int = 16) -> None:
+        """Hand back DuckDB's cache of the file's blocks, which grows with every unit read (to the
+        size of the file): lower the memory limit to ``floor_mb`` (evicting the rest), then reset it
+        to DuckDB's default (a store never sets its own; read back as text, "18.8 GiB", the old value
+        would come back rounded, a little lower each time). For a server fallen idle: a query in
+        that instant has ``floor_mb`` to work in."""
+        cur = self._cursor()
+        try:
+            cur.execute(f"SET memory_limit = '{int(floor_mb)}MB'")
+        except duckdb.Error:
+            pass  # a query in flight holds more: the next idle moment will do
+        finally:
+            cur.execute("RESET memory_limit")
 
 
 def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:

@@ -149,3 +149,11 @@ def test_a_heads_examples_go_into_a_set_as_any_units(heads_store, tmp_path):
             sets_panel.add_to_set(sets, store, ref, "heads", None, ("top", 1)) == "added 1 example to 'heads'"
         )
         assert "added 19 examples" in sets_panel.add_to_set(sets, store, ref, "heads", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/heads", 200), ("/head/1/2", 200), ("/unit/L1.attn/2", 200), ("/head/1/4", 404), ("/head/3/0", 404)],
+)
+def test_a_head_that_is_not_there_is_a_real_404(app, path, status):
+    assert app.server.test_client().get(path).status_code == status

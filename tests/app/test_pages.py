@@ -22,6 +22,7 @@ from dash.exceptions import PreventUpdate
 from synthetic import make_synthetic_store
 
 from neurodash.app import create_app, ids, serve, shell, state
+from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
 from neurodash.app.panels import downloads, text_probe
 from neurodash.cli import main
@@ -110,16 +111,18 @@ def test_not_found_page(app):
         (" l0n7 ", "/unit/L0.mlp/7", ""),
         ("L1.mlp/39", "/unit/L1.mlp/39", ""),
         ("", no_update, ""),
-        ("hello", no_update, "cannot read unit reference 'hello'"),
+        ("hello", "/?q=hello", ""),  # not a unit reference: find units that peak on it
+        (" import", "/?q=+import", ""),
         ("L0N40", no_update, "unit 40 is out of range for L0.mlp (0..39)"),
         ("L7N1", no_update, "no source 'L7.mlp' in this store"),
     ],
 )
 def test_jump_box(app, typed, path, error):
     with app.server.test_request_context("/"):
-        got_path, got_error = shell.on_jump(1, typed)
+        got_path, got_error, box = shell.on_jump(1, typed)
     assert got_path == path
     assert got_error.startswith(error)
+    assert box == ("" if path is not no_update else no_update)  # the box clears after a jump
 
 
 def test_probe_page_config(app):
@@ -252,10 +255,13 @@ def test_store_is_opened_read_only(app):
 
 
 def test_serve_binds_localhost_by_default(monkeypatch, synthetic_store):
+    from neurodash.app import server
+
     runs = []
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr(server, "run_waitress", lambda app, host, port, threads: runs.append((host, port)))
+    monkeypatch.setattr(server, "IdleTrim", lambda app: None)
     serve(synthetic_store)
-    assert runs == [{"host": "127.0.0.1", "port": 8050, "debug": False}]
+    assert runs == [("127.0.0.1", 8050)]
 
 
 @pytest.mark.parametrize(
@@ -329,7 +335,7 @@ def test_a_store_with_sae_features(tmp_path):
         == "/unit/L1.sae/0"
     )
     with mixed.server.test_request_context("/"):
-        assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "")
+        assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
 
@@ -366,3 +372,46 @@ def test_strongest_examples_are_each_units_top_example(tmp_path):
     for ref in refs[:3]:
         assert found[ref] == store.examples(ref, ["top"])[0]
     assert store.strongest_examples([]) == {}
+
+
+def test_search_from_the_overview_and_the_address(app):
+    from neurodash.app.panels import search
+
+    with Store(app.server.extensions["neurodash"].store.path) as store:
+        token = store.examples(UnitRef("L2.mlp", 5), ["top"])[0].max_token
+    with app.server.test_request_context("/"):
+        shown = html.Div(search.on_search(token, []))
+        hrefs = [link.href for link in find(shown, lambda c: isinstance(c, dcc.Link))]
+        assert "/unit/L2.mlp/5" in hrefs
+        assert search.on_search("", []) == [] and search.on_search("no such token", ["substring"])
+    page = render(app, overview.layout, q=token)
+    assert by_id(page, ids.SEARCH_INPUT).value == token
+    assert "/unit/L2.mlp/5" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
+
+
+def test_relative_frequencies_show_where_the_store_has_them(tmp_path):
+    """``freq_10`` / ``freq_50`` (fractions of tokens above 10% / 50% of the unit's max), when a store has
+    them: per-layer plots on the overview, percentages in the grid and on the unit page."""
+    from neurodash.app.panels import units_table
+
+    path = make_synthetic_store(
+        tmp_path / "f.duckdb", n_layers=2, n_units=6, score_metrics=("freq_10", "freq_50", "polysemanticity")
+    )
+    app = create_app(path)
+    page = render(app, overview.layout)
+    figure = by_id(page, ids.LAYER_PLOTS).figure
+    titles = [a["title"]["text"] for k, a in figure["layout"].items() if k.startswith("yaxis")]
+    assert titles[:4] == [
+        "max activation",
+        "density (fraction > 0)",
+        "fraction > 10% of max",
+        "fraction > 50% of max",
+    ]
+    grid = by_id(page, ids.UNITS_GRID)
+    formats = {c["field"]: c.get("valueFormatter", {}).get("function", "") for c in grid.columnDefs}
+    assert formats["freq_10"].startswith("ndPercent") and formats["freq_50"].startswith("ndPercent")
+    assert units_table.HIDE_DEAD  # unchanged
+    with Store(path) as store:
+        value = store.scores(UnitRef("L1.mlp", 2))["freq_50"]
+    cards = texts(render(app, unit.layout, source_id="L1.mlp", index="2"))
+    assert "fraction > 50% of max" in cards and render_module.fraction_text(value) in cards

@@ -11,6 +11,7 @@ from dash import dcc, html
 from synthetic import XSS_TOKENS
 
 from neurodash.app import render
+from neurodash.colors import NEGATIVE, POSITIVE, rgba
 from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
 
 REF = UnitRef("L1.mlp", 7)
@@ -97,7 +98,7 @@ def test_histogram_figure():
         "rgba(240"
     )
     assert fig["layout"]["yaxis"]["type"] == "log"
-    assert "25.0% of tokens > 0" in fig["layout"]["title"]["text"]
+    assert "25.00% of tokens > 0" in fig["layout"]["title"]["text"]
     json.dumps(fig)  # plain JSON, no Plotly objects
 
 
@@ -187,3 +188,24 @@ def test_not_found_page_links_home():
     page = render.not_found("No unit L9.mlp/1.")
     assert "No unit L9.mlp/1." in texts(page)
     assert "/" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.0, "0.00%"),
+        (0.1234, "12.34%"),
+        (0.001, "0.10%"),
+        (1 / 65536, "0.0015% (1 in 65.5k)"),
+        (1 / 2_000_000, "0.00005% (1 in 2M)"),
+        (1 / 5000, "0.02% (1 in 5,000)"),
+    ],
+)
+def test_small_fractions_are_readable(value, shown):
+    assert render.fraction_text(value) == shown
+
+
+def test_the_histograms_zero_bin_is_neither_sign():
+    assert render.bin_color(-0.1, 0.2) == rgba(render.ZERO_BIN, 0.85)
+    assert render.bin_color(0.0, 0.2) == rgba(POSITIVE, 0.85)
+    assert render.bin_color(-0.3, -0.1) == rgba(NEGATIVE, 0.85)

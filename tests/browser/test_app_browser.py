@@ -20,6 +20,7 @@ from synthetic import XSS_TOKENS, make_synthetic_store
 
 from neurodash.app import create_app, render
 from neurodash.storage import Store
+from neurodash.units import UnitRef
 
 pytestmark = pytest.mark.browser
 
@@ -87,13 +88,64 @@ def test_jump_box(dash_duo, synthetic_store):
     box.send_keys("L2N3" + Keys.ENTER)
     wait_for_path(dash_duo, "/unit/L2.mlp/3")
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L2N3")
-    dash_duo.clear_input(box)
-    box.send_keys("neuron please" + Keys.ENTER)
-    dash_duo.wait_for_contains_text("#jump-error", "cannot read unit reference")
-    dash_duo.clear_input(box)
+    assert box.get_attribute("value") == ""  # the box clears after a jump
     box.send_keys("L0N99" + Keys.ENTER)
     dash_duo.wait_for_contains_text("#jump-error", "out of range")
     assert dash_duo.driver.current_url == dash_duo.server_url + "/unit/L2.mlp/3"
+    dash_duo.clear_input(box)
+    box.send_keys("neuron" + Keys.ENTER)  # not a unit reference: a search
+    wait_for_path(dash_duo, "/?q=neuron")
+    dash_duo.wait_for_element("#search-results .nd-search-row a")
+    assert dash_duo.find_element("#search-input").get_attribute("value") == "neuron"
+    assert dash_duo.get_logs() == []
+
+
+def test_search_by_token_lists_units_that_peak_on_it(dash_duo, synthetic_store):
+    with Store(synthetic_store) as store:
+        store_ref = UnitRef("L2.mlp", 5)
+        token = store.examples(store_ref, ["top"])[0].max_token
+        expected = [str(p.ref) for p in store.units_peaking_on(token)]
+    start(dash_duo, synthetic_store)
+    box = dash_duo.find_element("#search-input")
+    box.send_keys(token.strip())
+    dash_duo.wait_for_element("#search-results .nd-search-row a")
+    links = dash_duo.find_elements("#search-results .nd-search-row a")
+    hrefs = [a.get_attribute("pathname") for a in links]
+    assert hrefs == ["/unit/" + ref for ref in expected]
+    assert f"/unit/{store_ref}" in hrefs
+    link = links[hrefs.index(f"/unit/{store_ref}")]
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    assert dash_duo.driver.execute_script("return window.scrollY") > 0
+    link.click()
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L2N5")
+    assert dash_duo.driver.execute_script("return window.scrollY") == 0  # a new page starts at its top
+    assert dash_duo.get_logs() == []
+
+
+def test_unit_page_reads_at_a_glance(dash_duo, synthetic_store):
+    """Top examples come right after the statistics; the hovered token's value follows the cursor."""
+    start(dash_duo, synthetic_store, "/unit/L1.mlp/5")
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    titles = [e.get_attribute("textContent") for e in dash_duo.find_elements(".nd-panel > .nd-panel-title")]
+    assert titles.index("Examples") < titles.index("Try your own text") < titles.index("Polysemanticity")
+    token = dash_duo.find_elements(".nd-example .nd-tok-max")[0]
+    ActionChains(dash_duo.driver).move_to_element(token).perform()
+    tip = dash_duo.find_element("#nd-tip")
+    WebDriverWait(dash_duo.driver, 5).until(lambda _: tip.is_displayed())
+    assert tip.text == token.get_attribute("title")
+    box, where = token.rect, tip.rect  # near the cursor (the token's centre), not at the top of the page
+    assert abs(where["y"] - (box["y"] + box["height"] / 2)) < 40
+    assert dash_duo.get_logs() == []
+
+
+def test_overview_headers_are_readable(dash_duo, synthetic_store):
+    start(dash_duo, synthetic_store)
+    dash_duo.wait_for_element(".ag-row .nd-grid-link")
+    cut = dash_duo.driver.execute_script(
+        "return [...document.querySelectorAll('.ag-header-cell-text')]"
+        ".filter(e => e.scrollWidth > e.clientWidth).map(e => e.textContent)"
+    )
+    assert cut == []
     assert dash_duo.get_logs() == []
 
 
@@ -111,7 +163,10 @@ def test_not_found(dash_duo, synthetic_store, path, message):
     dash_duo.wait_for_text_to_equal(".nd-notfound-message", message)
     dash_duo.find_element(".nd-notfound a").click()  # back to the overview
     wait_for_path(dash_duo, "/")
-    assert dash_duo.get_logs() == []
+    # The page was served with status 404, which the browser reports; nothing else went wrong.
+    assert [log["message"] for log in dash_duo.get_logs()] == [
+        f"{dash_duo.server_url}{path} - Failed to load resource: the server responded with a status of 404 (NOT FOUND)"
+    ]
 
 
 def test_untrusted_tokens_show_as_text_and_never_run(dash_duo, synthetic_store):
@@ -174,6 +229,19 @@ def test_token_rows_render_as_coloured_text(dash_duo):
 
 
 @pytest.mark.model
+def test_try_your_own_text_on_a_unit_page(dash_duo, probe_store):
+    start(dash_duo, probe_store, "/unit/L0.mlp/3")
+    box = dash_duo.find_element("#own-text-input")
+    assert box.get_attribute("value") == ""
+    box.send_keys("import os")
+    dash_duo.find_element("#own-text-run").click()
+    dash_duo.wait_for_contains_text("#own-text-status", "tokens", timeout=90)
+    tokens = dash_duo.find_elements("#own-text-result .nd-tokens > span")
+    assert "".join(t.get_attribute("textContent") for t in tokens) == "import os"
+    assert all(t.get_attribute("title").split()[-1][0] in "+-" for t in tokens)
+    assert dash_duo.get_logs() == []
+
+
 def test_text_probe(dash_duo, probe_store):
     start(dash_duo, probe_store, "/probe")
     text = dash_duo.find_element("#probe-text")

@@ -226,3 +226,13 @@ def test_unknown_units_and_sources(store_path):
             store.sequence(99)
         assert store.has_unit(B) and not store.has_unit(UnitRef("L0.mlp", 2))
         assert store.examples(B) == [] and store.logit_effects(B) == []
+
+
+def test_release_cache_hands_back_blocks_and_keeps_the_limit(store_path):
+    """The idle server's release (app/server.py): the memory limit comes back as it was, reads go on."""
+    with Store(store_path) as store:
+        limit = store.sql("SELECT current_setting('memory_limit')").fetchall()
+        store.units_frame()
+        store.release_cache()
+        assert store.sql("SELECT current_setting('memory_limit')").fetchall() == limit
+        assert len(store.units_frame()) > 0

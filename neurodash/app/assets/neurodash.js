@@ -115,6 +115,59 @@
   document.addEventListener("mouseover", inspect);
   document.addEventListener("click", inspect);
 
+  /* The hovered token's value at the cursor: one tooltip element that follows the mouse. */
+  function tip() {
+    let el = document.getElementById("nd-tip");
+    if (!el) {
+      el = document.createElement("div");
+      el.id = "nd-tip";
+      el.className = "nd-tip";
+      document.body.appendChild(el);
+    }
+    return el;
+  }
+  document.addEventListener("mousemove", function (e) {
+    const token = e.target.closest && e.target.closest(".nd-tokens > span");
+    const el = document.getElementById("nd-tip");
+    if (!token) {
+      if (el) el.style.display = "none";
+      return;
+    }
+    const shown = tip();
+    shown.textContent = token.title;
+    shown.style.display = "block";
+    const x = Math.min(e.clientX + 14, window.innerWidth - shown.offsetWidth - 8);
+    shown.style.left = Math.max(x, 4) + "px";
+    shown.style.top = e.clientY + 18 + "px";
+  });
+
+  /* A new page starts at its top (dcc.Link keeps the scroll position of the page it leaves). */
+  window.addEventListener("_dashprivate_pushstate", function () { window.scrollTo(0, 0); });
+
+  /* "+ add to set": its confirmation also appears where the click was, for a moment. */
+  let lastAdd = null;
+  document.addEventListener("click", function (e) {
+    if (e.target.closest && e.target.closest(".nd-add, #set-add-top")) lastAdd = { x: e.clientX, y: e.clientY, at: Date.now() };
+  }, true);
+  function toast(feedback) {
+    if (!lastAdd || Date.now() - lastAdd.at > 15000 || !feedback.textContent) return;
+    const el = document.createElement("div");
+    const child = feedback.firstElementChild;
+    el.className = "nd-toast " + (child ? child.className : "");
+    el.textContent = feedback.textContent;
+    el.style.left = Math.max(Math.min(lastAdd.x + 12, window.innerWidth - 320), 4) + "px";
+    el.style.top = lastAdd.y - 10 + "px";
+    document.body.appendChild(el);
+    lastAdd = null;
+    setTimeout(function () { el.remove(); }, 2500);
+  }
+  new MutationObserver(function (mutations) {
+    for (const m of mutations) {
+      const feedback = m.target.closest ? m.target.closest("#set-feedback") : null;
+      if (feedback) return toast(feedback);
+    }
+  }).observe(document.documentElement, { childList: true, subtree: true });
+
   /* The probe's tokens: a click selects the token (its index) for the server's callback. */
   document.addEventListener("click", function (e) {
     const token = e.target.closest && e.target.closest("#probe-tokens .nd-tokens > span");
@@ -238,6 +291,12 @@
     return { clicks: nClicks, units: (rows || []).map(function (row) { return row.key; }) };
   }
 
+  /* As render.fraction_text: 12.34%, and a small fraction readable ("0.0015% · 1 in 65k"). */
+  function fractionText(value) {
+    if (value <= 0 || value >= 0.001) return (100 * value).toFixed(2) + "%";
+    return (100 * value).toPrecision(2).replace(/0+$/, "").replace(/\.$/, "") + "%";
+  }
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     neurodash: { fillUnitsGrid: fillUnitsGrid, countShownUnits: countShownUnits, shownUnits: shownUnits },
   });
@@ -262,7 +321,7 @@
       return value === null || value === undefined ? "" : value.toFixed(digits);
     },
     ndPercent: function (value) {
-      return value === null || value === undefined ? "" : (100 * value).toFixed(2) + "%";
+      return value === null || value === undefined ? "" : fractionText(value);
     },
     ndCompareUnits: function (nodeA, nodeB) {
       return nodeA.data.order - nodeB.data.order;

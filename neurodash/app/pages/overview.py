@@ -7,25 +7,26 @@ from dash import Dash, html
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
-from neurodash.app.panels import polysemanticity, units_table
+from neurodash.app.panels import polysemanticity, search, units_table
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
 TITLE = "neurodash"
 DISTRIBUTIONS = ("max_act", "density")
+RELATIVE_FREQUENCIES = ("freq_10", "freq_50")  # where the store has them: sparsity on each unit's own scale
 
 
-def layout(**_query) -> html.Div:
+def layout(q: str | list[str] | None = None, **_query) -> html.Div:
+    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results."""
     app_state = state.current()
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
     n_units = sum(s.n_units for s in sources)
+    metrics = [*DISTRIBUTIONS, *(m for m in RELATIVE_FREQUENCIES if m in app_state.units)]
+    metrics += [m for m in app_state.score_metrics if m not in metrics]
     units = app_state.units
     is_head = units["kind"] == HEAD
     not_heads = units.loc[~is_head] if is_head.any() else units  # a head's density (of a norm) means nothing
-    boxes = {
-        m: box_stats(not_heads if m == "density" else units, m)
-        for m in (*DISTRIBUTIONS, *app_state.score_metrics)
-    }
+    boxes = {m: box_stats(not_heads if m == "density" else units, m) for m in metrics}
     return html.Div(
         [
             html.H1("Overview", className="nd-title"),
@@ -46,8 +47,9 @@ def layout(**_query) -> html.Div:
                 open=len(sources) <= 8,
                 className="nd-section",
             ),
+            search.layout(q[0] if isinstance(q, list) else q or ""),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
-            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources)),
+            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
             units_table.layout(app_state),
         ]
     )
@@ -60,3 +62,4 @@ def kind_order(source: Source) -> tuple[int, int, str]:
 
 def register_callbacks(app: Dash) -> None:
     units_table.register_callbacks(app)
+    search.register_callbacks(app)

@@ -1,6 +1,9 @@
 """Unit page (``routes.UNIT_TEMPLATE``, ``/unit/<source>/<index>``): what one neuron or feature does.
 A head's address here (``/unit/L3.attn/2``) shows the head page (``pages/head.py``).
 
+It leads with what identifies the unit (statistics, histogram, logits, then its top examples), then
+your own text on it, the polysemanticity breakdown, and activation maximization.
+
 The page holds the current unit (``current_unit``) for its panels' callbacks; the panels, with their
 callbacks, are in ``app/panels/``.
 """
@@ -14,7 +17,7 @@ from dash import Dash, html
 from neurodash.app import current_unit, ids, render, routes, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.app.pages import head
-from neurodash.app.panels import downloads, neighbors, polysemanticity
+from neurodash.app.panels import downloads, neighbors, own_text, polysemanticity
 from neurodash.app.panels import maximize as maximize_panel
 from neurodash.app.panels import sets as sets_panel
 from neurodash.storage import Store
@@ -89,6 +92,8 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 className="nd-inspector",
                 children="Hover a token to see its exact value.",
             ),
+            render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
+            own_text.panel(max_abs),
             polysemanticity.unit_panel(
                 scores,
                 examples,
@@ -96,7 +101,6 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 max_abs,
                 polysemanticity.features_behind(store, ref, prefixes),
             ),
-            render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
             maximize_panel.panel(ref, store.path),
             html.P(
                 "Keys: j or → next unit · k or ← previous · / jump to a unit", className="nd-muted nd-keys"
@@ -110,3 +114,4 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
     downloads.register_callbacks(app)
     sets_panel.register_callbacks(app)
     maximize_panel.register_callbacks(app, store_path)
+    own_text.register_callbacks(app, store_path)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import current_unit, ids, jobs, render
+from neurodash.app import current_unit, ids, jobs, render, running
 from neurodash.colors import POSITIVE, rgba
 from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS, MAX_LENGTH
 from neurodash.errors import NeurodashError
@@ -161,11 +162,35 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
         ),
         dcc.Store(id=ids.MAXIMIZE_DATA),
         html.Div(latest(ref, store_path), id=ids.MAXIMIZE_RESULT),
+        # while a run started before this page was built is in progress: watch it until it ends
+        dcc.Interval(id=ids.MAXIMIZE_WATCH, interval=2000, disabled=in_progress(ref, store_path) is None),
+    )
+
+
+def in_progress(ref: UnitRef, store_path: str | os.PathLike) -> running.Running | None:
+    return running.find(running.key("maximize", store_path, str(ref)))
+
+
+def running_line(job: running.Running) -> html.P:
+    """A run in progress, as the page says it (after a reload, the job goes on in the background)."""
+    eta = running.eta_text(job.seconds_left())
+    return html.P(
+        f"A maximization run of this unit is in progress: step {job.done} of {job.total}"
+        f"{f', {eta}' if eta else ''}. Its result appears here when it ends.",
+        className="nd-muted nd-running",
     )
 
 
 def latest(ref: UnitRef, store_path: str | os.PathLike) -> list:
-    """The unit's latest run, drawn; a line saying why when the results file cannot be read."""
+    """The unit's latest run, drawn (below a line about a run in progress, if one is); a line saying
+    why when the results file cannot be read."""
+    job = in_progress(ref, store_path)
+    if job is not None:
+        try:
+            previous = MaximizeResults.beside(store_path).latest(ref)
+        except NeurodashError:
+            previous = None
+        return [running_line(job), *(show(previous) if previous is not None else [])]
     try:
         return show(MaximizeResults.beside(store_path).latest(ref))
     except NeurodashError as e:
@@ -191,18 +216,23 @@ def maximize_job(
         return None, "Maximization needs the model extras: pip install 'neurodash[precompute]'."
     if torch_inherited:
         avoid_inherited_thread_pool()
+    job, started = running.key("maximize", store_path, str(unit)), time.time()
+
+    def progress(done: int, total: int) -> None:
+        running.report(job, done, total, started)
+        eta = running.eta_text(running.Running(done, total, started).seconds_left())
+        set_progress((str(done), str(total), f"step {done} of {total}" + (f" · {eta}" if eta else "")))
+
     try:
         config = MaximizeConfig(length=length, steps=steps)
+        running.report(job, 0, steps, started)
         set_progress(("0", str(steps), "Loading the model…"))
-        frontier = maximize(
-            store_path,
-            unit,
-            config=config,
-            progress=lambda done, total: set_progress((str(done), str(total), f"step {done} of {total}")),
-        )
+        frontier = maximize(store_path, unit, config=config, progress=progress)
         MaximizeResults.beside(store_path).save(frontier)
     except NeurodashError as e:
         return None, f"Cannot maximize: {e}"
+    finally:
+        running.finish(job)
     return frontier.to_json(), f"Done in {frontier.seconds:.0f} s."
 
 
@@ -234,3 +264,20 @@ def register_callbacks(app: Dash, store_path: str | os.PathLike) -> None:
         Input(ids.MAXIMIZE_DATA, "data"),
         prevent_initial_call=True,
     )(show_data)
+
+    @app.callback(
+        Output(ids.MAXIMIZE_RESULT, "children", allow_duplicate=True),
+        Output(ids.MAXIMIZE_WATCH, "disabled"),
+        Input(ids.MAXIMIZE_WATCH, "n_intervals"),
+        current_unit.state(),
+        prevent_initial_call=True,
+    )
+    def watch(_n, unit):
+        return watch_run(store_path, current_unit.read(unit))
+
+
+def watch_run(store_path: str, unit: UnitRef | None) -> tuple[list | NoUpdate, bool]:
+    """(the results area, whether to stop watching) for a run started before the page was built."""
+    if unit is None:
+        return no_update, True
+    return latest(unit, store_path), in_progress(unit, store_path) is None

@@ -7,10 +7,10 @@ Data in, components out; ``features_behind`` gathers from the store what the uni
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from dash import html
 
@@ -217,18 +217,35 @@ def unit_panel(
     return render.panel("Polysemanticity", *parts)
 
 
-def ranked(units: pd.DataFrame, metric: str = COMBINED, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``n`` units with the highest and the lowest ``metric`` (units without it left out)."""
+MIN_FIRING_TOKENS = 20  # evidence a unit needs to be ranked: tokens it fired on (> 0) over the corpus
+
+
+def with_evidence(
+    units: pd.DataFrame, firing_tokens: np.ndarray, metric: str, min_firing: int = MIN_FIRING_TOKENS
+) -> pd.DataFrame:
+    """The units scored by ``metric`` that fired on at least ``min_firing`` tokens (``firing_tokens``, per
+    row of ``units``): a feature that fired on one token scores 1 by having nothing to vary, which
+    says nothing about what it means."""
+    return units.loc[units[metric].notna().to_numpy() & (firing_tokens >= min_firing)]
+
+
+def ranked(
+    units: pd.DataFrame, firing_tokens: np.ndarray, metric: str = COMBINED, n: int = 10
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` units with the highest and the lowest ``metric``, among units with enough evidence
+    (``with_evidence``; units without the metric, NaN, left out)."""
     if metric not in units:
         empty = units.iloc[:0]
         return empty, empty
-    scored = units.dropna(subset=[metric])
+    scored = with_evidence(units, firing_tokens, metric)
     return scored.nlargest(n, metric), scored.nsmallest(n, metric)
 
 
-def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int = 10) -> html.Section | None:
+def ranking_panel(
+    units: pd.DataFrame, prefixes: dict[str, str | None], firing_tokens: np.ndarray, n: int = 10
+) -> html.Section | None:
     """Most and least polysemantic units of the store (by the combined score), linked."""
-    most, least = ranked(units, COMBINED, n)
+    most, least = ranked(units, firing_tokens, COMBINED, n)
     if most.empty:
         return None
     extra = [m for m in ("context_diversity", "token_diversity", "sae_features") if m in units]
@@ -250,12 +267,12 @@ def ranking_panel(units: pd.DataFrame, prefixes: dict[str, str | None], n: int =
             [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
         )
 
-    counts = Counter(units[COMBINED].notna())
+    n_ranked = len(with_evidence(units, firing_tokens, COMBINED))
     return render.panel(
         "Most and least polysemantic",
         html.P(
-            f"By the combined score, over the {counts[True]:,} units with enough examples to score "
-            "(sort the table below by any score for more).",
+            f"By the combined score, over the {n_ranked:,} scored units that fired on at least "
+            f"{MIN_FIRING_TOKENS} tokens (sort the table below by any score for more).",
             className="nd-muted",
         ),
         html.Div(

@@ -9,6 +9,7 @@ from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import plural, units_payload
+from neurodash.app.render import FRACTION_METRICS, metric_title
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
@@ -79,7 +80,9 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
         *({**number, "field": m, "headerName": HEADERS.get(m, m.replace("_", " "))} for m in metrics),
     ]
     for column in columns:
-        if column["field"] == "density":
+        if column["field"] in metrics:
+            column["headerTooltip"] = metric_title(column["field"])
+        if column["field"] in FRACTION_METRICS:
             column["valueFormatter"] = {"function": "ndPercent(params.value)"}
             column["filterParams"] = DENSITY_FILTER
     return dag.AgGrid(
@@ -92,6 +95,8 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
             "filter": True,
             "floatingFilter": True,
             "suppressHeaderMenuButton": True,
+            "wrapHeaderText": True,  # long metric names wrap, never "kurto…"
+            "autoHeaderHeight": True,
         },
         dashGridOptions={
             "animateRows": False,

@@ -149,3 +149,42 @@ def test_a_run_saved_while_the_app_is_up_shows_on_the_next_page(store_with_runs)
         shown = " ".join(texts(by_id(render(app, source_id="L1.mlp", index="6"), ids.MAXIMIZE_RESULT)))
         assert f"Best activation {best:.3f}" in shown
     assert max(p.activation for p in results.latest(REF).prompts) == 4.0, "the other unit's run is as it was"
+
+
+def test_a_run_in_progress_shows_after_a_reload_with_the_time_left(store_with_runs, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from neurodash.app import running
+
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path / "home"))
+    app = create_app(store_with_runs)
+    job = running.key("maximize", store_with_runs, str(REF))
+    running.report(job, 5, 20, time.time() - 10)  # this process: alive; 5 steps in 10 s, 15 to go
+    page = render(app, source_id="L1.mlp", index="5")
+    line = texts(by_id(page, ids.MAXIMIZE_RESULT))[0]
+    assert line.startswith("A maximization run of this unit is in progress: step 5 of 20, about 3")
+    assert "s left" in line
+    assert by_id(page, ids.MAXIMIZE_WATCH).disabled is False
+    assert by_id(render(app, source_id="L1.mlp", index="6"), ids.MAXIMIZE_WATCH).disabled is True
+
+    with app.server.test_request_context("/"):
+        shown, stop = maximize_panel.watch_run(str(store_with_runs), REF)
+        assert not stop and "in progress" in " ".join(texts(shown[0]))
+        running.finish(job)
+        shown, stop = maximize_panel.watch_run(str(store_with_runs), REF)
+        assert stop and any("Best activation 4.000" in t for s in shown for t in texts(s))
+
+    stale = running.key("maximize", store_with_runs, "L1.mlp/6")
+    (running.folder() / f"{stale}.json").write_text(
+        f'{{"pid": {2**22 + os.getpid()}, "done": 1, "total": 2, "started": 0}}'
+    )
+    assert running.find(stale) is None  # its process is gone
+
+
+def test_time_left_at_the_pace_so_far():
+    from neurodash.app import running
+
+    assert running.Running(0, 10, 0.0).seconds_left(5.0) is None
+    assert running.Running(2, 10, 0.0).seconds_left(4.0) == pytest.approx(16.0)
+    assert running.eta_text(16.0) == "about 16 s left" and running.eta_text(600.0) == "about 10 min left"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from app_helpers import find, texts, token_rows
 from dash import dcc
@@ -59,9 +60,25 @@ def test_ranking_lists_link_the_extremes_and_skip_unscored_units():
             "polysemanticity": [3.0, None, 1.0, 2.0],
         }
     )
-    most, least = ranked(units, n=2)
+    seen = np.full(4, 500.0)  # tokens each unit fired on
+    most, least = ranked(units, seen, n=2)
     assert most["unit"].tolist() == [0, 3] and least["unit"].tolist() == [2, 3]
-    panel = ranking_panel(units, {"L0.mlp": "L0N"}, n=2)
+    panel = ranking_panel(units, {"L0.mlp": "L0N"}, seen, n=2)
     links = [c.href for c in find(panel, lambda c: isinstance(c, dcc.Link))]
     assert links == ["/unit/L0.mlp/0", "/unit/L0.mlp/3", "/unit/L0.mlp/2", "/unit/L0.mlp/3"]
-    assert ranking_panel(units.drop(columns="polysemanticity"), {}) is None
+    assert ranking_panel(units.drop(columns="polysemanticity"), {}, seen) is None
+
+
+def test_units_with_too_little_evidence_are_not_ranked():
+    """A feature that fired on one token scores 1 (nothing to vary): it is not "least polysemantic"."""
+    units = pd.DataFrame(
+        {
+            "source_id": ["L0.sae"] * 3,
+            "layer": [0] * 3,
+            "kind": ["sae_feature"] * 3,
+            "unit": [0, 1, 2],
+            "polysemanticity": [1.0, 1.5, 4.0],
+        }
+    )
+    most, least = ranked(units, np.array([1.0, 655.0, 13107.0]), n=3)
+    assert least["unit"].tolist() == [1, 2] and 0 not in most["unit"].tolist()
