@@ -117,12 +117,27 @@ def config_option(
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs.setdefault("default", default)
     if isinstance(default, (int, float)) and not isinstance(default, bool) and "action" not in kwargs:
-        kwargs.setdefault("type", type(default))
+        kwargs.setdefault("type", whole_number if isinstance(default, int) else float)
     help_text = f.metadata.get("help")
     if help_text and isinstance(default, (str, int, float)) and not isinstance(default, bool):
         help_text += f" (default {default})"
     kwargs.setdefault("help", help_text)
     p.add_argument(flag or "--" + name.replace("_", "-"), **kwargs)
+
+
+def whole_number(text: str) -> int:
+    """An integer option's value, also in float notation where it is whole (``1e6``, ``65_536``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
 
 
 def add_model_and_corpus_args(p: argparse.ArgumentParser, config: type = PrecomputeConfig) -> None:
@@ -236,8 +251,24 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
 def cmd_precompute(args: argparse.Namespace) -> None:
     from precompute import run_precompute
 
-    path = run_precompute(precompute_config(args, args.out, args.overwrite))
+    cfg = precompute_config(args, args.out, args.overwrite)
+    path = run_precompute(cfg)
     print(f"wrote {path}")
+    _note_short_corpus(path, cfg)
+
+
+def _note_short_corpus(path: Path, cfg: PrecomputeConfig) -> None:
+    """Say so on stderr when the corpus ran out before ``--tokens`` (the store keeps the real count)."""
+    from neurodash.storage import Store
+
+    with Store(path) as store:
+        n_tokens = int(store.meta.get("n_tokens") or 0)
+    if n_tokens < (cfg.tokens // cfg.ctx) * cfg.ctx:
+        print(
+            f"note: the corpus holds {n_tokens:,} tokens ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
+            f"fewer than --tokens {cfg.tokens:,}: all of it was read",
+            file=sys.stderr,
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
