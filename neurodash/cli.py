@@ -218,6 +218,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "--buckets", **many, help="top, bottom, q0.40, ... or quantiles (comma-separated; default all)"
     )
     p.add_argument("--set", help="a curated set's examples")
+    p.add_argument("--all", action="store_true", help="every unit of the store (instead of a selection)")
     p.add_argument(
         "--sets-file", type=Path, help="the curated sets file (default: STORE.sets.duckdb beside it)"
     )
@@ -386,9 +387,26 @@ def cmd_export(args: argparse.Namespace) -> None:
         buckets=split_list(args.buckets),
         set_name=args.set,
     )
+    _check_export_scope(selection, args.all)
     with Store(args.store) as store:
         path = export(store, selection, args.format, args.out, args.overwrite, sets_file=args.sets_file)
     print(f"wrote {path}")
+
+
+def _check_export_scope(selection, every_unit: bool) -> None:
+    """An export names its units (or a set), or says --all: a whole store can be hundreds of MB."""
+    chosen = (
+        selection.units or selection.layers or selection.sources or selection.ranges or selection.set_name
+    )
+    if every_unit and chosen:
+        raise NeurodashError(
+            "--all exports every unit: give it or a selection (--units, --layers, ...), not both"
+        )
+    if not every_unit and not chosen:
+        raise NeurodashError(
+            "say which units to export: --units, --layers, --sources, --range (--min-density, ...), "
+            "--set, or --all for every unit of the store"
+        )
 
 
 def cmd_maximize(args: argparse.Namespace) -> None:
