@@ -253,9 +253,23 @@ def cmd_precompute(args: argparse.Namespace) -> None:
     from precompute import run_precompute
 
     cfg = precompute_config(args, args.out, args.overwrite)
+    _remove_leftovers(args.out)
     path = run_precompute(cfg)
     print(f"wrote {path}")
     _note_short_corpus(path, cfg)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what killed runs left beside ``out`` (partial stores no live run writes), in one line."""
+    from neurodash.storage import remove_leftovers
+
+    removed = remove_leftovers(out.parent)
+    if removed:
+        names = ", ".join(p.name for p, _ in removed)
+        size = sum(n for _, n in removed) / 1e6
+        print(
+            f"note: removed what killed runs left in {out.parent}: {names} ({size:,.1f} MB)", file=sys.stderr
+        )
 
 
 def _note_short_corpus(path: Path, cfg: PrecomputeConfig) -> None:
