@@ -77,6 +77,7 @@ def train_sae(cfg: TrainSAEConfig, progress: bool = True) -> TrainResult:
     _check_out(out, cfg.overwrite)
     dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     model = load_model(cfg.model, cfg.device)
+    model.check_ctx(cfg.ctx)
     model.check_hooks([cfg.hook])
     d_in = hook_width(model, cfg.hook)
     per_window = cfg.ctx - (model.bos_token_id is not None)  # BOS positions are left out
