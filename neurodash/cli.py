@@ -250,9 +250,9 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
 
 
 def cmd_precompute(args: argparse.Namespace) -> None:
+    cfg = precompute_config(args, args.out, args.overwrite)  # bad settings fail before torch loads
     from precompute import run_precompute
 
-    cfg = precompute_config(args, args.out, args.overwrite)
     _remove_leftovers(args.out)
     path = run_precompute(cfg)
     print(f"wrote {path}")

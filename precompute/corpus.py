@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import logging
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -115,6 +116,9 @@ def _load_local(path: Path, split: str, text_column: str):
         raise NeurodashError(
             f"the corpus {path} is empty: {'its files are' if path.is_dir() else 'it is'} 0 bytes"
         )
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # it logs its reader's error; ours, below, names the line
     try:
         if builder == "text":
             ds = datasets.load_dataset(
@@ -125,6 +129,8 @@ def _load_local(path: Path, split: str, text_column: str):
     except Exception as e:
         why = _first_flaw(files, builder, text_column) or _first_line(e)
         raise NeurodashError(f"cannot read corpus {why}") from None
+    finally:
+        logger.setLevel(level)
     if text_column in ds.column_names and not _holds_text(ds.features[text_column]):
         why = _first_flaw(files, builder, text_column)
         if why is None:

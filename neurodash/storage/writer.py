@@ -40,8 +40,6 @@ class StoreWriter:
         self.path = Path(path)
         check_writable(self.path, overwrite)
         self.partial = partial_path(self.path).absolute()
-        if self.partial in _WRITING or _locked(self.partial):
-            raise NeurodashError(f"another run is writing {self.path} now (it holds {self.partial})")
         self._remove_partial()  # a killed run's leftovers
         self.con = connect(self.partial)
         _WRITING.add(self.partial)
@@ -182,6 +180,9 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise NeurodashError(f"{path} exists: pass --overwrite to replace it")
     if path.is_dir():
         raise NeurodashError(f"{path} is a directory, not a store file")
+    partial = partial_path(path).absolute()
+    if partial in _WRITING or _locked(partial):
+        raise NeurodashError(f"another run is writing {path} now (it holds {partial})")
     folder = path.parent
     if not folder.is_dir():
         raise NeurodashError(f"cannot write {path}: folder {folder} does not exist")

@@ -26,7 +26,7 @@ from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.corpus import load_corpus
-from precompute.device import format_bytes, memory_available
+from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
 from precompute.pipeline.accumulate import UnitAccumulator, state_bytes
@@ -49,6 +49,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     """Stream the corpus through the model once and write a store to ``cfg.out``."""
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
+    check_device(cfg.device)
     dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     model = load_model(cfg.model, cfg.device)
     model.check_ctx(cfg.ctx)
