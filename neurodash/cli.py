@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neurodash import paths
 from neurodash.config import (
@@ -31,6 +31,9 @@ from neurodash.config import (
     TrainSAEConfig,
 )
 from neurodash.errors import NeurodashError
+
+if TYPE_CHECKING:
+    from neurodash.export import Selection
 
 DEMO_LAYERS = "0-29"
 DEMO_TOKENS = PrecomputeConfig.tokens
@@ -407,7 +410,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
-def _check_export_scope(selection, every_unit: bool) -> None:
+def _check_export_scope(selection: Selection, every_unit: bool) -> None:
     """An export names its units (or a set), or says --all: a whole store can be hundreds of MB."""
     chosen = (
         selection.units or selection.layers or selection.sources or selection.ranges or selection.set_name
