@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neurodash import paths
 from neurodash.config import (
@@ -31,6 +31,9 @@ from neurodash.config import (
     TrainSAEConfig,
 )
 from neurodash.errors import NeurodashError
+
+if TYPE_CHECKING:
+    from neurodash.export import Selection
 
 DEMO_LAYERS = "0-29"
 DEMO_TOKENS = PrecomputeConfig.tokens
@@ -117,12 +120,27 @@ def config_option(
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs.setdefault("default", default)
     if isinstance(default, (int, float)) and not isinstance(default, bool) and "action" not in kwargs:
-        kwargs.setdefault("type", type(default))
+        kwargs.setdefault("type", whole_number if isinstance(default, int) else float)
     help_text = f.metadata.get("help")
     if help_text and isinstance(default, (str, int, float)) and not isinstance(default, bool):
         help_text += f" (default {default})"
     kwargs.setdefault("help", help_text)
     p.add_argument(flag or "--" + name.replace("_", "-"), **kwargs)
+
+
+def whole_number(text: str) -> int:
+    """An integer option's value, also in float notation where it is whole (``1e6``, ``65_536``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
 
 
 def add_model_and_corpus_args(p: argparse.ArgumentParser, config: type = PrecomputeConfig) -> None:
@@ -215,6 +233,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "--buckets", **many, help="top, bottom, q0.40, ... or quantiles (comma-separated; default all)"
     )
     p.add_argument("--set", help="a curated set's examples")
+    p.add_argument("--all", action="store_true", help="every unit of the store (instead of a selection)")
     p.add_argument(
         "--sets-file", type=Path, help="the curated sets file (default: STORE.sets.duckdb beside it)"
     )
@@ -246,10 +265,40 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
 
 
 def cmd_precompute(args: argparse.Namespace) -> None:
+    cfg = precompute_config(args, args.out, args.overwrite)  # bad settings fail before torch loads
     from precompute import run_precompute
 
-    path = run_precompute(precompute_config(args, args.out, args.overwrite))
+    _remove_leftovers(args.out)
+    path = run_precompute(cfg)
     print(f"wrote {path}")
+    _note_short_corpus(path, cfg)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what killed runs left beside ``out`` (partial stores no live run writes), in one line."""
+    from neurodash.storage import remove_leftovers
+
+    removed = remove_leftovers(out.parent)
+    if removed:
+        names = ", ".join(p.name for p, _ in removed)
+        size = sum(n for _, n in removed) / 1e6
+        print(
+            f"note: removed what killed runs left in {out.parent}: {names} ({size:,.1f} MB)", file=sys.stderr
+        )
+
+
+def _note_short_corpus(path: Path, cfg: PrecomputeConfig) -> None:
+    """Say so on stderr when the corpus ran out before ``--tokens`` (the store keeps the real count)."""
+    from neurodash.storage import Store
+
+    with Store(path) as store:
+        n_tokens = int(store.meta.get("n_tokens") or 0)
+    if n_tokens < (cfg.tokens // cfg.ctx) * cfg.ctx:
+        print(
+            f"note: the corpus holds {n_tokens:,} tokens ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
+            f"fewer than --tokens {cfg.tokens:,}: all of it was read",
+            file=sys.stderr,
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -381,9 +430,26 @@ def cmd_export(args: argparse.Namespace) -> None:
         buckets=split_list(args.buckets),
         set_name=args.set,
     )
+    _check_export_scope(selection, args.all)
     with Store(args.store) as store:
         path = export(store, selection, args.format, args.out, args.overwrite, sets_file=args.sets_file)
     print(f"wrote {path}")
+
+
+def _check_export_scope(selection: Selection, every_unit: bool) -> None:
+    """An export names its units (or a set), or says --all: a whole store can be hundreds of MB."""
+    chosen = (
+        selection.units or selection.layers or selection.sources or selection.ranges or selection.set_name
+    )
+    if every_unit and chosen:
+        raise NeurodashError(
+            "--all exports every unit: give it or a selection (--units, --layers, ...), not both"
+        )
+    if not every_unit and not chosen:
+        raise NeurodashError(
+            "say which units to export: --units, --layers, --sources, --range (--min-density, ...), "
+            "--set, or --all for every unit of the store"
+        )
 
 
 def cmd_maximize(args: argparse.Namespace) -> None:

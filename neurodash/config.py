@@ -14,6 +14,7 @@ A value out of range raises ``NeurodashError`` with one line that names the CLI 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -63,7 +64,16 @@ def _ctx() -> int:
 
 
 def _device() -> str:
-    return option("cpu", "cpu, cuda, cuda:1, ...")
+    return option("cpu", "cpu, cuda, cuda:1, ... or mps")
+
+
+DEVICE_FORM = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(device: str) -> None:
+    """Refuse a device string torch would not know (its availability is checked where torch is)."""
+    if not DEVICE_FORM.fullmatch(device):
+        raise NeurodashError(f"--device {device}: not a device; use cpu, cuda, cuda:N (N from 0) or mps")
 
 
 def _flag(name: str) -> str:
@@ -129,6 +139,7 @@ class PrecomputeConfig:
     def __post_init__(self):
         _at_least(self, 1, "tokens", "batch_size", "n_logits", "n_neighbors", "context_dims")
         _at_least(self, 2, "ctx")
+        check_device_name(self.device)
         if self.tokens < self.ctx:
             raise NeurodashError(f"--tokens {self.tokens} is less than one window (--ctx {self.ctx})")
 
@@ -175,6 +186,7 @@ class TrainSAEConfig:
 
     def __post_init__(self):
         _at_least(self, 1, "tokens", "batch_size", "eval_tokens")
+        check_device_name(self.device)
         if self.ctx < 2:
             raise NeurodashError(f"--ctx {self.ctx} is too short")
         if self.tokens < self.sae.batch_tokens:

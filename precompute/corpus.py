@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import itertools
+import json
+import logging
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from torch import Tensor
 
 from neurodash.config import DEFAULT_DATASET
 from neurodash.errors import NeurodashError
-from precompute.hub import hub_reachable
+from precompute.hub import hub_reachable, looks_like_path
 
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
@@ -62,23 +64,15 @@ def load_corpus(name: str = DEFAULT_DATASET, split: str = "train", text_column: 
     import datasets
 
     datasets.disable_progress_bars()
+    path = Path(name).expanduser()
     if name == DEFAULT_DATASET:
         ds = datasets.IterableDataset.from_generator(python_docs)
-    elif Path(name).expanduser().exists():
-        ds = _load_local(Path(name).expanduser(), split)
+    elif path.exists():
+        ds = _load_local(path, split, text_column)
+    elif looks_like_path(name):
+        raise NeurodashError(f"--dataset {name}: no such file or folder")
     else:
-        online = hub_reachable()
-        try:
-            ds = datasets.load_dataset(name, split=split, streaming=online)
-        except Exception as e:  # the hub raises many types; all mean "cannot get it"
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if not online:
-                why = "it is not cached and the Hugging Face hub is not reachable from here"
-            raise NeurodashError(
-                f"cannot load dataset {name!r}: {why}. "
-                f"Use the embedded {DEFAULT_DATASET!r}, a local .txt/.jsonl/.parquet file or folder, "
-                "or a hub dataset where the hub is reachable"
-            ) from None
+        ds = _load_hub(name, split)
     columns = ds.column_names or list(next(iter(ds)).keys())
     if text_column not in columns:
         raise NeurodashError(
@@ -88,7 +82,24 @@ def load_corpus(name: str = DEFAULT_DATASET, split: str = "train", text_column: 
     return ds
 
 
-def _load_local(path: Path, split: str):
+def _load_hub(name: str, split: str):
+    import datasets
+
+    online = hub_reachable()
+    try:
+        return datasets.load_dataset(name, split=split, streaming=online)
+    except Exception as e:  # the hub raises many types; all mean "cannot get it"
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not online:
+            why = "it is not cached and the Hugging Face hub is not reachable from here"
+        raise NeurodashError(
+            f"cannot load dataset {name!r}: {why}. "
+            f"Use the embedded {DEFAULT_DATASET!r}, a local .txt/.jsonl/.parquet file or folder, "
+            "or a hub dataset where the hub is reachable"
+        ) from None
+
+
+def _load_local(path: Path, split: str, text_column: str):
     import datasets
 
     files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS) if path.is_dir() else [path]
@@ -100,13 +111,87 @@ def _load_local(path: Path, split: str):
             f"{path}: use files of one kind, .txt, .jsonl or .parquet (got {sorted(p.suffix for p in files)})"
         )
     builder = builders.pop()
-    data_files = [str(p) for p in files]
+    files = [p for p in files if p.stat().st_size > 0]  # an empty file adds nothing (and trips datasets)
+    if not files:
+        raise NeurodashError(
+            f"the corpus {path} is empty: {'its files are' if path.is_dir() else 'it is'} 0 bytes"
+        )
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # it logs its reader's error; ours, below, names the line
     try:
         if builder == "text":
-            return datasets.load_dataset(builder, data_files=data_files, split="train", sample_by="document")
-        return datasets.load_dataset(builder, data_files=data_files, split="train")
+            ds = datasets.load_dataset(
+                builder, data_files=[str(p) for p in files], split="train", sample_by="document"
+            )
+        else:
+            ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
     except Exception as e:
-        raise NeurodashError(f"cannot read corpus {path}: {str(e).splitlines()[0]}") from None
+        why = _first_flaw(files, builder, text_column) or _first_line(e)
+        raise NeurodashError(f"cannot read corpus {why}") from None
+    finally:
+        logger.setLevel(level)
+    if text_column in ds.column_names and not _holds_text(ds.features[text_column]):
+        why = _first_flaw(files, builder, text_column)
+        if why is None:
+            feature = ds.features[text_column]
+            holds = "null in every row" if getattr(feature, "dtype", None) == "null" else f"{feature}"
+            why = f"{path}: its column {text_column!r} holds {holds}, not text"
+        raise NeurodashError(f"cannot read corpus {why}")
+    return ds
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e``, or of the error that caused it (datasets wraps the reader's error)."""
+    for error in (e.__cause__, e):
+        if error is not None and str(error).strip():
+            return str(error).strip().splitlines()[0]
+    return type(e).__name__
+
+
+def _holds_text(feature) -> bool:
+    """A column of strings (a null in some rows is fine: an empty document)."""
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _first_flaw(files: list[Path], builder: str, text_column: str) -> str | None:
+    """``FILE line N: what is wrong`` for the first line of ``files`` that cannot be read as text,
+    JSON or a row with text in ``text_column``; None where every line is fine (or for Parquet)."""
+    if builder not in ("text", "json"):
+        return None
+    for path in files:
+        with path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                flaw = _line_flaw(line, builder, text_column)
+                if flaw:
+                    return f"{path} line {n}: {flaw}"
+    return None
+
+
+def _line_flaw(line: bytes, builder: str, text_column: str) -> str | None:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}: a binary file?)"
+    if "\x00" in text:
+        return "not text (it holds a NUL byte: a binary file?)"
+    if builder == "text" or not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object with a {text_column!r} field"
+    value = row.get(text_column)
+    if value is not None and not isinstance(value, str):
+        return f"its {text_column!r} is {_json_kind(value)}, not a string"
+    return None
+
+
+def _json_kind(value) -> str:
+    names = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 @dataclass
@@ -159,7 +244,7 @@ def _token_stream(
     """(token, doc_id, offset in doc) for the whole corpus, ``separator`` between documents."""
     doc_id = 0
     for rows in _chunks(iter(dataset), 64):
-        texts = [r[text_column] or "" for r in rows]
+        texts = [_text(r[text_column], doc_id + i, text_column) for i, r in enumerate(rows)]
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
         for ids in encoded:
             if not ids:
@@ -170,6 +255,15 @@ def _token_stream(
             for offset, t in enumerate(ids):
                 yield t, doc_id, offset
             doc_id += 1
+
+
+def _text(value, row: int, text_column: str) -> str:
+    """A document's text: a null is an empty document; anything else but a string is refused."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise NeurodashError(
+        f"the corpus's row {row + 1} has {_json_kind(value)} in its {text_column!r}, not text"
+    )
 
 
 def _windows(stream, body: int, bos: int | None) -> Iterator[tuple[list[int], int, int]]:

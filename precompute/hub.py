@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
+from pathlib import PurePath
 from urllib.parse import urlparse
 
 
@@ -31,3 +33,26 @@ def go_offline() -> None:
         constants.HF_HUB_OFFLINE = True
     except ImportError:
         pass
+
+
+# A hub repository id: ``gpt2``, ``Skylion007/openwebtext``, ``EleutherAI/pythia-1.4b``.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_FILE_SUFFIXES = {
+    ".txt",
+    ".json",
+    ".jsonl",
+    ".parquet",
+    ".csv",
+    ".arrow",
+    ".safetensors",
+    ".gguf",
+    ".bin",
+    ".pt",
+}
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local file or folder, not a hub name: it starts with ``/``,
+    ``./``, ``../`` or ``~``, ends in a file suffix (``.jsonl``), or is no hub repository id
+    (``a/b/c``). ``gpt2``, ``Skylion007/openwebtext`` and ``EleutherAI/pythia-1.4b`` are hub names."""
+    return not _REPO_ID.fullmatch(name) or PurePath(name).suffix.lower() in _FILE_SUFFIXES

@@ -23,7 +23,8 @@ from torch import Tensor
 from neurodash import paths
 from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
-from precompute.hub import hub_reachable
+from precompute.device import check_device
+from precompute.hub import hub_reachable, looks_like_path
 
 if TYPE_CHECKING:  # imported where a model loads: importing TransformerLens takes seconds
     from transformer_lens.hook_points import HookPoint
@@ -64,6 +65,22 @@ class LoadedModel:
         if d_mlp is None:
             raise NeurodashError(f"model {self.name} has no MLP width (d_mlp): no neurons to read")
         return d_mlp
+
+    @property
+    def n_ctx(self) -> int | None:
+        """The longest sequence the model reads (its config's ``max_position_embeddings``)."""
+        n_ctx = getattr(self.bridge.cfg, "n_ctx", None)
+        if not isinstance(n_ctx, int):
+            config = getattr(getattr(self.bridge, "original_model", None), "config", None)
+            n_ctx = getattr(config, "max_position_embeddings", None)
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+
+    def check_ctx(self, ctx: int) -> None:
+        """One line if windows of ``ctx`` tokens are longer than the model reads."""
+        if self.n_ctx is not None and ctx > self.n_ctx:
+            raise NeurodashError(
+                f"--ctx {ctx} is longer than model {self.name} reads: at most {self.n_ctx} tokens"
+            )
 
     @property
     def d_vocab(self) -> int:
@@ -169,14 +186,20 @@ def layer_of(hook: str) -> int:
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load a model by embedded name, local folder or hub name; a clear error if that fails."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NeurodashError(f"--device {device}: no CUDA device is available here")
+    check_device(device)
+    path = Path(name).expanduser()
     if name in EMBEDDED:
         folder = embedded_model_folder(name)
-    elif Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser()
+    elif path.is_dir():
+        folder = path
         if not (folder / "config.json").is_file():
             raise NeurodashError(f"{folder} has no config.json: not a Hugging Face model folder")
+    elif path.exists() or looks_like_path(name):
+        what = "is a file" if path.exists() else "does not exist"
+        raise NeurodashError(
+            f"--model {name}: {what}; a local model is a folder holding config.json, the weights and "
+            "the tokenizer"
+        )
     else:
         folder = None
         hub_reachable()

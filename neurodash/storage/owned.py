@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from neurodash.errors import NeurodashError
-from neurodash.storage.connect import connect, first_line, open_checked
+from neurodash.storage.connect import connect, first_line, is_damage, open_checked
 from neurodash.storage.schema import FileSchema
 
 _LOCK = threading.Lock()  # one connection at a time in this process
@@ -38,6 +38,12 @@ def transaction(
             con.execute("BEGIN")
             yield con
             con.execute("COMMIT")
+        except duckdb.Error as e:
+            if not is_damage(e):
+                raise
+            raise NeurodashError(
+                f"{schema.what} {path} is damaged ({first_line(e)}): restore it from a copy, or move it aside to start a new one"
+            ) from None
         finally:
             con.close()
 

@@ -1,6 +1,11 @@
 """``StoreWriter`` builds a new store in a ``.partial`` file and renames it into place only when
 everything is written, so an interrupted run never leaves a half-written store behind or damages
-an existing one."""
+an existing one.
+
+A run that is killed (``kill -9``, a power cut) leaves its ``OUT.partial`` (and ``OUT.partial.wal``).
+The next ``StoreWriter`` to the same path removes them, and ``remove_leftovers`` those of any store
+in a folder; neither touches a partial store that a live process is still writing (DuckDB holds a
+lock on it while it is open), and a second run to the path of a live one is refused."""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +39,10 @@ class StoreWriter:
     def __init__(self, path: str | os.PathLike, overwrite: bool = False):
         self.path = Path(path)
         check_writable(self.path, overwrite)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial = partial_path(self.path).absolute()
         self._remove_partial()  # a killed run's leftovers
         self.con = connect(self.partial)
+        _WRITING.add(self.partial)
         self.con.execute(STORE.ddl)
         self.set_meta(schema_version=STORE.version)
         self.committed = False
@@ -81,6 +92,7 @@ class StoreWriter:
     def commit(self) -> Path:
         self.con.execute("CHECKPOINT")
         self.con.close()
+        _WRITING.discard(self.partial)
         os.replace(self.partial, self.path)
         self.committed = True
         return self.path
@@ -89,11 +101,69 @@ class StoreWriter:
         try:
             self.con.close()
         finally:
+            _WRITING.discard(self.partial)
             self._remove_partial()
 
     def _remove_partial(self) -> None:
         self.partial.unlink(missing_ok=True)
         Path(str(self.partial) + ".wal").unlink(missing_ok=True)
+
+
+_WRITING: set[Path] = set()  # the partial stores this process writes (its own locks cannot be tested)
+_DUCKDB_MAGIC = (8, b"DUCK")
+
+
+def partial_path(path: Path) -> Path:
+    """Where a store is built before it is renamed into place."""
+    return path.with_name(path.name + ".partial")
+
+
+def remove_leftovers(folder: Path) -> list[tuple[Path, int]]:
+    """Remove what killed runs left in ``folder``: partial stores no live process writes (and their
+    write-ahead logs). Returns each file removed with its size."""
+    removed = []
+    folder = folder.absolute()
+    for partial in sorted(
+        {*folder.glob("*.partial"), *(w.with_suffix("") for w in folder.glob("*.partial.wal"))}
+    ):
+        if partial in _WRITING or _locked(partial) or (partial.exists() and not _is_duckdb(partial)):
+            continue
+        for path in (partial, Path(f"{partial}.wal")):
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:  # gone meanwhile, or (Windows) open in another process
+                continue
+            removed.append((path, size))
+    return removed
+
+
+def _is_duckdb(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    offset, magic = _DUCKDB_MAGIC
+    return head[offset : offset + len(magic)] == magic
+
+
+def _locked(path: Path) -> bool:
+    """Whether another process holds DuckDB's lock on ``path``: it has the file open, writing it.
+    (A lock of this process would be released by the test, so callers skip ``_WRITING`` first.)"""
+    if fcntl is None:
+        return False  # Windows: an open file cannot be removed, which protects it instead
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _arrow_column(values: Sequence | np.ndarray) -> pa.Array:
@@ -110,6 +180,9 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise NeurodashError(f"{path} exists: pass --overwrite to replace it")
     if path.is_dir():
         raise NeurodashError(f"{path} is a directory, not a store file")
+    partial = partial_path(path).absolute()
+    if partial in _WRITING or _locked(partial):
+        raise NeurodashError(f"another run is writing {path} now (it holds {partial})")
     folder = path.parent
     if not folder.is_dir():
         raise NeurodashError(f"cannot write {path}: folder {folder} does not exist")

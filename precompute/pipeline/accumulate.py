@@ -206,6 +206,22 @@ def _take(value: Tensor, order: Tensor) -> Tensor:
     return value.gather(1, idx)
 
 
+def state_bytes(n_units: int, ctx: int, cfg: AccumulatorConfig, context_dims: int | None = None) -> int:
+    """About the most memory ``n_units`` units' state takes (``UnitAccumulator``, on its device).
+
+    Each example slot holds ``val`` (float32), ``seq``, ``pos``, ``start`` (int64) and its window
+    (float32 x ``window``); a quantile-sample slot also a ``key`` (int32); top and sample slots also
+    the token (int32) and projected representation (float16 x ``context_dims``) when the pass keeps
+    context for scores. ``result()`` copies the slots out once more; the statistics are per unit.
+    """
+    window = min(cfg.window, ctx)
+    slot = 4 + 3 * 8 + 4 * window
+    context = 0 if context_dims is None else 4 + 2 * context_dims
+    slots = cfg.top_k * (slot + context) + cfg.bottom_k * slot + cfg.sample_size * (slot + 4 + context)
+    statistics = 4 * 8 + 2 * 4 + 8 + 2 * cfg.hist_bins * 8 + 2 * 4  # moments, max/min, bins, hist, salts
+    return n_units * (2 * slots + statistics)
+
+
 class UnitAccumulator:
     """All streaming state of one source's units. See the module docstring."""
 

@@ -83,6 +83,12 @@ def projection(d_in: int, dims: int, seed: int = 0) -> np.ndarray:
     return (g.standard_normal((d_in, dims)) / np.sqrt(dims)).astype(np.float32)
 
 
+def cluster_bytes(n_units: int, n_examples: int) -> int:
+    """The memory ``leader_clusters`` takes for ``n_units`` units of ``n_examples`` examples: their
+    cosines (float32), compared (bool), ``[units, n, n]`` each."""
+    return n_units * n_examples * n_examples * (4 + 1)
+
+
 def leader_clusters(reps: np.ndarray, valid: np.ndarray, threshold: float = CLUSTER_COSINE) -> np.ndarray:
     """Cluster each unit's examples by cosine similarity: ``[units, n]`` cluster ids (-1 where invalid).
 

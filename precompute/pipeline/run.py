@@ -14,6 +14,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,11 +26,21 @@ from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
 from precompute.corpus import load_corpus
+from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
-from precompute.pipeline.accumulate import UnitAccumulator
-from precompute.pipeline.polysemanticity import effective_number, feature_shares, mass_from_sums, n_covering
+from precompute.pipeline.accumulate import UnitAccumulator, state_bytes
+from precompute.pipeline.polysemanticity import (
+    cluster_bytes,
+    effective_number,
+    feature_shares,
+    mass_from_sums,
+    n_covering,
+)
 from precompute.pipeline.stream import Contexts, NeuronBridge, Tracked, stream
+
+if TYPE_CHECKING:  # imported where SAEs load: importing SAELens takes seconds
+    from precompute.sae import LoadedSAE
 
 __all__ = ["PrecomputeConfig", "run_precompute"]
 
@@ -38,12 +49,16 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     """Stream the corpus through the model once and write a store to ``cfg.out``."""
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
+    check_device(cfg.device)
     dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     model = load_model(cfg.model, cfg.device)
+    model.check_ctx(cfg.ctx)
     layers = _check_layers(cfg.layers, model)
+    saes = load_saes(cfg)
+    _check_memory([model.d_mlp] * len(layers) + [sae.d_sae for sae in saes], cfg)
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
     tracked = [neurons(model, layer, cfg) for layer in layers]
-    tracked += features(model, cfg)
+    tracked += features(model, cfg, saes)
     neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
@@ -111,11 +126,33 @@ def neurons(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> Tracked:
     return Tracked(source, source.hook, model.mlp_out_directions(layer), acc)
 
 
-def features(model: LoadedModel, cfg: PrecomputeConfig) -> list[Tracked]:
-    """One source per SAE: its features, read from its hook in the same pass as the neurons."""
+def _check_memory(units_per_source: list[int], cfg: PrecomputeConfig) -> None:
+    """Refuse, before the pass, a run whose units' state would not fit on its device, or whose
+    context clusters (scores, computed on the CPU one source at a time) would not fit in memory."""
+    ex, n_units = cfg.examples, sum(units_per_source)
+    needs = [(cfg.device, state_bytes(n_units, cfg.ctx, ex, cfg.context_dims if cfg.scores else None))]
+    if cfg.scores:
+        needs.append(("cpu", cluster_bytes(max(units_per_source, default=0), ex.top_k + ex.sample_size)))
+    for device, needed in needs:
+        available = memory_available(device)
+        if available is not None and needed > available:
+            raise NeurodashError(
+                f"--top-k {ex.top_k} and --bottom-k {ex.bottom_k} over {n_units:,} units would need about "
+                f"{format_bytes(needed)} on {device}, which has {format_bytes(available)} free: keep fewer "
+                "examples per unit, or track fewer layers"
+            )
+
+
+def load_saes(cfg: PrecomputeConfig) -> list[LoadedSAE]:
     from precompute.sae import load_sae
 
-    saes = [load_sae(spec, cfg.device) for spec in cfg.saes]
+    return [load_sae(spec, cfg.device) for spec in cfg.saes]
+
+
+def features(model: LoadedModel, cfg: PrecomputeConfig, saes: list[LoadedSAE] | None = None) -> list[Tracked]:
+    """One source per SAE (``cfg.saes``, or those loaded from it): its features, read from its hook
+    in the same pass as the neurons."""
+    saes = load_saes(cfg) if saes is None else saes
     per_layer = Counter(layer_of(sae.hook) for sae in saes)
     tracked = []
     for spec, sae in zip(cfg.saes, saes):

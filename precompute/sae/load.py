@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from neurodash.errors import NeurodashError
+from precompute.device import check_device
 from precompute.hub import hub_reachable
 from precompute.models import LoadedModel
 
@@ -137,13 +138,12 @@ def hook_width(model: LoadedModel, hook: str) -> int:
 
 def load_sae(spec: str | Path, device: str = "cpu") -> LoadedSAE:
     """Load an SAE from a local folder in SAELens's format or a SAELens release ``release/sae_id``."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NeurodashError(f"--device {device}: no CUDA device is available here")
+    check_device(device)
     path = Path(spec).expanduser()
     if path.exists():
         sae, name = _load_folder(path, device), path.name
     elif path.is_absolute() or str(spec).startswith((".", "~")):
-        raise NeurodashError(f"no SAE folder at {spec}")
+        raise NeurodashError(f"no SAE folder at {spec}: it does not exist")
     else:
         sae, name = _load_release(str(spec), device), str(spec)
     if not sae.cfg.metadata.hook_name:

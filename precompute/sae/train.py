@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from neurodash.config import SAEHyperparams, TrainSAEConfig
 from neurodash.errors import NeurodashError
 from precompute.corpus import load_corpus, pack_windows
+from precompute.device import check_device
 from precompute.models import LoadedModel, load_model
 from precompute.sae.load import METRICS_FILE, LoadedSAE, hook_width, load_sae, quiet_sae_lens
 
@@ -75,8 +76,10 @@ def train_sae(cfg: TrainSAEConfig, progress: bool = True) -> TrainResult:
     started = time.perf_counter()
     out = Path(cfg.out).expanduser()
     _check_out(out, cfg.overwrite)
+    check_device(cfg.device)
     dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     model = load_model(cfg.model, cfg.device)
+    model.check_ctx(cfg.ctx)
     model.check_hooks([cfg.hook])
     d_in = hook_width(model, cfg.hook)
     per_window = cfg.ctx - (model.bos_token_id is not None)  # BOS positions are left out

@@ -94,9 +94,9 @@ def test_cli_exports_a_set(small_store, store, tmp_path, capsys):
         (["--sources", "L0.sae"], "no source 'L0.sae'"),
         (["--layers", "0-x"], "cannot read layers '0-x'"),
         (["--layers", "1-0"], "names no layer"),
-        (["--buckets", "top,middle"], "no bucket 'middle'"),
+        (["--all", "--buckets", "top,middle"], "no bucket 'middle'"),
         (["--range", "skew"], "cannot read range 'skew'"),
-        (["--format", "xml"], "unknown format 'xml'"),
+        (["--all", "--format", "xml"], "unknown format 'xml'"),
         (["--units", str(DEAD)], "the selection has no examples"),
         (["--set", "nope"], "no set named 'nope'"),
     ],
@@ -112,9 +112,9 @@ def test_cli_bad_input(small_store, tmp_path, capsys, args, message):
 def test_cli_refuses_existing_output(small_store, tmp_path, capsys):
     out = tmp_path / "x.csv"
     out.write_text("precious")
-    code, _, err = run_cli(capsys, small_store, "--out", out)
+    code, _, err = run_cli(capsys, small_store, "--all", "--out", out)
     assert code == 2 and "exists: pass --overwrite" in err and out.read_text() == "precious"
-    assert run_cli(capsys, small_store, "--out", out, "--overwrite")[0] == 0
+    assert run_cli(capsys, small_store, "--all", "--out", out, "--overwrite")[0] == 0
     assert out.read_text() != "precious"
 
 
@@ -142,7 +142,7 @@ def test_interrupted_export_writes_nothing(small_store, tmp_path, fmt, how):
     out = tmp_path / f"x.{fmt}"
     partial = Path(f"{out}.partial")
     proc = subprocess.Popen(
-        [sys.executable, "-c", STALLED_EXPORT, "export", str(small_store), "--out", str(out)],
+        [sys.executable, "-c", STALLED_EXPORT, "export", str(small_store), "--all", "--out", str(out)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

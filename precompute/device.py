@@ -1,0 +1,54 @@
+"""The device a job runs on: whether it is there, and how much memory it has."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from neurodash.config import check_device_name
+from neurodash.errors import NeurodashError
+
+
+def check_device(device: str) -> None:
+    """One line unless torch can run on ``device`` here (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    check_device_name(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NeurodashError(f"--device {device}: no CUDA device is available here")
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise NeurodashError(
+                f"--device {device}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise NeurodashError("--device mps: Apple's Metal (MPS) is not available here")
+
+
+def memory_available(device: str) -> int | None:
+    """Bytes a job may still allocate on ``device``: free GPU memory, or the machine's available
+    memory for the CPU (and MPS, which shares it); None where that cannot be read."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return free
+    try:
+        with open("/proc/meminfo") as f:  # Linux: MemAvailable counts reclaimable caches too
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: 512 bytes, 3.4 MB, 12.0 TB."""
+    units, i = ("bytes", "KB", "MB", "GB", "TB", "PB"), 0
+    while n >= 1000 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:,.0f} bytes" if i == 0 else f"{n:,.1f} {units[i]}"
