@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from neurodash import paths
 from neurodash.config import (
@@ -65,8 +65,16 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as every other bad input is: one line, exit status 2
+    (argparse's own way prints the usage first; ``--help`` still prints it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neurodash", description="See what neurons and SAE features do.")
+    parser = OneLineParser(prog="neurodash", description="See what neurons and SAE features do.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("precompute", help="stream a corpus through a model into a store")

@@ -311,3 +311,20 @@ def test_damaged_sets_file(small_store, tmp_path):
     out = tmp_path / "x.csv"
     code, err = neurodash("export", small_store, "--set", "set0", "--sets-file", sets_file, "--out", out)
     assert_one_line(code, err, f"sets file {sets_file} is damaged", out)
+
+
+# --- a command line argparse cannot read -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["precompute", "--top-k", "abc", "--out", "x.duckdb"], "--top-k: invalid whole number: 'abc'"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["export"], "the following arguments are required"),
+        (["serve", "s.duckdb", "--port", "http"], "--port: invalid"),
+    ],
+)
+def test_malformed_command_line(tmp_path, args, message):
+    code, err = neurodash(*args)
+    assert_one_line(code, err, message)
+    assert "usage:" not in err and "(see neurodash" in err
+    assert written(tmp_path) == []
