@@ -1,6 +1,6 @@
 """The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``.
 
-A multi-page app (overview, unit, text probe, curated sets, not found) over one store opened read-only. The
+A multi-page app (overview, unit, text probe, curated sets, circuit lab, not found) over one store opened read-only. The
 store reaches pages through the app's Flask server (``state.current()``), so several apps can
 live in one process. Everything is served locally: no CDN, fonts or external scripts.
 """
@@ -29,7 +29,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import diskcache
 
     from neurodash.app import routes, shell, state
-    from neurodash.app.pages import not_found_404, overview, probe, sets, unit
+    from neurodash.app.pages import lab, not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"
@@ -52,6 +52,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     )
     dash.register_page(probe.__name__, path=routes.PROBE, title=probe.TITLE, layout=probe.layout)
     dash.register_page(sets.__name__, path=routes.SETS, title=sets.TITLE, layout=sets.layout)
+    dash.register_page(lab.__name__, path=routes.LAB, title=lab.TITLE, layout=lab.layout)
     dash.register_page(
         not_found_404.__name__, path=routes.NOT_FOUND, title=not_found_404.TITLE, layout=not_found_404.layout
     )
@@ -61,6 +62,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     unit.register_callbacks(app, store.path)
     probe.register_callbacks(app, app_state.unit_max)
     sets.register_callbacks(app)
+    lab.register_callbacks(app, store.path)
     return app
 
 

@@ -10,6 +10,7 @@ stay as they are) so that any id makes one path segment, and read back decoded. 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote, urlencode
 
 from neurodash.units import UnitRef
@@ -20,7 +21,8 @@ SETS = "/sets"
 NOT_FOUND = "/404"
 UNIT_PREFIX = "/unit/"
 UNIT_TEMPLATE = UNIT_PREFIX + "<source_id>/<index>"  # Dash passes source_id and index to the layout
-# To come: HEAD_TEMPLATE = "/head/<layer>/<head>" (an attention head's page), LAB = "/lab" (the circuit lab).
+LAB = "/lab"  # the circuit lab: its settings (or a saved run's id) in the query
+HEAD_PREFIX = "/head/"  # an attention head's page, /head/<layer>/<head> (the heads pages)
 
 _INDEX = re.compile(r"[0-9]+")
 
@@ -54,6 +56,23 @@ def parse_unit_path(pathname: str | None) -> UnitRef | None:
         return None
     parts = pathname[len(UNIT_PREFIX) :].rstrip("/").split("/")
     return unit_ref(*parts) if len(parts) == 2 else None
+
+
+def head_href(layer: int, head: int) -> str:
+    """An attention head's page."""
+    return f"{HEAD_PREFIX}{layer}/{head}"
+
+
+def lab_href(query: Mapping[str, Sequence[str]] | None = None, run_id: int | None = None) -> str:
+    """The lab with these settings (``LabSettings.to_query``) and/or a saved run."""
+    items = [("run", str(run_id))] if run_id is not None else []
+    items += [(key, v) for key, values in (query or {}).items() for v in values]
+    return f"{LAB}?{urlencode(items)}" if items else LAB
+
+
+def lab_steer_href(ref: UnitRef, coefficient: float = 4.0) -> str:
+    """The lab with ``ref`` filled in to steer with (the unit pages' Steer link)."""
+    return lab_href({"steer": [f"{ref}={coefficient:g}"]})
 
 
 def set_name(name: str | list[str] | None) -> str | None:
