@@ -64,8 +64,10 @@ def _symmetric(values: np.ndarray) -> float:
     return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
-def _head_heatmap(values: np.ndarray, title: str, colorbar: str, hover: str) -> Figure:
-    """``[layer, head]`` values, diverging around 0; hovering names the head."""
+def _head_heatmap(
+    values: np.ndarray, title: str, colorbar: str, hover: str, probabilities: bool = False
+) -> Figure:
+    """``[layer, head]`` values, diverging around 0 (or 0 to 1 for ``probabilities``); hovering names the head."""
     L, H = values.shape
     bound = _symmetric(values)
     names = [[f"L{layer}H{h}" for h in range(H)] for layer in range(L)]
@@ -75,9 +77,9 @@ def _head_heatmap(values: np.ndarray, title: str, colorbar: str, hover: str) -> 
         "x": list(range(H)),
         "y": list(range(L)),
         "customdata": names,
-        "colorscale": DIVERGING,
-        "zmin": -bound,
-        "zmax": bound,
+        "colorscale": SEQUENTIAL if probabilities else DIVERGING,
+        "zmin": 0 if probabilities else -bound,
+        "zmax": 1 if probabilities else bound,
         "colorbar": {"title": {"text": colorbar}, "thickness": 12},
         "hovertemplate": "%{customdata}<br>" + hover + " %{z:.3f}<extra></extra>",
     }
@@ -130,6 +132,7 @@ def predictions(run: LabRun, prompt: int = 0) -> Figure:
         "layout": _layout(
             280,
             title={"text": "Next-token predictions (the answer in orange)", "font": {"size": 13}},
+            margin={"l": 110, "r": 10, "t": 30, "b": 50},
             xaxis={"title": {"text": "probability"}, "rangemode": "tozero", "gridcolor": "#eee"},
             yaxis={"autorange": "reversed", "automargin": True},
         ),
@@ -217,7 +220,9 @@ def attention(run: LabRun, prompt: int = 0, layer: int = 0, head: int = 0) -> Fi
 def attention_back(run: LabRun, prompt: int = 0, back: int = 2) -> Figure:
     """Every head's attention from the last token to ``back`` positions before it."""
     values = run.analyses[prompt].attention.last_token_to(back)
-    return _head_heatmap(values, f"Attention of the last token to {back} back", "attention", "attention")
+    return _head_heatmap(
+        values, f"Attention of the last token to {back} back", "attention", "attention", probabilities=True
+    )
 
 
 def patching_resid(run: LabRun, prompt: int = 0) -> Figure:

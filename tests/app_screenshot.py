@@ -40,7 +40,12 @@ CHROME_FLAGS = (
     "--force-device-scale-factor=1",
 )
 # what each page shows once drawn (CSS), by URL path; a unit page is "unit"
-READY = {"unit": "#unit-logits .ytick", "/": "#layer-plots .box", "/sets": ".nd-main .nd-panel"}
+READY = {
+    "unit": "#unit-logits .ytick",
+    "/": "#layer-plots .box",
+    "/sets": ".nd-main .nd-panel",
+    "/lab": "#lab-attn-body .ytick",
+}
 # --panel NAME: the panel saved, and what it shows once drawn
 PANELS = {"maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick")}
 

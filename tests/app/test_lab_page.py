@@ -148,9 +148,9 @@ def test_downloads(tiny_lab_run):
 
 def test_form_values_become_settings():
     s = lab_page.settings_from_form(
-        "A B A B A\nX Y X Y X\n\n", " B\n", "", "A C A C A", "random", "zero", "L1N5=2, L0H1=1"
+        "A B A B A\r\n1 2 1 2 1 \n  \n", " B\n", "", "A C A C A", "random", "zero", "L1N5=2, L0H1=1"
     )
-    assert s.prompts == ("A B A B A", "X Y X Y X") and s.answers == (" B",) and s.corrupted == ("A C A C A",)
+    assert s.prompts == ("A B A B A", "1 2 1 2 1 ") and s.answers == (" B",) and s.corrupted == ("A C A C A",)
     assert s.steer == (Steer("L1N5", 2.0), Steer("L0H1", 1.0))
 
 

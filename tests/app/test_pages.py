@@ -240,7 +240,7 @@ def test_apps_in_one_process_keep_their_own_store(tmp_path, app):
     assert "7" in texts(render(other, overview.layout))
     assert "120" in texts(render(app, overview.layout))
     assert sorted(dash.page_registry) == [
-        f"neurodash.app.pages.{m}" for m in ("not_found_404", "overview", "probe", "sets", "unit")
+        f"neurodash.app.pages.{m}" for m in ("lab", "not_found_404", "overview", "probe", "sets", "unit")
     ]
 
 

@@ -41,7 +41,7 @@ def test_run_the_lab_and_reopen_it(dash_duo, store):
     assert HOSTILE in cells  # the prompt, as text
     assert dash_duo.find_elements(".nd-main img") == []
     with pytest.raises(NoAlertPresentException):
-        dash_duo.driver.switch_to.alert.text
+        _ = dash_duo.driver.switch_to.alert.text
     assert dash_duo.find_elements("a[href^='/head/']")  # heads link to their pages
     assert dash_duo.find_elements("a[href='/unit/L1.mlp/5']")  # the steered neuron
     url = dash_duo.driver.current_url

@@ -69,8 +69,8 @@ def settings_from_form(
     ``NeurodashError`` saying what is wrong."""
     return LabSettings(
         prompts=_lines(prompts),
-        answers=_lines(answers, keep_space=True),
-        counterfactuals=_lines(counterfactuals, keep_space=True),
+        answers=_lines(answers),
+        counterfactuals=_lines(counterfactuals),
         corrupted=_lines(corrupted),
         corruption=corruption or CORRUPTIONS[0],
         ablation=ablation or "mean",
@@ -78,10 +78,10 @@ def settings_from_form(
     ).check()
 
 
-def _lines(text: str | None, keep_space: bool = False) -> tuple[str, ...]:
-    """Lines, trailing empty ones dropped; answers keep their leading space (" B" is one token)."""
-    lines = (text or "").split("\n")
-    lines = [line.rstrip("\r") if keep_space else line.strip() for line in lines]
+def _lines(text: str | None) -> tuple[str, ...]:
+    """Lines as typed (spaces matter: " B" and "1 2 1 2 1 " are other tokens than "B" and
+    "1 2 1 2 1"), trailing empty ones dropped; a line of spaces only is empty."""
+    lines = [line.rstrip("\r") for line in (text or "").split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple("" if not line.strip() else line for line in lines)

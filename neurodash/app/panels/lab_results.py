@@ -86,7 +86,21 @@ def summary(run: LabRun) -> html.Div:
             ),
             html.Table([html.Thead(header), html.Tbody(rows)], className="nd-table nd-lab-prompts"),
             warning,
-            render.download_buttons(FORMATS, ids.LAB_DOWNLOAD_FORMAT, ids.LAB_DOWNLOAD),
+            html.Div(
+                [
+                    html.Span("Download this run", className="nd-muted"),
+                    *[
+                        html.Button(
+                            fmt.upper(),
+                            id={"type": ids.LAB_DOWNLOAD_FORMAT, "fmt": fmt},
+                            className="nd-button nd-step",
+                        )
+                        for fmt in FORMATS
+                    ],
+                    dcc.Download(id=ids.LAB_DOWNLOAD),
+                ],
+                className="nd-downloads",
+            ),
         ]
     )
 
