@@ -98,7 +98,7 @@ def main() -> None:
     patching = lab.patch(contrast)
     print("top heads:", ", ".join(f"{c} {v:.2f}" for c, v in patching.ranked_heads(8)))
     print(
-        "MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mlps.mean(0)) if v > 0.1)
+        "MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mean_mlps()) if v > 0.1)
     )
     for p, resid in zip(contrast, patching.resid):
         layers = ", ".join(
