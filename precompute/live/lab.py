@@ -194,7 +194,7 @@ class Lab:
         return tuple(self.model.tokenizer.batch_decode([[i] for i in ids]))
 
     def _decode(self, token_id: int) -> str:
-        return self.model.tokenizer.decode([token_id])
+        return self.model.decode([token_id])
 
     # --- runs --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -669,9 +669,9 @@ class Lab:
             hook=hook,
             coefficient=coefficient,
             steered_ids=steered,
-            steered_text=self.model.tokenizer.decode(list(steered)),
+            steered_text=self.model.decode(steered),
             unsteered_ids=plain,
-            unsteered_text=self.model.tokenizer.decode(list(plain)),
+            unsteered_text=self.model.decode(plain),
         )
 
     @torch.inference_mode()
