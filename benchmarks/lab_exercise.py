@@ -97,9 +97,7 @@ def main() -> None:
     print("\n== activation patching clean -> corrupted (1 = clean)")
     patching = lab.patch(contrast)
     print("top heads:", ", ".join(f"{c} {v:.2f}" for c, v in patching.ranked_heads(8)))
-    print(
-        "MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mean_mlps()) if v > 0.1)
-    )
+    print("MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mean_mlps()) if v > 0.1))
     for p, resid in zip(contrast, patching.resid):
         layers = ", ".join(
             f"L{layer}:" + " ".join(f"{v:.1f}" for v in resid[layer]) for layer in (0, 8, 12, 16, 20, 29)
