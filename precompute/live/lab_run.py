@@ -27,6 +27,7 @@ from neurodash.storage.owned import now
 from neurodash.units import NEURON, Source, parse_ref
 from precompute.live.cache import cached_model, cached_sae
 from precompute.live.lab import Lab
+from precompute.live.maximize import sae_spec
 
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
 STAGES = ("prompts", "analysis", "ablation", "patching", "circuit", "steering")
@@ -34,11 +35,17 @@ STAGES = ("prompts", "analysis", "ablation", "patching", "circuit", "steering")
 
 @dataclass(frozen=True)
 class _SteerTarget:
+    """A unit to steer with, checked; a neuron's or feature's direction is read up front (a head's
+    depends on the prompt)."""
+
     steer: Steer
     label: str
     source: Source | None  # None for a head
     unit: int
     layer: int
+    hook: str = ""
+    direction: np.ndarray | None = None
+    read: tuple[str, int] | None = None  # what the sweep reads after steering
 
 
 def lab_for(model_name: str, device: str = "cpu") -> Lab:
@@ -70,7 +77,7 @@ def run_lab(
             lab = lab_for(model_name, device)
     if lab is None:
         raise NeurodashError("give a store or a lab")
-    targets = [_target(lab, s, sources, store_path is not None) for s in settings.steer]
+    targets = [_target(lab, s, sources, store_path is not None, device) for s in settings.steer]
     prompts = [_prompt(lab, settings, i) for i in range(len(settings.prompts))]
     passes = lab.forward_passes
 
@@ -115,7 +122,7 @@ def _prompt(lab: Lab, settings: LabSettings, i: int) -> LabPrompt:
         raise NeurodashError(f"prompt {i + 1}: {e}" if len(settings.prompts) > 1 else str(e)) from None
 
 
-def _target(lab: Lab, steer: Steer, sources: Sequence[Source], have_store: bool) -> _SteerTarget:
+def _target(lab: Lab, steer: Steer, sources: Sequence[Source], have_store: bool, device: str) -> _SteerTarget:
     """The unit ``steer`` names, checked against the model (heads) or the store (neurons, features)."""
     h = parse_head(steer.unit)
     if h is not None:
@@ -128,22 +135,22 @@ def _target(lab: Lab, steer: Steer, sources: Sequence[Source], have_store: bool)
         raise NeurodashError(f"steering with {steer.unit} needs the store that has it")
     ref = parse_ref(steer.unit, list(sources))
     source = next(s for s in sources if s.source_id == ref.source_id)
-    return _SteerTarget(steer, str(ref), source, ref.unit, source.layer)
+    if source.kind == NEURON:
+        hook, direction = lab.neuron_direction(source.layer, ref.unit)
+        read = (source.hook, ref.unit)
+    else:  # a feature: its SAE's decoder row, added where the SAE reads
+        sae = cached_sae(sae_spec(source), device)
+        hook, direction, read = sae.hook, sae.sae.W_dec[ref.unit].detach().float().cpu().numpy(), None
+    lab.model.check_hooks([hook])
+    return _SteerTarget(steer, str(ref), source, ref.unit, source.layer, hook, direction, read)
 
 
 def _steer(lab: Lab, prompt: LabPrompt, target: _SteerTarget, n_tokens: int) -> SteeringResult:
-    read: tuple[str, int] | None = None
-    if target.source is None:
+    if target.direction is None:  # a head: its output direction on this prompt
         hook, direction = lab.head_direction(prompt, target.layer, target.unit)
-    elif target.source.kind == NEURON:
-        hook, direction = lab.neuron_direction(target.layer, target.unit)
-        read = (target.source.hook, target.unit)
     else:
-        if not target.source.sae:
-            raise NeurodashError(f"{target.label}: the store does not say which SAE its source uses")
-        sae = cached_sae(target.source.sae)
-        hook = target.source.hook
-        direction = sae.sae.W_dec[target.unit].detach().float().cpu().numpy()
+        hook, direction = target.hook, target.direction
+    read = target.read
     coefficient = target.steer.coefficient
     scale = abs(coefficient) / 4 if coefficient else 1.0
     coefficients = sorted({float(c * scale) for c in SWEEP} | {coefficient})

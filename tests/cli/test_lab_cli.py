@@ -81,3 +81,30 @@ def test_bad_input_is_one_line_and_saves_nothing(tiny_store, tmp_path, capsys, a
 def test_missing_store_is_one_line(tmp_path, capsys):
     code = main(["lab", str(tmp_path / "none.duckdb"), "--prompt", "A B"])
     assert_failed(code, capsys.readouterr().err, "none.duckdb", lab_path(tmp_path / "none.duckdb"))
+
+
+def test_steering_with_an_sae_feature(tiny_store, tmp_path, capsys):
+    results = tmp_path / "runs.lab.duckdb"
+    assert (
+        main(
+            [
+                "lab",
+                str(tiny_store),
+                "--prompt",
+                "A B A B A",
+                "--steer",
+                "L1F0=3",
+                "--results",
+                str(results),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    run = LabRun.from_json(json.loads(capsys.readouterr().out))
+    (steering,) = run.steering
+    assert steering.label == "L1.sae/0" and steering.source_id == "L1.sae" and steering.run.coefficient == 3.0
+    assert steering.sweep.unit_activation is None and len(steering.sweep.coefficients) == len(
+        steering.sweep.answer_prob
+    )
+    assert 3.0 in steering.sweep.coefficients and 0.0 in steering.sweep.coefficients
