@@ -4,7 +4,8 @@
 
 Prints: the predictions, the heads whose last token attends two steps back (the course's test,
 ``attn[-3] > 0.5``), what ablating them does beside as many random heads and the heads that attend to
-the token after the last token's previous occurrence (induction-like), activation patching with a
+the token after the last token's previous occurrence (induction-like) and the top heads by the
+induction score of ``precompute.heads``, activation patching with a
 contrast corruption (the repeated token swapped: answer vs the swapped token), a minimal circuit,
 and the same heads on non-periodic patterns.
 """
@@ -66,6 +67,12 @@ def main() -> None:
         [str(c) for c in induction],
     )
 
+    scored = _scored_induction_heads(lab, len(two_back_heads))
+    print(
+        "top induction heads by score_heads (attention on repeated random tokens):",
+        [str(c) for c in scored],
+    )
+
     print(
         "\n== ablation (metric = logit diff answer - swapped token; kept = (m - corrupted)/(clean - corrupted))"
     )
@@ -76,6 +83,7 @@ def main() -> None:
         print(f"-- {kind}")
         _report_set(lab, contrast, "two-back heads", two_back_heads, kind, means)
         _report_set(lab, contrast, "induction-like heads", induction, kind, means)
+        _report_set(lab, contrast, "top induction-score heads", scored, kind, means)
         random_kept = [
             _kept(lab, contrast, rng.sample(all_heads, len(two_back_heads)), kind, means) for _ in range(10)
         ]
@@ -89,9 +97,7 @@ def main() -> None:
     print("\n== activation patching clean -> corrupted (1 = clean)")
     patching = lab.patch(contrast)
     print("top heads:", ", ".join(f"{c} {v:.2f}" for c, v in patching.ranked_heads(8)))
-    print(
-        "MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mlps.mean(0)) if v > 0.1)
-    )
+    print("MLPs > 0.1:", ", ".join(f"L{i}MLP {v:.2f}" for i, v in enumerate(patching.mean_mlps()) if v > 0.1))
     for p, resid in zip(contrast, patching.resid):
         layers = ", ".join(
             f"L{layer}:" + " ".join(f"{v:.1f}" for v in resid[layer]) for layer in (0, 8, 12, 16, 20, 29)
@@ -132,6 +138,16 @@ def _induction_heads(lab: Lab, prompts: list[LabPrompt], n: int) -> list[Compone
         scores.append(lab.analyse(p).attention.patterns[:, :, -1, previous + 1])
     mean = np.mean(scores, 0)
     return [Component("head", int(i) // 9, int(i) % 9) for i in np.argsort(-mean, axis=None)[:n]]
+
+
+def _scored_induction_heads(lab: Lab, n: int) -> list[Component]:
+    """The heads with the highest induction score of ``precompute.heads`` (the store's head scores)."""
+    from precompute.heads import BridgeAttention, ProbeConfig, attention_scores
+
+    scores = attention_scores(BridgeAttention(lab.model), ProbeConfig(), tuple(range(lab.n_layers)))
+    induction = scores["induction"]
+    order = np.argsort(-induction, axis=None, kind="stable")[:n]
+    return [Component("head", int(i) // lab.n_heads, int(i) % lab.n_heads) for i in order]
 
 
 def _kept(lab: Lab, prompts: list[LabPrompt], comps: list[Component], kind: str, means) -> float:

@@ -7,6 +7,7 @@
     neurodash train-sae --hook blocks.15.mlp.hook_post --out DIR [--d-sae 4096] [--tokens 200000] ...
     neurodash export STORE --units L3N12,L3.mlp/7 --buckets top --out examples.jsonl
     neurodash maximize STORE --unit L15N345 [--unit L15F7] [--length 12] [--steps 40] [--seed 0] [--json]
+    neurodash lab STORE --prompt "A B A B A" [--answer " B"] [--corrupt ...] [--steer L15N631=4.0] [--json]
 
 Errors the user can fix print one line, ``error: ...``, and exit with status 2.
 """
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path)
     add_maximize_args(p)
     p.set_defaults(run=cmd_maximize)
+
+    from neurodash.cli_lab import add_lab_args, cmd_lab
+
+    p = sub.add_parser("lab", help="the circuit lab: attribution, ablation, patching, circuit, steering")
+    p.add_argument("store", type=Path)
+    add_lab_args(p)
+    p.set_defaults(run=cmd_lab)
 
     p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
     add_train_sae_args(p)

@@ -50,6 +50,7 @@ READY = {
     "/": "#layer-plots .box",
     "/sets": ".nd-main .nd-panel",
     "/heads": "#heads-heatmap .heatmaplayer",
+    "/lab": "#lab-attn-body .ytick",
 }
 # --panel NAME: the panel saved, and what it shows once drawn
 PANELS = {

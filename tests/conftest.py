@@ -166,3 +166,13 @@ def pytest_setup_options():
     from app_screenshot import chrome_options
 
     return chrome_options()
+
+
+@pytest.fixture(scope="session")
+def tiny_lab_run(tiny_store):
+    """A circuit-lab run on the tiny Llama of ``tiny_store`` (two prompts, a head and a neuron steered)."""
+    from neurodash.lab_run import LabSettings, parse_steer
+    from precompute.live.lab_run import run_lab
+
+    settings = LabSettings(("A B A B A", "X Y X Y X"), steer=(parse_steer("L1H2=3"), parse_steer("L1N5=2")))
+    return run_lab(tiny_store, settings)

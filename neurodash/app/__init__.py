@@ -1,6 +1,6 @@
 """The Dash app: ``create_app(store_path)`` and ``serve(store_path, host, port)``.
 
-A multi-page app (overview, unit, heads, head, text probe, curated sets, not found) over one store opened read-only. The
+A multi-page app (overview, unit, heads, head, text probe, curated sets, circuit lab, not found) over one store opened read-only. The
 store reaches pages through the app's Flask server (``state.current()``), so several apps can
 live in one process. Everything is served locally: no CDN, fonts or external scripts.
 """
@@ -31,7 +31,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import diskcache
 
     from neurodash.app import routes, server, shell, state
-    from neurodash.app.pages import head, heads, not_found_404, overview, probe, sets, unit
+    from neurodash.app.pages import head, heads, lab, not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
     cache_dir = paths.home() / "cache" / "background"
@@ -58,6 +58,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     )
     dash.register_page(probe.__name__, path=routes.PROBE, title=probe.TITLE, layout=probe.layout)
     dash.register_page(sets.__name__, path=routes.SETS, title=sets.TITLE, layout=sets.layout)
+    dash.register_page(lab.__name__, path=routes.LAB, title=lab.TITLE, layout=lab.layout)
     dash.register_page(
         not_found_404.__name__, path=routes.NOT_FOUND, title=not_found_404.TITLE, layout=not_found_404.layout
     )
@@ -69,6 +70,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     head.register_callbacks(app)
     probe.register_callbacks(app, app_state.unit_max)
     sets.register_callbacks(app)
+    lab.register_callbacks(app, store.path)
     server.harden(app)  # limits, allowed hosts, security headers, real 404s and 400s
     return app
 

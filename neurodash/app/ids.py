@@ -116,3 +116,29 @@ PROBE_ATTN_HEAD = "probe-attn-head"
 PROBE_ATTN_FIGURE = "probe-attn-figure"
 PROBE_ATTN_ARCS = "probe-attn-arcs"
 PROBE_ATTN_TOP_HEADS = "probe-attn-top-heads"  # the heads attending most to the clicked token
+
+
+# the circuit lab (neurodash/app/pages/lab.py, panels/lab_results.py)
+LAB_LOCATION = "lab-location"  # moves to the finished run's URL
+LAB_PROMPTS = "lab-prompts"
+LAB_ANSWERS = "lab-answers"
+LAB_COUNTERFACTUALS = "lab-counterfactuals"
+LAB_CORRUPTED = "lab-corrupted"
+LAB_CORRUPTION = "lab-corruption"
+LAB_ABLATION = "lab-ablation"
+LAB_STEER = "lab-steer"
+LAB_RUN = "lab-run"
+LAB_CANCEL = "lab-cancel"
+LAB_PROGRESS = "lab-progress"
+LAB_PROGRESS_BOX = "lab-progress-box"
+LAB_STAGE = "lab-stage"
+LAB_STATUS = "lab-status"
+LAB_RUN_ID = "lab-run-id"  # the run shown (a dcc.Store), for the callbacks that draw it
+LAB_PROMPT_PICK = "lab-prompt-pick"
+LAB_PROMPT_BODY = "lab-prompt-body"  # the per-prompt plots, drawn again when another prompt is picked
+LAB_ATTN_HEAD = "lab-attn-head"
+LAB_ATTN_BACK = "lab-attn-back"
+LAB_ATTN_BODY = "lab-attn-body"
+LAB_DOWNLOAD = "lab-download"
+# pattern-matching type: {"type": LAB_DOWNLOAD_FORMAT, "fmt": "csv"}
+LAB_DOWNLOAD_FORMAT = "lab-download-format"

@@ -13,6 +13,7 @@ An attention head is a unit too (source ``L{layer}.attn``), but its page is ``/h
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote, urlencode
 
 from neurodash.units import UnitRef, head_source_id
@@ -26,7 +27,7 @@ UNIT_PREFIX = "/unit/"
 UNIT_TEMPLATE = UNIT_PREFIX + "<source_id>/<index>"  # Dash passes source_id and index to the layout
 HEAD_PREFIX = "/head/"
 HEAD_TEMPLATE = HEAD_PREFIX + "<layer>/<head>"  # an attention head's page
-# To come: LAB = "/lab" (the circuit lab).
+LAB = "/lab"  # the circuit lab: its settings (or a saved run's id) in the query
 
 _INDEX = re.compile(r"[0-9]+")
 _HEAD_SOURCE = re.compile(r"L(0|[1-9][0-9]*)\.attn")  # units.head_source_id's ids
@@ -91,6 +92,18 @@ def parse_unit_path(pathname: str | None) -> UnitRef | None:
             parts = pathname[len(prefix) :].rstrip("/").split("/")
             return read(*parts) if len(parts) == 2 else None
     return None
+
+
+def lab_href(query: Mapping[str, Sequence[str]] | None = None, run_id: int | None = None) -> str:
+    """The lab with these settings (``LabSettings.to_query``) and/or a saved run."""
+    items = [("run", str(run_id))] if run_id is not None else []
+    items += [(key, v) for key, values in (query or {}).items() for v in values]
+    return f"{LAB}?{urlencode(items)}" if items else LAB
+
+
+def lab_steer_href(ref: UnitRef, coefficient: float = 4.0) -> str:
+    """The lab with ``ref`` filled in to steer with (the unit pages' Steer link)."""
+    return lab_href({"steer": [f"{ref}={coefficient:g}"]})
 
 
 def set_name(name: str | list[str] | None) -> str | None:

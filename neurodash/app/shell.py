@@ -1,4 +1,4 @@
-"""The frame around every page: the top bar (Overview, Heads, Probe, Sets, the jump box) and its callback."""
+"""The frame around every page: the top bar (Overview, Heads, Probe, Sets, Lab, the jump box) and its callback."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def layout(store_name: str, model: str) -> html.Div:
                             dcc.Link("Heads", href=routes.HEADS),
                             dcc.Link("Probe", href=routes.PROBE),
                             dcc.Link("Sets", href=routes.set_href()),
+                            dcc.Link("Lab", href=routes.LAB),
                         ],
                         className="nd-links",
                     ),

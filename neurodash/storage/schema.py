@@ -3,7 +3,8 @@ its schema version and how messages name it.
 
 - ``STORE``: the analysis store, written once by ``StoreWriter`` and opened read-only after;
 - ``SETS``: curated example sets, the app-owned file beside a store (``demo.sets.duckdb``);
-- ``MAXIMIZE``: activation-maximization results, beside it too (``demo.maximize.duckdb``).
+- ``MAXIMIZE``: activation-maximization results, beside it too (``demo.maximize.duckdb``);
+- ``LAB``: circuit-lab runs, beside it too (``demo.lab.duckdb``).
 
 A new kind of file (the lab runs, explanations) is one more ``FileSchema`` here, added to
 ``FILE_KINDS`` so that opening one kind of file where another is expected says which it is, and a
@@ -114,5 +115,19 @@ CREATE TABLE IF NOT EXISTS prompts (
     tables=("runs", "prompts"),
 )
 
+LAB = FileSchema(
+    what="lab runs file",
+    made_by="`neurodash lab` or the dashboard's Lab page",
+    version=1,
+    ddl=_OWNED_META
+    + """
+CREATE SEQUENCE IF NOT EXISTS lab_run_ids;
+CREATE TABLE IF NOT EXISTS lab_runs (
+    run_id BIGINT PRIMARY KEY, model VARCHAR, prompts VARCHAR[], query JSON, seconds DOUBLE,
+    result JSON, created_at TIMESTAMP);
+""",
+    tables=("lab_runs",),
+)
+
 # Every kind, so that a file of one kind given for another is named for what it is.
-FILE_KINDS = (STORE, SETS, MAXIMIZE)
+FILE_KINDS = (STORE, SETS, MAXIMIZE, LAB)

@@ -41,6 +41,7 @@ from neurodash.lab import (
     PromptAnalysis,
     SteeringRun,
     SteeringSweep,
+    gap_weighted_mean,
     head,
     mlp,
 )
@@ -193,7 +194,7 @@ class Lab:
         return tuple(self.model.tokenizer.batch_decode([[i] for i in ids]))
 
     def _decode(self, token_id: int) -> str:
-        return self.model.tokenizer.decode([token_id])
+        return self.model.decode([token_id])
 
     # --- runs --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -613,8 +614,9 @@ class Lab:
         kind: str,
         means: MeanActivations,
     ) -> np.ndarray:
-        """The behaviour kept when each set is ablated, normalised (0 = corrupted, 1 = clean), mean over prompts."""
-        kept = []
+        """The behaviour kept when each set is ablated, normalised (0 = corrupted, 1 = clean), averaged
+        over prompts weighted by their clean - corrupted gap (``gap_weighted_mean``)."""
+        kept, gaps = [], []
         for prompt in prompts:
             clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
             source = corrupt if kind == RESAMPLE else None
@@ -623,22 +625,23 @@ class Lab:
             )
             clean_m, corrupt_m = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
             kept.append(_normalise(metrics, clean_m, corrupt_m))
-        return np.mean(kept, axis=0)
+            gaps.append(clean_m - corrupt_m)
+        return gap_weighted_mean(np.array(kept), np.array(gaps))
 
     def _faithfulness(
         self, prompts: Sequence[LabPrompt], members: Sequence[Component], means: MeanActivations
     ) -> float:
         everything = self.components()
         rest = [c for c in everything if c not in members]
-        scores = []
+        scores, gaps = [], []
         for prompt in prompts:
             run = self.cache(prompt.token_ids)
             sets = [[self._value(c, MEAN, means, None) for c in s] for s in (everything, rest)]
             nothing, circuit = self._edited_metrics(prompt, run, sets)
-            scores.append(
-                _normalise(np.array([circuit]), float(self._metric(prompt, run.final[None])), nothing)[0]
-            )
-        return float(np.mean(scores))
+            clean = float(self._metric(prompt, run.final[None]))
+            scores.append(_normalise(np.array([circuit]), clean, nothing)[0])
+            gaps.append(clean - nothing)
+        return float(gap_weighted_mean(np.array(scores), np.array(gaps)))
 
     # --- steering ------------------------------------------------------------------------------
     def neuron_direction(self, layer: int, index: int) -> tuple[str, np.ndarray]:
@@ -666,9 +669,9 @@ class Lab:
             hook=hook,
             coefficient=coefficient,
             steered_ids=steered,
-            steered_text=self.model.tokenizer.decode(list(steered)),
+            steered_text=self.model.decode(steered),
             unsteered_ids=plain,
-            unsteered_text=self.model.tokenizer.decode(list(plain)),
+            unsteered_text=self.model.decode(plain),
         )
 
     @torch.inference_mode()

@@ -245,7 +245,7 @@ def test_apps_in_one_process_keep_their_own_store(tmp_path, app):
     assert "120" in texts(render(app, overview.layout))
     assert sorted(dash.page_registry) == [
         f"neurodash.app.pages.{m}"
-        for m in ("head", "heads", "not_found_404", "overview", "probe", "sets", "unit")
+        for m in ("head", "heads", "lab", "not_found_404", "overview", "probe", "sets", "unit")
     ]
 
 

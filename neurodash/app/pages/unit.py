@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from dash import Dash, html
+from dash import Dash, dcc, html
 
 from neurodash.app import current_unit, ids, render, routes, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
@@ -68,6 +68,9 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 (unit_label(prev, prefixes), prev) if prev else None,
                 (unit_label(nxt, prefixes), nxt) if nxt else None,
                 state.permalink(routes.unit_href(ref)),
+            ),
+            dcc.Link(
+                "Steer in the lab", href=routes.lab_steer_href(ref), className="nd-button nd-steer-link"
             ),
             html.Div(
                 [
