@@ -14,6 +14,7 @@ from neurodash.errors import NeurodashError
 
 NEURON = "neuron"
 SAE_FEATURE = "sae_feature"
+HEAD = "head"  # an attention head: query head h of ``blocks.L.attn.hook_z`` (its activation: ||z_h||)
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Source:
     source_id: str  # e.g. "L12.mlp" (neurons) or "L12.sae" (features of an SAE on layer 12)
     model: str
     hook: str  # TransformerLens hook name, e.g. "blocks.12.mlp.hook_post"
-    kind: str  # NEURON or SAE_FEATURE
+    kind: str  # NEURON, SAE_FEATURE or HEAD
     layer: int
     n_units: int
     n_tokens: int
@@ -109,7 +110,7 @@ class LogitEffect:
     value: float
 
 
-_SHORT_REF = re.compile(r"^\s*L(\d+)\s*([NF])\s*(\d+)\s*$", re.IGNORECASE)
+_SHORT_REF = re.compile(r"^\s*L(\d+)\s*([NFH])\s*(\d+)\s*$", re.IGNORECASE)
 _LONG_REF = re.compile(r"^\s*/?(?:unit/)?([^/\s]+)/(\d+)\s*$")
 
 
@@ -117,12 +118,17 @@ def neuron_source_id(layer: int) -> str:
     return f"L{layer}.mlp"
 
 
+def head_source_id(layer: int) -> str:
+    return f"L{layer}.attn"
+
+
 def sae_source_id(layer: int, name: str = "") -> str:
     return f"L{layer}.sae" + (f".{name}" if name else "")
 
 
 def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
-    """Parse ``L12N345`` (neuron), ``L12F7`` (feature of the layer's first SAE) or ``<source>/<index>``.
+    """Parse ``L12N345`` (neuron), ``L12F7`` (feature of the layer's first SAE), ``L12H3`` (attention
+    head) or ``<source>/<index>``.
 
     With ``sources`` given, the reference is also checked against them.
     """
@@ -131,13 +137,17 @@ def parse_ref(text: str, sources: list[Source] | None = None) -> UnitRef:
         layer, kind, index = int(m.group(1)), m.group(2).upper(), int(m.group(3))
         if kind == "N":
             ref = UnitRef(neuron_source_id(layer), index)
+        elif kind == "H":
+            ref = UnitRef(head_source_id(layer), index)
         else:
             candidates = [s for s in sources or [] if s.kind == SAE_FEATURE and s.layer == layer]
             ref = UnitRef(candidates[0].source_id if candidates else sae_source_id(layer), index)
     elif m := _LONG_REF.match(text):
         ref = UnitRef(m.group(1), int(m.group(2)))
     else:
-        raise NeurodashError(f"cannot read unit reference {text!r}: use L12N345, L12F7 or <source>/<index>")
+        raise NeurodashError(
+            f"cannot read unit reference {text!r}: use L12N345, L12F7, L12H3 or <source>/<index>"
+        )
     if sources is not None:
         by_id = {s.source_id: s for s in sources}
         if ref.source_id not in by_id:
