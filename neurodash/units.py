@@ -102,6 +102,22 @@ class Example:
 
 
 @dataclass(frozen=True)
+class AttentionRow:
+    """An attention head example's query row over the example's window: ``pattern[i]`` is the
+    attention from the query (``Example.pos``) to the window's token i (0 after the query);
+    ``before`` the attention on keys before the window, not shown (None in a store without it)."""
+
+    pattern: tuple[float, ...]
+    before: float | None
+
+
+# A head's scores (``scores.metric``): on synthetic probes (``precompute.heads``), then over the corpus.
+HEAD_PROBE_METRICS = ("induction", "previous_token", "duplicate_token", "bos", "copying")
+HEAD_CORPUS_METRICS = ("attn_bos", "attn_previous", "attn_same_token", "attn_distance", "attn_entropy")
+HEAD_METRICS = HEAD_PROBE_METRICS + HEAD_CORPUS_METRICS
+
+
+@dataclass(frozen=True)
 class LogitEffect:
     sign: str  # "+" boosted, "-" suppressed
     rank: int

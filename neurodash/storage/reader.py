@@ -17,7 +17,7 @@ import pyarrow as pa
 from neurodash.errors import NeurodashError
 from neurodash.storage.connect import first_line, is_damage, open_checked, sql_string
 from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, STORE, UNIT_FRAME_COLUMNS
-from neurodash.units import Example, Link, LogitEffect, Source, UnitRef, UnitStats
+from neurodash.units import HEAD, AttentionRow, Example, Link, LogitEffect, Source, UnitRef, UnitStats
 
 # An example's window, with the token ids it covers sliced from its sequence: the columns of
 # ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
@@ -197,6 +197,40 @@ class Store:
             [ref.source_id, ref.unit],
         ).fetchall()
         return [Link(UnitRef(s, u), w, share) for s, u, w, share in rows]
+
+    # --- attention heads (sources of kind HEAD) ---------------------------------------------
+    @property
+    def has_attention(self) -> bool:
+        """Whether the store has the ``attention`` table (stores from before heads do not)."""
+        return "attention" in self._tables
+
+    def head_sources(self) -> list[Source]:
+        """The attention-head sources (``L3.attn``, one per layer), by layer; empty before heads."""
+        return [s for s in self._sources.values() if s.kind == HEAD]
+
+    def attention_rows(
+        self, ref: UnitRef, buckets: Sequence[str] = ()
+    ) -> dict[tuple[str, int], AttentionRow]:
+        """A head's examples' attention rows, keyed ``(bucket, rank)`` like ``examples(ref, buckets)``
+        (empty ``buckets``: all); empty for a store without the table or a unit that is no head."""
+        if not self.has_attention:
+            return {}
+        rows = self.sql(
+            "SELECT bucket, rank, pattern, before FROM attention WHERE source_id = ? AND unit = ? "
+            "AND (len(?::VARCHAR[]) = 0 OR bucket IN (SELECT unnest(?::VARCHAR[])))",
+            [ref.source_id, ref.unit, list(buckets), list(buckets)],
+        ).fetchall()
+        return {(bucket, rank): AttentionRow(tuple(p), before) for bucket, rank, p, before in rows}
+
+    def heads_frame(self) -> pd.DataFrame:
+        """One row per head of every head source: ``units_frame``'s columns (statistics of its
+        ``||z_h||``, one column per score metric) with ``head`` (= ``unit``); for the layer x head
+        heat maps and the heads table. Empty (same columns) for a store without heads."""
+        frame = self.units_frame()
+        heads = frame[frame["kind"] == HEAD].reset_index(drop=True)
+        heads.insert(UNIT_FRAME_COLUMNS.index("unit") + 1, "head", heads["unit"])
+        kept = [c for c in heads.columns if c in ("head", *UNIT_FRAME_COLUMNS) or heads[c].notna().any()]
+        return heads[kept]  # without the metrics only other kinds of units have
 
     def scores(self, ref: UnitRef) -> dict[str, float]:
         rows = self.sql(
