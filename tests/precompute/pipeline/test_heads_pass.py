@@ -5,6 +5,7 @@ run (eager attention, ``output_attentions=True``, the input of ``o_proj`` hooked
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -251,3 +252,38 @@ def test_a_model_without_attention_hooks_is_refused(tiny_model_dir, docs_jsonl, 
         "pass --no-heads to leave heads out"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the real model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_heads_store(tmp_path_factory) -> Path:
+    """The embedded model's layers 0-1 over 512 tokens (as the probe store), heads included."""
+    from precompute import PrecomputeConfig, run_precompute
+
+    out = tmp_path_factory.mktemp("heads") / "real.duckdb"
+    return run_precompute(PrecomputeConfig(out=out, layers=(0, 1), tokens=512, ctx=64), progress=False)
+
+
+@pytest.mark.model
+def test_real_attention_rows_reproduce_a_fresh_forward_pass(real_heads_store, embedded_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, attn_implementation="eager").eval()
+    with Store(real_heads_store) as store:
+        assert [s.source_id for s in store.head_sources()] == ["L0.attn", "L1.attn"]
+        assert store.source("L1.attn").n_units == 9
+        checked = 0
+        for layer, head in ((0, 0), (0, 4), (1, 2), (1, 8)):
+            ref = UnitRef(f"L{layer}.attn", head)
+            rows = store.attention_rows(ref)
+            for e in store.examples(ref, ["top"])[:3]:
+                tokens = torch.tensor([store.sequence(e.seq_id)])
+                with torch.no_grad():
+                    pattern = model(tokens, output_attentions=True).attentions[layer][0, head, e.pos].numpy()
+                row = rows[("top", e.rank)]
+                np.testing.assert_allclose(row.pattern, pattern[e.start : e.start + len(e.acts)], atol=1e-4)
+                assert row.before == pytest.approx(pattern[: e.start].sum(), abs=1e-4)
+                checked += 1
+        assert checked == 12
