@@ -7,8 +7,9 @@ precompute over the same windows (forward with the exact hooks cached + every un
 updated), (3) the whole precompute run including loading and writing the store, each as a ratio
 to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
 layer-15 SAE once ``neurodash demo`` has trained it), as a ratio to (1); (5) the pass and the whole
-run with polysemanticity scoring over without it; and (6) peak memory of a precompute run at N and
-4N tokens, in separate processes.
+run with polysemanticity scoring over without it; (6) the added cost of tracking every attention
+head of the layers, side by side, as a ratio to the bare forward; and (7) peak memory of a
+precompute run at N and 4N tokens, in separate processes.
 """
 
 from __future__ import annotations
@@ -164,6 +165,86 @@ def print_scoring_overhead(args) -> None:
     )
 
 
+def heads_overhead(args) -> dict[str, float]:
+    """Seconds, side by side per batch (alternating which goes first): the bare forward; the forward
+    caching the neurons' hooks; the forward caching them and every head's ``hook_z`` and
+    ``hook_pattern``; and the heads' update (norms, attention statistics, accumulators copying rows)."""
+    import torch
+
+    from precompute import PrecomputeConfig, parse_layers
+    from precompute.corpus import load_corpus, pack_windows
+    from precompute.models import load_model
+    from precompute.pipeline.run import heads, neurons
+
+    cfg = PrecomputeConfig(
+        out="unused",
+        model=args.model,
+        layers=parse_layers(args.layers),
+        tokens=args.tokens,
+        ctx=args.ctx,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    model = load_model(cfg.model, cfg.device)
+    layers = cfg.layers or ()
+    neuron_hooks = [neurons(model, layer, cfg).hook for layer in layers]
+    tracked = [heads(model, layer, cfg) for layer in layers]
+    all_hooks = [*neuron_hooks, *(h for t in tracked for h in (t.hook, t.pattern_hook) if h)]
+    seconds = {"bare": 0.0, "neurons": 0.0, "with heads": 0.0, "update heads": 0.0}
+    first = 1
+
+    def timed(name: str, fn, *a):
+        started = time.perf_counter()
+        out = fn(*a)
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds[name] += time.perf_counter() - started
+        return out
+
+    def update(acts, batch) -> None:
+        tokens = batch.tokens.to(cfg.device)
+        for t in tracked:
+            if t.encode is None or t.attention is None or t.pattern_hook is None:
+                raise RuntimeError("a head source without its norm or statistics")
+            pattern = acts[t.pattern_hook]
+            t.attention.update(pattern, tokens, first)
+            t.acc.update(
+                t.encode(acts[t.hook]),
+                batch.seq_ids,
+                first=first,
+                ctx=cfg.ctx,
+                at_unit={"attn": pattern.transpose(1, 2)},
+            )
+
+    batches = list(
+        pack_windows(load_corpus(), model.tokenizer, cfg.ctx, cfg.batch_size, max_tokens=cfg.tokens)
+    )
+    model.forward(batches[0].tokens)  # warm-up
+    for i, batch in enumerate(batches):
+        runs = [
+            ("bare", model.forward, (batch.tokens,)),
+            ("neurons", model.activations, (batch.tokens, neuron_hooks)),
+            ("with heads", model.activations, (batch.tokens, all_hooks)),
+        ]
+        acts = None
+        for name, run, run_args in runs[i % 3 :] + runs[: i % 3]:
+            out = timed(name, run, *run_args)
+            if name == "with heads":
+                acts = out
+        timed("update heads", update, acts, batch)
+    return seconds
+
+
+def print_heads_overhead(args) -> None:
+    s = heads_overhead(args)
+    added = s["with heads"] - s["neurons"] + s["update heads"]
+    print(
+        f"  every attention head, side by side: forward caching their hooks +{s['with heads'] - s['neurons']:.2f} s, "
+        f"their update {s['update heads']:.2f} s; added cost {added:.2f} s = {added / s['bare']:.3f}x the bare "
+        f"forward ({s['bare']:.2f} s) (target <= 0.15x)"
+    )
+
+
 def peak_rss_mb(args, tokens: int, out: Path) -> float:
     """Peak resident memory of a whole precompute run in a fresh process."""
     code = (
@@ -199,10 +280,15 @@ def main() -> None:
     )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--only-scoring", action="store_true", help="only the scoring overhead line")
+    p.add_argument("--only-heads", action="store_true", help="only the attention heads' overhead line")
     args = p.parse_args()
     if not args.sae and demo_sae().is_dir():
         args.sae = [str(demo_sae())]
 
+    if args.only_heads:
+        print(f"model {args.model}, layers {args.layers}, {args.tokens} tokens, device {args.device}")
+        print_heads_overhead(args)
+        return
     if args.only_scoring:
         print(f"model {args.model}, layers {args.layers}, {args.tokens} tokens, sae {args.sae}")
         print_scoring_overhead(args)
@@ -238,6 +324,7 @@ def main() -> None:
                 f"added cost of its features {added:.2f} s = {added / bare:.2f}x the bare forward"
             )
         print_scoring_overhead(args)
+        print_heads_overhead(args)
         if not args.skip_memory:
             n = args.memory_tokens
             small = peak_rss_mb(args, n, Path(tmp) / "n.duckdb")

@@ -176,6 +176,7 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     config_option(p, PrecomputeConfig, "saes", "--sae", action="append", default=[], metavar="SAE")
     config_option(p, PrecomputeConfig, "keep_bos", action="store_true")
     p.add_argument("--no-scores", action="store_true", help="skip the polysemanticity scores (a bare pass)")
+    p.add_argument("--no-heads", action="store_true", help="leave the attention heads out (neurons only)")
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
@@ -275,6 +276,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         keep_bos=args.keep_bos,
         saes=tuple(args.sae),
         scores=not args.no_scores,
+        heads=not args.no_heads,
         overwrite=overwrite,
         examples=AccumulatorConfig(top_k=args.top_k, bottom_k=args.bottom_k),
     )

@@ -129,7 +129,10 @@ class PrecomputeConfig:
     )
     n_logits: int = option(10, "top boosted and suppressed tokens kept per unit")
     n_neighbors: int = option(10, "nearest units kept per unit (and SAE links per neuron)")
-    scores: bool = option(True, "polysemanticity scores; off for a bare pass")
+    scores: bool = option(True, "polysemanticity scores; off for a bare pass (heads keep theirs)")
+    heads: bool = option(
+        True, "track every attention head of the layers too (its output norm, attention rows and scores)"
+    )
     context_dims: int = option(
         32, "dimensions of the random projection kept per example for context clusters"
     )

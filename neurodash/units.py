@@ -15,7 +15,7 @@ from neurodash.errors import NeurodashError
 
 NEURON = "neuron"
 SAE_FEATURE = "sae_feature"
-HEAD = "head"
+HEAD = "head"  # an attention head: query head h of ``blocks.L.attn.hook_z`` (its activation: ||z_h||)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,12 @@ class AttentionRow:
     rank: int
     pattern: tuple[float, ...]
     before: float | None = None
+
+
+# A head's scores (``scores.metric``): on synthetic probes (``precompute.heads``), then over the corpus.
+HEAD_PROBE_METRICS = ("induction", "previous_token", "duplicate_token", "bos", "copying")
+HEAD_CORPUS_METRICS = ("attn_bos", "attn_previous", "attn_same_token", "attn_distance", "attn_entropy")
+HEAD_METRICS = HEAD_PROBE_METRICS + HEAD_CORPUS_METRICS
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ from transformer_lens.head_detector import (
     get_previous_token_head_detection_pattern,
 )
 
+from precompute.pipeline.attention import pattern_hook
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -59,10 +61,6 @@ if TYPE_CHECKING:
 
 METRICS = ("induction", "previous_token", "duplicate_token", "bos", "copying")
 ATTENTION_METRICS = METRICS[:4]
-
-
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 class AttentionModel(Protocol):
@@ -293,6 +291,25 @@ class BridgeAttention:
         token_inputs = norm(self.loaded.embedding_matrix()[ids])
         W_V = query_head_values(self._W_V[layer], self.n_heads)
         return ov_factors_from_weights(token_inputs, W_V, self._W_O[layer], self.loaded.unembed()[:, ids])
+
+    @torch.inference_mode()
+    def ov_logit_diagonal(
+        self, layer: int, unembed: Tensor, block: int = 4096
+    ) -> Float[Tensor, "head d_vocab"]:
+        """The OV circuit's direct logit effect on each token of what it reads: for every token t,
+        ``X_t W_V^h W_O^h W_U[:, t]`` with ``X_t`` the token's embedding through the layer's input norm
+        (as for ``copying``) and ``unembed`` W_U with the final norm's scale folded in: the logit the
+        head adds to t when it attends to a position holding t, all of it on t. On the device, in
+        blocks of tokens; the ``[head, d_vocab]`` result stays there."""
+        norm: Callable[[Tensor], Tensor] = self.bridge.blocks[layer].ln1
+        embed = self.loaded.embedding_matrix()
+        W_V = query_head_values(self._W_V[layer], self.n_heads)
+        blocks = []
+        for start in range(0, unembed.shape[1], block):
+            ids = torch.arange(start, min(start + block, unembed.shape[1]), device=embed.device)
+            reads, writes = ov_factors_from_weights(norm(embed[ids]), W_V, self._W_O[layer], unembed[:, ids])
+            blocks.append(torch.einsum("hke,hek->hk", reads, writes))
+        return torch.cat(blocks, dim=1)
 
     @cached_property
     def _W_V(self) -> Float[Tensor, "layer kv_head d_model d_head"]:

@@ -54,6 +54,7 @@ def test_a_short_feature_ref_takes_the_layers_first_sae():
     assert parse_ref("L3F5", SOURCES) == UnitRef("L3.sae.res", 5)
     assert parse_ref("L3.sae/3", SOURCES) == UnitRef("L3.sae", 3)
     assert parse_ref("L3N7", SOURCES) == UnitRef("L3.mlp", 7)
+    assert parse_ref("L3H2") == UnitRef("L3.attn", 2)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,17 @@ import pyarrow as pa
 from neurodash.errors import NeurodashError
 from neurodash.storage.connect import first_line, is_damage, open_checked, sql_string
 from neurodash.storage.schema import EXAMPLE_KEYS, STAT_COLUMNS, STORE, UNIT_FRAME_COLUMNS
-from neurodash.units import AttentionRow, Example, Link, LogitEffect, Source, TokenPeaks, UnitRef, UnitStats
+from neurodash.units import (
+    HEAD,
+    AttentionRow,
+    Example,
+    Link,
+    LogitEffect,
+    Source,
+    TokenPeaks,
+    UnitRef,
+    UnitStats,
+)
 
 # An example's window, with the token ids it covers sliced from its sequence: the columns of
 # ``Store._example``, then the FROM clause (tables ``e`` and ``s``) for a WHERE to follow.
@@ -217,6 +227,26 @@ class Store:
         ).fetchall()
         return [Link(UnitRef(s, u), w, share) for s, u, w, share in rows]
 
+    # --- attention heads (sources of kind HEAD) ---------------------------------------------
+    @property
+    def has_attention(self) -> bool:
+        """Whether the store has the ``attention`` table (stores from before heads do not)."""
+        return "attention" in self._tables
+
+    def head_sources(self) -> list[Source]:
+        """The attention-head sources (``L3.attn``, one per layer), by layer; empty before heads."""
+        return [s for s in self._sources.values() if s.kind == HEAD]
+
+    def heads_frame(self) -> pd.DataFrame:
+        """One row per head of every head source: ``units_frame``'s columns (statistics of its
+        ``||z_h||``, one column per score metric) with ``head`` (= ``unit``); for the layer x head
+        heat maps and the heads table. Empty (same columns) for a store without heads."""
+        frame = self.units_frame()
+        heads = frame[frame["kind"] == HEAD].reset_index(drop=True)
+        heads.insert(UNIT_FRAME_COLUMNS.index("unit") + 1, "head", heads["unit"])
+        kept = [c for c in heads.columns if c in ("head", *UNIT_FRAME_COLUMNS) or heads[c].notna().any()]
+        return heads[kept]  # without the metrics only other kinds of units have
+
     def scores(self, ref: UnitRef) -> dict[str, float]:
         rows = self.sql(
             "SELECT metric, value FROM scores WHERE source_id = ? AND unit = ? ORDER BY metric",
@@ -311,7 +341,6 @@ class Store:
                 n_top,
             )
 
-    # --- attention heads (#13, the dashboard's side; the precompute helper may add more here) ---
     def attention_rows(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[AttentionRow]:
         """A head's stored query rows, one per example (same bucket and rank), in ``examples`` order;
         empty for a store without the ``attention`` table or a unit that is not a head."""

@@ -61,17 +61,23 @@ CREATE TABLE links (
     source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
     weight FLOAT, share FLOAT);
 CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
-CREATE TABLE attention (source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER, pattern FLOAT[]);
+CREATE TABLE attention (
+    source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER, pattern FLOAT[], before FLOAT);
 """,
     tables=("meta", "sources", "vocab", "sequences", "units", "examples", "logits", "neighbors", "scores"),
-    # a store from before them still opens, and reads them empty
-    optional_tables=("links", "clusters", "attention"),
+    optional_tables=(
+        "links",
+        "clusters",
+        "attention",
+    ),  # a store from before them still opens, and reads them empty
 )
 
 # A unit's statistics: columns of ``units``, in order, and the numbers the overview shows and filters.
 STAT_COLUMNS = ("max_act", "min_act", "mean_act", "std_act", "skew", "kurtosis", "density")
 # The columns of ``Store.units_frame()`` before its score metrics (one column per metric follows).
 UNIT_FRAME_COLUMNS = ("source_id", "layer", "kind", "unit", *STAT_COLUMNS)
+# An attention head example's query row over its window (``attention.pattern``, keyed like examples).
+ATTENTION_COLUMNS = ("source_id", "unit", "bucket", "rank", "pattern", "before")
 # What names one example in the store.
 EXAMPLE_KEYS = ("source_id", "unit", "bucket", "rank", "seq_id", "pos")
 

@@ -37,7 +37,8 @@ class Examples:
     ``val`` is the activation that ranked the example (its extreme, or the sampled token's value);
     ``pos`` its token, ``start`` the window's first token in sequence ``seq`` (-1: an empty slot).
     ``tok`` and ``rep`` (the token id and projected representation at ``pos``) are copied only when
-    the pass keeps context for scores, and only once an example entered (else None).
+    the pass keeps context for scores, and only once an example entered (else None); ``attn`` (an
+    attention head's row at ``pos``: ``[units, k, ctx]``) likewise, for heads.
     """
 
     val: np.ndarray
@@ -47,6 +48,7 @@ class Examples:
     win: np.ndarray
     tok: np.ndarray | None = None
     rep: np.ndarray | None = None
+    attn: np.ndarray | None = None
 
     @classmethod
     def from_slots(cls, slots: dict[str, np.ndarray]) -> Examples:
@@ -60,7 +62,8 @@ class Examples:
 
         tok = None if self.tok is None else t(self.tok)
         rep = None if self.rep is None else t(self.rep)
-        return Examples(t(self.val), t(self.seq), t(self.pos), t(self.start), t(self.win), tok, rep)
+        attn = None if self.attn is None else t(self.attn)
+        return Examples(t(self.val), t(self.seq), t(self.pos), t(self.start), t(self.win), tok, rep, attn)
 
     def context(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
         """``(tok, rep)``, zero-filled where no example ever entered (nothing was copied)."""
@@ -70,7 +73,7 @@ class Examples:
         return tok, rep
 
 
-_EXAMPLE_FIELDS = ("val", "seq", "pos", "start", "win", "tok", "rep")
+_EXAMPLE_FIELDS = ("val", "seq", "pos", "start", "win", "tok", "rep", "attn")
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ class _Extremes:
 
     def update(self, score: Float[Tensor, "b u"], locate, seq_ids, windows_at, at_token=None) -> None:
         """Merge a batch's per-sequence scores; ``locate(b, u)`` gives the extreme token's position;
-        ``at_token(b, pos)`` (optional) the values to copy from the entrants' tokens."""
+        ``at_token(b, u, pos)`` (optional) the values to copy from the entrants' tokens."""
         k, vals = self.k, self.slots["val"]
         # Only a batch holding a candidate above some unit's k-th value needs the merge.
         if k == 0 or not bool((score.max(0).values > vals.min(1).values).any()):
@@ -193,7 +196,7 @@ class _Extremes:
         start, windows = windows_at(fb, fu, pos)
         incoming = {"val": score[fb, fu], "seq": seq_ids[fb], "pos": pos, "start": start, "win": windows}
         if at_token is not None:
-            incoming |= at_token(fb, pos)
+            incoming |= at_token(fb, fu, pos)
         _replace_evicted(self.slots, ~chosen[:, :k], incoming)
 
     def sorted(self) -> Examples:
@@ -257,12 +260,15 @@ class UnitAccumulator:
         first: int = 0,
         ctx: int | None = None,
         at_token: dict[str, Tensor] | None = None,
+        at_unit: dict[str, Tensor] | None = None,
     ) -> None:
         """Add one batch. Positions before ``first`` (the BOS) are left out of everything.
 
         ``at_token`` maps names to per-token values ``[batch, pos, ...]`` (the token id, a projected
         representation) that a top or quantile-sample example copies from its token when it enters;
-        ``result()`` returns them beside the example's other slots.
+        ``result()`` returns them beside the example's other slots. ``at_unit`` likewise maps names to
+        per-token, per-unit values ``[batch, pos, units, ...]`` (a head's attention row), copied for
+        the example's own unit.
 
         ``acts`` is changed in place while the batch is read and restored before returning; the
         reductions run on the whole contiguous tensor, which is ~10x faster than on a slice.
@@ -292,12 +298,14 @@ class UnitAccumulator:
             start = (pos - before).clamp(0, t - w)
             return start, rows(b, u, start[:, None] + torch.arange(w, device=self.device))
 
-        to_copy = at_token or {}
+        per_token, per_unit = at_token or {}, at_unit or {}
 
-        def copied(b: Tensor, pos: Tensor) -> dict[str, Tensor]:
-            return {name: v[b, pos] for name, v in to_copy.items()}
+        def copied(b: Tensor, u: Tensor, pos: Tensor) -> dict[str, Tensor]:
+            return {name: v[b, pos] for name, v in per_token.items()} | {
+                name: v[b, pos, u] for name, v in per_unit.items()
+            }
 
-        copy = copied if at_token else None
+        copy = copied if per_token or per_unit else None
         body = torch.arange(first, t, device=self.device)[None, :]
         self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at, copy)
         self.bottom.update(-smin, lambda b, u: rows(b, u, body).argmin(1) + first, seq_ids, windows_at)
@@ -380,7 +388,7 @@ class UnitAccumulator:
             "win": windows,
         }
         if copy is not None:
-            incoming |= copy(bi[c], ti[c])
+            incoming |= copy(bi[c], ui[c], ti[c])
         _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
         self.sample_bound = state["key"].max(1).values
 

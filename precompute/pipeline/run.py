@@ -3,8 +3,9 @@
 >>> from precompute import PrecomputeConfig, run_precompute
 >>> run_precompute(PrecomputeConfig(layers=(0, 15), tokens=8192, out="store.duckdb"))  # doctest: +SKIP
 
-``run_precompute`` sets up what to track (each layer's neurons, each SAE's features), runs the pass
-(``stream``), then writes each source's tables (``tables``) and the links between neurons and features.
+``run_precompute`` sets up what to track (each layer's neurons and attention heads, each SAE's
+features), runs the pass (``stream``), then writes each source's tables (``tables``), the links between
+neurons and features, and the heads' scores on synthetic probes (``precompute.heads``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from tqdm.auto import tqdm
 from neurodash.config import PrecomputeConfig
 from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
-from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
+from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, neuron_source_id, sae_source_id
 from precompute.corpus import load_corpus
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
-from precompute.pipeline.accumulate import UnitAccumulator, state_bytes
+from precompute.pipeline.accumulate import AccumulatorResult, UnitAccumulator, state_bytes
+from precompute.pipeline.attention import ACTIVATION, AttentionStats, pattern_hook, z_hook, z_norm
 from precompute.pipeline.polysemanticity import (
     cluster_bytes,
     effective_number,
@@ -58,17 +60,20 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     _check_memory([model.d_mlp] * len(layers) + [sae.d_sae for sae in saes], cfg)
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
     tracked = [neurons(model, layer, cfg) for layer in layers]
+    if cfg.heads:
+        tracked += [heads(model, layer, cfg) for layer in layers]
     tracked += features(model, cfg, saes)
     neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
             up = t.decoder.to(cfg.device, torch.float32).clamp(min=0)
             t.bridge = NeuronBridge(up, torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device))
-    hooks = list(dict.fromkeys(t.hook for t in tracked))
+    hooks = list(dict.fromkeys(h for t in tracked for h in (t.hook, t.pattern_hook) if h))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
         for t in tracked:
-            t.context_hook = context_hook(model, t.hook)
+            if t.source.kind != HEAD:
+                t.context_hook = context_hook(model, t.hook)
         hooks = list(dict.fromkeys([*hooks, *(t.context_hook for t in tracked if t.context_hook)]))
 
     contexts = Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
@@ -80,8 +85,10 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
         unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
             t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-            _write_source(writer, t, unembed, cfg, contexts)
+            _write_source(writer, model, t, unembed, cfg, contexts)
         _write_links(writer, tracked, cfg.n_neighbors)
+        if cfg.heads:
+            _write_probe_scores(writer, model, layers)
         writer.set_meta(
             model=cfg.model,
             dataset=cfg.dataset,
@@ -143,6 +150,40 @@ def _check_memory(units_per_source: list[int], cfg: PrecomputeConfig) -> None:
             )
 
 
+def heads(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> Tracked:
+    """One layer's attention heads (query heads), to track: activation ``||z_h||`` read from
+    ``hook_z``, attention rows from ``hook_pattern``."""
+    hooks = (z_hook(layer), pattern_hook(layer))
+    missing = [h for h in hooks if not model.has_hook(h)]
+    if missing:
+        raise NeurodashError(
+            f"model {model.name} exposes no attention hook {missing[0]!r} through TransformerBridge: "
+            "pass --no-heads to leave heads out"
+        )
+    n_heads = int(model.bridge.cfg.n_heads)
+    source = Source(
+        source_id=head_source_id(layer),
+        model=cfg.model,
+        hook=z_hook(layer),
+        kind=HEAD,
+        layer=layer,
+        n_units=n_heads,
+        n_tokens=0,
+        config={**_config_dict(cfg), "activation": ACTIVATION},
+    )
+    acc = UnitAccumulator(n_heads, cfg.ctx, cfg.examples, cfg.device)
+    no_directions = torch.zeros((n_heads, 0))  # a head writes a subspace: see ``_write_heads``
+    return Tracked(
+        source,
+        source.hook,
+        no_directions,
+        acc,
+        encode=z_norm,
+        pattern_hook=pattern_hook(layer),
+        attention=AttentionStats(n_heads, cfg.device),
+    )
+
+
 def load_saes(cfg: PrecomputeConfig) -> list[LoadedSAE]:
     from precompute.sae import load_sae
 
@@ -199,13 +240,21 @@ def _vocab(model: LoadedModel) -> tables.Columns:
 
 
 def _write_source(
-    writer: StoreWriter, t: Tracked, unembed: Tensor, cfg: PrecomputeConfig, contexts: Contexts | None
+    writer: StoreWriter,
+    model: LoadedModel,
+    t: Tracked,
+    unembed: Tensor,
+    cfg: PrecomputeConfig,
+    contexts: Contexts | None,
 ) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
     sid = t.source.source_id
     writer.append("units", tables.units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", tables.examples_table(sid, res, cfg.examples))
+    if t.attention is not None:
+        _write_heads(writer, model, t, res, unembed, cfg)
+        return
     if contexts is not None:
         rep_mean = contexts.mean(t.context_hook)
         scores, clusters = tables.polysemanticity_tables(sid, res, rep_mean, cfg.context_dims)
@@ -215,6 +264,39 @@ def _write_source(
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
     writer.append("logits", tables.logits_table(sid, directions, unembed, cfg.n_logits))
     writer.append("neighbors", tables.neighbors_table(sid, similar, cfg.n_neighbors))
+
+
+def _write_heads(
+    writer: StoreWriter,
+    model: LoadedModel,
+    t: Tracked,
+    res: AccumulatorResult,
+    unembed: Tensor,
+    cfg: PrecomputeConfig,
+) -> None:
+    """A layer's heads: their examples' attention rows, corpus attention statistics, OV logit effects."""
+    if t.attention is None:
+        return
+    sid = t.source.source_id
+    writer.append("attention", tables.attention_table(sid, res, cfg.examples))
+    for metric, values in t.attention.result().items():
+        writer.append("scores", tables.unit_scores_table(sid, metric, values))
+    from precompute.heads import BridgeAttention  # imports TransformerLens: only where heads are written
+
+    effects = BridgeAttention(model).ov_logit_diagonal(t.source.layer, unembed)
+    writer.append("logits", tables.effects_table(sid, [effects], cfg.n_logits))
+
+
+def _write_probe_scores(writer: StoreWriter, model: LoadedModel, layers: tuple[int, ...]) -> None:
+    """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``)."""
+    if model.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
+        return
+    from precompute.heads import BridgeAttention, score_heads
+
+    scores = score_heads(BridgeAttention(model), layers=layers)
+    for i, layer in enumerate(scores.layers):
+        for metric, values in scores.scores.items():
+            writer.append("scores", tables.unit_scores_table(head_source_id(layer), metric, values[i]))
 
 
 def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:

@@ -21,6 +21,7 @@ from neurodash.units import Source
 from precompute.corpus import pack_windows
 from precompute.models import LoadedModel
 from precompute.pipeline.accumulate import UnitAccumulator
+from precompute.pipeline.attention import AttentionStats
 from precompute.pipeline.polysemanticity import attribution_sums, projection
 
 P = ParamSpec("P")
@@ -39,6 +40,8 @@ class Tracked:
     decoder: Tensor | None = None  # SAEs: [n_units, d_in] decoder rows, in the hook's space
     bridge: NeuronBridge | None = None  # SAEs on tracked neurons: what drives them (``run._write_links``)
     context_hook: str | None = None  # the representation kept at each example's token (scores)
+    pattern_hook: str | None = None  # heads: their attention pattern, copied at each example's query
+    attention: AttentionStats | None = None  # heads: corpus attention statistics
 
 
 @dataclass
@@ -124,8 +127,8 @@ def stream(
             acts = clock.measure("forward", model.activations, batch.tokens, hooks)
             with clock.phase("accumulate"):
                 at_token = {}
+                tokens = batch.tokens.to(cfg.device, torch.int32)
                 if contexts is not None:
-                    tokens = batch.tokens.to(cfg.device, torch.int32)
                     context_hooks = dict.fromkeys(t.context_hook for t in tracked if t.context_hook)
                     at_token = {
                         h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks
@@ -135,12 +138,18 @@ def stream(
                     if t.bridge is not None:  # an SAE on tracked neurons: what drives them
                         x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
                         t.bridge.update(x, a)
+                    at_unit = None
+                    if t.attention is not None and t.pattern_hook is not None:  # a layer's heads
+                        pattern = acts[t.pattern_hook]
+                        t.attention.update(pattern, tokens, first)
+                        at_unit = {"attn": pattern.transpose(1, 2)}  # [batch, query, head, key]
                     t.acc.update(
                         unit_acts,
                         batch.seq_ids,
                         first=first,
                         ctx=cfg.ctx,
                         at_token=at_token.get(t.context_hook) if t.context_hook else None,
+                        at_unit=at_unit,
                     )
             with clock.phase("write"):
                 writer.append(

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -49,31 +49,61 @@ def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
 
 def examples_table(sid: str, res: AccumulatorResult, cfg: AccumulatorConfig) -> Columns:
     """Top and bottom examples where the unit fires (> 0) or goes negative, and quantile groups."""
+    cols = _example_columns(res, cfg)
+    return {
+        "source_id": [sid] * len(cols["unit"]),
+        "unit": cols["unit"].astype(np.int32),
+        "bucket": cols["bucket"],
+        "rank": cols["rank"].astype(np.int32),
+        "seq_id": cols["seq"],
+        "pos": cols["pos"].astype(np.int32),
+        "start": cols["start"].astype(np.int32),
+        "acts": cols["win"],
+    }
+
+
+def attention_table(sid: str, res: AccumulatorResult, cfg: AccumulatorConfig) -> Columns:
+    """Each head example's query row over its window (``pattern[i]``: attention from ``pos`` to
+    ``start + i``), and ``before``: the attention that falls on keys before the window. Keyed like
+    ``examples_table``'s rows, in the same order."""
+    cols = _example_columns(res, cfg)
+    rows, starts, width = cols.get("attn"), cols["start"], cols["win"].shape[-1]
+    if rows is None:
+        rows = np.zeros((len(starts), width), dtype=np.float32)
+    keys = np.arange(rows.shape[-1])[None, :]
+    in_window = (keys >= starts[:, None]) & (keys < starts[:, None] + width)
+    return {
+        "source_id": [sid] * len(starts),
+        "unit": cols["unit"].astype(np.int32),
+        "bucket": cols["bucket"],
+        "rank": cols["rank"].astype(np.int32),
+        "pattern": rows[in_window].reshape(len(starts), width).astype(np.float32),
+        "before": np.where(keys < starts[:, None], rows, 0.0).sum(1).astype(np.float32),
+    }
+
+
+def _example_columns(res: AccumulatorResult, cfg: AccumulatorConfig) -> dict[str, np.ndarray]:
+    """Every kept example's slots (and attention rows, for heads), ordered by unit, bucket, rank."""
     top, bottom = res.top, res.bottom
     parts = [
         _bucket_rows(top, top.val > 0, np.full(top.val.shape, "top", dtype=object)),
         _bucket_rows(bottom, bottom.val > 0, np.full(bottom.val.shape, "bottom", dtype=object)),
         _quantile_rows(res.sample, res.sample_keys < NO_KEY, cfg.quantile_groups),
     ]
+    widths = {p["attn"].shape[-1] for p in parts if "attn" in p}
+    for p in parts:  # a bucket that copied no row (heads' bottom: norms are never negative) gets zeros
+        if widths and "attn" not in p:
+            p["attn"] = np.zeros((len(p["unit"]), max(widths)), dtype=np.float32)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cols["rank"], cols["bucket"], cols["unit"]))
-    return {
-        "source_id": [sid] * len(order),
-        "unit": cols["unit"][order].astype(np.int32),
-        "bucket": cols["bucket"][order],
-        "rank": cols["rank"][order].astype(np.int32),
-        "seq_id": cols["seq"][order],
-        "pos": cols["pos"][order].astype(np.int32),
-        "start": cols["start"][order].astype(np.int32),
-        "acts": cols["win"][order],
-    }
+    return {k: v[order] for k, v in cols.items()}
 
 
 def _bucket_rows(
     e: Examples, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     units, slots = np.nonzero(keep)
-    return {
+    rows = {
         "unit": units,
         "bucket": bucket[units, slots],
         "rank": (slots if rank is None else rank[units, slots]),
@@ -82,6 +112,9 @@ def _bucket_rows(
         "start": e.start[units, slots],
         "win": e.win[units, slots],
     }
+    if e.attn is not None:
+        rows["attn"] = e.attn[units, slots]
+    return rows
 
 
 def _quantile_rows(sample: Examples, valid: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
@@ -142,9 +175,16 @@ def polysemanticity_tables(
 
 def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> Columns:
     """Top ``k`` boosted and suppressed tokens of each unit's output direction through W_U."""
+    chunks = (directions[i : i + 512] @ unembed for i in range(0, directions.shape[0], 512))
+    return effects_table(sid, chunks, k)
+
+
+def effects_table(sid: str, chunks: Iterable[Tensor], k: int) -> Columns:
+    """Top ``k`` boosted and suppressed tokens per unit of logit effects given in chunks of units
+    (``[chunk, d_vocab]`` each, on the device): only the top ``k`` leave it."""
     rows: dict[str, list] = {"source_id": [], "unit": [], "sign": [], "rank": [], "token_id": [], "value": []}
-    for chunk_start in range(0, directions.shape[0], 512):
-        effects = directions[chunk_start : chunk_start + 512] @ unembed  # [chunk, d_vocab]
+    chunk_start = 0
+    for effects in chunks:
         for sign, (vals, ids) in (("+", effects.topk(k, dim=1)), ("-", (-effects).topk(k, dim=1))):
             vals = vals if sign == "+" else -vals
             n = vals.shape[0]
@@ -153,6 +193,7 @@ def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> Colum
             rows["token_id"].append(ids.reshape(-1).cpu().numpy())
             rows["value"].append(vals.reshape(-1).cpu().numpy())
             rows["sign"].append(np.full(n * k, sign, dtype=object))
+        chunk_start += effects.shape[0]
     out: Columns = {key: np.concatenate(v) for key, v in rows.items() if v}
     out["source_id"] = [sid] * len(out["unit"])
     return {key: out[key] for key in ("source_id", "unit", "sign", "rank", "token_id", "value")}

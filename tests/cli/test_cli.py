@@ -124,6 +124,15 @@ def test_precompute_and_info(capsys, tiny_model_dir, docs_jsonl, tmp_path):
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "L1.mlp" in printed and "blocks.1.mlp.hook_post" in printed
+    assert "L1.attn" in printed and "blocks.1.attn.hook_z" in printed
+
+
+def test_precompute_without_heads(tiny_model_dir, docs_jsonl, tmp_path):
+    out = tmp_path / "s.duckdb"
+    args = precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "1", "--no-heads")
+    assert main(args) == 0
+    with Store(out) as store:
+        assert [s.source_id for s in store.sources()] == ["L1.mlp"]
 
 
 def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -210,7 +219,7 @@ def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_sto
         if not wal.exists():
             wal.write_bytes(b"a killed run's write-ahead log")
     with Store(out) as store:  # still a whole, readable store
-        assert [s.source_id for s in store.sources()] == ["L0.mlp"]
+        assert [s.source_id for s in store.sources()] == ["L0.attn", "L0.mlp"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
     assert not partial.exists(), "a later run cleans up a killed run's partial file"
     assert not Path(str(partial) + ".wal").exists()
@@ -229,7 +238,7 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
     assert main(["demo", "--no-serve"]) == 0
     store = tmp_path / "demo.duckdb"
     with Store(store) as s:
-        assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp", "L15.sae"]
+        assert [x.source_id for x in s.sources()] == ["L0.attn", "L29.attn", "L0.mlp", "L29.mlp", "L15.sae"]
         sae = s.source("L15.sae")
         assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(
             sae.config["sae_metrics"]

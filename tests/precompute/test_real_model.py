@@ -28,8 +28,12 @@ def model(embedded_model_dir):
 
 
 def test_sources_describe_the_real_model(store):
-    assert [s.source_id for s in store.sources()] == [f"L{layer}.mlp" for layer in LAYERS]
-    assert {s.n_units for s in store.sources()} == {1536}
+    neurons = [s for s in store.sources() if s.kind == "neuron"]
+    assert [s.source_id for s in neurons] == [f"L{layer}.mlp" for layer in LAYERS]
+    assert {s.n_units for s in neurons} == {1536}
+    assert [(s.source_id, s.n_units) for s in store.head_sources()] == [
+        (f"L{layer}.attn", 9) for layer in LAYERS
+    ]
     assert store.meta["model"] == "smollm2-135m" and store.meta["dataset"] == "python-docs"
     assert len(store.vocab) == 49152
 

@@ -10,7 +10,7 @@ import torch
 from tiny_llama import STORE_CONTEXT_DIMS, STORE_CTX, STORE_TOKENS, examples_config
 
 from neurodash.storage import Store, StoreWriter
-from neurodash.units import UnitRef
+from neurodash.units import HEAD_METRICS, UnitRef
 from precompute import PrecomputeConfig, run_precompute
 from precompute.corpus import load_corpus, pack_windows
 from precompute.pipeline.polysemanticity import bimodality, combined, diversity, leader_clusters, projection
@@ -111,7 +111,8 @@ def test_scores_can_be_turned_off(tiny_model_dir, docs_jsonl, tmp_path):
         scores=False,
     )
     store = Store(run_precompute(cfg, progress=False))
-    assert store.score_metrics == [] and store.clusters(UnitRef("L0.mlp", 0)) == {}
+    assert store.scores(UnitRef("L0.mlp", 0)) == {} and store.clusters(UnitRef("L0.mlp", 0)) == {}
+    assert set(store.score_metrics) == set(HEAD_METRICS), "heads keep their own scores"
 
 
 def test_pages_show_the_scores_breakdown_and_rankings(store):

@@ -57,7 +57,7 @@ def brute(hf, docs_jsonl) -> dict[int, np.ndarray]:
 
 
 def test_sources_and_sequences(store, brute):
-    assert [s.source_id for s in store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
+    assert [s.source_id for s in store.sources()] == ["L0.attn", "L1.attn", "L0.mlp", "L1.mlp", "L1.sae"]
     s = store.source("L1.mlp")
     assert (s.hook, s.kind, s.n_units, s.n_tokens) == ("blocks.1.mlp.hook_post", "neuron", 48, TOKENS)
     stored = store.sql("SELECT token_ids FROM sequences ORDER BY seq_id").fetchall()
@@ -152,7 +152,7 @@ def features(brute, untrained_sae) -> np.ndarray:
 def test_sae_features_are_a_source(store):
     s = store.source("L1.sae")
     assert (s.kind, s.hook, s.n_units, s.sae) == ("sae_feature", SAE_HOOK, SAE_WIDTH, "tiny-topk")
-    assert [x.source_id for x in store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae"]
+    assert [x.source_id for x in store.sources() if x.kind != "head"] == ["L0.mlp", "L1.mlp", "L1.sae"]
 
 
 def test_feature_activations_equal_sae_encode(store, features):
