@@ -219,7 +219,7 @@ def test_interrupted_run_loses_nothing(tiny_model_dir, long_corpus, existing_sto
         if not wal.exists():
             wal.write_bytes(b"a killed run's write-ahead log")
     with Store(out) as store:  # still a whole, readable store
-        assert [s.source_id for s in store.sources()] == ["L0.attn", "L0.mlp"]
+        assert [s.source_id for s in store.sources()] == ["L0.mlp", "L0.attn"]
     assert main(precompute_args(tiny_model_dir, out, "--dataset", str(long_corpus), "--overwrite")) == 0
     assert not partial.exists(), "a later run cleans up a killed run's partial file"
     assert not Path(str(partial) + ".wal").exists()
@@ -238,7 +238,7 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
     assert main(["demo", "--no-serve"]) == 0
     store = tmp_path / "demo.duckdb"
     with Store(store) as s:
-        assert [x.source_id for x in s.sources()] == ["L0.attn", "L29.attn", "L0.mlp", "L29.mlp", "L15.sae"]
+        assert [x.source_id for x in s.sources()] == ["L0.mlp", "L29.mlp", "L15.sae", "L0.attn", "L29.attn"]
         sae = s.source("L15.sae")
         assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(
             sae.config["sae_metrics"]

@@ -234,7 +234,7 @@ def test_layers_select_the_heads_too(tiny_model_dir, docs_jsonl, tmp_path):
 
     path = run_precompute(tiny_config(tiny_model_dir, docs_jsonl, tmp_path / "s.duckdb", layers=(1,)), False)
     with Store(path) as s:
-        assert [x.source_id for x in s.sources()] == ["L1.attn", "L1.mlp"]
+        assert [x.source_id for x in s.sources()] == ["L1.mlp", "L1.attn"]
         assert set(s.sql("SELECT DISTINCT source_id FROM scores").fetchall()) == {("L1.attn",)}
 
 

@@ -57,7 +57,7 @@ def brute(hf, docs_jsonl) -> dict[int, np.ndarray]:
 
 
 def test_sources_and_sequences(store, brute):
-    assert [s.source_id for s in store.sources()] == ["L0.attn", "L1.attn", "L0.mlp", "L1.mlp", "L1.sae"]
+    assert [s.source_id for s in store.sources()] == ["L0.mlp", "L1.mlp", "L1.sae", "L0.attn", "L1.attn"]
     s = store.source("L1.mlp")
     assert (s.hook, s.kind, s.n_units, s.n_tokens) == ("blocks.1.mlp.hook_post", "neuron", 48, TOKENS)
     stored = store.sql("SELECT token_ids FROM sequences ORDER BY seq_id").fetchall()
