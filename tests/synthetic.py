@@ -341,4 +341,5 @@ def _attention(rng: np.random.Generator, examples: dict, ctx: int) -> dict:
         "bucket": examples["bucket"],
         "rank": examples["rank"],
         "pattern": weights.astype(np.float32),
+        "before": np.zeros(len(pos), np.float32),  # every window starts at the sequence's start
     }
