@@ -24,7 +24,7 @@ from neurodash.config import PrecomputeConfig
 from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from neurodash.units import NEURON, SAE_FEATURE, Source, neuron_source_id, sae_source_id
-from precompute.corpus import load_corpus
+from precompute.corpus import corpus_documents
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
 from precompute.pipeline.accumulate import UnitAccumulator
@@ -38,7 +38,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     """Stream the corpus through the model once and write a store to ``cfg.out``."""
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
-    dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
+    dataset, sampling = corpus_documents(
+        cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed
+    )
     model = load_model(cfg.model, cfg.device)
     layers = _check_layers(cfg.layers, model)
     first = 0 if cfg.keep_bos or model.bos_token_id is None else 1
@@ -48,7 +50,8 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
             up = t.decoder.to(cfg.device, torch.float32).clamp(min=0)
-            t.bridge = NeuronBridge(up, torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device))
+            sums = [torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device) for _ in range(2)]
+            t.bridge = NeuronBridge(up, *sums)
     hooks = list(dict.fromkeys(t.hook for t in tracked))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -73,7 +76,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             ctx=cfg.ctx,
             n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
-            config=json.dumps(_config_dict(cfg)),
+            config=json.dumps({**_config_dict(cfg), "sampling": sampling}),
         )
         return writer.commit()
 
@@ -169,6 +172,7 @@ def _write_source(
     sid = t.source.source_id
     writer.append("units", tables.units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", tables.examples_table(sid, res, cfg.examples))
+    writer.append("scores", tables.frequency_scores(sid, res))
     if contexts is not None:
         rep_mean = contexts.mean(t.context_hook)
         scores, clusters = tables.polysemanticity_tables(sid, res, rep_mean, cfg.context_dims)
@@ -185,8 +189,9 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
 
     Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``,
     from the ``attribution_sums`` gathered in the pass),
-    and two scores of the neuron: the effective number of features behind it and how many cover
-    80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
+    and scores of the neuron: the effective number of features behind it, how many cover 80% of its
+    mass, and the effective number behind its strong firing (``strong`` sums: tokens weighted by
+    the neuron's activation). Feature -> neurons: each neuron's share of the decoder row's squared norm.
     """
     layer_of_hook = {t.hook: t.source.source_id for t in tracked if t.source.kind == NEURON}
     saes = [(t, t.bridge, t.decoder) for t in tracked if t.bridge is not None and t.decoder is not None]
@@ -194,7 +199,9 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
     for sae, bridge, decoder_rows in saes:
         layer, sid = layer_of_hook[sae.hook], sae.source.source_id
         decoder = decoder_rows.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_shares(mass_from_sums(bridge.attribution, bridge.decoder_up.double()).cpu().numpy())
+        up = bridge.decoder_up.double()
+        mass = feature_shares(mass_from_sums(bridge.attribution, up).cpu().numpy())
+        strong = feature_shares(mass_from_sums(bridge.strong, up).cpu().numpy())
         writer.append("links", tables.links_table(layer, sid, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", tables.links_table(sid, layer, energy, decoder, k))
@@ -202,5 +209,6 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
         for metric, values in (
             ("sae_features", effective_number(mass)),
             ("sae_features_80", n_covering(mass)),
+            ("sae_features_strong", effective_number(strong)),
         ):
             writer.append("scores", tables.unit_scores_table(layer, metric + suffix, values))
