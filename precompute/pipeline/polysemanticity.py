@@ -156,16 +156,19 @@ def diversity(
 
 
 def evidence_weights(labels: np.ndarray, valid: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """How much each kept example counts towards a diversity score: 1 when its label (token, context
-    cluster) recurs among the unit's valid examples, else its activation relative to the unit's
-    strongest example. A response seen once counts as much as it is strong: the weak, one-off
-    firing of a dense unit (a SiLU neuron is slightly positive on half the tokens) is background,
-    not something more it responds to, while a weak response it keeps giving is."""
+    """How much each kept example counts towards a weighted diversity score: 1 when its label (token,
+    context cluster) recurs among the unit's valid examples, else the square of its activation
+    relative to the unit's strongest example (a one-off at 10% of the max counts 1%).
+
+    A response seen once counts as much as it is strong: the weak one-off firing of a dense unit (a
+    SiLU neuron is slightly positive on half the tokens) is background, not one more thing it
+    responds to, while a response it keeps giving, weak or not, is.
+    """
     same = (labels[:, :, None] == labels[:, None, :]) & valid[:, None, :]
     recurs = same.sum(2) >= 2
     top = np.where(valid, val, 0.0).max(1, keepdims=True)
     relative = np.divide(val, top, out=np.zeros(val.shape), where=top > 0)
-    return np.where(valid, np.where(recurs, 1.0, np.clip(relative, 0.0, 1.0)), 0.0)
+    return np.where(valid, np.where(recurs, 1.0, np.clip(relative, 0.0, 1.0) ** 2), 0.0)
 
 
 def bimodality(skew: np.ndarray, kurtosis: np.ndarray) -> np.ndarray:

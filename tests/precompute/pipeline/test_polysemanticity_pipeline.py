@@ -55,7 +55,7 @@ def mlp_inputs(tiny_model_dir, docs_jsonl) -> dict[int, np.ndarray]:
 def brute_scores(store: Store, ref: UnitRef, reps: np.ndarray, rep_mean: np.ndarray):
     """The unit's stored top and quantile examples (a token in both once), strongest first, their
     context clusters, and the scores: each example counted once, then weighted (1 where its label
-    recurs, else its activation relative to the strongest)."""
+    recurs, else the square of its activation relative to the strongest)."""
     found = sorted((e for e in store.examples(ref) if e.bucket != "bottom"), key=lambda e: -e.value)
     kept, seen = [], set()
     for e in found:  # a token that is a top example and in the quantile sample counts once
@@ -70,7 +70,7 @@ def brute_scores(store: Store, ref: UnitRef, reps: np.ndarray, rep_mean: np.ndar
 
     def weights(of: np.ndarray) -> np.ndarray:
         recurs = np.array([(of == x).sum() >= 2 for x in of], dtype=bool)
-        return np.where(recurs, 1.0, values / values.max())[None] if len(of) else np.zeros((1, 0))
+        return np.where(recurs, 1.0, (values / values.max()) ** 2)[None] if len(of) else np.zeros((1, 0))
 
     def enough(w: np.ndarray) -> bool:  # Kish's effective sample size
         return len(kept) > 0 and w.sum() ** 2 / (w**2).sum() >= 8
@@ -120,7 +120,7 @@ def test_stored_scores_equal_brute_force(store, mlp_inputs, layer):
             contexts.append(expected["context_diversity"])
             clusters = store.clusters(ref)
             assert [clusters[(e.seq_id, e.pos)] for e in kept] == labels.tolist()
-    assert checked >= 30 and weighted >= 10
+    assert checked >= 30 and weighted >= 5
     assert len(set(np.round(contexts, 6))) > 5, "the clusters are not trivial"
 
 
