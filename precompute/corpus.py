@@ -123,7 +123,7 @@ def corpus_documents(
     text_column: str = "text",
     shuffle: bool = True,
     seed: int = 0,
-) -> tuple[Iterable[dict], dict[str, object]]:
+) -> tuple[Iterable, dict[str, object]]:
     """The documents a pass reads (see the module docstring) and how they were sampled: a dict with
     the ``method`` and its settings, for the store's config."""
     import datasets
@@ -131,7 +131,9 @@ def corpus_documents(
     ds = load_corpus(name, split, text_column)  # checks the name and the text column
     if name == DEFAULT_DATASET:
         order = seed if shuffle else None
-        sampling = {"method": "shuffled documents", "seed": seed} if shuffle else {"method": "in order"}
+        sampling: dict[str, object] = {"method": "shuffled documents", "seed": seed}
+        if not shuffle:
+            sampling = {"method": "in order"}
         return Documents(lambda: python_docs(order)), sampling
     if not shuffle:
         return ds, {"method": "in order"}
@@ -148,7 +150,8 @@ def shuffled_pieces(ds, text_column: str, seed: int, piece_chars: int = PIECE_CH
     import pyarrow.compute as pc
 
     texts = ds.data.column(text_column)
-    lengths = pc.fill_null(pc.utf8_length(texts.cast("string")), 0).to_numpy(zero_copy_only=False)
+    chars = pc.utf8_length(texts.cast("string"))  # pyright: ignore[reportAttributeAccessIssue]  # generated at import, not in the stubs
+    lengths = pc.fill_null(chars, 0).to_numpy(zero_copy_only=False)
     n_pieces = np.maximum(1, -(-lengths // piece_chars)).astype(np.int64)
     doc_of = np.repeat(np.arange(len(lengths)), n_pieces)
     piece_of = np.arange(len(doc_of)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
