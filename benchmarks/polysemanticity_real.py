@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from precompute.pipeline.polysemanticity import CLUSTER_COSINE, combined, diversity, leader_clusters  # noqa: E402
+from precompute.pipeline.polysemanticity import CLUSTER_COSINE, combined, example_scores  # noqa: E402
 
 LAYER = 15
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
-def kept_examples_of_a_run(tokens: int) -> dict[str, dict]:
+def kept_examples_of_a_run(tokens: int, sae: str | None = None) -> dict[str, dict]:
     """Each source's kept examples (``kept_examples``) and corpus-mean representation, from a real run."""
     from neurodash.cli import demo_sae
     from precompute import PrecomputeConfig, run_precompute
@@ -52,7 +52,7 @@ def kept_examples_of_a_run(tokens: int) -> dict[str, dict]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = PrecomputeConfig(
-                out=Path(tmp) / "s.duckdb", layers=(LAYER,), tokens=tokens, saes=(str(demo_sae()),)
+                out=Path(tmp) / "s.duckdb", layers=(LAYER,), tokens=tokens, saes=(sae or str(demo_sae()),)
             )
             run_precompute(cfg)
     finally:
@@ -61,29 +61,40 @@ def kept_examples_of_a_run(tokens: int) -> dict[str, dict]:
 
 
 def scores(kept: dict, rep_mean: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    valid = kept["valid"]
-    context = diversity(leader_clusters(kept["rep"].astype(np.float32) - rep_mean, valid, threshold), valid)
-    token = diversity(kept["tok"], valid)
-    return {
-        "context_diversity": context,
-        "token_diversity": token,
-        "polysemanticity": combined(context, token),
-    }
+    """The pipeline's diversity scores (``example_scores``) at a cosine ``threshold``, and their combinations."""
+    got = example_scores(kept, rep_mean, threshold)
+    out = {name: got[name] for name in ("context_diversity", "token_diversity")}
+    out["polysemanticity"] = combined(got["context_diversity"], got["token_diversity"])
+    for name in ("context_diversity", "token_diversity"):
+        out[f"{name}_weighted"] = got[f"{name}_weighted"]
+    out["polysemanticity_weighted"] = combined(
+        got["context_diversity_weighted"], got["token_diversity_weighted"]
+    )
+    return out
 
 
 def merge(kept: dict, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """Per pair, a synthetic unit with the first half of a's and of b's examples, interleaved."""
+    """Per pair, a synthetic unit with the first half of a's and of b's examples, interleaved; each
+    half's activations on its own scale (divided by its unit's strongest), so both count alike."""
     n = kept["valid"].shape[1]
     half = n // 2
     out = {}
-    for key in ("rep", "tok"):
-        x = kept[key]
+    scale = np.where(kept["valid"], kept["val"], 0).max(1, keepdims=True)
+    relative = np.divide(kept["val"], scale, out=np.zeros(kept["val"].shape), where=scale > 0)
+    for key, x in (("rep", kept["rep"]), ("tok", kept["tok"]), ("val", relative)):
         merged = np.zeros((len(a), n, *x.shape[2:]), dtype=x.dtype)
         merged[:, 0::2], merged[:, 1::2] = x[a, :half], x[b, :half]
         out[key] = merged
     out["valid"] = np.zeros((len(a), n), dtype=bool)
     out["valid"][:, 0::2], out["valid"][:, 1::2] = kept["valid"][a, :half], kept["valid"][b, :half]
     return out
+
+
+def half(kept: dict, a: np.ndarray) -> dict[str, np.ndarray]:
+    """Each unit's half that ``merge`` takes, alone (laid out as in a merge of a with itself, once)."""
+    alone = merge(kept, a, a)
+    alone["valid"][:, 1::2] = False
+    return alone
 
 
 def median_and_order(features: np.ndarray, neurons: np.ndarray) -> tuple[float, float, float]:
@@ -96,9 +107,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=65_536)
     parser.add_argument("--pairs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sae", help="the SAE on layer 15's neurons (default: the demo's)")
     args = parser.parse_args()
     started = time.perf_counter()
-    runs = kept_examples_of_a_run(args.tokens)
+    runs = kept_examples_of_a_run(args.tokens, args.sae)
     neurons, features = runs[f"L{LAYER}.mlp"], runs[f"L{LAYER}.sae"]
     print(
         f"\nlayer {LAYER}: {len(neurons['kept']['valid'])} neurons, {len(features['kept']['valid'])} SAE "
@@ -119,11 +131,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     a, b = rng.choice(full, args.pairs), rng.choice(full, args.pairs)
     a, b = a[a != b], b[a != b]
-    alone_a, alone_b, pair = (
-        merge(kept, a, a),
-        merge(kept, b, b),
-        merge(kept, a, b),
-    )  # a with itself: a's half
+    alone_a, alone_b, pair = half(kept, a), half(kept, b), merge(kept, a, b)
     print(f"\n2. {len(a)} pairs of SAE features merged into one unit (half of each one's examples)")
     print(
         "| score | cosine | merged above both halves | ... where both halves score at most 4 | median merged / larger half |"
@@ -131,22 +139,28 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for threshold in THRESHOLDS:
         got = [scores(x, features["rep_mean"], threshold) for x in (pair, alone_a, alone_b)]
-        for name in ("context_diversity", "polysemanticity"):
+        for name in (
+            "context_diversity",
+            "polysemanticity",
+            "context_diversity_weighted",
+            "polysemanticity_weighted",
+        ):
             merged, larger = got[0][name], np.maximum(got[1][name], got[2][name])
             mark = " (used)" if threshold == CLUSTER_COSINE else ""
             focused = larger <= 4
             print(
                 f"| `{name}` | {threshold}{mark} | {(merged > larger).mean():.0%} | "
-                f"{(merged > larger)[focused].mean():.0%} of {focused.sum()} | {np.median(merged / larger):.2f} |"
+                f"{(merged > larger)[focused].mean():.0%} of {focused.sum()} | {np.nanmedian(merged / larger):.2f} |"
             )
-    merged = scores(pair, features["rep_mean"], CLUSTER_COSINE)["token_diversity"]
-    halves = [scores(x, features["rep_mean"], CLUSTER_COSINE)["token_diversity"] for x in (alone_a, alone_b)]
-    larger = np.maximum(*halves)
-    focused = larger <= 4
-    print(
-        f"| `token_diversity` | n/a | {(merged > larger).mean():.0%} | "
-        f"{(merged > larger)[focused].mean():.0%} of {focused.sum()} | {np.median(merged / larger):.2f} |"
-    )
+    for name in ("token_diversity", "token_diversity_weighted"):
+        merged = scores(pair, features["rep_mean"], CLUSTER_COSINE)[name]
+        halves = [scores(x, features["rep_mean"], CLUSTER_COSINE)[name] for x in (alone_a, alone_b)]
+        larger = np.maximum(*halves)
+        focused = larger <= 4
+        print(
+            f"| `{name}` | n/a | {(merged > larger).mean():.0%} | "
+            f"{(merged > larger)[focused].mean():.0%} of {focused.sum()} | {np.nanmedian(merged / larger):.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     config_option(p, PrecomputeConfig, "layers", type=str)
     for name in ("tokens", "ctx"):
         config_option(p, PrecomputeConfig, name)
+    p.add_argument("--no-shuffle", action="store_true", help="read documents in order, not a sample")
+    config_option(p, PrecomputeConfig, "sample_seed")
     for name in ("top_k", "bottom_k"):
         config_option(p, AccumulatorConfig, name)
     for name in ("batch_size", "device"):
@@ -270,6 +272,8 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         text_column=args.text_column,
         layers=parse_layers(args.layers) if args.layers else None,
         tokens=args.tokens,
+        shuffle=not args.no_shuffle,
+        sample_seed=args.sample_seed,
         ctx=args.ctx,
         batch_size=args.batch_size,
         device=args.device,

@@ -120,6 +120,10 @@ class PrecomputeConfig:
     text_column: str = _text_column()
     layers: tuple[int, ...] | None = option(None, "e.g. 0-29 or 0,15,29 (default: every layer)")
     tokens: int = option(65_536, "corpus tokens to read")
+    shuffle: bool = option(
+        True, "sample documents (pieces of long ones) across the whole corpus; off: read them in order"
+    )
+    sample_seed: int = option(0, "seed of the corpus sample")
     ctx: int = _ctx()
     batch_size: int = option(8, "windows per forward pass")
     device: str = _device()

@@ -1,4 +1,17 @@
-"""Corpora: the embedded ``python-docs``, local files and hub datasets, packed into token windows."""
+"""Corpora: the embedded ``python-docs``, local files and hub datasets, sampled (``corpus_documents``)
+and packed into token windows (``pack_windows``).
+
+A pass reads a sample of the corpus that represents all of it, not its first documents:
+
+- local files and cached datasets: documents are cut into pieces of about ``PIECE_CHARS`` characters
+  (at a line break or a space where one is near), and the pieces of all documents are read in a
+  seeded random order, so that even a few long documents (six books) are sampled throughout;
+- streamed hub datasets: ``datasets``' shuffle buffer of ``SHUFFLE_BUFFER`` documents, seeded;
+- the embedded ``python-docs``: its documents in a seeded random order (seed 0: the order it had
+  before sampling existed).
+
+Without shuffling, documents are read whole and in the corpus's order.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +19,14 @@ import ast
 import itertools
 import json
 import logging
+import math
 import random
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,13 +36,15 @@ from precompute.hub import hub_reachable, looks_like_path
 
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__", "dist-packages"}
+PIECE_CHARS = 2048  # local documents are sampled in pieces of about this many characters (~4 windows)
+SHUFFLE_BUFFER = 10_000  # documents in the shuffle buffer of a streamed hub dataset
 
 
-def python_docs() -> Iterator[dict]:
+def python_docs(seed: int | None = 0) -> Iterator[dict]:
     """Python's own documentation: the pydoc topics and every stdlib module's docstrings.
 
-    Read from the interpreter's files (never imported), lazily, in a fixed shuffled order, so a
-    short run parses only the files it reads.
+    Read from the interpreter's files (never imported), lazily, in the order ``seed`` shuffles them
+    to (None: topics, then modules, sorted), so a short run parses only the files it reads.
     """
     from pydoc_data.topics import topics
 
@@ -36,7 +53,8 @@ def python_docs() -> Iterator[dict]:
         p for p in sorted(stdlib.rglob("*.py")) if not _SKIP_DIRS & set(p.relative_to(stdlib).parts[:-1])
     ]
     docs: list[str | Path] = [*sorted(topics), *modules]
-    random.Random(0).shuffle(docs)
+    if seed is not None:
+        random.Random(seed).shuffle(docs)
     for doc in docs:
         if isinstance(doc, str):
             yield {"text": topics[doc], "source": f"pydoc:{doc}"}
@@ -97,6 +115,79 @@ def _load_hub(name: str, split: str):
             f"Use the embedded {DEFAULT_DATASET!r}, a local .txt/.jsonl/.parquet file or folder, "
             "or a hub dataset where the hub is reachable"
         ) from None
+
+
+@dataclass(frozen=True)
+class Documents:
+    """A corpus's documents as rows ``{text_column: text}``, in the order a pass reads them; iterable
+    again from the start each time."""
+
+    rows: Callable[[], Iterator[dict]]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.rows()
+
+
+def corpus_documents(
+    name: str = DEFAULT_DATASET,
+    split: str = "train",
+    text_column: str = "text",
+    shuffle: bool = True,
+    seed: int = 0,
+) -> tuple[Iterable, dict[str, object]]:
+    """The documents a pass reads (see the module docstring) and how they were sampled: a dict with
+    the ``method`` and its settings, for the store's config."""
+    import datasets
+
+    ds = load_corpus(name, split, text_column)  # checks the name and the text column
+    if name == DEFAULT_DATASET:
+        order = seed if shuffle else None
+        sampling: dict[str, object] = {"method": "shuffled documents", "seed": seed}
+        if not shuffle:
+            sampling = {"method": "in order"}
+        return Documents(lambda: python_docs(order)), sampling
+    if not shuffle:
+        return ds, {"method": "in order"}
+    if isinstance(ds, datasets.IterableDataset):
+        sampling = {"method": "shuffle buffer", "seed": seed, "buffer_size": SHUFFLE_BUFFER}
+        return ds.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER), sampling
+    sampling = {"method": "shuffled pieces", "seed": seed, "piece_chars": PIECE_CHARS}
+    return Documents(lambda: shuffled_pieces(ds, text_column, seed)), sampling
+
+
+def shuffled_pieces(ds, text_column: str, seed: int, piece_chars: int = PIECE_CHARS) -> Iterator[dict]:
+    """Every document of a map-style dataset cut into pieces of about ``piece_chars`` characters
+    (``piece_bounds``), all pieces in the random order ``seed`` draws."""
+    import pyarrow.compute as pc
+
+    texts = ds.data.column(text_column)
+    chars = pc.utf8_length(texts.cast("string"))  # pyright: ignore[reportAttributeAccessIssue]  # generated at import, not in the stubs
+    lengths = pc.fill_null(chars, 0).to_numpy(zero_copy_only=False)
+    n_pieces = np.maximum(1, -(-lengths // piece_chars)).astype(np.int64)
+    doc_of = np.repeat(np.arange(len(lengths)), n_pieces)
+    piece_of = np.arange(len(doc_of)) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+    for i in np.random.default_rng(seed).permutation(len(doc_of)):
+        text = ds[int(doc_of[i])][text_column] or ""
+        start, end = piece_bounds(text, int(piece_of[i]), piece_chars)
+        yield {text_column: text[start:end]}
+
+
+def piece_bounds(text: str, i: int, piece_chars: int) -> tuple[int, int]:
+    """Where piece ``i`` of ``text`` starts and ends: cut after the first line break (else space) in
+    the half-piece from ``i * piece_chars``, or right there if there is none. The pieces partition
+    the text."""
+
+    def cut(j: int) -> int:
+        at = j * piece_chars
+        if j == 0 or at >= len(text):
+            return min(at, len(text))
+        for sep in ("\n", " "):
+            found = text.find(sep, at, at + math.ceil(piece_chars / 2))
+            if found >= 0:
+                return found + 1
+        return at
+
+    return cut(i), cut(i + 1)
 
 
 def _load_local(path: Path, split: str, text_column: str):

@@ -150,7 +150,12 @@ def score_instance(
         "context_diversity": ex["context_diversity"],
         "token_diversity": ex["token_diversity"],
         "bimodality": bimodality(res.moments.skew, res.moments.kurtosis),
+        "context_diversity_weighted": ex["context_diversity_weighted"],
+        "token_diversity_weighted": ex["token_diversity_weighted"],
         "polysemanticity": combined(ex["context_diversity"], ex["token_diversity"]),  # as the pipeline's
+        "polysemanticity_weighted": combined(
+            ex["context_diversity_weighted"], ex["token_diversity_weighted"]
+        ),
         "polysemanticity_with_sae": combined(
             ex["context_diversity"], ex["token_diversity"], sae["sae_features"]
         ),
@@ -176,10 +181,12 @@ def _sae_scores(w1: torch.Tensor, b1: torch.Tensor, cfg: ToyConfig, sparsity: fl
     hidden = torch.relu(x @ w1.T + b1)
     with torch.inference_mode():
         trained = attributed_mass(hidden, sae.encode(hidden), sae.decoder_directions())
+        strong = attributed_mass(hidden, sae.encode(hidden), sae.decoder_directions(), strong=True)
     oracle = attributed_mass(hidden, x, torch.relu(w1 + b1[:, None]).T)
     shares, oracle_shares = feature_shares(trained.numpy()), feature_shares(oracle.numpy())
     return {
         "sae_features": effective_number(shares, axis=1),
+        "sae_features_strong": effective_number(feature_shares(strong.numpy()), axis=1),
         "sae_features_80": n_covering(shares, 0.8, axis=1),
         "sae_features_oracle": effective_number(oracle_shares, axis=1),
     }

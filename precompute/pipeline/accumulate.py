@@ -96,6 +96,24 @@ class Histogram:
     counts: np.ndarray  # [units, 2 * n_bins]
     n_bins: int
 
+    def fraction_above(self, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit, the fraction of its tokens above ``threshold[u]`` (> 0), and the bound on its error.
+
+        Bins wholly above the threshold count exactly; the one bin it falls in counts the part of its
+        width above it (linear interpolation), so the error is at most that bin's share of the tokens.
+        """
+        n_units, n_cols = self.counts.shape
+        total = np.maximum(self.counts.sum(1), 1)
+        width = np.where(self.bin_width > 0, self.bin_width, 1.0)
+        edge = np.clip(np.ceil(threshold / width), 1, self.n_bins)  # the bin (edge - w, edge] holds it
+        at = (edge - 1 + self.n_bins).astype(np.int64)  # its column
+        cols = np.arange(n_cols)[None, :]
+        above = np.where(cols > at[:, None], self.counts, 0).sum(1)
+        in_bin = self.counts[np.arange(n_units), np.minimum(at, n_cols - 1)]
+        part = np.clip(edge - threshold / width, 0.0, 1.0)
+        live = (self.bin_width > 0) & (threshold > 0)
+        return np.where(live, (above + part * in_bin) / total, 0.0), np.where(live, in_bin / total, 0.0)
+
 
 @dataclass(frozen=True)
 class AccumulatorResult:

@@ -35,7 +35,7 @@ def n_covering(weights: np.ndarray, fraction: float = 0.8, axis: int = -1) -> np
     return np.where(total.squeeze(axis) > 0, np.argmax(reached, axis=axis) + 1, 0)
 
 
-def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor) -> Tensor:
+def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor, strong: bool = False) -> Tensor:
     """How much of each neuron's activation each SAE feature accounts for, summed over tokens:
     ``[n_neurons, n_features]``.
 
@@ -45,9 +45,13 @@ def attributed_mass(neurons: Tensor, features: Tensor, decoder: Tensor) -> Tenso
     push the neuron down get no share, and a token where no active feature pushes it up leaves its
     activation unattributed. Tokens ``[t, n_neurons]`` and ``[t, n_features]``; ``decoder`` is
     ``[n_features, n_neurons]``. Over many batches, sum ``attribution_sums`` and multiply once.
+
+    ``strong``: each token's share counts its activation times the activation again, so that the
+    tokens where the neuron fires strongly dominate (what drives it when it fires, rather than its
+    weak firing on many tokens).
     """
     up = decoder.clamp(min=0)
-    return mass_from_sums(attribution_sums(neurons, features, up), up)
+    return mass_from_sums(attribution_sums(neurons, features, up, strong), up)
 
 
 def mass_from_sums(sums: Tensor, up: Tensor) -> Tensor:
@@ -55,12 +59,13 @@ def mass_from_sums(sums: Tensor, up: Tensor) -> Tensor:
     return (up * sums).T
 
 
-def attribution_sums(neurons: Tensor, features: Tensor, up: Tensor) -> Tensor:
+def attribution_sums(neurons: Tensor, features: Tensor, up: Tensor, strong: bool = False) -> Tensor:
     """The part of ``attributed_mass`` that sums over tokens, ``[n_features, n_neurons]``:
-    ``sum_t a_f(t) x_i(t)^+ / sum_g a_g(t) up[g, i]``, ``up`` being the decoder's positive part.
-    Times ``up`` it is the mass; two matrix products per batch."""
+    ``sum_t a_f(t) x_i(t)^+ / sum_g a_g(t) up[g, i]`` (times ``x_i(t)^+`` again if ``strong``),
+    ``up`` being the decoder's positive part. Times ``up`` it is the mass; two matrix products per batch."""
     written = features @ up  # [t, neurons]: what the active features write to each neuron
-    ratio = torch.where(written > 0, neurons.clamp(min=0) / written.clamp(min=1e-30), 0.0)
+    x = neurons.clamp(min=0)
+    ratio = torch.where(written > 0, (x * x if strong else x) / written.clamp(min=1e-30), 0.0)
     return features.T @ ratio
 
 
@@ -116,26 +121,60 @@ def leader_clusters(reps: np.ndarray, valid: np.ndarray, threshold: float = CLUS
     return labels
 
 
-def group_counts(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Per row, the sizes of its groups of equal ``labels`` among ``valid`` entries: ``[rows, n]``, zero-padded."""
+def group_sums(labels: np.ndarray, valid: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the total ``weights`` (1 each if None) of each group of equal ``labels`` among ``valid``
+    entries: ``[rows, n]``, zero-padded."""
     n_rows, n = labels.shape
     big = np.iinfo(np.int64).max
-    s = np.sort(np.where(valid, labels.astype(np.int64), big), axis=1)
+    order = np.argsort(np.where(valid, labels.astype(np.int64), big), axis=1, kind="stable")
+    s = np.take_along_axis(np.where(valid, labels.astype(np.int64), big), order, 1)
+    w = np.ones(labels.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.take_along_axis(w, order, 1)
     ok = s != big
     new = np.ones_like(ok)
     new[:, 1:] = s[:, 1:] != s[:, :-1]
     group = np.cumsum(new & ok, axis=1) - 1
-    counts = np.zeros((n_rows, n), dtype=np.int64)
+    sums = np.zeros((n_rows, n), dtype=np.float64)
     r, c = np.nonzero(ok)
-    np.add.at(counts, (r, group[r, c]), 1)
-    return counts
+    np.add.at(sums, (r, group[r, c]), w[r, c])
+    return sums
 
 
-def diversity(labels: np.ndarray, valid: np.ndarray, min_examples: int = MIN_EXAMPLES) -> np.ndarray:
-    """exp(H) of the distribution of ``labels`` (cluster ids, token ids) over each row's valid entries;
-    NaN for rows with fewer than ``min_examples`` of them."""
-    eff = effective_number(group_counts(labels, valid), axis=1)
-    return np.where(valid.sum(1) >= min_examples, eff, np.nan)
+def evidence(valid: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Kish's effective sample size of each row's valid entries, (sum w)^2 / sum w^2: their count when
+    unweighted; about the number of the strongest when a few outweigh the rest."""
+    w = np.where(valid, 1.0 if weights is None else np.clip(weights, 0, None), 0.0)
+    return np.divide(w.sum(1) ** 2, (w**2).sum(1), out=np.zeros(len(w)), where=(w**2).sum(1) > 0)
+
+
+def diversity(
+    labels: np.ndarray,
+    valid: np.ndarray,
+    weights: np.ndarray | None = None,
+    min_examples: int = MIN_EXAMPLES,
+) -> np.ndarray:
+    """exp(H) of the distribution of ``labels`` (cluster ids, token ids) over each row's valid entries,
+    each entry counting its ``weights`` (1 if None); NaN for rows whose ``evidence`` is below
+    ``min_examples``."""
+    w = None if weights is None else np.where(valid, np.clip(weights, 0, None), 0.0)
+    eff = effective_number(group_sums(labels, valid, w), axis=1)
+    return np.where(evidence(valid, w) >= min_examples, eff, np.nan)
+
+
+def evidence_weights(labels: np.ndarray, valid: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """How much each kept example counts towards a weighted diversity score: 1 when its label (token,
+    context cluster) recurs among the unit's valid examples, else the square of its activation
+    relative to the unit's strongest example (a one-off at 10% of the max counts 1%).
+
+    A response seen once counts as much as it is strong: the weak one-off firing of a dense unit (a
+    SiLU neuron is slightly positive on half the tokens) is background, not one more thing it
+    responds to, while a response it keeps giving, weak or not, is.
+    """
+    same = (labels[:, :, None] == labels[:, None, :]) & valid[:, None, :]
+    recurs = same.sum(2) >= 2
+    top = np.where(valid, val, 0.0).max(1, keepdims=True)
+    relative = np.divide(val, top, out=np.zeros(val.shape), where=top > 0)
+    return np.where(valid, np.where(recurs, 1.0, np.clip(relative, 0.0, 1.0) ** 2), 0.0)
 
 
 def bimodality(skew: np.ndarray, kurtosis: np.ndarray) -> np.ndarray:
@@ -161,7 +200,8 @@ def kept_examples(top: Examples, sample: Examples, dims: int) -> dict[str, np.nd
     """Each unit's top and quantile-sample examples where it fires, strongest first: ``[units, n]`` arrays
     ``val``, ``seq``, ``pos``, ``tok`` and ``rep`` (``[units, n, dims]``), and ``valid``.
 
-    ``top`` and ``sample`` are the accumulator's slots (``val`` 0 or less marks an empty one).
+    ``top`` and ``sample`` are the accumulator's slots (``val`` 0 or less marks an empty one); a
+    sampled token that is also a top example is kept once (invalid in the sample).
     """
     (top_tok, top_rep), (sample_tok, sample_rep) = top.context(dims), sample.context(dims)
     both = {
@@ -172,6 +212,9 @@ def kept_examples(top: Examples, sample: Examples, dims: int) -> dict[str, np.nd
         "rep": np.concatenate([top_rep, sample_rep], axis=1),
     }
     valid = both["val"] > 0
+    k = top.val.shape[1]
+    in_top = (sample.seq[:, :, None] == top.seq[:, None, :]) & (sample.pos[:, :, None] == top.pos[:, None, :])
+    valid[:, k:] &= ~(in_top & (top.val[:, None, :] > 0)).any(2)  # a token in both counts once
     order = np.argsort(-np.where(valid, both["val"], -np.inf), axis=1, kind="stable")
     out = {
         k: np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1) for k, v in both.items()
@@ -185,13 +228,22 @@ def example_scores(
 ) -> dict[str, np.ndarray]:
     """Context and token diversity of each unit's kept examples, and each example's cluster.
 
+    ``context_diversity`` and ``token_diversity`` count every example the same (NaN under
+    ``MIN_EXAMPLES`` of them); their ``_weighted`` versions count each by its ``evidence_weights``
+    (NaN for both where the weighted ``evidence`` of either is under ``MIN_EXAMPLES``).
     Representations are centred on ``rep_mean`` (their mean over the corpus) before clustering, so
     that what all tokens share does not make every context look alike.
     """
-    valid = kept["valid"]
+    valid, val, tok = kept["valid"], kept["val"], kept["tok"]
     cluster = leader_clusters(kept["rep"].astype(np.float32) - rep_mean, valid, threshold)
+    by_context, by_token = evidence_weights(cluster, valid, val), evidence_weights(tok, valid, val)
+    enough = np.minimum(evidence(valid, by_context), evidence(valid, by_token)) >= MIN_EXAMPLES
     return {
         "context_diversity": diversity(cluster, valid),
-        "token_diversity": diversity(kept["tok"], valid),
+        "token_diversity": diversity(tok, valid),
+        "context_diversity_weighted": np.where(
+            enough, diversity(cluster, valid, by_context, min_examples=0), np.nan
+        ),
+        "token_diversity_weighted": np.where(enough, diversity(tok, valid, by_token, min_examples=0), np.nan),
         "cluster": cluster,
     }

@@ -26,7 +26,7 @@ from neurodash.config import PrecomputeConfig
 from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, neuron_source_id, sae_source_id
-from precompute.corpus import load_corpus
+from precompute.corpus import corpus_documents
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
@@ -52,7 +52,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
     check_device(cfg.device)
-    dataset = load_corpus(cfg.dataset, cfg.split, cfg.text_column)
+    dataset, sampling = corpus_documents(
+        cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed
+    )
     model = load_model(cfg.model, cfg.device)
     model.check_ctx(cfg.ctx)
     layers = _check_layers(cfg.layers, model)
@@ -67,7 +69,8 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
             up = t.decoder.to(cfg.device, torch.float32).clamp(min=0)
-            t.bridge = NeuronBridge(up, torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device))
+            sums = [torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device) for _ in range(2)]
+            t.bridge = NeuronBridge(up, *sums)
     hooks = list(dict.fromkeys(h for t in tracked for h in (t.hook, t.pattern_hook) if h))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -95,7 +98,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             ctx=cfg.ctx,
             n_tokens=n_tokens,
             phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
-            config=json.dumps(_config_dict(cfg)),
+            config=json.dumps({**_config_dict(cfg), "sampling": sampling}),
         )
         return writer.commit()
 
@@ -252,6 +255,7 @@ def _write_source(
     sid = t.source.source_id
     writer.append("units", tables.units_table(sid, res, cfg.examples.hist_bins))
     writer.append("examples", tables.examples_table(sid, res, cfg.examples))
+    writer.append("scores", tables.frequency_scores(sid, res))
     if t.attention is not None:
         _write_heads(writer, model, t, res, unembed, cfg)
         return
@@ -304,8 +308,9 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
 
     Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``,
     from the ``attribution_sums`` gathered in the pass),
-    and two scores of the neuron: the effective number of features behind it and how many cover
-    80% of its mass. Feature -> neurons: each neuron's share of the decoder row's squared norm.
+    and scores of the neuron: the effective number of features behind it, how many cover 80% of its
+    mass, and the effective number behind its strong firing (``strong`` sums: tokens weighted by
+    the neuron's activation). Feature -> neurons: each neuron's share of the decoder row's squared norm.
     """
     layer_of_hook = {t.hook: t.source.source_id for t in tracked if t.source.kind == NEURON}
     saes = [(t, t.bridge, t.decoder) for t in tracked if t.bridge is not None and t.decoder is not None]
@@ -313,7 +318,9 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
     for sae, bridge, decoder_rows in saes:
         layer, sid = layer_of_hook[sae.hook], sae.source.source_id
         decoder = decoder_rows.cpu().double().numpy()  # [d_sae, d_mlp]
-        mass = feature_shares(mass_from_sums(bridge.attribution, bridge.decoder_up.double()).cpu().numpy())
+        up = bridge.decoder_up.double()
+        mass = feature_shares(mass_from_sums(bridge.attribution, up).cpu().numpy())
+        strong = feature_shares(mass_from_sums(bridge.strong, up).cpu().numpy())
         writer.append("links", tables.links_table(layer, sid, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", tables.links_table(sid, layer, energy, decoder, k))
@@ -321,5 +328,6 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
         for metric, values in (
             ("sae_features", effective_number(mass)),
             ("sae_features_80", n_covering(mass)),
+            ("sae_features_strong", effective_number(strong)),
         ):
             writer.append("scores", tables.unit_scores_table(layer, metric + suffix, values))

@@ -47,13 +47,16 @@ class Tracked:
 @dataclass
 class NeuronBridge:
     """For an SAE read from tracked neurons: the decoder's positive part on the device, and the
-    ``attribution_sums`` gathered so far (``[n_units, d_in]``, float64)."""
+    ``attribution_sums`` gathered so far (``[n_units, d_in]``, float64), plain and ``strong``."""
 
     decoder_up: Tensor
     attribution: Tensor
+    strong: Tensor
 
     def update(self, neurons: Tensor, features: Tensor) -> None:
-        self.attribution += attribution_sums(neurons.float(), features.float(), self.decoder_up).double()
+        x, a = neurons.float(), features.float()
+        self.attribution += attribution_sums(x, a, self.decoder_up).double()
+        self.strong += attribution_sums(x, a, self.decoder_up, strong=True).double()
 
 
 class Contexts:

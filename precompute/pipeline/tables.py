@@ -21,6 +21,12 @@ from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, Examples, 
 from precompute.pipeline.polysemanticity import bimodality, combined, example_scores, kept_examples
 
 Columns = dict[str, Sequence | np.ndarray]  # what StoreWriter.append takes
+DIVERSITY_METRICS = (
+    "context_diversity",
+    "token_diversity",
+    "context_diversity_weighted",
+    "token_diversity_weighted",
+)
 
 
 def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
@@ -44,6 +50,26 @@ def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
         "n_tokens": np.full(n, m.count, dtype=np.int64),
         "hist_edges": edges,
         "hist_counts": counts,
+    }
+
+
+RELATIVE_FREQUENCIES = {"freq_10": 0.1, "freq_50": 0.5}  # metric: the fraction of its own max
+
+
+def frequency_scores(sid: str, res: AccumulatorResult) -> Columns:
+    """Sparsity on each unit's own scale: the fraction of tokens above 10% and 50% of its max (long
+    format). From the histogram: exact but for the one bin each threshold falls in, interpolated
+    (``Histogram.fraction_above``); 0 for a unit that never fires."""
+    n = res.n_units
+    parts = []
+    for metric, fraction in RELATIVE_FREQUENCIES.items():
+        value, _ = res.hist.fraction_above(fraction * np.maximum(res.max, 0.0))
+        parts.append((metric, value))
+    return {
+        "source_id": [sid] * (n * len(parts)),
+        "unit": np.tile(np.arange(n, dtype=np.int32), len(parts)),
+        "metric": np.repeat(np.array([m for m, _ in parts], dtype=object), n),
+        "value": np.concatenate([v for _, v in parts]).astype(np.float64),
     }
 
 
@@ -143,12 +169,12 @@ def polysemanticity_tables(
     """The scores (long format, NaN left out) and each kept example's context cluster."""
     kept = kept_examples(res.top, res.sample, dims)
     ex = example_scores(kept, rep_mean)
-    metrics = {
-        "context_diversity": ex["context_diversity"],
-        "token_diversity": ex["token_diversity"],
-        "bimodality": bimodality(res.moments.skew, res.moments.kurtosis),
-    }
+    metrics = {name: ex[name] for name in DIVERSITY_METRICS}
+    metrics["bimodality"] = bimodality(res.moments.skew, res.moments.kurtosis)
     metrics["polysemanticity"] = combined(metrics["context_diversity"], metrics["token_diversity"])
+    metrics["polysemanticity_weighted"] = combined(
+        metrics["context_diversity_weighted"], metrics["token_diversity_weighted"]
+    )
     units, names, values = [], [], []
     for name, v in metrics.items():
         ok = np.flatnonzero(np.isfinite(v))

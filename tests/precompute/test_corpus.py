@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,15 @@ import pytest
 import torch
 
 from neurodash.errors import NeurodashError
-from precompute.corpus import load_corpus, pack_windows, python_docs
+from precompute.corpus import (
+    PIECE_CHARS,
+    SHUFFLE_BUFFER,
+    corpus_documents,
+    load_corpus,
+    pack_windows,
+    piece_bounds,
+    python_docs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +160,67 @@ def test_local_bad_input(tmp_path):
     broken.write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(NeurodashError, match="cannot read corpus"):
         load_corpus(str(broken))
+
+
+# --- sampling: what a pass reads of the corpus -------------------------------------------------
+BOOKS = "abcdef"
+
+
+def write_books(folder, lines: int = 1500) -> None:
+    """Six long one-document files, every line naming its book, as a folder of books would be."""
+    folder.mkdir()
+    for b in BOOKS:
+        text = "\n".join(f"book{b} line {i}: " + "some words of prose " * 3 for i in range(lines))
+        (folder / f"{b}.txt").write_text(text)
+
+
+def test_a_sample_reads_pieces_of_every_file(tmp_path, tokenizer):
+    write_books(tmp_path / "books")
+    docs, sampling = corpus_documents(str(tmp_path / "books"), seed=3)
+    assert sampling == {"method": "shuffled pieces", "seed": 3, "piece_chars": PIECE_CHARS}
+    windows = torch.cat([b.tokens for b in pack_windows(docs, tokenizer, 64, 8, max_tokens=64 * 640)])
+    text = tokenizer.decode(windows.flatten())
+    assert all(f"book{b}" in text for b in BOOKS), "every book is sampled, not only the first"
+    first_lines = [int(x) for x in re.findall(r"line (\d+):", text)]
+    assert max(first_lines) > 1000, "each book is sampled throughout, not only its start"
+    again, _ = corpus_documents(str(tmp_path / "books"), seed=3)
+    assert list(itertools.islice(iter(again), 20)) == list(itertools.islice(iter(docs), 20)), "seeded"
+    other, _ = corpus_documents(str(tmp_path / "books"), seed=4)
+    assert list(itertools.islice(iter(other), 20)) != list(itertools.islice(iter(docs), 20))
+
+
+def test_without_shuffling_the_first_documents_are_read_whole_and_in_order(tmp_path):
+    write_books(tmp_path / "books", lines=50)
+    docs, sampling = corpus_documents(str(tmp_path / "books"), shuffle=False)
+    assert sampling == {"method": "in order"}
+    assert [d["text"][:5] for d in docs] == [f"book{b}" for b in BOOKS]
+    embedded, sampling = corpus_documents(shuffle=False)
+    assert sampling == {"method": "in order"}
+    assert next(iter(embedded)) == next(python_docs(None))
+
+
+def test_the_embedded_corpus_keeps_its_order_at_seed_0():
+    docs, sampling = corpus_documents()
+    assert sampling == {"method": "shuffled documents", "seed": 0}
+    assert [d["text"] for d in itertools.islice(iter(docs), 3)] == [
+        d["text"] for d in itertools.islice(python_docs(), 3)
+    ]
+
+
+def test_pieces_partition_a_document_at_line_breaks():
+    text = "".join(f"line {i} " + "x" * (i % 37) + "\n" for i in range(400))
+    n = -(-len(text) // 100)
+    bounds = [piece_bounds(text, i, 100) for i in range(n)]
+    assert "".join(text[a:b] for a, b in bounds) == text
+    assert all(text[b - 1] == "\n" for _, b in bounds[:-1]), "cut after a line break"
+    assert all(50 <= b - a <= 150 for a, b in bounds[:-1])
+
+
+def test_a_streamed_dataset_is_shuffled_in_a_buffer():
+    import datasets
+
+    rows = [{"text": f"document {i}"} for i in range(50)]
+    streamed = datasets.IterableDataset.from_generator(lambda: iter(rows))
+    shuffled = streamed.shuffle(seed=0, buffer_size=SHUFFLE_BUFFER)
+    got = [r["text"] for r in shuffled]
+    assert sorted(got) == sorted(r["text"] for r in rows) and got != [r["text"] for r in rows]

@@ -12,8 +12,14 @@ from tiny_llama import STORE_CONTEXT_DIMS, STORE_CTX, STORE_TOKENS, examples_con
 from neurodash.storage import Store, StoreWriter
 from neurodash.units import HEAD_METRICS, UnitRef
 from precompute import PrecomputeConfig, run_precompute
-from precompute.corpus import load_corpus, pack_windows
-from precompute.pipeline.polysemanticity import bimodality, combined, diversity, leader_clusters, projection
+from precompute.corpus import corpus_documents, pack_windows
+from precompute.pipeline.polysemanticity import (
+    bimodality,
+    combined,
+    diversity,
+    leader_clusters,
+    projection,
+)
 
 CTX, TOKENS, DIMS = STORE_CTX, STORE_TOKENS, STORE_CONTEXT_DIMS
 EXAMPLES = examples_config()
@@ -31,7 +37,7 @@ def mlp_inputs(tiny_model_dir, docs_jsonl) -> dict[int, np.ndarray]:
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    batches = pack_windows(load_corpus(str(docs_jsonl)), tokenizer, CTX, 64, max_tokens=TOKENS)
+    batches = pack_windows(corpus_documents(str(docs_jsonl))[0], tokenizer, CTX, 64, max_tokens=TOKENS)
     windows = torch.cat([b.tokens for b in batches])
     eps = model.config.rms_norm_eps
     seen: dict[int, torch.Tensor] = {}
@@ -47,13 +53,39 @@ def mlp_inputs(tiny_model_dir, docs_jsonl) -> dict[int, np.ndarray]:
 
 
 def brute_scores(store: Store, ref: UnitRef, reps: np.ndarray, rep_mean: np.ndarray):
-    """The scores from the unit's stored top and quantile examples, strongest first."""
-    kept = sorted((e for e in store.examples(ref) if e.bucket != "bottom"), key=lambda e: -e.value)
+    """The unit's stored top and quantile examples (a token in both once), strongest first, their
+    context clusters, and the scores: each example counted once, then weighted (1 where its label
+    recurs, else the square of its activation relative to the strongest)."""
+    found = sorted((e for e in store.examples(ref) if e.bucket != "bottom"), key=lambda e: -e.value)
+    kept, seen = [], set()
+    for e in found:  # a token that is a top example and in the quantile sample counts once
+        if (e.seq_id, e.pos) not in seen:
+            seen.add((e.seq_id, e.pos))
+            kept.append(e)
     valid = np.ones((1, len(kept)), dtype=bool)
     rep = np.stack([reps[e.seq_id, e.pos] for e in kept])[None] - rep_mean if kept else np.zeros((1, 0, DIMS))
     tokens = np.array([[e.token_ids[e.pos - e.start] for e in kept]])
+    values = np.array([e.value for e in kept], dtype=np.float64)
     labels = leader_clusters(rep, valid)
-    return kept, labels[0], diversity(labels, valid)[0], diversity(tokens, valid)[0]
+
+    def weights(of: np.ndarray) -> np.ndarray:
+        recurs = np.array([(of == x).sum() >= 2 for x in of], dtype=bool)
+        return np.where(recurs, 1.0, (values / values.max()) ** 2)[None] if len(of) else np.zeros((1, 0))
+
+    def enough(w: np.ndarray) -> bool:  # Kish's effective sample size
+        return len(kept) > 0 and w.sum() ** 2 / (w**2).sum() >= 8
+
+    scores = {
+        "context_diversity": diversity(labels, valid)[0],
+        "token_diversity": diversity(tokens, valid)[0],
+    }
+    w_context, w_token = weights(labels[0]), weights(tokens[0])
+    weighted_ok = enough(w_context) and enough(w_token)
+    scores["context_diversity_weighted"] = (
+        diversity(labels, valid, w_context, 0)[0] if weighted_ok else np.nan
+    )
+    scores["token_diversity_weighted"] = diversity(tokens, valid, w_token, 0)[0] if weighted_ok else np.nan
+    return kept, labels[0], scores
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -66,24 +98,29 @@ def test_stored_scores_equal_brute_force(store, mlp_inputs, layer):
     frame = store.units_frame(sid).set_index("unit")
     expected_bimodality = bimodality(frame["skew"].to_numpy(), frame["kurtosis"].to_numpy())
     np.testing.assert_allclose(frame["bimodality"], expected_bimodality, rtol=1e-5)
-    checked, contexts = 0, []
+    checked, weighted, contexts = 0, 0, []
     for unit in range(48):
         ref = UnitRef(sid, unit)
-        kept, labels, context, token = brute_scores(store, ref, reps, rep_mean)
+        kept, labels, expected = brute_scores(store, ref, reps, rep_mean)
         scores = store.scores(ref)
-        if len(kept) < 8:  # too little evidence: no diversity score is stored
-            assert "context_diversity" not in scores and "token_diversity" not in scores
-            continue
-        checked += 1
-        contexts.append(context)
-        assert scores["context_diversity"] == pytest.approx(context, rel=1e-6)
-        assert scores["token_diversity"] == pytest.approx(token, rel=1e-6)
-        assert scores["polysemanticity"] == pytest.approx(
-            combined(np.array(context), np.array(token)), rel=1e-6
-        )
-        clusters = store.clusters(ref)
-        assert [clusters[(e.seq_id, e.pos)] for e in kept] == labels.tolist()
-    assert checked >= 30
+        for suffix in ("", "_weighted"):
+            context, token = expected[f"context_diversity{suffix}"], expected[f"token_diversity{suffix}"]
+            if not np.isfinite(context):  # too little evidence: no diversity score is stored
+                assert f"context_diversity{suffix}" not in scores and f"token_diversity{suffix}" not in scores
+                assert f"polysemanticity{suffix}" not in scores
+                continue
+            checked += suffix == ""
+            weighted += suffix == "_weighted"
+            assert scores[f"context_diversity{suffix}"] == pytest.approx(context, rel=1e-6)
+            assert scores[f"token_diversity{suffix}"] == pytest.approx(token, rel=1e-6)
+            assert scores[f"polysemanticity{suffix}"] == pytest.approx(
+                combined(np.array(context), np.array(token)), rel=1e-6
+            )
+        if np.isfinite(expected["context_diversity"]):
+            contexts.append(expected["context_diversity"])
+            clusters = store.clusters(ref)
+            assert [clusters[(e.seq_id, e.pos)] for e in kept] == labels.tolist()
+    assert checked >= 30 and weighted >= 5
     assert len(set(np.round(contexts, 6))) > 5, "the clusters are not trivial"
 
 
@@ -111,8 +148,11 @@ def test_scores_can_be_turned_off(tiny_model_dir, docs_jsonl, tmp_path):
         scores=False,
     )
     store = Store(run_precompute(cfg, progress=False))
-    assert store.scores(UnitRef("L0.mlp", 0)) == {} and store.clusters(UnitRef("L0.mlp", 0)) == {}
-    assert set(store.score_metrics) == set(HEAD_METRICS), "heads keep their own scores"
+    assert store.scores(UnitRef("L0.mlp", 0)).keys() == {"freq_10", "freq_50"}, (
+        "only the relative frequencies"
+    )
+    assert store.clusters(UnitRef("L0.mlp", 0)) == {}
+    assert set(store.score_metrics) == {"freq_10", "freq_50", *HEAD_METRICS}, "heads keep their own scores"
 
 
 def test_pages_show_the_scores_breakdown_and_rankings(store):

@@ -17,7 +17,7 @@ from tiny_llama import (
 
 from neurodash.storage import Store
 from neurodash.units import UnitRef
-from precompute.corpus import load_corpus, pack_windows
+from precompute.corpus import corpus_documents, pack_windows
 
 CTX, TOKENS, N_LOGITS, N_NEIGHBORS = STORE_CTX, STORE_TOKENS, STORE_N_LOGITS, STORE_N_NEIGHBORS
 EXAMPLES = examples_config()
@@ -41,9 +41,8 @@ def hf(tiny_model_dir):
 def brute(hf, docs_jsonl) -> dict[int, np.ndarray]:
     """Every layer's MLP activation (the input of down_proj) over every window, straight from HF."""
     model, tokenizer = hf
-    windows = torch.cat(
-        [b.tokens for b in pack_windows(load_corpus(str(docs_jsonl)), tokenizer, CTX, 64, max_tokens=TOKENS)]
-    )
+    docs, _ = corpus_documents(str(docs_jsonl))  # the sample the pipeline reads, in its order
+    windows = torch.cat([b.tokens for b in pack_windows(docs, tokenizer, CTX, 64, max_tokens=TOKENS)])
     acts: dict[int, list] = {}
     hooks = [
         layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: acts.setdefault(i, []).append(a[0]))
@@ -72,6 +71,16 @@ def test_unit_statistics(store, brute, layer):
     np.testing.assert_allclose(frame["min_act"], a.min(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(frame["mean_act"], a.mean(0), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(frame["density"], (a > 0).mean(0), atol=1e-6)
+    for metric, fraction in (("freq_10", 0.1), ("freq_50", 0.5)):  # within one histogram bin's share
+        exact = (a > fraction * a.max(0)).mean(0)
+        bins = [store.unit_stats(UnitRef(f"L{layer}.mlp", u)) for u in range(48)]
+        width = np.array([s.hist_edges[1] - s.hist_edges[0] for s in bins])
+        near = (np.abs(a - fraction * a.max(0)) <= width).mean(0)  # the tokens in the threshold's bin
+        assert (np.abs(frame[metric].to_numpy() - exact) <= near + 1e-9).all()
+        assert np.abs(frame[metric].to_numpy() - exact).mean() < 0.01
+    assert (frame["freq_50"] <= frame["freq_10"]).all() and (
+        frame["freq_10"] <= frame["density"] + 1e-6
+    ).all()
     for unit in (0, 17, 47):
         stats = store.unit_stats(UnitRef(f"L{layer}.mlp", unit))
         assert sum(stats.hist_counts) == a.shape[0]
@@ -198,12 +207,15 @@ def test_links_between_neurons_and_features(store, untrained_sae, features, brut
     W_dec = load_sae(str(untrained_sae)).decoder_directions().double().numpy()  # [24 features, 48 neurons]
     neurons = np.maximum(brute[1][:, 1:, :].reshape(-1, 48), 0).astype(np.float64)
     acts = features[:, 1:, :].reshape(-1, SAE_WIDTH).astype(np.float64)
-    mass = np.zeros((48, SAE_WIDTH))
+    mass, strong = np.zeros((48, SAE_WIDTH)), np.zeros((48, SAE_WIDTH))
     for x, a in zip(neurons, acts):  # each token's activation split among the features pushing it up
         written = a[:, None] * np.maximum(W_dec, 0)  # [features, neurons]
         total = written.sum(0)
-        mass += np.divide(x * written, total, out=np.zeros_like(written), where=total > 0).T
+        split = np.divide(x * written, total, out=np.zeros_like(written), where=total > 0).T
+        mass += split
+        strong += x[:, None] * split  # weighted by the activation again
     share = mass / mass.sum(1, keepdims=True)
+    strong_share = strong / strong.sum(1, keepdims=True)
     scores = store.units_frame("L1.mlp").set_index("unit")
     for neuron in (0, 17, 47):
         links = store.links(UnitRef("L1.mlp", neuron))
@@ -217,6 +229,10 @@ def test_links_between_neurons_and_features(store, untrained_sae, features, brut
         p = share[neuron][share[neuron] > 0]
         assert scores.loc[neuron, "sae_features"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
         assert scores.loc[neuron, "sae_features_80"] == np.argmax(np.cumsum(np.sort(p)[::-1]) >= 0.8) + 1
+        q = strong_share[neuron][strong_share[neuron] > 0]
+        assert scores.loc[neuron, "sae_features_strong"] == pytest.approx(
+            np.exp(-(q * np.log(q)).sum()), rel=1e-4
+        )
     energy = W_dec[5] ** 2 / (W_dec[5] ** 2).sum()
     links = store.links(UnitRef("L1.sae", 5))
     assert [link.ref for link in links] == [UnitRef("L1.mlp", i) for i in np.argsort(-energy)[:3]]
