@@ -16,7 +16,7 @@ from tiny_llama import D_MODEL, N_HEADS, N_KV_HEADS, STORE_CTX, STORE_N_LOGITS, 
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
 from neurodash.units import HEAD, HEAD_METRICS, UnitRef, parse_ref
-from precompute.corpus import load_corpus, pack_windows
+from precompute.corpus import corpus_documents, pack_windows
 
 CTX, TOKENS, EXAMPLES = STORE_CTX, STORE_TOKENS, examples_config()
 D_HEAD = D_MODEL // N_HEADS
@@ -57,7 +57,7 @@ def hf_heads(model, tokens: torch.Tensor) -> tuple[dict[int, np.ndarray], dict[i
 def brute(hf, docs_jsonl) -> dict:
     model, tokenizer = hf
     windows = torch.cat(
-        [b.tokens for b in pack_windows(load_corpus(str(docs_jsonl)), tokenizer, CTX, 64, max_tokens=TOKENS)]
+        [b.tokens for b in pack_windows(corpus_documents(str(docs_jsonl))[0], tokenizer, CTX, 64, max_tokens=TOKENS)]
     )
     z, pattern = hf_heads(model, windows)
     norms = {layer: np.linalg.norm(z[layer].astype(np.float64), axis=-1) for layer in LAYERS}
@@ -235,7 +235,8 @@ def test_layers_select_the_heads_too(tiny_model_dir, docs_jsonl, tmp_path):
     path = run_precompute(tiny_config(tiny_model_dir, docs_jsonl, tmp_path / "s.duckdb", layers=(1,)), False)
     with Store(path) as s:
         assert [x.source_id for x in s.sources()] == ["L1.mlp", "L1.attn"]
-        assert set(s.sql("SELECT DISTINCT source_id FROM scores").fetchall()) == {("L1.attn",)}
+        # only layer 1: its heads' scores, and its neurons' relative frequencies (kept under --no-scores)
+        assert set(s.sql("SELECT DISTINCT source_id FROM scores").fetchall()) == {("L1.attn",), ("L1.mlp",)}
 
 
 def test_a_model_without_attention_hooks_is_refused(tiny_model_dir, docs_jsonl, tmp_path, monkeypatch):
