@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from neurodash.storage import StoreWriter
-from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, neuron_source_id, sae_source_id
+from neurodash.units import (
+    HEAD,
+    HEAD_METRICS,
+    NEURON,
+    SAE_FEATURE,
+    Source,
+    head_source_id,
+    neuron_source_id,
+    sae_source_id,
+)
 
 MODEL = "synthetic"
 N_QUANTILE_GROUPS = 5
@@ -30,19 +39,6 @@ XSS_TOKENS = (
     '<img src=x onerror="window.__pwned=1">',
     '<img src=x onerror="window.__xss=1">',
     "<link rel=stylesheet href=http://127.0.0.1:9/x.css>",
-)
-# The metrics of a head (HEADS_SCHEMA.md): synthetic probes, then corpus statistics of its attention.
-HEAD_METRICS = (
-    "induction",
-    "previous_token",
-    "duplicate_token",
-    "bos",
-    "copying",
-    "attn_bos",
-    "attn_previous",
-    "attn_same_token",
-    "attn_distance",
-    "attn_entropy",
 )
 
 

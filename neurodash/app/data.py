@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from neurodash.app import routes
-from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, UnitRef
+from neurodash.units import HEAD, HEAD_METRICS, NEURON, SAE_FEATURE, Source, UnitRef
 
 
 def plural(n: int, word: str) -> str:
@@ -206,19 +206,6 @@ def unit_magnitudes(units: pd.DataFrame, keys: pd.DataFrame) -> list[float]:
 
 
 # --- attention heads --------------------------------------------------------------------------
-# The head metrics HEADS_SCHEMA.md names, in the order the pages show them; others a store has follow.
-HEAD_METRICS = (
-    "induction",
-    "previous_token",
-    "duplicate_token",
-    "bos",
-    "copying",
-    "attn_bos",
-    "attn_previous",
-    "attn_same_token",
-    "attn_distance",
-    "attn_entropy",
-)
 
 
 def head_frame(units: pd.DataFrame) -> pd.DataFrame:

@@ -346,25 +346,16 @@ class Store:
         empty for a store without the ``attention`` table or a unit that is not a head."""
         if "attention" not in self._tables:
             return []
-        before = "before" if "before" in self._attention_columns else "NULL"
         where, params = "source_id = ? AND unit = ?", [ref.source_id, ref.unit]
         if buckets:
             where += f" AND bucket IN ({', '.join('?' * len(buckets))})"
             params += list(buckets)
         rows = self.sql(
-            f"SELECT bucket, rank, pattern, {before} FROM attention WHERE {where} "
+            f"SELECT bucket, rank, pattern, before FROM attention WHERE {where} "
             "ORDER BY bucket = 'bottom', bucket <> 'top', bucket DESC, rank",
             params,
         ).fetchall()
         return [AttentionRow(b, r, tuple(p), None if m is None else float(m)) for b, r, p, m in rows]
-
-    @cached_property
-    def _attention_columns(self) -> set[str]:
-        """The ``attention`` table's columns (``before``, the mass before the window, is optional)."""
-        rows = self.sql(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'attention'"
-        ).fetchall()
-        return {r[0] for r in rows}
 
     # --- frames for notebooks, the overview and export -------------------------------------
     def units_frame(self, source_id: str | None = None) -> pd.DataFrame:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from app_helpers import by_id, find, texts, token_rows
 from dash.exceptions import PreventUpdate
-from synthetic import HEAD_METRICS, XSS_TOKENS
+from synthetic import XSS_TOKENS
 
 from neurodash.app import create_app, ids, shell, state
 from neurodash.app.data import closest_heads, head_frame
 from neurodash.app.pages import head, heads, overview, unit
-from neurodash.units import UnitRef
+from neurodash.units import HEAD_METRICS, UnitRef
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,10 @@ def hf_heads(model, tokens: torch.Tensor) -> tuple[dict[int, np.ndarray], dict[i
 def brute(hf, docs_jsonl) -> dict:
     model, tokenizer = hf
     windows = torch.cat(
-        [b.tokens for b in pack_windows(corpus_documents(str(docs_jsonl))[0], tokenizer, CTX, 64, max_tokens=TOKENS)]
+        [
+            b.tokens
+            for b in pack_windows(corpus_documents(str(docs_jsonl))[0], tokenizer, CTX, 64, max_tokens=TOKENS)
+        ]
     )
     z, pattern = hf_heads(model, windows)
     norms = {layer: np.linalg.norm(z[layer].astype(np.float64), axis=-1) for layer in LAYERS}
