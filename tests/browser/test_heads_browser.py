@@ -63,10 +63,16 @@ def test_head_page_colours_tokens_by_attention_as_text(dash_duo, heads_store):
         driver.switch_to.alert.text  # noqa: B018
     dash_duo.find_element(".nd-example .nd-tokens > span").click()  # the inspector shows the weight
     dash_duo.wait_for_contains_text("#token-inspector", "attention")
-    ActionChains(driver).send_keys("j").perform()
-    wait_for_path(dash_duo, "/head/1/3")
-    ActionChains(driver).send_keys("k").send_keys("k").perform()
-    wait_for_path(dash_duo, "/head/1/1")
+    # a key per drawn page, as a reader steps: a key pressed before the new page is drawn follows the
+    # old page's links
+    for key, path, title in (
+        ("j", "/head/1/3", "L1H3"),
+        ("k", "/head/1/2", "L1H2"),
+        ("k", "/head/1/1", "L1H1"),
+    ):
+        ActionChains(driver).send_keys(key).perform()
+        wait_for_path(dash_duo, path)
+        dash_duo.wait_for_text_to_equal(".nd-main .nd-title", title)
     assert dash_duo.get_logs() == []
 
 
