@@ -159,13 +159,9 @@ class Store:
 
     def examples(self, ref: UnitRef, buckets: Sequence[str] | None = None) -> list[Example]:
         """A unit's examples, ordered by bucket (top, quantile groups high to low, bottom) and rank."""
-        where, params = "e.source_id = ? AND e.unit = ?", [ref.source_id, ref.unit]
-        if buckets:
-            where += f" AND e.bucket IN ({', '.join('?' * len(buckets))})"
-            params += list(buckets)
+        where, params = _unit_buckets(ref, buckets, "e.")
         rows = self.sql(
-            f"SELECT e.bucket, e.rank, {_EXAMPLE_WINDOW} WHERE {where} "
-            "ORDER BY e.bucket = 'bottom', e.bucket <> 'top', e.bucket DESC, e.rank",
+            f"SELECT e.bucket, e.rank, {_EXAMPLE_WINDOW} WHERE {where} ORDER BY {_display_order('e.')}",
             params,
         ).fetchall()
         return [self._example(ref, b, r, *window) for b, r, *window in rows]
@@ -346,13 +342,9 @@ class Store:
         empty for a store without the ``attention`` table or a unit that is not a head."""
         if "attention" not in self._tables:
             return []
-        where, params = "source_id = ? AND unit = ?", [ref.source_id, ref.unit]
-        if buckets:
-            where += f" AND bucket IN ({', '.join('?' * len(buckets))})"
-            params += list(buckets)
+        where, params = _unit_buckets(ref, buckets)
         rows = self.sql(
-            f"SELECT bucket, rank, pattern, before FROM attention WHERE {where} "
-            "ORDER BY bucket = 'bottom', bucket <> 'top', bucket DESC, rank",
+            f"SELECT bucket, rank, pattern, before FROM attention WHERE {where} ORDER BY {_display_order()}",
             params,
         ).fetchall()
         return [AttentionRow(b, r, tuple(p), None if m is None else float(m)) for b, r, p, m in rows]
@@ -492,6 +484,20 @@ class Store:
             pass  # a query in flight holds more: the next idle moment will do
         finally:
             cur.execute("RESET memory_limit")
+
+
+def _unit_buckets(ref: UnitRef, buckets: Sequence[str] | None, table: str = "") -> tuple[str, list]:
+    """WHERE a row is ``ref``'s and in ``buckets`` (None or empty: any), for a table aliased ``table``."""
+    where, params = f"{table}source_id = ? AND {table}unit = ?", [ref.source_id, ref.unit]
+    if buckets:
+        where += f" AND {table}bucket IN ({', '.join('?' * len(buckets))})"
+        params += list(buckets)
+    return where, params
+
+
+def _display_order(table: str = "") -> str:
+    """Examples as the pages show them: top, quantile groups high to low, bottom; by rank within each."""
+    return f"{table}bucket = 'bottom', {table}bucket <> 'top', {table}bucket DESC, {table}rank"
 
 
 def _examples_joined(keys: pa.Table, buckets: Sequence[str]) -> tuple[str, list]:
