@@ -4,7 +4,9 @@ its schema version and how messages name it.
 - ``STORE``: the analysis store, written once by ``StoreWriter`` and opened read-only after;
 - ``SETS``: curated example sets, the app-owned file beside a store (``demo.sets.duckdb``);
 - ``MAXIMIZE``: activation-maximization results, beside it too (``demo.maximize.duckdb``);
-- ``LAB``: circuit-lab runs, beside it too (``demo.lab.duckdb``).
+- ``LAB``: circuit-lab runs, beside it too (``demo.lab.duckdb``);
+- ``EXPLANATIONS``: units' scored explanations and the embeddings that search them by meaning,
+  beside it too (``demo.explanations.duckdb``).
 
 A new kind of file (the lab runs, explanations) is one more ``FileSchema`` here, added to
 ``FILE_KINDS`` so that opening one kind of file where another is expected says which it is, and a
@@ -135,5 +137,28 @@ CREATE TABLE IF NOT EXISTS lab_runs (
     tables=("lab_runs",),
 )
 
+# An explanation is scored by simulation on held-out windows: ``correlation`` of the simulated with the
+# true activations, ``precision``/``recall`` of "fires strongly"; ``explainer`` names what wrote it
+# ("pattern", or "llm:MODEL"). ``embeddings`` holds one vector per unit and kind of text
+# ("explanation", "examples"), compared with DuckDB's array similarity functions.
+EMBEDDING_DIM = 384
+
+EXPLANATIONS = FileSchema(
+    what="explanations file",
+    made_by="`neurodash explain`",
+    version=1,
+    ddl=_OWNED_META
+    + f"""
+CREATE TABLE IF NOT EXISTS explanations (
+    source_id VARCHAR, unit INTEGER, explainer VARCHAR, explanation VARCHAR, correlation DOUBLE,
+    precision DOUBLE, recall DOUBLE, n_scored INTEGER, details JSON, created_at TIMESTAMP,
+    PRIMARY KEY (source_id, unit, explainer));
+CREATE TABLE IF NOT EXISTS embeddings (
+    source_id VARCHAR, unit INTEGER, text_kind VARCHAR, model VARCHAR, text VARCHAR,
+    vector FLOAT[{EMBEDDING_DIM}], PRIMARY KEY (source_id, unit, text_kind));
+""",
+    tables=("explanations", "embeddings"),
+)
+
 # Every kind, so that a file of one kind given for another is named for what it is.
-FILE_KINDS = (STORE, SETS, MAXIMIZE, LAB)
+FILE_KINDS = (STORE, SETS, MAXIMIZE, LAB, EXPLANATIONS)
