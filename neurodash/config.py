@@ -142,9 +142,12 @@ class PrecomputeConfig:
     )
     overwrite: bool = option(False, "replace the output if it exists")
     examples: AccumulatorConfig = field(default_factory=AccumulatorConfig)
+    block_batches: int = option(
+        8, "batches per block: shards and checkpoints split a run by blocks (their sums add up exactly)"
+    )
 
     def __post_init__(self):
-        _at_least(self, 1, "tokens", "batch_size", "n_logits", "n_neighbors", "context_dims")
+        _at_least(self, 1, "tokens", "batch_size", "n_logits", "n_neighbors", "context_dims", "block_batches")
         _at_least(self, 2, "ctx")
         check_device_name(self.device)
         if self.tokens < self.ctx:

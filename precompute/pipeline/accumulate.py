@@ -12,6 +12,11 @@ bounded state on the device, so memory does not grow with the corpus:
 - a histogram with per-unit power-of-two bin width that doubles (merging bin pairs exactly) when
   a larger value arrives, so it equals a histogram over the final edges of every activation.
 
+Every piece merges exactly (``merge``, ``state``/``load_state``): examples are ranked by a total
+order (top and bottom by value, then the earlier sequence; the sample by key, then the earlier
+token), sums are ``ExactSum``, the histogram rebins to the wider width. So a pass split into shards
+and merged, or stopped and resumed, keeps the same state as one uninterrupted pass.
+
 ``result()`` hands the state over as an ``AccumulatorResult``: numpy arrays, per unit.
 """
 
@@ -25,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from neurodash.config import AccumulatorConfig
+from precompute.pipeline.exact import ExactSum
 
 _MASK32 = 0xFFFFFFFF
 NO_KEY = 1 << 30  # larger than any 30-bit key: an empty sample slot
@@ -203,10 +209,12 @@ class _Extremes:
         """Merge a batch's per-sequence scores; ``locate(b, u)`` gives the extreme token's position;
         ``at_token(b, u, pos)`` (optional) the values to copy from the entrants' tokens."""
         k, vals = self.k, self.slots["val"]
-        # Only a batch holding a candidate above some unit's k-th value needs the merge.
-        if k == 0 or not bool((score.max(0).values > vals.min(1).values).any()):
+        held = rank_key(vals, self.slots["seq"])
+        candidates = rank_key(score.T, seq_ids.to(vals.device)[None, :].expand(vals.shape[0], -1))
+        # Only a batch holding a candidate above some unit's k-th example needs the merge.
+        if k == 0 or not bool((candidates.max(1).values > held.min(1).values).any()):
             return
-        idx = torch.cat([vals, score.T], 1).topk(k, dim=1).indices
+        idx = torch.cat([held, candidates], 1).topk(k, dim=1).indices
         chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
         chosen.scatter_(1, idx, True)
         fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
@@ -218,8 +226,43 @@ class _Extremes:
         _replace_evicted(self.slots, ~chosen[:, :k], incoming)
 
     def sorted(self) -> Examples:
-        order = self.slots["val"].argsort(1, descending=True)
+        order = rank_key(self.slots["val"], self.slots["seq"]).argsort(dim=1, descending=True, stable=True)
         return Examples.from_slots({name: _take(v, order).cpu().numpy() for name, v in self.slots.items()})
+
+    def merge(self, other: dict[str, Tensor]) -> None:
+        """Keep the k best of both (``rank_key``'s order) of this state's and ``other``'s slots."""
+        both = _concat_slots(self.slots, other)
+        keep = rank_key(both["val"], both["seq"]).topk(self.k, dim=1).indices
+        self.slots = {name: _take(v, keep) for name, v in both.items()}
+
+
+def rank_key(val: Tensor, seq: Tensor) -> Tensor:
+    """One int64 per example whose order is (value, then the earlier sequence): a total order, so the
+    k kept never depend on arrival. The float's bits are mapped to an order-preserving int32 (-0 < +0)."""
+    bits = val.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()
+    return (ordered << 32) + (0xFFFFFFFE - seq)  # seq in [-1, 2**32 - 2]: the earlier ranks higher
+
+
+def _concat_slots(mine: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Two states' slots side by side ([u, k1 + k2, ...]); a slot array one side never created
+    (a value copied at an example's token, created when the first example entered) is zero there."""
+    out = {}
+    for name in dict.fromkeys([*mine, *other]):
+        a, b = mine.get(name), other.get(name)
+        if a is None and b is not None:
+            a = torch.zeros((*mine["val"].shape, *b.shape[2:]), dtype=b.dtype, device=b.device)
+        if b is None and a is not None:
+            b = torch.zeros((*other["val"].shape, *a.shape[2:]), dtype=a.dtype, device=a.device)
+        assert a is not None and b is not None
+        out[name] = torch.cat([a, b.to(a.device)], 1)
+    return out
+
+
+def _lex_order(first: Tensor, then: Tensor) -> Tensor:
+    """Per row, the order sorting by ``first``, ties by ``then`` (two stable sorts)."""
+    by_then = then.argsort(dim=1, stable=True)
+    return by_then.gather(1, first.gather(1, by_then).argsort(dim=1, stable=True))
 
 
 def _take(value: Tensor, order: Tensor) -> Tensor:
@@ -262,8 +305,9 @@ class UnitAccumulator:
         }
         self.sample_bound = torch.full((u,), NO_KEY, dtype=torch.int32, device=dev)  # r-th smallest key
         self.salts = unit_salts(u, cfg.seed).to(dev, torch.int32)
+        self.ctx = ctx
         self.count = 0
-        self.moments = torch.zeros((4, u), dtype=torch.float64, device=dev)
+        self.moments = ExactSum((4, u), dev)
         self.max = torch.full((u,), -torch.inf, device=dev)
         self.min = torch.full((u,), torch.inf, device=dev)
         self.bin_width = torch.zeros(u, dtype=torch.float64, device=dev)  # 0: not set yet
@@ -334,7 +378,7 @@ class UnitAccumulator:
         a2 = torch.mul(a, a, out=_scratch("a2", a))
         a3 = torch.mul(a2, a, out=_scratch("a3", a))
         sums = [a.sum((0, 1)), a2.sum((0, 1)), a3.sum((0, 1)), torch.mul(a2, a2, out=a3).sum((0, 1))]
-        self.moments += torch.stack(sums).double()
+        self.moments.add(torch.stack(sums))
         self.count += a.shape[0] * (a.shape[1] - first)
 
     def _update_hist(self, a: Tensor, first: int) -> None:
@@ -356,12 +400,7 @@ class UnitAccumulator:
         self.hist[h - 1] -= a.shape[0] * first  # the masked (zeroed) first positions
 
     def _rebin(self, new_width: Tensor) -> None:
-        """Widen bins to ``new_width`` (a power-of-two multiple): bin k moves to floor(k / ratio)."""
-        h = self.cfg.hist_bins
-        ratio = torch.where(self.bin_width > 0, new_width / self.bin_width.clamp(min=1e-300), 1.0)
-        k = torch.arange(-h, h, device=self.device, dtype=torch.float64)
-        target = (torch.floor(k[:, None] / ratio[None, :]).long() + h).clamp(0, 2 * h - 1)
-        self.hist = torch.zeros_like(self.hist).scatter_add_(0, target, self.hist)
+        self.hist = rebinned(self.hist, self.bin_width, new_width)
         self.bin_width = new_width
 
     def _sample_candidates(self, a: Tensor, seq_ids: Tensor, first: int, ctx: int):
@@ -389,7 +428,9 @@ class UnitAccumulator:
         state, (u, r) = self.sample, self.sample["key"].shape
         all_units = torch.cat([torch.arange(u, device=self.device).repeat_interleave(r), ui])
         all_keys = torch.cat([state["key"].view(-1), cand_keys]).long()
-        order = torch.argsort(all_units * (NO_KEY + 1) + all_keys)
+        token = torch.cat([_global_pos(state, self.ctx).view(-1), seq_ids[bi] * self.ctx + ti])
+        by_token = torch.argsort(token, stable=True)  # ties of key: the earlier token first
+        order = by_token[torch.argsort((all_units * (NO_KEY + 1) + all_keys)[by_token], stable=True)]
         counts = torch.bincount(all_units, minlength=u)
         rank = torch.arange(len(order), device=self.device) - (counts.cumsum(0) - counts)[all_units[order]]
         chosen = torch.zeros(len(order), dtype=torch.bool, device=self.device)
@@ -410,17 +451,73 @@ class UnitAccumulator:
         _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
         self.sample_bound = state["key"].max(1).values
 
+    def flush(self) -> None:
+        """End a block of batches: its float64 sums join the exact totals (``ExactSum``)."""
+        self.moments.flush()
+
+    def state(self) -> dict[str, Tensor]:
+        """Everything kept so far, by name (what ``load_state`` and ``merge`` take)."""
+        slots = {
+            f"{part}.{name}": v
+            for part, held in (
+                ("top", self.top.slots),
+                ("bottom", self.bottom.slots),
+                ("sample", self.sample),
+            )
+            for name, v in held.items()
+        }
+        return slots | {
+            "moments": self.moments.state(),
+            "count": torch.tensor(self.count, dtype=torch.int64),
+            "max": self.max,
+            "min": self.min,
+            "bin_width": self.bin_width,
+            "hist": self.hist,
+        }
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        """Continue from a ``state()`` of an accumulator with the same settings (a resumed run)."""
+        dev = self.device
+        self.top.slots, self.bottom.slots, self.sample = (
+            _part(state, p, dev) for p in ("top", "bottom", "sample")
+        )
+        self.sample_bound = self.sample["key"].max(1).values
+        self.moments.load(state["moments"])
+        self.count = int(state["count"])
+        self.max, self.min = state["max"].to(dev), state["min"].to(dev)
+        self.bin_width, self.hist = state["bin_width"].to(dev), state["hist"].to(dev)
+
+    def merge(self, other: dict[str, Tensor]) -> None:
+        """Add another shard's ``state()`` (other windows of the same run): exact, in any order."""
+        dev = self.device
+        self.top.merge(_part(other, "top", dev))
+        self.bottom.merge(_part(other, "bottom", dev))
+        both = _concat_slots(self.sample, _part(other, "sample", dev))
+        order = _lex_order(both["key"], _global_pos(both, self.ctx))[:, : self.sample["key"].shape[1]]
+        self.sample = {name: _take(v, order) for name, v in both.items()}
+        self.sample_bound = self.sample["key"].max(1).values
+        merged_sum = ExactSum(self.moments.shape, dev)
+        merged_sum.load(other["moments"])
+        self.moments.merge(merged_sum)
+        self.count += int(other["count"])
+        self.max = torch.maximum(self.max, other["max"].to(dev))
+        self.min = torch.minimum(self.min, other["min"].to(dev))
+        width = torch.maximum(self.bin_width, other["bin_width"].to(dev))
+        theirs = rebinned(other["hist"].to(dev), other["bin_width"].to(dev), width)
+        self.hist = rebinned(self.hist, self.bin_width, width) + theirs
+        self.bin_width = width
+
     def result(self) -> AccumulatorResult:
         """Final statistics and examples as numpy arrays."""
         n = max(self.count, 1)
-        m1, m2, m3, m4 = (self.moments / n).cpu().numpy()
+        m1, m2, m3, m4 = (self.moments.value() / n).cpu().numpy()
         var = np.maximum(m2 - m1**2, 0.0)
         std = np.sqrt(var)
         with np.errstate(divide="ignore", invalid="ignore"):
             skew = np.where(var > 0, (m3 - 3 * m1 * m2 + 2 * m1**3) / std**3, 0.0)
             kurt = np.where(var > 0, (m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4) / var**2, 0.0)
         hist = self.hist.T.cpu().numpy()
-        by_key = self.sample["key"].argsort(1)
+        by_key = _lex_order(self.sample["key"], _global_pos(self.sample, self.ctx))
         sample = {k: _take(v, by_key).cpu().numpy() for k, v in self.sample.items()}
         return AccumulatorResult(
             max=self.max.cpu().numpy(),
@@ -433,6 +530,26 @@ class UnitAccumulator:
             sample=Examples.from_slots(sample),
             sample_keys=sample["key"],
         )
+
+
+def rebinned(hist: Tensor, width: Tensor, new_width: Tensor) -> Tensor:
+    """``hist`` ([2 * bins, units]) in bins widened to ``new_width`` (a power-of-two multiple of
+    ``width``, or any width where ``width`` is 0): bin k moves to floor(k / ratio), exactly."""
+    h = hist.shape[0] // 2
+    ratio = torch.where(width > 0, new_width / width.clamp(min=1e-300), 1.0)
+    k = torch.arange(-h, h, device=hist.device, dtype=torch.float64)
+    target = (torch.floor(k[:, None] / ratio[None, :]).long() + h).clamp(0, 2 * h - 1)
+    return torch.zeros_like(hist).scatter_add_(0, target, hist)
+
+
+def _part(state: dict[str, Tensor], part: str, device: torch.device) -> dict[str, Tensor]:
+    prefix = part + "."
+    return {name[len(prefix) :]: v.to(device) for name, v in state.items() if name.startswith(prefix)}
+
+
+def _global_pos(slots: dict[str, Tensor], ctx: int) -> Tensor:
+    """Each slot's token in the whole pass (-ctx and below: an empty slot)."""
+    return slots["seq"] * ctx + slots["pos"]
 
 
 def hist_edges(bin_width: float, n_bins: int) -> np.ndarray:

@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from precompute.pipeline.exact import ExactSum
+
 ACTIVATION = "z_norm"  # sources.config["activation"]: what a head's scalar activation is
 CORPUS_METRICS = ("attn_bos", "attn_previous", "attn_distance", "attn_same_token", "attn_entropy")
 
@@ -38,10 +40,10 @@ def z_norm(z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch po
 
 
 class AttentionStats:
-    """Running sums (float64, on the device) of each head's corpus attention statistics."""
+    """Running sums (exact, on the device) of each head's corpus attention statistics."""
 
     def __init__(self, n_heads: int, device: str | torch.device):
-        self.sums = torch.zeros((len(CORPUS_METRICS), n_heads), dtype=torch.float64, device=device)
+        self.sums = ExactSum((len(CORPUS_METRICS), n_heads), device)
         self.count = 0
 
     @torch.inference_mode()
@@ -65,12 +67,28 @@ class AttentionStats:
         fixed = torch.einsum("bhqk,mqk->mh", p, by_offset)
         same_token = torch.einsum("bhqk,bqk->h", p, same.float())
         entropy = _causal_entropy(p, first)
-        self.sums += torch.cat([fixed, same_token[None], entropy[None]]).double()
+        self.sums.add(torch.cat([fixed, same_token[None], entropy[None]]))
         self.count += b * n_q
+
+    def flush(self) -> None:
+        self.sums.flush()
+
+    def state(self) -> dict[str, Tensor]:
+        return {"sums": self.sums.state(), "count": torch.tensor(self.count, dtype=torch.int64)}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        self.sums.load(state["sums"])
+        self.count = int(state["count"])
+
+    def merge(self, other: dict[str, Tensor]) -> None:
+        theirs = ExactSum(self.sums.shape, self.sums.limbs.device)
+        theirs.load(other["sums"])
+        self.sums.merge(theirs)
+        self.count += int(other["count"])
 
     def result(self) -> dict[str, np.ndarray]:
         """metric -> ``[n_heads]`` means over the query rows read."""
-        means = (self.sums / max(self.count, 1)).cpu().numpy()
+        means = (self.sums.value() / max(self.count, 1)).cpu().numpy()
         return dict(zip(CORPUS_METRICS, means))
 
 

@@ -14,6 +14,8 @@ import dataclasses
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,7 @@ from neurodash.config import PrecomputeConfig
 from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, neuron_source_id, sae_source_id
-from precompute.corpus import corpus_documents
+from precompute.corpus import Batch, corpus_documents, pack_windows
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
 from precompute.pipeline import tables
@@ -39,6 +41,7 @@ from precompute.pipeline.polysemanticity import (
     mass_from_sums,
     n_covering,
 )
+from precompute.pipeline.shard import WHOLE, shard_batches
 from precompute.pipeline.stream import Contexts, NeuronBridge, Tracked, stream
 
 if TYPE_CHECKING:  # imported where SAEs load: importing SAELens takes seconds
@@ -52,8 +55,65 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
     check_device(cfg.device)
-    dataset, sampling = corpus_documents(
-        cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed
+    run = prepare(cfg)
+    with StoreWriter(out, overwrite=cfg.overwrite) as writer:
+        batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
+        n_tokens, phase_seconds = stream(
+            run.model,
+            run.dataset,
+            cfg,
+            run.tracked,
+            run.hooks,
+            run.first,
+            writer,
+            progress,
+            run.contexts,
+            batches,
+        )
+        write_store(writer, run, cfg, n_tokens, phase_seconds, progress)
+        return writer.commit()
+
+
+@dataclass
+class PreparedPass:
+    """What a pass tracks and reads, set up before it starts: the model, the sources to track
+    (``tracked``), the hooks to cache, the corpus (``dataset``, None where only a merge is written)."""
+
+    model: LoadedModel
+    layers: tuple[int, ...]
+    tracked: list[Tracked]
+    hooks: list[str]
+    first: int
+    contexts: Contexts | None
+    dataset: Iterable | None
+    sampling: dict[str, object]
+    cfg: PrecomputeConfig
+
+    def batches(self) -> Iterator[Batch]:
+        cfg = self.cfg
+        return pack_windows(
+            self.dataset, self.model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens
+        )
+
+    def flush(self) -> None:
+        """End a block of batches: every float64 block sum joins its exact total."""
+        for t in self.tracked:
+            t.acc.flush()
+            if t.attention is not None:
+                t.attention.flush()
+            if t.bridge is not None:
+                t.bridge.attribution.flush()
+                t.bridge.strong.flush()
+        if self.contexts is not None:
+            self.contexts.flush()
+
+
+def prepare(cfg: PrecomputeConfig, corpus: bool = True) -> PreparedPass:
+    """Load the corpus (unless ``corpus`` is False), the model and SAEs; set up every source to track."""
+    dataset, sampling = (
+        corpus_documents(cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed)
+        if corpus
+        else (None, {})
     )
     model = load_model(cfg.model, cfg.device)
     model.check_ctx(cfg.ctx)
@@ -68,9 +128,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     neuron_hooks = {t.hook for t in tracked if t.source.kind == NEURON}
     for t in tracked:  # an SAE on tracked neurons: the bridge between them (``_write_links``)
         if t.decoder is not None and t.hook in neuron_hooks:
-            up = t.decoder.to(cfg.device, torch.float32).clamp(min=0)
-            sums = [torch.zeros(t.decoder.shape, dtype=torch.float64, device=cfg.device) for _ in range(2)]
-            t.bridge = NeuronBridge(up, *sums)
+            t.bridge = NeuronBridge.on(t.decoder.to(cfg.device, torch.float32).clamp(min=0))
     hooks = list(dict.fromkeys(h for t in tracked for h in (t.hook, t.pattern_hook) if h))
     model.check_hooks(hooks)
     if cfg.scores:  # context clusters compare what each unit's layer reads at the example's token
@@ -78,29 +136,36 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             if t.source.kind != HEAD:
                 t.context_hook = context_hook(model, t.hook)
         hooks = list(dict.fromkeys([*hooks, *(t.context_hook for t in tracked if t.context_hook)]))
-
     contexts = Contexts(cfg.context_dims, cfg.device, cfg.examples.seed) if cfg.scores else None
-    with StoreWriter(out, overwrite=cfg.overwrite) as writer:
-        n_tokens, phase_seconds = stream(
-            model, dataset, cfg, tracked, hooks, first, writer, progress, contexts
-        )
-        writer.append("vocab", _vocab(model))
-        unembed = model.unembed().to(cfg.device)
-        for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
-            t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-            _write_source(writer, model, t, unembed, cfg, contexts)
-        _write_links(writer, tracked, cfg.n_neighbors)
-        if cfg.heads:
-            _write_probe_scores(writer, model, layers)
-        writer.set_meta(
-            model=cfg.model,
-            dataset=cfg.dataset,
-            ctx=cfg.ctx,
-            n_tokens=n_tokens,
-            phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
-            config=json.dumps({**_config_dict(cfg), "sampling": sampling}),
-        )
-        return writer.commit()
+    return PreparedPass(model, layers, tracked, hooks, first, contexts, dataset, sampling, cfg)
+
+
+def write_store(
+    writer: StoreWriter,
+    run: PreparedPass,
+    cfg: PrecomputeConfig,
+    n_tokens: int,
+    phase_seconds: dict[str, float],
+    progress: bool = False,
+) -> None:
+    """After the pass (its sequences already appended): every source's tables, links, probe scores, meta."""
+    model = run.model
+    writer.append("vocab", _vocab(model))
+    unembed = model.unembed().to(cfg.device)
+    for t in tqdm(run.tracked, desc="writing", unit="source", disable=not progress):
+        t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
+        _write_source(writer, model, t, unembed, cfg, run.contexts)
+    _write_links(writer, run.tracked, cfg.n_neighbors)
+    if cfg.heads:
+        _write_probe_scores(writer, model, run.layers)
+    writer.set_meta(
+        model=cfg.model,
+        dataset=cfg.dataset,
+        ctx=cfg.ctx,
+        n_tokens=n_tokens,
+        phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
+        config=json.dumps({**_config_dict(cfg), "sampling": run.sampling}),
+    )
 
 
 def context_hook(model: LoadedModel, hook: str) -> str:
@@ -319,8 +384,8 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
         layer, sid = layer_of_hook[sae.hook], sae.source.source_id
         decoder = decoder_rows.cpu().double().numpy()  # [d_sae, d_mlp]
         up = bridge.decoder_up.double()
-        mass = feature_shares(mass_from_sums(bridge.attribution, up).cpu().numpy())
-        strong = feature_shares(mass_from_sums(bridge.strong, up).cpu().numpy())
+        mass = feature_shares(mass_from_sums(bridge.attribution.value(), up).cpu().numpy())
+        strong = feature_shares(mass_from_sums(bridge.strong.value(), up).cpu().numpy())
         writer.append("links", tables.links_table(layer, sid, mass, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", tables.links_table(sid, layer, energy, decoder, k))

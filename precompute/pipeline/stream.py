@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -16,16 +16,22 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from neurodash.config import PrecomputeConfig
-from neurodash.storage import StoreWriter
 from neurodash.units import Source
-from precompute.corpus import pack_windows
+from precompute.corpus import Batch, pack_windows
 from precompute.models import LoadedModel
 from precompute.pipeline.accumulate import UnitAccumulator
 from precompute.pipeline.attention import AttentionStats
+from precompute.pipeline.exact import ExactSum
 from precompute.pipeline.polysemanticity import attribution_sums, projection
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class Appender(Protocol):
+    """Where the pass's sequences go: a ``StoreWriter``, or a shard's ``state.Sequences``."""
+
+    def append(self, table: str, columns: dict[str, np.ndarray]) -> None: ...
 
 
 @dataclass
@@ -47,16 +53,22 @@ class Tracked:
 @dataclass
 class NeuronBridge:
     """For an SAE read from tracked neurons: the decoder's positive part on the device, and the
-    ``attribution_sums`` gathered so far (``[n_units, d_in]``, float64), plain and ``strong``."""
+    ``attribution_sums`` gathered so far (``[n_units, d_in]``, exact), plain and ``strong``."""
 
     decoder_up: Tensor
-    attribution: Tensor
-    strong: Tensor
+    attribution: ExactSum
+    strong: ExactSum
+
+    @classmethod
+    def on(cls, decoder_up: Tensor) -> NeuronBridge:
+        return cls(
+            decoder_up, *(ExactSum(tuple(decoder_up.shape), decoder_up.device, -64, 4) for _ in range(2))
+        )
 
     def update(self, neurons: Tensor, features: Tensor) -> None:
         x, a = neurons.float(), features.float()
-        self.attribution += attribution_sums(x, a, self.decoder_up).double()
-        self.strong += attribution_sums(x, a, self.decoder_up, strong=True).double()
+        self.attribution.add(attribution_sums(x, a, self.decoder_up))
+        self.strong.add(attribution_sums(x, a, self.decoder_up, strong=True))
 
 
 class Contexts:
@@ -66,24 +78,50 @@ class Contexts:
     def __init__(self, dims: int, device: str, seed: int):
         self.dims, self.device, self.seed = dims, device, seed
         self.matrix: dict[str, Tensor] = {}
-        self.sums: dict[str, Tensor] = {}
+        self.sums: dict[str, ExactSum] = {}
         self.counts: dict[str, int] = {}
 
     def project(self, hook: str, acts: Tensor, first: int) -> Tensor:
         if hook not in self.matrix:
             p = projection(acts.shape[-1], self.dims, self.seed)
             self.matrix[hook] = torch.from_numpy(p).to(self.device)
-            self.sums[hook] = torch.zeros(self.dims, dtype=torch.float64, device=self.device)
-            self.counts[hook] = 0
+            self._start(hook)
         rep = acts.float() @ self.matrix[hook]
-        self.sums[hook] += rep[:, first:].sum((0, 1)).double()
+        self.sums[hook].add(rep[:, first:].sum((0, 1)))
         self.counts[hook] += rep.shape[0] * (rep.shape[1] - first)
         return rep.half()
+
+    def _start(self, hook: str) -> None:
+        if hook not in self.sums:
+            self.sums[hook], self.counts[hook] = ExactSum((self.dims,), self.device), 0
 
     def mean(self, hook: str | None) -> np.ndarray:
         if hook not in self.sums:
             return np.zeros(self.dims, dtype=np.float32)
-        return (self.sums[hook] / max(self.counts[hook], 1)).float().cpu().numpy()
+        return (self.sums[hook].value() / max(self.counts[hook], 1)).float().cpu().numpy()
+
+    def flush(self) -> None:
+        for s in self.sums.values():
+            s.flush()
+
+    def state(self) -> dict[str, Tensor]:
+        """Per hook its exact sum and count (``{hook}.sums``, ``{hook}.count``)."""
+        out = {}
+        for hook, s in self.sums.items():
+            out[f"{hook}.sums"] = s.state()
+            out[f"{hook}.count"] = torch.tensor(self.counts[hook], dtype=torch.int64)
+        return out
+
+    def merge(self, other: dict[str, Tensor]) -> None:
+        """Add another shard's ``state()`` (on an empty ``Contexts``: load it)."""
+        for name, limbs in other.items():
+            if name.endswith(".sums"):
+                hook = name[: -len(".sums")]
+                self._start(hook)
+                theirs = ExactSum((self.dims,), self.device)
+                theirs.load(limbs)
+                self.sums[hook].merge(theirs)
+                self.counts[hook] += int(other[f"{hook}.count"])
 
 
 class PhaseClock:
@@ -113,15 +151,18 @@ def stream(
     tracked: list[Tracked],
     hooks: list[str],
     first: int,
-    writer: StoreWriter,
+    writer: Appender,
     progress: bool,
     contexts: Contexts | None = None,
+    batches: Iterator[Batch] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """The one pass: run each batch once, update every source, append its sequences.
 
+    ``batches`` (default: every window of the corpus) are the batches to read: a shard's, say.
     Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
     """
-    batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
+    if batches is None:
+        batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
     total = (cfg.tokens // cfg.ctx) * cfg.ctx
     clock = PhaseClock(cfg.device)
     n_tokens = 0
