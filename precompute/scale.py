@@ -1,0 +1,183 @@
+"""Precompute past one process: shards, their merge, checkpoints and resuming.
+
+- ``precompute_shard``: ``neurodash precompute --shard I/N --out STATE``: one shard's blocks of
+  windows (``pipeline.shard``), its whole state written to a file (``pipeline.state``);
+- ``merge_states``: ``neurodash merge STATE... --out store.duckdb``: the shards of one run, checked
+  to belong together, merged exactly and written as the store one process would have written;
+- ``precompute_resumable``: a one-process run that checkpoints its state every N tokens beside its
+  output (``OUT.checkpoint``, written atomically) and, with ``resume``, continues from it.
+
+``precompute.distributed`` runs the shards as ranks of one ``torchrun`` job on the same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from neurodash.config import PrecomputeConfig
+from neurodash.errors import NeurodashError
+from neurodash.storage import StoreWriter, check_writable
+from precompute.device import check_device
+from precompute.pipeline import state
+from precompute.pipeline.run import PreparedPass, prepare, write_store
+from precompute.pipeline.shard import WHOLE, Shard, shard_batches
+from precompute.pipeline.state import Sequences, StateHeader
+from precompute.pipeline.stream import stream
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its checkpoint (beside ``out`` and its ``.partial``)."""
+    return out.with_name(out.name + ".checkpoint")
+
+
+@dataclass
+class ShardRun:
+    """A pass over one shard, finished: its prepared sources (state inside), windows and header."""
+
+    run: PreparedPass
+    sequences: Sequences
+    header: StateHeader
+
+    def tensors(self) -> dict:
+        return state.capture(self.run.tracked, self.run.contexts, self.sequences)
+
+
+def run_shard(
+    cfg: PrecomputeConfig,
+    shard: Shard,
+    checkpoint: Path | None = None,
+    every_tokens: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> ShardRun:
+    """Run ``shard``'s blocks, checkpointing to ``checkpoint`` every ``every_tokens`` tokens (at the
+    next block's end), or continuing from it (``resume``)."""
+    saved = _resume_from(checkpoint, cfg, shard) if resume else None
+    check_device(cfg.device)
+    run = prepare(cfg)
+    sequences = Sequences()
+    header = StateHeader(state.run_config(cfg), shard, sampling=run.sampling)
+    if saved is not None:
+        header, tensors = saved
+        state.restore(tensors, run.tracked, run.contexts, sequences, checkpoint or Path(), merge=False)
+        del tensors
+    read = {"tokens": header.n_tokens, "since_checkpoint": 0, "next_block": header.next_block}
+
+    def on_block_end(next_block: int) -> None:
+        run.flush()
+        read["next_block"] = next_block
+        if checkpoint is not None and every_tokens and read["since_checkpoint"] >= every_tokens:
+            h = replace(header, next_block=next_block, n_tokens=read["tokens"])
+            state.save(checkpoint, h, state.capture(run.tracked, run.contexts, sequences))
+            read["since_checkpoint"] = 0
+
+    def counted(batches):
+        for batch in batches:
+            read["tokens"] += batch.tokens.numel()
+            read["since_checkpoint"] += batch.tokens.numel()
+            yield batch
+
+    batches = counted(
+        shard_batches(run.batches(), shard, cfg.block_batches, on_block_end, first_block=header.next_block)
+    )
+    _, seconds = stream(
+        run.model, None, cfg, run.tracked, run.hooks, run.first, sequences, progress, run.contexts, batches
+    )
+    run.flush()
+    phases = {
+        k: header.phase_seconds.get(k, 0.0) + seconds.get(k, 0.0) for k in {*seconds, *header.phase_seconds}
+    }
+    done = replace(
+        header, next_block=read["next_block"], n_tokens=read["tokens"], complete=True, phase_seconds=phases
+    )
+    return ShardRun(run, sequences, done)
+
+
+def _resume_from(checkpoint: Path | None, cfg: PrecomputeConfig, shard: Shard):
+    if checkpoint is None or not checkpoint.is_file():
+        raise NeurodashError(
+            f"--resume: nothing to resume: no checkpoint {checkpoint} (a run with --checkpoint-tokens "
+            "leaves one until it finishes)"
+        )
+    header, tensors = state.load(checkpoint)
+    if header.complete:
+        raise NeurodashError(f"--resume: {checkpoint} is a finished shard, not a checkpoint")
+    if header.config != state.run_config(cfg) or header.shard != shard:
+        raise NeurodashError(
+            f"--resume: {checkpoint} is the checkpoint of another run (other settings or shard): "
+            "resume with the settings it was started with"
+        )
+    return header, tensors
+
+
+def precompute_shard(
+    cfg: PrecomputeConfig,
+    shard: Shard,
+    out: Path,
+    every_tokens: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """One shard's state, written to ``out`` (its checkpoint beside it, removed when it is done)."""
+    check_writable(out, cfg.overwrite)
+    checkpoint = checkpoint_path(out)
+    done = run_shard(cfg, shard, checkpoint, every_tokens, resume, progress)
+    state.save(out, done.header, done.tensors())
+    checkpoint.unlink(missing_ok=True)
+    return out
+
+
+def precompute_resumable(
+    cfg: PrecomputeConfig, every_tokens: int | None, resume: bool, progress: bool = True
+) -> Path:
+    """A one-process run to the store ``cfg.out`` that checkpoints (and resumes) beside it."""
+    out = Path(cfg.out)
+    check_writable(out, cfg.overwrite)
+    checkpoint = checkpoint_path(out)
+    done = run_shard(cfg, WHOLE, checkpoint, every_tokens, resume, progress)
+    path = write_merged(done.run, cfg, [done.header], done.sequences, progress)
+    checkpoint.unlink(missing_ok=True)
+    return path
+
+
+def merge_states(paths: list[Path], out: Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """The store of the run whose shards ``paths`` are (each read once, one at a time)."""
+    check_writable(out, overwrite)
+    headers = [(p, state.read_header(p)) for p in paths]
+    state.check_together(headers)
+    cfg = state.config_of(headers[0][1], out, overwrite)
+    check_device(cfg.device)
+    run = prepare(cfg, corpus=False)
+    run.sampling = headers[0][1].sampling
+    sequences = Sequences()
+    for path, _ in headers:
+        _, tensors = state.load(path)
+        state.restore(tensors, run.tracked, run.contexts, sequences, path, merge=True)
+        del tensors
+    return write_merged(run, cfg, [h for _, h in headers], sequences, progress)
+
+
+def merge_into(done: ShardRun, others: list[tuple[StateHeader, dict]], name: str) -> None:
+    """Add other shards' states (from memory) into a finished shard's own (``distributed``)."""
+    for header, tensors in others:
+        state.restore(tensors, done.run.tracked, done.run.contexts, done.sequences, Path(name), merge=True)
+
+
+def write_merged(
+    run: PreparedPass, cfg: PrecomputeConfig, headers: list[StateHeader], sequences: Sequences, progress: bool
+) -> Path:
+    """Write the store from a merged (or resumed) pass: its windows in order, then every table."""
+    n_tokens = sum(h.n_tokens for h in headers)
+    phases: dict[str, float] = {}
+    for h in headers:
+        for k, v in h.phase_seconds.items():
+            phases[k] = phases.get(k, 0.0) + v
+    columns = sequences.columns()
+    order = np.argsort(columns["seq_id"], kind="stable")
+    with StoreWriter(Path(cfg.out), overwrite=cfg.overwrite) as writer:
+        writer.append("sequences", {k: v[order] for k, v in columns.items()})
+        write_store(writer, run, cfg, n_tokens, phases, progress)
+        return writer.commit()
