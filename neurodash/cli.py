@@ -1,6 +1,8 @@
 """The ``neurodash`` command: a thin layer over the Python API.
 
     neurodash precompute --out store.duckdb [--model M] [--dataset D] [--layers 0-29] ...
+    neurodash precompute ... --shard I/N --out STATE; neurodash merge STATE... --out store.duckdb
+    torchrun --nproc-per-node K -m neurodash precompute ... --out store.duckdb
     neurodash serve STORE [--host 127.0.0.1] [--port 8050] [--threads 8] [--allowed-host NAME] [--sets-file PATH]
     neurodash demo
     neurodash info STORE
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -29,6 +32,7 @@ from neurodash.config import (
     MaximizeConfig,
     PrecomputeConfig,
     SAEHyperparams,
+    Shard,
     TrainSAEConfig,
 )
 from neurodash.errors import NeurodashError
@@ -82,7 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_precompute_args(p)
     config_option(p, PrecomputeConfig, "out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_scale_args(p)
     p.set_defaults(run=cmd_precompute)
+
+    p = sub.add_parser("merge", help="write the store of a run's shards (`precompute --shard I/N` states)")
+    p.add_argument("states", type=Path, nargs="+", metavar="STATE")
+    p.add_argument("--out", required=True, type=Path, help="the store file to write (.duckdb)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=cmd_merge)
 
     p = sub.add_parser("serve", help="browse a store in the dashboard")
     p.add_argument("store", type=Path)
@@ -179,6 +190,23 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     config_option(p, PrecomputeConfig, "keep_bos", action="store_true")
     p.add_argument("--no-scores", action="store_true", help="skip the polysemanticity scores (a bare pass)")
     p.add_argument("--no-heads", action="store_true", help="leave the attention heads out (neurons only)")
+
+
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run shard I of N (its blocks of windows) and write its state to --out; "
+        "then `neurodash merge` the N states into the store",
+    )
+    config_option(p, PrecomputeConfig, "block_batches")
+    p.add_argument(
+        "--checkpoint-tokens",
+        type=whole_number,
+        metavar="N",
+        help="checkpoint the state every N tokens (at the next block's end) to OUT.checkpoint",
+    )
+    p.add_argument("--resume", action="store_true", help="continue a killed run from OUT.checkpoint")
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
@@ -283,17 +311,55 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         heads=not args.no_heads,
         overwrite=overwrite,
         examples=AccumulatorConfig(top_k=args.top_k, bottom_k=args.bottom_k),
+        **({"block_batches": args.block_batches} if "block_batches" in args else {}),
     )
 
 
 def cmd_precompute(args: argparse.Namespace) -> None:
     cfg = precompute_config(args, args.out, args.overwrite)  # bad settings fail before torch loads
-    from precompute import run_precompute
+    shard = Shard.parse(args.shard) if args.shard else None
+    if os.environ.get("RANK") is not None and os.environ.get("WORLD_SIZE") is not None:
+        _precompute_torchrun(args, cfg)
+        return
+    if shard is not None:
+        from precompute.scale import precompute_shard
 
+        print(
+            f"wrote shard {shard}: {precompute_shard(cfg, shard, args.out, args.checkpoint_tokens, args.resume)}"
+        )
+        return
     _remove_leftovers(args.out)
-    path = run_precompute(cfg)
+    if args.checkpoint_tokens or args.resume:
+        from precompute.scale import precompute_resumable
+
+        path = precompute_resumable(cfg, args.checkpoint_tokens, args.resume)
+    else:
+        from precompute import run_precompute
+
+        path = run_precompute(cfg)
     print(f"wrote {path}")
     _note_short_corpus(path, cfg)
+
+
+def _precompute_torchrun(args: argparse.Namespace, cfg: PrecomputeConfig) -> None:
+    """One rank of a torchrun job: its shard; rank 0 writes the store."""
+    if args.shard or args.resume or args.checkpoint_tokens:
+        raise NeurodashError(
+            "under torchrun each rank is a shard: leave out --shard, --resume, --checkpoint-tokens"
+        )
+    from precompute.distributed import precompute_distributed, torchrun_rank
+
+    rank = torchrun_rank()
+    assert rank is not None
+    path = precompute_distributed(cfg, rank)
+    if path is not None:
+        print(f"wrote {path} ({rank.count} ranks)")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from precompute.scale import merge_states
+
+    print(f"wrote {merge_states(args.states, args.out, args.overwrite)}")
 
 
 def _remove_leftovers(out: Path) -> None:

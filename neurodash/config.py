@@ -155,6 +155,28 @@ class PrecomputeConfig:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` of a precompute run (``0/1``: the whole run)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``I/N`` with 0 <= I < N, as ``--shard`` takes it."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not m or not 0 <= int(m[1]) < int(m[2]):
+            raise NeurodashError(f"--shard {text}: not I/N with 0 <= I < N, e.g. 0/4 for the first of four")
+        return cls(int(m[1]), int(m[2]))
+
+    def owns(self, block: int) -> bool:
+        return block % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True)
 class SAEHyperparams:
     """The SAE and its optimiser. The defaults train a useful SAE in minutes on a laptop CPU."""
 

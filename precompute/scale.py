@@ -160,12 +160,6 @@ def merge_states(paths: list[Path], out: Path, overwrite: bool = False, progress
     return write_merged(run, cfg, [h for _, h in headers], sequences, progress)
 
 
-def merge_into(done: ShardRun, others: list[tuple[StateHeader, dict]], name: str) -> None:
-    """Add other shards' states (from memory) into a finished shard's own (``distributed``)."""
-    for header, tensors in others:
-        state.restore(tensors, done.run.tracked, done.run.contexts, done.sequences, Path(name), merge=True)
-
-
 def write_merged(
     run: PreparedPass, cfg: PrecomputeConfig, headers: list[StateHeader], sequences: Sequences, progress: bool
 ) -> Path:

@@ -9,34 +9,12 @@ of checkpoints, so one process, N shards, and a run stopped and resumed all do t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
-from neurodash.errors import NeurodashError
+from neurodash.config import Shard
 from precompute.corpus import Batch
 
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count`` (``0/1``: the whole run)."""
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``I/N`` with 0 <= I < N, as ``--shard`` takes it."""
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-        if not m or not 0 <= int(m[1]) < int(m[2]):
-            raise NeurodashError(f"--shard {text}: not I/N with 0 <= I < N, e.g. 0/4 for the first of four")
-        return cls(int(m[1]), int(m[2]))
-
-    def owns(self, block: int) -> bool:
-        return block % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+__all__ = ["WHOLE", "Shard", "shard_batches"]
 
 
 WHOLE = Shard(0, 1)

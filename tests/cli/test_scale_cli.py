@@ -1,0 +1,123 @@
+"""Scale through the real command line, on the tiny Llama (with its SAE and heads): shards and
+``neurodash merge``, ``torchrun`` with 2 CPU ranks, and a run killed (SIGKILL, at a random point
+after its first checkpoint) then ``--resume``d, each equal row for row to one plain process."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from store_compare import differing_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+STORE = "store.duckdb"
+
+
+def env() -> dict[str, str]:
+    # One thread everywhere: torchrun gives each rank one, and the forward pass must do the same arithmetic.
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def run_args(model: Path, dataset: Path, sae: Path, *extra: str) -> list[str]:
+    return [
+        "precompute",
+        "--model",
+        str(model),
+        "--dataset",
+        str(dataset),
+        "--sae",
+        str(sae),
+        "--layers",
+        "0,1",
+        "--tokens",
+        "960",
+        "--ctx",
+        "32",
+        "--batch-size",
+        "3",
+        "--block-batches",
+        "2",
+        "--top-k",
+        "5",
+        *extra,
+    ]
+
+
+def neurodash(folder: Path, *args: str, python: tuple[str, ...] = ("-m", "neurodash")) -> str:
+    """Run in ``folder`` (so every store records the same relative --out); fail on a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, *python, *args], cwd=folder, env=env(), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model_dir, docs_jsonl, untrained_sae, tmp_path_factory) -> Path:
+    """The plain one-process store, renamed aside."""
+    folder = tmp_path_factory.mktemp("scale-cli")
+    neurodash(folder, *run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--out", STORE))
+    return (folder / STORE).rename(folder / "single.duckdb")
+
+
+def fresh(single: Path, name: str) -> Path:
+    folder = single.parent / name
+    folder.mkdir()
+    return folder
+
+
+def test_shards_then_merge(single, tiny_model_dir, docs_jsonl, untrained_sae):
+    folder = fresh(single, "shards")
+    for i in range(2):
+        args = run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--shard", f"{i}/2", "--out", f"s{i}.state")
+        assert f"wrote shard {i}/2" in neurodash(folder, *args)
+    neurodash(folder, "merge", "s1.state", "s0.state", "--out", STORE)
+    assert differing_rows(single, folder / STORE) == {}
+
+
+def test_torchrun_two_cpu_ranks(single, tiny_model_dir, docs_jsonl, untrained_sae):
+    folder = fresh(single, "torchrun")
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "neurodash")
+    out = neurodash(folder, *run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--out", STORE), python=torchrun)
+    assert "(2 ranks)" in out
+    assert differing_rows(single, folder / STORE) == {}
+
+
+def test_sigkill_then_resume(single, tiny_model_dir, docs_jsonl, untrained_sae):
+    folder = fresh(single, "killed")
+    args = run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--out", STORE, "--checkpoint-tokens", "96")
+    checkpoint = folder / f"{STORE}.checkpoint"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neurodash", *args],
+        cwd=folder,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(time.time_ns()).uniform(0.0, 1.5))  # a random point after the first checkpoint
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode == 0:  # it finished first: nothing to resume, the point is moot but the store must match
+        assert differing_rows(single, folder / STORE) == {}
+        return
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoint.exists() and not (folder / STORE).exists()
+    neurodash(folder, *args, "--resume")
+    assert not checkpoint.exists()
+    assert differing_rows(single, folder / STORE) == {}
