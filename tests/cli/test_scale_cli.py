@@ -81,7 +81,9 @@ def fresh(single: Path, name: str) -> Path:
 def test_shards_then_merge(single, tiny_model_dir, docs_jsonl, untrained_sae):
     folder = fresh(single, "shards")
     for i in range(2):
-        args = run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--shard", f"{i}/2", "--out", f"s{i}.state")
+        args = run_args(
+            tiny_model_dir, docs_jsonl, untrained_sae, "--shard", f"{i}/2", "--out", f"s{i}.state"
+        )
         assert f"wrote shard {i}/2" in neurodash(folder, *args)
     neurodash(folder, "merge", "s1.state", "s0.state", "--out", STORE)
     assert differing_rows(single, folder / STORE) == {}
@@ -90,7 +92,9 @@ def test_shards_then_merge(single, tiny_model_dir, docs_jsonl, untrained_sae):
 def test_torchrun_two_cpu_ranks(single, tiny_model_dir, docs_jsonl, untrained_sae):
     folder = fresh(single, "torchrun")
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "neurodash")
-    out = neurodash(folder, *run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--out", STORE), python=torchrun)
+    out = neurodash(
+        folder, *run_args(tiny_model_dir, docs_jsonl, untrained_sae, "--out", STORE), python=torchrun
+    )
     assert "(2 ranks)" in out
     assert differing_rows(single, folder / STORE) == {}
 
