@@ -146,7 +146,7 @@ class PhaseClock:
 
 def stream(
     model: LoadedModel,
-    dataset: Iterable,
+    dataset: Iterable | None,
     cfg: PrecomputeConfig,
     tracked: list[Tracked],
     hooks: list[str],
@@ -162,6 +162,7 @@ def stream(
     Returns the tokens read and the seconds spent in each phase (tokenize, forward, accumulate, write).
     """
     if batches is None:
+        assert dataset is not None, "a pass reads the corpus's windows or the batches given"
         batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
     total = (cfg.tokens // cfg.ctx) * cfg.ctx
     clock = PhaseClock(cfg.device)
