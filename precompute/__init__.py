@@ -18,6 +18,8 @@ Imports go one way: ``precompute`` imports ``neurodash`` (``config``, ``units``,
 edges (CLI commands, the app's background jobs), and only through these entry points:
 
 - ``precompute``: ``run_precompute``, ``PrecomputeConfig``, ``mlp_hook``;
+- ``precompute.scale``: ``precompute_shard``, ``merge_states``, ``precompute_resumable`` (shards,
+  their exact merge, checkpoints); ``precompute.distributed``: ``precompute_distributed`` (torchrun);
 - ``precompute.sae``: ``train_sae``, ``load_sae`` and the rest of the SAE API;
 - ``precompute.live.probe``: ``probe_text``, ``cached_model``, ``avoid_inherited_thread_pool``;
 - ``precompute.live.maximize``: ``maximize``, ``maximize_many``.

@@ -6,6 +6,9 @@
   handed over as an ``AccumulatorResult``;
 - ``tables``: an ``AccumulatorResult`` (and the units' directions) -> the store's tables;
 - ``polysemanticity``: the score functions applied to that state.
+- ``exact``: sums that add up to the same bits in any order (``ExactSum``);
+- ``shard``: which blocks of batches a shard reads; ``state``: the whole pass's state as a file
+  (shards, checkpoints), and the checks that states belong together.
 
 The settings (``PrecomputeConfig``, ``AccumulatorConfig``) live in ``neurodash.config``.
 """
