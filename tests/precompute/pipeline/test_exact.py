@@ -107,7 +107,7 @@ def test_accumulators_merged_equal_one_accumulator():
     data = batches(14)
     whole = result_arrays(accumulate(data, lambda block: True))
     for n_shards in (2, 3):
-        shards = [accumulate(data, lambda b, i=i: b % n_shards == i).state() for i in range(n_shards)]
+        shards = [accumulate(data, lambda b, i=i, n=n_shards: b % n == i).state() for i in range(n_shards)]
         for order in (range(n_shards), reversed(range(n_shards))):
             merged = UnitAccumulator(N_UNITS, CTX, CFG)
             for i in order:
