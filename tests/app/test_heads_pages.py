@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from app_helpers import by_id, find, texts, token_rows
+from app_helpers import by_id, find, texts, token_rows, units_table_payload
 from dash.exceptions import PreventUpdate
 from synthetic import XSS_TOKENS
 
@@ -113,7 +113,7 @@ def test_jump_box_reads_a_head(app):
 
 def test_overview_lists_heads_with_neurons(app):
     page = build(app, overview.layout)
-    payload = by_id(page, ids.UNITS_DATA).data
+    payload = units_table_payload(app, page)
     kinds = {s["kind"]: s["href"] for s in payload["sources"]}
     assert kinds["head"].startswith("/head/") and "neuron" in kinds
     shown = texts(page)
