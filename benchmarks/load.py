@@ -122,8 +122,8 @@ class BrowserCache:
         return kind == UNITS_TABLE and not self.table_named
 
     def read(self, kind: str, body: bytes) -> None:
-        if kind == "overview callback":
-            self.table_named = routes.UNITS_TABLE_DATA.encode() in body
+        if kind == "overview callback":  # Dash writes "/" in JSON strings as \u002f
+            self.table_named = routes.UNITS_TABLE_DATA in body.decode().replace("\\u002f", "/")
 
     def headers(self, kind: str, body: bytes | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json"} if body else {}
