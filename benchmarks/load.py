@@ -5,14 +5,15 @@
 
 Each server is started in turn on a free port of 127.0.0.1 (loopback only) and loaded by ``--clients``
 threads for ``--seconds``. Each client does what a browser does, over and over: it opens the overview
-(the page, ``_dash-layout``, ``_dash-dependencies`` and the pages callback that returns the overview's
-layout with its units table), then a random unit's page (the page, layout, dependencies, the pages
-callback that builds the unit page, and the sets-name callback the page fires next). Static files are
-left out: a browser caches them after its first visit.
+(the page, ``_dash-layout``, ``_dash-dependencies``, the pages callback that returns the overview's
+layout, and the units table's data, fetched in full gzip-compressed the first time and then with
+``If-None-Match``, as a browser's cache does: a 304), then a random unit's page (the page, layout,
+dependencies, the pages callback that builds the unit page, and the sets-name callback the page fires
+next). Static files are left out: a browser caches them after its first visit.
 
-Prints, per server: requests per second, p50/p95/p99 per kind of request, errors (any status but 200
-or a failed connection), and the server's memory (RSS of its process tree) at start, at its peak and
-``--settle`` seconds after the load stops. Targets on a 2-core machine: no errors, the unit page's
+Prints, per server: requests per second, p50/p95/p99 per kind of request, errors (any status but 200,
+or 304 for the units table, or a failed connection), and the server's memory (RSS of its process
+tree) at start, at its peak and ``--settle`` seconds after the load stops. Targets on a 2-core machine: no errors, the unit page's
 callback under 1 s at p95, memory back within 20% of its start.
 
 The store: ``--store``, else the demo store (``$NEURODASH_HOME/demo.duckdb``) if built, else a
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' synthetic store
 
 from neurodash import paths  # noqa: E402
+from neurodash.app import routes  # noqa: E402
 from neurodash.storage import Store  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -99,9 +101,44 @@ def browser_visits(path: str, is_unit: bool) -> list[tuple[str, str, str, bytes 
         ("_dash-dependencies", "GET", "/_dash-dependencies", None),
         (f"{kind} callback", "POST", "/_dash-update-component", pages_callback(path)),
     ]
-    return visit + (
-        [("set-names callback", "POST", "/_dash-update-component", SET_NAMES_CALLBACK)] if is_unit else []
-    )
+    if is_unit:
+        return [*visit, ("set-names callback", "POST", "/_dash-update-component", SET_NAMES_CALLBACK)]
+    return [*visit, (UNITS_TABLE, "GET", routes.UNITS_TABLE_DATA, None)]
+
+
+UNITS_TABLE = "units table"
+
+
+class BrowserCache:
+    """The ETag of the units table, once fetched: later visits ask with ``If-None-Match``. The table is
+    fetched only where the overview's layout names its address, as a browser does (a server from
+    before the table had an address of its own sent it inside the layout)."""
+
+    def __init__(self) -> None:
+        self.etag: str | None = None
+        self.table_named = True
+
+    def skips(self, kind: str) -> bool:
+        return kind == UNITS_TABLE and not self.table_named
+
+    def read(self, kind: str, body: bytes) -> None:
+        if kind == "overview callback":  # Dash writes "/" in JSON strings as \u002f
+            self.table_named = routes.UNITS_TABLE_DATA in body.decode().replace("\\u002f", "/")
+
+    def headers(self, kind: str, body: bytes | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"} if body else {}
+        if kind == UNITS_TABLE:
+            headers["Accept-Encoding"] = "gzip"
+            if self.etag:
+                headers["If-None-Match"] = self.etag
+        return headers
+
+    def error(self, kind: str, response: http.client.HTTPResponse) -> str | None:
+        """What went wrong with ``response``, or None (a 304 for the cached table is right)."""
+        if kind == UNITS_TABLE and response.status in (200, 304):
+            self.etag = response.getheader("ETag") or self.etag
+            return None
+        return None if response.status == 200 else f"status {response.status}"
 
 
 @dataclass
@@ -121,21 +158,22 @@ class Results:
 def client(port: int, units: list[str], deadline: float, seed: int, results: Results) -> None:
     """One browser: the overview, then a random unit's page, until ``deadline``."""
     rng = random.Random(seed)
+    cache = BrowserCache()
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
     while time.monotonic() < deadline:
         unit_path = f"/unit/{rng.choice(units)}"
         for kind, method, path, body in browser_visits("/", False) + browser_visits(unit_path, True):
             if time.monotonic() >= deadline:
                 break
+            if cache.skips(kind):
+                continue
             started = time.perf_counter()
             error = None
             try:
-                headers = {"Content-Type": "application/json"} if body else {}
-                conn.request(method, path, body=body, headers=headers)
+                conn.request(method, path, body=body, headers=cache.headers(kind, body))
                 response = conn.getresponse()
-                response.read()
-                if response.status != 200:
-                    error = f"status {response.status}"
+                cache.read(kind, response.read())
+                error = cache.error(kind, response)
             except (OSError, http.client.HTTPException) as e:
                 error = type(e).__name__
                 conn.close()

@@ -39,3 +39,13 @@ def token_rows(component) -> list[dict]:
 
     rows = find(component, lambda c: getattr(c, "className", None) == "nd-tokens")
     return [json.loads(getattr(row, "data-tokens")) for row in rows]
+
+
+def units_table_payload(app, page) -> dict:
+    """The overview's units table as the browser fetches it: from the address in ``page``'s units-data."""
+    from neurodash.app import ids
+
+    url = by_id(page, ids.UNITS_DATA).data["url"]
+    response = app.server.test_client().get(url)
+    assert response.status_code == 200, response.status_code
+    return response.get_json()

@@ -231,15 +231,21 @@ def head_grid(heads: pd.DataFrame, column: str) -> tuple[list[int], int, list[li
     return layers, width, grid
 
 
+def standardised_scores(heads: pd.DataFrame, metrics: list[str]) -> np.ndarray:
+    """[head, metric]: each metric standardised over all heads; missing values count as the mean."""
+    values = heads[metrics].astype(float)
+    return ((values - values.mean()) / values.std(ddof=0).replace(0, 1)).fillna(0.0).to_numpy()
+
+
 def closest_heads(
-    heads: pd.DataFrame, ref: UnitRef, metrics: list[str], k: int = 8
+    heads: pd.DataFrame, ref: UnitRef, metrics: list[str], k: int = 8, z: np.ndarray | None = None
 ) -> list[tuple[UnitRef, float]]:
     """The ``k`` heads whose metrics (each standardised over all heads) are nearest to ``ref``'s, with
-    their Euclidean distance; missing values count as the mean."""
+    their Euclidean distance; missing values count as the mean. ``z``: ``standardised_scores(heads,
+    metrics)`` where already computed."""
     if not metrics or len(heads) < 2:
         return []
-    values = heads[metrics].astype(float)
-    z = ((values - values.mean()) / values.std(ddof=0).replace(0, 1)).fillna(0.0).to_numpy()
+    z = standardised_scores(heads, metrics) if z is None else z
     me = np.flatnonzero(
         (heads["source_id"] == ref.source_id).to_numpy() & (heads["unit"] == ref.unit).to_numpy()
     )

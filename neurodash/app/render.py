@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import TypeVar
 
@@ -629,7 +629,7 @@ def head_heatmap_figure(
     }
 
 
-def score_strips_figure(names: Sequence[str], values: dict[str, Sequence[float | None]], me: int) -> dict:
+def score_strips_figure(names: Sequence[str], values: Mapping[str, Sequence[float | None]], me: int) -> dict:
     """One strip per metric: every head's value as a dot (hover: its name), head ``me`` a large marker."""
     metrics = list(values)
     traces, axes = [], {}

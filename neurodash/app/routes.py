@@ -28,6 +28,9 @@ UNIT_TEMPLATE = UNIT_PREFIX + "<source_id>/<index>"  # Dash passes source_id and
 HEAD_PREFIX = "/head/"
 HEAD_TEMPLATE = HEAD_PREFIX + "<layer>/<head>"  # an attention head's page
 LAB = "/lab"  # the circuit lab: its settings (or a saved run's id) in the query
+UNITS_TABLE_DATA = (
+    "/_neurodash/units-table.json"  # the overview's table of every unit, fetched by the browser
+)
 
 _INDEX = re.compile(r"[0-9]+")
 _HEAD_SOURCE = re.compile(r"L(0|[1-9][0-9]*)\.attn")  # units.head_source_id's ids

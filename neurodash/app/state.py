@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar, cast
 
 import flask
 import numpy as np
@@ -17,6 +20,7 @@ from neurodash.storage.schema import UNIT_FRAME_COLUMNS
 from neurodash.storage.sets import ExampleSets
 
 EXTENSION = "neurodash"
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,6 +35,8 @@ class AppState:
     units: pd.DataFrame = field(repr=False)  # one row per unit: ``Store.units_frame()``
     unit_max: dict[str, np.ndarray] = field(repr=False)  # per source, each unit's max activation
     sets: ExampleSets  # curated sets, in the app-owned file beside the store
+    _built: dict[Callable, object] = field(default_factory=dict, repr=False)  # see ``once``
+    _building: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def load(cls, store: Store, sets_file: str | os.PathLike | None = None) -> AppState:
@@ -41,6 +47,16 @@ class AppState:
             max_by_source(units, store.sources()),
             ExampleSets.beside(store.path, sets_file).check(),
         )
+
+    def once(self, build: Callable[[AppState], T]) -> T:
+        """``build(self)``, computed at the first call and kept: for what every request would otherwise
+        rebuild the same (the store is read-only), such as the parts of a page that depend on no
+        request. Concurrent first calls build it once."""
+        if build not in self._built:
+            with self._building:
+                if build not in self._built:
+                    self._built[build] = build(self)
+        return cast(T, self._built[build])
 
     @cached_property
     def score_metrics(self) -> list[str]:

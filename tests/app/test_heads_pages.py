@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from app_helpers import by_id, find, texts, token_rows
+from app_helpers import by_id, find, texts, token_rows, units_table_payload
 from dash.exceptions import PreventUpdate
 from synthetic import XSS_TOKENS
 
 from neurodash.app import create_app, ids, shell, state
-from neurodash.app.data import closest_heads, head_frame
+from neurodash.app.data import closest_heads, head_frame, standardised_scores
 from neurodash.app.pages import head, heads, overview, unit
 from neurodash.units import HEAD_METRICS, UnitRef
 
@@ -104,6 +104,19 @@ def test_closest_heads_are_nearest_by_standardised_scores(app):
     near = closest_heads(frame, UnitRef("L0.attn", 0), list(HEAD_METRICS), k=3)
     assert len(near) == 3 and UnitRef("L0.attn", 0) not in [r for r, _ in near]
     assert [d for _, d in near] == sorted(d for _, d in near)
+    z = standardised_scores(frame, list(HEAD_METRICS))
+    assert closest_heads(frame, UnitRef("L0.attn", 0), list(HEAD_METRICS), k=3, z=z) == near
+
+
+def test_head_pages_share_every_heads_scores_built_once(app):
+    with app.server.test_request_context("/"):
+        first = build(app, head.layout, "/head/0/1", layer="0", head="1")
+        second = build(app, head.layout, "/head/2/3", layer="2", head="3")
+        all_heads = state.current().once(head.AllHeads.of)
+        assert state.current().once(head.AllHeads.of) is all_heads
+    strips = [by_id(page, ids.HEAD_SCORES).figure["data"] for page in (first, second)]
+    assert strips[0][0]["x"] == strips[1][0]["x"] == all_heads.values[all_heads.metrics[0]]
+    assert strips[0][1]["text"] == ["L0H1"] and strips[1][1]["text"] == ["L2H3"]  # each page's own head
 
 
 def test_jump_box_reads_a_head(app):
@@ -113,7 +126,7 @@ def test_jump_box_reads_a_head(app):
 
 def test_overview_lists_heads_with_neurons(app):
     page = build(app, overview.layout)
-    payload = by_id(page, ids.UNITS_DATA).data
+    payload = units_table_payload(app, page)
     kinds = {s["kind"]: s["href"] for s in payload["sources"]}
     assert kinds["head"].startswith("/head/") and "neuron" in kinds
     shown = texts(page)

@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from app_helpers import by_id, find, texts, token_rows
+from app_helpers import by_id, find, texts, token_rows, units_table_payload
 from dash import dcc, html, no_update
 from dash.exceptions import PreventUpdate
 from synthetic import make_synthetic_store
@@ -50,7 +50,7 @@ def test_overview(app):
     grid = by_id(page, ids.UNITS_GRID)
     fields = [c["field"] for c in grid.columnDefs]
     assert fields[:3] == ["ref", "source", "layer"] and "polysemanticity" in fields and "density" in fields
-    payload = by_id(page, ids.UNITS_DATA).data
+    payload = units_table_payload(app, page)
     assert payload["n"] == 120 and set(payload["metrics"]) >= {"max_act", "density", "polysemanticity"}
     figure = by_id(page, ids.LAYER_PLOTS).figure
     assert {t["yaxis"] for t in figure["data"]} == {"y", "y2", "y3"}  # max act, density, the score
@@ -301,7 +301,7 @@ def test_a_store_with_sae_features(tmp_path):
     mixed = create_app(mixed_path)
     page = render(mixed, overview.layout)
     assert "kind" in [c["field"] for c in by_id(page, ids.UNITS_GRID).columnDefs]
-    assert by_id(page, ids.UNITS_DATA).data["sources"][-1]["prefix"] == "L1F"
+    assert units_table_payload(mixed, page)["sources"][-1]["prefix"] == "L1F"
     feature = render(mixed, unit.layout, source_id="L1.sae", index="3")
     assert "L1F3" in texts(feature) and by_id(feature, ids.UNIT_PREV).href == "/unit/L1.sae/2"
     assert _link_hrefs(feature, "L1.sae") == ["/unit/L1.mlp/3", "/unit/L1.mlp/2", "/unit/L1.mlp/1"]

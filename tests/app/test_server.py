@@ -6,6 +6,7 @@ no traceback for malformed callback bodies, and one line with exit status 2 for 
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from app_screenshot import free_port
 
-from neurodash.app import server
+from neurodash.app import routes, server
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA_HOST = "neurodash.test"
@@ -33,10 +34,16 @@ class Served:
     log: Path
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, host: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        host: str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers.update(extra_headers or {})
         if host is not None:
             headers["Host"] = host
         try:
@@ -139,6 +146,25 @@ def test_every_response_has_the_security_headers(served):
 
 
 # --- limits and hosts ---------------------------------------------------------------------------
+
+
+def test_the_units_table_is_sent_gzipped_with_an_etag_then_304(served):
+    def get(**headers: str) -> tuple[int, dict[str, str], bytes]:
+        status, got, body = served.request("GET", routes.UNITS_TABLE_DATA, extra_headers=headers)
+        return status, {name.lower(): value for name, value in got.items()}, body
+
+    status, headers, body = get(**{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert headers["content-type"] == "application/json" and headers["cache-control"] == "no-cache"
+    assert headers["etag"].startswith('W/"') and "Accept-Encoding" in headers["vary"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    table = json.loads(gzip.decompress(body))
+    assert table["n"] == 120 and len(table["sources"]) == 3
+    status, headers_304, body_304 = get(**{"Accept-Encoding": "gzip", "If-None-Match": headers["etag"]})
+    assert status == 304 and body_304 == b"" and headers_304["etag"] == headers["etag"]
+    status, plain_headers, plain_body = get()  # a client without gzip
+    assert status == 200 and "content-encoding" not in plain_headers and json.loads(plain_body) == table
+    assert get(**{"If-None-Match": 'W/"another-version"'})[0] == 200
 
 
 def test_a_10_mb_body_is_refused_with_413(served):

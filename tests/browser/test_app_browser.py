@@ -12,13 +12,14 @@ import pytest
 from app_screenshot import free_port
 from browser_helpers import wait_for_download, wait_for_path
 from dash import Dash, Input, Output, html
+from flask import request
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from synthetic import XSS_TOKENS, make_synthetic_store
 
-from neurodash.app import create_app, render
+from neurodash.app import create_app, render, routes
 from neurodash.storage import Store
 from neurodash.units import UnitRef
 
@@ -55,6 +56,29 @@ def test_overview_sorts_and_opens_a_unit(dash_duo, synthetic_store):
     assert (
         dash_duo.driver.execute_script("return performance.getEntriesByType('navigation').length") == 1
     )  # no reload
+    assert dash_duo.get_logs() == []
+
+
+def test_overview_lists_every_unit_and_revalidates_its_table(dash_duo, synthetic_store):
+    """The table's rows come from their own address: every unit listed; back on the overview, the
+    browser asks again with its ETag and the server answers 304, not the table."""
+    app = create_app(synthetic_store)
+    statuses: list[int] = []
+
+    @app.server.after_request
+    def record(response):
+        if request.path == routes.UNITS_TABLE_DATA:
+            statuses.append(response.status_code)
+        return response
+
+    dash_duo.start_server(app, port=free_port())
+    dash_duo.wait_for_text_to_equal("#units-count", "120 units")
+    dash_duo.wait_for_text_to_equal("#units-shown", "120 units shown")
+    dash_duo.find_element(".nd-grid-link").click()
+    dash_duo.wait_for_element(".nd-unit-header h1")
+    dash_duo.find_element(".nd-links a[href='/']").click()
+    dash_duo.wait_for_text_to_equal("#units-shown", "120 units shown")
+    assert statuses == [200, 304]
     assert dash_duo.get_logs() == []
 
 

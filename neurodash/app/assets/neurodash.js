@@ -248,7 +248,7 @@
     return new Type(bytes.buffer);
   }
 
-  /* units-data (columns of little-endian typed arrays) -> the grid's rows. */
+  /* The units table's payload (columns of little-endian typed arrays) -> the grid's rows. */
   function unitRows(data) {
     if (!data) return [];
     const source = decode(data.source, Uint16Array);
@@ -270,12 +270,27 @@
     return rows;
   }
 
+  /* The table's payload, from its own address (units-data holds it): the server answers with an
+   * ETag, so the browser's cache keeps it and a later visit gets a 304 instead of the whole table. */
+  async function fetchUnitsTable(source) {
+    if (!source || !source.url) return null;
+    const response = await fetch(source.url, { credentials: "same-origin" });
+    if (!response.ok) throw new Error("the units table answered " + response.status);
+    return response.json();
+  }
+
   /* Rows go to the grid through its API, not through a Dash prop: 100k row objects in Dash's
    * store would be copied and walked on every update. The starting filter goes to the grid's
    * filterModel prop only after the rows are in: applied to the empty grid it can be reported back
    * as empty and lost. */
-  async function fillUnitsGrid(data, startFilter, gridId) {
+  async function fillUnitsGrid(source, startFilter, gridId) {
     const api = await window.dash_ag_grid.getApiAsync(gridId);
+    let data;
+    try {
+      data = await fetchUnitsTable(source);
+    } catch (e) {
+      return ["Could not load the units: " + e.message + ". Reload the page to try again.", {}];
+    }
     const rows = unitRows(data);
     api.setGridOption("rowData", rows);
     return [rows.length.toLocaleString("en-US") + " units", startFilter || {}];

@@ -7,6 +7,10 @@ stored query row as a strip, its OV logit effects, and the heads it resembles.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
@@ -17,10 +21,12 @@ from neurodash.app.data import (
     head_frame,
     head_metrics,
     label_prefixes,
+    standardised_scores,
     unit_label,
 )
 from neurodash.app.panels import downloads
 from neurodash.app.panels import sets as sets_panel
+from neurodash.app.state import AppState
 from neurodash.storage import Store
 from neurodash.units import HEAD, AttentionRow, Example, UnitRef, neuron_source_id
 
@@ -58,14 +64,31 @@ def layout(layer: str | None = None, head: str | None = None, **_query) -> html.
     return page(store, ref)
 
 
+@dataclass(frozen=True)
+class AllHeads:
+    """Every head of the store and its scores, as each head page compares its head with them: the
+    same for every page, built once per app (``AppState.once``)."""
+
+    frame: pd.DataFrame  # ``data.head_frame``
+    metrics: list[str]  # ``data.head_metrics``
+    values: dict[str, list[float | None]]  # per metric, every head's value (4 decimals; None: missing)
+    z: np.ndarray  # ``data.standardised_scores``, for the closest heads
+
+    @classmethod
+    def of(cls, app_state: AppState) -> AllHeads:
+        frame = head_frame(app_state.units)
+        metrics = head_metrics(frame, app_state.score_metrics)
+        values = {m: [None if pd.isna(v) else round(float(v), 4) for v in frame[m]] for m in metrics}
+        return cls(frame, metrics, values, standardised_scores(frame, metrics))
+
+
 def page(store: Store, ref: UnitRef) -> html.Div:
     """The page of head ``ref`` (a unit of a source of heads in ``store``)."""
-    app_state = state.current()
+    all_heads = state.current().once(AllHeads.of)
     sources = store.sources()
     prefixes = label_prefixes(sources)
     source = store.source(ref.source_id)
-    heads = head_frame(app_state.units)
-    metrics = head_metrics(heads, app_state.score_metrics)
+    heads, metrics = all_heads.frame, all_heads.metrics
     prev, nxt = adjacent_units(ref, sources)
     examples = store.examples(ref)
     rows = {(r.bucket, r.rank): r for r in store.attention_rows(ref)}
@@ -87,9 +110,7 @@ def page(store: Store, ref: UnitRef) -> html.Div:
                         "Scores (this head ◆ among all heads)",
                         score_cards(store, ref),
                         render.graph(
-                            render.score_strips_figure(
-                                list(heads["name"]), {m: heads[m].tolist() for m in metrics}, me
-                            ),
+                            render.score_strips_figure(list(heads["name"]), all_heads.values, me),
                             ids.HEAD_SCORES,
                         )
                         if metrics
@@ -99,7 +120,7 @@ def page(store: Store, ref: UnitRef) -> html.Div:
                         "OV logit effect",
                         render.graph(render.logit_figure(store.logit_effects(ref)), ids.HEAD_LOGITS),
                     ),
-                    resembling_panel(store, ref, heads, metrics, prefixes),
+                    resembling_panel(store, ref, all_heads, prefixes),
                 ],
                 className="nd-grid-3",
             ),
@@ -140,7 +161,7 @@ def score_cards(store: Store, ref: UnitRef) -> html.Div:
     return render.stat_cards(items)
 
 
-def resembling_panel(store: Store, ref: UnitRef, heads, metrics: list[str], prefixes: dict) -> html.Section:
+def resembling_panel(store: Store, ref: UnitRef, all_heads: AllHeads, prefixes: dict) -> html.Section:
     """The stored neighbours (similar OV output), or else the heads with the closest score vectors."""
     neighbors = store.neighbors(ref)
     if neighbors:
@@ -148,7 +169,7 @@ def resembling_panel(store: Store, ref: UnitRef, heads, metrics: list[str], pref
             "Similar heads (cosine of OV output)",
             render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
         )
-    closest = closest_heads(heads, ref, metrics)
+    closest = closest_heads(all_heads.frame, ref, all_heads.metrics, z=all_heads.z)
     top = max((d for _, d in closest), default=1.0) or 1.0
     rows = [
         (unit_label(r, prefixes), r, 1 - d / (top * 1.05), f"{d:.2f}", "distance of standardised scores")

@@ -4,10 +4,12 @@ distributions, the most and least polysemantic units, and the table of every uni
 from __future__ import annotations
 
 from dash import Dash, html
+from dash.development.base_component import Component
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
 from neurodash.app.panels import polysemanticity, search, units_table
+from neurodash.app.state import AppState
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
 TITLE = "neurodash"
@@ -16,8 +18,15 @@ RELATIVE_FREQUENCIES = ("freq_10", "freq_50")  # where the store has them: spars
 
 
 def layout(q: str | list[str] | None = None, **_query) -> html.Div:
-    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results."""
-    app_state = state.current()
+    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results. All
+    but the search is the same for every visit: built once per app (``AppState.once``)."""
+    above, below = state.current().once(fixed_parts)
+    return html.Div([*above, search.layout(q[0] if isinstance(q, list) else q or ""), *below])
+
+
+def fixed_parts(app_state: AppState) -> tuple[list[Component], list[Component]]:
+    """The parts above the search (title, stat cards, sources) and below it (per-layer distributions,
+    the polysemanticity ranking, the units table)."""
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
     n_units = sum(s.n_units for s in sources)
@@ -27,32 +36,32 @@ def layout(q: str | list[str] | None = None, **_query) -> html.Div:
     is_head = units["kind"] == HEAD
     not_heads = units.loc[~is_head] if is_head.any() else units  # a head's density (of a norm) means nothing
     boxes = {m: box_stats(not_heads if m == "density" else units, m) for m in metrics}
-    return html.Div(
-        [
-            html.H1("Overview", className="nd-title"),
-            render.stat_cards(
-                [
-                    ("model", meta.get("model", "?")),
-                    ("dataset", meta.get("dataset", "?")),
-                    ("tokens seen", f"{int(meta.get('n_tokens', 0)):,}"),
-                    ("sources", f"{len(sources)}"),
-                    ("units", f"{n_units:,}"),
-                ]
-            ),
-            html.Details(
-                [
-                    html.Summary(["Sources", html.Span(f"{len(sources)}", className="nd-count")]),
-                    render.sources_table(sorted(sources, key=kind_order), label_prefixes(sources)),
-                ],
-                open=len(sources) <= 8,
-                className="nd-section",
-            ),
-            search.layout(q[0] if isinstance(q, list) else q or ""),
-            render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
-            polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
-            units_table.layout(app_state),
-        ]
-    )
+    above = [
+        html.H1("Overview", className="nd-title"),
+        render.stat_cards(
+            [
+                ("model", meta.get("model", "?")),
+                ("dataset", meta.get("dataset", "?")),
+                ("tokens seen", f"{int(meta.get('n_tokens', 0)):,}"),
+                ("sources", f"{len(sources)}"),
+                ("units", f"{n_units:,}"),
+            ]
+        ),
+        html.Details(
+            [
+                html.Summary(["Sources", html.Span(f"{len(sources)}", className="nd-count")]),
+                render.sources_table(sorted(sources, key=kind_order), label_prefixes(sources)),
+            ],
+            open=len(sources) <= 8,
+            className="nd-section",
+        ),
+    ]
+    below = [
+        render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
+        polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
+        units_table.layout(app_state),
+    ]
+    return above, below
 
 
 def kind_order(source: Source) -> tuple[int, int, str]:

@@ -1,13 +1,19 @@
 """The overview's table of every unit (AG Grid, virtual scrolling, rows built in the browser from a
-columnar payload), and the download of the examples of the units its filter shows."""
+columnar payload), and the download of the examples of the units its filter shows.
+
+The payload is the same for every visit and large (MBs): the browser fetches it from its own address
+(``routes.UNITS_TABLE_DATA``), built and compressed once per app, and keeps it (``cached_json``)."""
 
 from __future__ import annotations
 
+import dash
 import dash_ag_grid as dag
+import flask
 from dash import ClientsideFunction, Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, render, routes, state
+from neurodash.app.cached_json import CachedJson
 from neurodash.app.data import plural, units_payload
 from neurodash.app.render import FRACTION_METRICS, metric_title
 from neurodash.app.state import AppState
@@ -32,9 +38,9 @@ BUCKET_CHOICES = {
 
 
 def layout(app_state: AppState) -> html.Section:
-    """The panel: how many units, the grid (dead units filtered out at first) and the download bar."""
+    """The panel: how many units, the grid (dead units filtered out at first) and the download bar.
+    The same for every request (``AppState.once`` keeps it); the grid's rows come from ``table_data``."""
     sources = app_state.store.sources()
-    metrics = [*STAT_COLUMNS, *app_state.score_metrics]
     n_dead = int((app_state.units["density"] == 0).sum())
     return render.panel(
         "Units",
@@ -48,16 +54,31 @@ def layout(app_state: AppState) -> html.Section:
             ],
             className="nd-muted",
         ),
-        dcc.Store(id=ids.UNITS_DATA, data=units_payload(app_state.units, sources, metrics)),
+        dcc.Store(id=ids.UNITS_DATA, data={"url": dash.get_relative_path(routes.UNITS_TABLE_DATA)}),
         dcc.Store(id=ids.UNITS_START_FILTER, data=HIDE_DEAD if n_dead else {}),
-        units_grid(metrics, multiple_kinds=len({s.kind for s in sources}) > 1),
+        units_grid(table_metrics(app_state), multiple_kinds=len({s.kind for s in sources}) > 1),
         download_bar(bucket_choices(app_state.store)),
     )
 
 
+def table_metrics(app_state: AppState) -> list[str]:
+    """The table's columns of numbers: the statistics, then the store's scores."""
+    return [*STAT_COLUMNS, *app_state.score_metrics]
+
+
+def table_data(app_state: AppState) -> CachedJson:
+    """Every unit's row of the table, columnar (``data.units_payload``), ready to send."""
+    return CachedJson.of(units_payload(app_state.units, app_state.store.sources(), table_metrics(app_state)))
+
+
+def send_table_data() -> flask.Response:
+    """``routes.UNITS_TABLE_DATA``: the table's rows, built at the first request and kept."""
+    return state.current().once(table_data).response(flask.request)
+
+
 def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
-    """The grid, virtual scrolling. Its rows, and its starting filter, arrive from ``units-data``
-    and ``units-start-filter`` through a clientside callback."""
+    """The grid, virtual scrolling. Its rows (fetched from the address in ``units-data``), and its
+    starting filter (``units-start-filter``), arrive through a clientside callback."""
     number = {
         "filter": "agNumberColumnFilter",
         "type": "rightAligned",
@@ -179,6 +200,11 @@ def on_download(selection: dict | None, fmt: str, choice: str):
 
 
 def register_callbacks(app: Dash) -> None:
+    app.server.add_url_rule(
+        app.config.routes_pathname_prefix + routes.UNITS_TABLE_DATA.lstrip("/"),
+        endpoint="neurodash-units-table",
+        view_func=send_table_data,
+    )
     app.clientside_callback(
         ClientsideFunction(namespace="neurodash", function_name="fillUnitsGrid"),
         Output(ids.UNITS_COUNT, "children"),
