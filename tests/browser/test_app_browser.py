@@ -316,7 +316,7 @@ def test_probe_colours_its_text_by_any_unit(dash_duo, probe_store, tmp_path, mon
 def test_probe_ranks_sae_features_beside_neurons(dash_duo, tiny_store, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
     start(dash_duo, tiny_store, "/probe")
-    dash_duo.wait_for_contains_text(".nd-main", "and the 1 SAEs")
+    dash_duo.wait_for_contains_text(".nd-main", "neuron sources and 1 SAE of this store")
     run_probe(dash_duo, "def f(x):\n    return x + 1")
     links = dash_duo.driver.execute_script(
         "return [...document.querySelectorAll('#probe-top-units a')].map(a => a.getAttribute('href'))"

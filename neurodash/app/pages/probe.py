@@ -7,6 +7,7 @@ from __future__ import annotations
 from dash import Dash, html
 
 from neurodash.app import state
+from neurodash.app.data import plural
 from neurodash.app.panels import text_probe
 from neurodash.units import NEURON, SAE_FEATURE
 
@@ -25,7 +26,7 @@ def layout(run: str | None = None, **_query) -> html.Div:
         "keep_bos": app_state.keep_bos,
         "attention": True,
     }
-    read = f"the {len(sources)} neuron sources" + (f" and the {len(saes)} SAEs" if saes else "")
+    read = f"the {len(sources)} neuron sources" + (f" and {plural(len(saes), 'SAE')}" if saes else "")
     return html.Div(
         [
             html.H1("Text probe", className="nd-title"),
