@@ -28,7 +28,7 @@ from neurodash.app.panels import downloads, probe_runs, text_probe
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
-from neurodash.units import UnitRef
+from neurodash.units import SAE_FEATURE, Source, UnitRef
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,6 +217,24 @@ def test_probe_job_refuses_empty_text_and_reports_errors(app, monkeypatch):
         None,
         "Cannot probe: cannot load model 'synthetic': offline",
     )
+
+
+def test_probe_job_leaves_out_an_sae_that_cannot_load(app, fake_model, monkeypatch):
+    """The neurons are still probed, and the status says why the features are not."""
+    stub = sys.modules["precompute.live.probe"]
+    neurons_only = stub.probe_text
+
+    def probe_text(model, text, hooks, keep_bos=False, attention=False, saes=()):
+        if saes:
+            raise NeurodashError("cannot load SAE sae-L1: no such folder")
+        return neurons_only(model, text, hooks, keep_bos, attention)
+
+    monkeypatch.setattr(stub, "probe_text", probe_text)
+    config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data | {"saes": ["L1.sae"]}
+    sae = Source("L1.sae", "synthetic", "blocks.1.mlp.hook_post", SAE_FEATURE, 1, 8, 100, "sae-L1")
+    summary, status = text_probe.probe_job(print, "x", config, state_of(app).unit_max, {"L1.sae": sae})
+    assert status == "2 tokens probed. SAE features left out: cannot load SAE sae-L1: no such folder"
+    assert summary["top"][0][:2] == ["L1.mlp", 3]
 
 
 def state_of(app) -> state.AppState:

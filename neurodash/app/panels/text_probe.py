@@ -126,40 +126,56 @@ def probe_job(
         return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
     if torch_inherited:
         avoid_inherited_thread_pool()
-    saes = [(sae_sources or {})[sid] for sid in config.get("saes", []) if sid in (sae_sources or {})]
-    left_out = ""
+    known = sae_sources or {}
+    saes = [known[sid] for sid in config.get("saes", []) if sid in known]
     try:
         set_progress(("1", str(STAGES), f"Loading {config['model']}…"))
         cached_model(config["model"])
         set_progress(("2", str(STAGES), "Running the model…"))
-
-        def run(saes: list[Source]) -> tuple[list[str], dict]:
-            hooks, keep_bos, attention = (
-                list(config["hooks"]),
-                config["keep_bos"],
-                bool(config.get("attention")),
-            )
-            return probe_text(config["model"], text, hooks, keep_bos=keep_bos, attention=attention, saes=saes)
-
-        try:
-            tokens, acts = run(saes)
-        except NeurodashError as e:  # an SAE that cannot load leaves the neurons to probe
-            if not saes or not config["hooks"]:
-                raise
-            tokens, acts, left_out = *run([]), f" SAE features left out: {e}"
+        tokens, acts, note = read_text(probe_text, config, text, saes)
     except NeurodashError as e:
         return None, f"Cannot probe: {e}"
     if not tokens:
         return None, "The text has no tokens."
     set_progress(("3", str(STAGES), "Ranking units…"))
+    summary = rank_and_save(text, tokens, acts, config, unit_max, note)
+    return summary, probed(summary)
+
+
+def read_text(
+    probe_text: Callable, config: dict, text: str, saes: list[Source]
+) -> tuple[list[str], dict, str]:
+    """(tokens, activations, a note): ``probe_text`` as ``config`` says; an SAE that cannot load is left
+    out, and the note says so, while the neurons are still probed."""
+
+    def run(with_saes: list[Source]) -> tuple[list[str], dict]:
+        return probe_text(
+            config["model"],
+            text,
+            list(config["hooks"]),
+            keep_bos=config["keep_bos"],
+            attention=bool(config.get("attention")),
+            saes=with_saes,
+        )
+
+    try:
+        return *run(saes), ""
+    except NeurodashError as e:
+        if not saes or not config["hooks"]:
+            raise
+        return *run([]), f" SAE features left out: {e}"
+
+
+def rank_and_save(text: str, tokens: list[str], acts: dict, config: dict, unit_max: dict, note: str) -> dict:
+    """The run's result (its key included), saved with every unit's activations and the attention."""
     patterns = acts.pop(probe_attention.ATTENTION_KEY, None)
     by_source = {config["hooks"].get(name, name): a for name, a in acts.items()}  # SAEs: by source id
-    summary = {"text": text, "note": left_out} | summarise_probe(tokens, by_source, unit_max)
+    summary = {"text": text, "note": note} | summarise_probe(tokens, by_source, unit_max)
     if patterns is not None:
         info = probe_attention.attention_info(tokens, patterns)
         summary["attention"] = info | {"key": probe_attention.save_patterns(patterns)}
     summary["key"] = probe_runs.save(summary, np.concatenate(list(by_source.values()), axis=1))
-    return summary, probed(summary)
+    return summary
 
 
 def strongest_token(result: dict) -> int:
