@@ -5,11 +5,13 @@
     python tests/app_screenshot.py STORE --page "/sets?name=comparison words" --out assets/sets_page.png
     python tests/app_screenshot.py STORE --page "/?q= the" --panel search --out assets/search.png
     python tests/app_screenshot.py STORE --unit L0N5 --own-text "import os" --panel own_text --out assets/own_text.png
+    python tests/app_screenshot.py STORE --unit L15N1361 --own-text "6 of 16" --until own_text --out assets/unit_page.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
     python tests/app_screenshot.py STORE --unit L5H3 --out assets/head_page.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
-units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it.
+units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it;
+``--until`` the page from its top down to the end of that panel (the window made as tall).
 The maximization panel shows the unit's latest run in ``STORE.maximize.duckdb`` and the sets page
 the sets in ``STORE.sets.duckdb``: make them first (``neurodash maximize``, ``ExampleSets``).
 ``chrome_options()`` is also what the browser tests use.
@@ -86,9 +88,10 @@ def screenshot(
     ready: str = ".nd-main > *",
     crop: str | None = None,
     own_text: str | None = None,
+    until: str | None = None,
 ) -> Path:
     """Serve the store on a free local port, open ``path``, wait for ``ready`` (CSS) and save a PNG:
-    the window, or only the element ``crop`` (CSS)."""
+    the window, or only the element ``crop`` (CSS), or the page down to the end of ``until`` (CSS)."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -110,6 +113,15 @@ def screenshot(
             driver.find_element(By.CSS_SELECTOR, "#own-text-run").click()
             WebDriverWait(driver, 180).until(
                 ec.presence_of_element_located((By.CSS_SELECTOR, "#own-text-result .nd-tokens > span"))
+            )
+        if until:  # the window as tall as the page down to the end of that element
+            bottom = driver.execute_script(
+                "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+                "return Math.ceil(r.bottom + window.scrollY) + 16;",
+                until,
+            )
+            driver.set_window_size(
+                1400, bottom + driver.execute_script("return window.outerHeight - innerHeight")
             )
         marked = driver.find_elements(By.CSS_SELECTOR, ".nd-example .nd-tok-max")
         if marked and not crop:  # show the token inspector at work
@@ -173,6 +185,7 @@ def main() -> None:
     parser.add_argument("--page", help="another page instead, e.g. / or /probe or '/sets?name=my set'")
     parser.add_argument("--panel", choices=sorted(PANELS), help="save only this panel of the unit page")
     parser.add_argument("--own-text", help="type this into the unit page's own-text box and run it")
+    parser.add_argument("--until", choices=sorted(PANELS), help="save the page down to the end of this panel")
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "unit_page.png")
     parser.add_argument("--height", type=int, default=1700, help="window height in pixels")
     args = parser.parse_args()
@@ -182,7 +195,9 @@ def main() -> None:
     crop = None
     if args.panel:
         crop, ready = PANELS[args.panel]
-    print(f"wrote {screenshot(args.store, path, args.out, args.height, ready, crop, args.own_text)} ({path})")
+    until = PANELS[args.until][0] if args.until else None
+    out = screenshot(args.store, path, args.out, args.height, ready, crop, args.own_text, until)
+    print(f"wrote {out} ({path})")
 
 
 if __name__ == "__main__":

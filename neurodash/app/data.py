@@ -146,32 +146,48 @@ def _b64(values: np.ndarray) -> str:
     )
 
 
+PROBE_PER_TOKEN = 25  # units listed at a clicked token
+PROBE_TOP = 20  # units listed over the whole text (and offered to colour it by)
+
+
+def probe_scale(unit_max: np.ndarray) -> np.ndarray:
+    """What a source's units' activations on a probed text are divided by: each unit's max over the
+    corpus, floored at a tenth of the source's median max, so that units nearly dead on the corpus
+    do not swamp the ranking."""
+    return np.maximum(unit_max, 0.1 * max(float(np.median(unit_max)), 1e-6)) if len(unit_max) else unit_max
+
+
 def summarise_probe(
     tokens: list[str],
     acts: dict[str, np.ndarray],
     unit_max: dict[str, np.ndarray],
-    per_token: int = 8,
-    top: int = 20,
+    per_token: int = PROBE_PER_TOKEN,
+    top: int = PROBE_TOP,
 ) -> dict:
     """Rank units on a probed text by activation as a fraction of their max over the corpus.
 
-    ``acts`` maps a source id to its activations [pos, units]. A unit's max is floored at a tenth
-    of its source's median max, so that units nearly dead on the corpus do not swamp the ranking.
-    Returns JSON-ready lists: per token its top units (``[source, unit, act, fraction]``), the
-    strongest fraction at each token, the top units over the whole text (with the position where
-    each peaks), and for each of those its activation at every token and its (floored) max.
+    ``acts`` maps a source id (neurons or SAE features) to its activations [pos, units]; the scale is
+    ``probe_scale``. Returns JSON-ready lists: per token its top units (``[source, unit, act, fraction,
+    the unit's max over the corpus]``), the strongest fraction at each token, the top units over the
+    whole text (the same, and the position where each peaks), for each of those its activation at every
+    token and its scale, and ``columns``: each source and its number of units, in order.
     """
     names = list(acts)
     raw = np.concatenate([acts[s] for s in names], axis=1)
-    scale = np.concatenate(
-        [np.maximum(unit_max[s], 0.1 * max(float(np.median(unit_max[s])), 1e-6)) for s in names]
-    )
+    scale = np.concatenate([probe_scale(unit_max[s]) for s in names])
+    corpus_max = np.concatenate([unit_max[s] for s in names])
     rel = raw / scale[None, :]
     owner = np.concatenate([np.full(acts[s].shape[1], i) for i, s in enumerate(names)])
     unit = np.concatenate([np.arange(acts[s].shape[1]) for s in names])
 
     def entry(column: int, pos: int) -> list:
-        return [names[owner[column]], int(unit[column]), _round(raw[pos, column]), _round(rel[pos, column])]
+        return [
+            names[owner[column]],
+            int(unit[column]),
+            _round(raw[pos, column]),
+            _round(rel[pos, column]),
+            _round(corpus_max[column]),
+        ]
 
     peak_pos = rel.argmax(0)
     top_columns = _top_columns(rel[peak_pos, np.arange(rel.shape[1])], top)
@@ -182,6 +198,7 @@ def summarise_probe(
         "top": [entry(c, int(peak_pos[c])) + [int(peak_pos[c])] for c in top_columns],
         "top_acts": [[_round(v) for v in raw[:, c]] for c in top_columns],
         "top_max": [_round(scale[c]) for c in top_columns],
+        "columns": [[s, int(acts[s].shape[1])] for s in names],
     }
 
 

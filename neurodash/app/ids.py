@@ -72,6 +72,9 @@ PROBE_TOKENS = "probe-tokens"
 PROBE_SELECTED_TOKEN = "probe-selected-token"  # {"index": i, "at": ms}, set by assets/neurodash.js on a click
 PROBE_TOKEN_UNITS = "probe-token-units"
 PROBE_TOP_UNITS = "probe-top-units"
+PROBE_LOCATION = "probe-location"  # moves to the run's address (/probe?run=KEY) once it is saved
+PROBE_COLOR_UNIT = "probe-color-unit"  # any unit to colour the text by (L12N345, L15F7)
+PROBE_COLOR_UNIT_STATUS = "probe-color-unit-status"
 
 # unit page: activation maximization (neurodash/app/panels/maximize.py)
 MAXIMIZE_RUN = "maximize-run"

@@ -21,8 +21,11 @@ class JobControls:
     stage: str
     status: str
 
-    def toolbar(self, run_label: str, total: int, settings: Sequence = ()) -> html.Div:
-        """The buttons, any ``settings`` between them and the progress, the progress and the status."""
+    def toolbar(
+        self, run_label: str, total: int, settings: Sequence = (), status: str | None = None
+    ) -> html.Div:
+        """The buttons, any ``settings`` between them and the progress, the progress and the status
+        (``status``: what it says first)."""
         return html.Div(
             [
                 html.Button(run_label, id=self.run, className="nd-button nd-primary"),
@@ -37,7 +40,7 @@ class JobControls:
                     className="nd-progress",
                     style={"display": "none"},
                 ),
-                html.Span(id=self.status, className="nd-status"),
+                html.Span(status, id=self.status, className="nd-status"),
             ],
             className="nd-toolbar",
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import TypeVar
 
@@ -559,38 +560,51 @@ def sources_table(sources: Sequence[Source], labels: dict[str, str | None]) -> h
     )
 
 
-def ranked_units(
-    rows: Sequence[tuple[str, UnitRef, float, float, str | None]], empty: str
-) -> html.Table | html.P:
-    """Units found by the probe: link, activation, fraction of the unit's max, and where (if given)."""
+@dataclass(frozen=True)
+class RankedUnit:
+    """A unit the probe found: its label and reference, its activation, that as a fraction of its max
+    over the corpus, that max, and the token where it was read (if shown)."""
+
+    label: str
+    ref: UnitRef
+    act: float
+    fraction: float
+    corpus_max: float
+    token: str | None = None
+
+
+def ranked_units(rows: Sequence[RankedUnit], empty: str) -> html.Table | html.P:
+    """Units found by the probe: link, activation, the unit's own max over the corpus, the fraction of
+    it (a bar), and where (if given)."""
     if not rows:
         return html.P(empty, className="nd-muted")
-    with_token = any(token is not None for *_, token in rows)
-    head = ["unit", "activation", "of its max", *(["at token"] if with_token else [])]
+    with_token = any(row.token is not None for row in rows)
+    head = ["unit", "activation", "its max", "of its max", *(["at token"] if with_token else [])]
     body = [
         html.Tr(
             [
-                html.Td(unit_link(label, ref)),
-                html.Td(f"{act:+.3f}", className="nd-num"),
+                html.Td(unit_link(row.label, row.ref)),
+                html.Td(f"{row.act:+.3f}", className="nd-num"),
+                html.Td(f"{row.corpus_max:+.3f}", className="nd-num nd-muted"),
                 html.Td(
                     html.Div(
                         [
                             html.Div(
                                 html.Div(
                                     className="nd-bar-fill",
-                                    style={"width": f"{min(max(rel, 0), 1) * 100:.0f}%"},
+                                    style={"width": f"{min(max(row.fraction, 0), 1) * 100:.0f}%"},
                                 ),
                                 className="nd-bar",
                             ),
-                            html.Span(f"{rel:.0%}", className="nd-num"),
+                            html.Span(f"{row.fraction:.0%}", className="nd-num"),
                         ],
                         className="nd-bar-cell",
                     )
                 ),
-                *([html.Td(html.Code(token), className="nd-token-cell")] if with_token else []),
+                *([html.Td(html.Code(row.token), className="nd-token-cell")] if with_token else []),
             ]
         )
-        for label, ref, act, rel, token in rows
+        for row in rows
     ]
     return html.Table(
         [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"

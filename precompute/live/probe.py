@@ -1,5 +1,5 @@
 """The text probe: every unit's activation on one text, token by token, and on request the attention
-pattern of every head of every layer.
+pattern of every head of every layer; SAE features too, each SAE encoding its hook's activations.
 
 Models are loaded once per process (``precompute.live.cache``): the dashboard calls this from
 background jobs, never from a request thread. The text is tokenized as the pipeline does it: BOS, then the
@@ -9,10 +9,14 @@ text without special tokens; the BOS position is dropped from the tokens and act
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from precompute.live.cache import avoid_inherited_thread_pool, cached_model
+from neurodash.units import Source
+from precompute.live.cache import avoid_inherited_thread_pool, cached_model, cached_sae
+from precompute.live.maximize import sae_spec
 
 MAX_TOKENS = 512
 ATTENTION = "attention"  # the key of the patterns among probe_text's activations (no hook is named so)
@@ -40,13 +44,17 @@ def probe_text(
     keep_bos: bool = False,
     max_tokens: int = MAX_TOKENS,
     attention: bool = False,
+    saes: Sequence[Source] = (),
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """(tokens, {hook: activations [pos, units]}) for ``text``, at most ``max_tokens`` tokens, in one
-    forward pass. With ``attention``, the dict also holds ``ATTENTION``: every layer's pattern as float16
-    [layers, query heads, pos, pos] over every position, BOS included (one more position than the
-    tokens when BOS is dropped from them)."""
+    forward pass. With ``saes`` (SAE feature sources of a store), the dict also holds each one's
+    feature activations [pos, features] under its source id (its SAE encoding its hook's activations). With ``attention``, it also holds ``ATTENTION``: every layer's
+    pattern as float16 [layers, query heads, pos, pos] over every position, BOS included (one more
+    position than the tokens when BOS is dropped from them)."""
     model = cached_model(model_name, device)
-    wanted = list(hooks) + ([attention_hook(layer) for layer in range(model.n_layers)] if attention else [])
+    sae_hooks = [s.hook for s in saes]
+    attention_hooks = [attention_hook(layer) for layer in range(model.n_layers)] if attention else []
+    wanted = list(dict.fromkeys([*hooks, *sae_hooks, *attention_hooks]))
     model.check_hooks(wanted)
     bos = model.bos_token_id
     ids = ([bos] if bos is not None else []) + model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -55,6 +63,10 @@ def probe_text(
     first = 1 if bos is not None and not keep_bos else 0
     tokens = model.tokenizer.batch_decode([[i] for i in ids[first:]])
     out = {hook: acts[hook][0, first:].float().cpu().numpy() for hook in hooks}
+    with torch.inference_mode():
+        for source in saes:
+            features = cached_sae(sae_spec(source), model.device).encode(acts[source.hook].float())[0, first:]
+            out[source.source_id] = features.float().cpu().numpy()
     if attention:
         patterns = [acts[attention_hook(layer)][0] for layer in range(model.n_layers)]
         out[ATTENTION] = torch.stack(patterns).to(torch.float16).cpu().numpy()

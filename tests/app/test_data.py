@@ -120,16 +120,28 @@ def test_summarise_probe_ranks_by_fraction_of_max():
     unit_max = {"L0.mlp": np.array([2.0, 2.0, 10.0]), "L1.mlp": np.array([1.0, 1.0])}
     summary = data.summarise_probe(["a", "b"], acts, unit_max, per_token=2, top=3)
     assert summary["tokens"] == ["a", "b"]
-    assert summary["per_token"][0] == [["L0.mlp", 2, 9.0, 0.9], ["L1.mlp", 1, 0.5, 0.5]]
-    assert summary["per_token"][1] == [["L1.mlp", 0, 3.0, 3.0], ["L0.mlp", 1, 2.0, 1.0]]
+    # [source, unit, activation, fraction of its max, its max over the corpus]
+    assert summary["per_token"][0] == [["L0.mlp", 2, 9.0, 0.9, 10.0], ["L1.mlp", 1, 0.5, 0.5, 1.0]]
+    assert summary["per_token"][1] == [["L1.mlp", 0, 3.0, 3.0, 1.0], ["L0.mlp", 1, 2.0, 1.0, 2.0]]
     assert summary["strength"] == [0.9, 3.0]
-    assert summary["top"] == [
-        ["L1.mlp", 0, 3.0, 3.0, 1],
-        ["L0.mlp", 1, 2.0, 1.0, 1],
-        ["L0.mlp", 2, 9.0, 0.9, 0],
+    assert summary["top"] == [  # and the position of its peak
+        ["L1.mlp", 0, 3.0, 3.0, 1.0, 1],
+        ["L0.mlp", 1, 2.0, 1.0, 2.0, 1],
+        ["L0.mlp", 2, 9.0, 0.9, 10.0, 0],
     ]
     assert summary["top_acts"] == [[0.0, 3.0], [0.0, 2.0], [9.0, 0.0]]
     assert summary["top_max"] == [1.0, 2.0, 10.0]
+    assert summary["columns"] == [["L0.mlp", 3], ["L1.mlp", 2]]
+
+
+def test_summarise_probe_lists_more_than_eight_units_per_token_by_default():
+    acts = {"L0.mlp": np.arange(40, dtype=np.float32)[None, :], "L15.sae": np.ones((1, 30), dtype=np.float32)}
+    unit_max = {"L0.mlp": np.full(40, 40.0), "L15.sae": np.full(30, 2.0)}
+    summary = data.summarise_probe(["a"], acts, unit_max)
+    (at_a,) = summary["per_token"]
+    assert len(at_a) == data.PROBE_PER_TOKEN > 8
+    assert at_a[0] == ["L0.mlp", 39, 39.0, 0.975, 40.0]  # neurons and SAE features in one ranking
+    assert {e[0] for e in at_a} == {"L0.mlp", "L15.sae"}
 
 
 def test_summarise_probe_floors_dead_units():

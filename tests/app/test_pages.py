@@ -24,11 +24,11 @@ from synthetic import make_synthetic_store
 from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
-from neurodash.app.panels import downloads, text_probe
+from neurodash.app.panels import downloads, probe_runs, text_probe
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
-from neurodash.units import UnitRef
+from neurodash.units import SAE_FEATURE, Source, UnitRef
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,20 +132,26 @@ def test_probe_page_config(app):
         "model": "synthetic",
         "keep_bos": False,
         "hooks": {f"blocks.{i}.mlp.hook_post": f"L{i}.mlp" for i in range(3)},
+        "saes": [],
         "attention": True,
     }
-    assert by_id(page, ids.PROBE_TEXT).value == text_probe.DEFAULT_TEXT
+    box = by_id(page, ids.PROBE_TEXT)
+    assert box.value == "" and box.placeholder  # empty, with a hint (typed text is the text)
+    assert by_id(page, ids.PROBE_RESULT).data is None
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
-    """``precompute.probe`` replaced by a stub: two tokens, unit 3 of L1 firing on the second."""
+def fake_model(monkeypatch, tmp_path):
+    """``precompute.probe`` replaced by a stub: two tokens, unit 3 of L1 firing on the second, unit 7 of
+    L2 on the first; runs are saved under ``tmp_path``."""
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
     calls = []
 
-    def probe_text(model, text, hooks, keep_bos=False, attention=False):
+    def probe_text(model, text, hooks, keep_bos=False, attention=False, saes=()):
         calls.append((model, text, hooks, keep_bos))
         acts = {h: np.zeros((2, 40), dtype=np.float32) for h in hooks}
         acts["blocks.1.mlp.hook_post"][1, 3] = 5.0
+        acts["blocks.2.mlp.hook_post"][0, 7] = 0.25
         return ["Hello", " world"], acts
 
     stub = types.SimpleNamespace(
@@ -164,7 +170,22 @@ def test_probe_job(app, fake_model):
     assert status == "2 tokens probed."
     assert [p[2] for p in progress] == ["Loading synthetic…", "Running the model…", "Ranking units…"]
     assert ("load", "synthetic") in fake_model and fake_model[-1][1] == "Hello world"
-    assert summary["top"][0][:3] == ["L1.mlp", 3, 5.0] and summary["top"][0][4] == 1
+    assert summary["top"][0][:3] == ["L1.mlp", 3, 5.0] and summary["top"][0][5] == 1
+    assert summary["text"] == "Hello world"
+    saved = probe_runs.load(summary["key"])  # the run has an address: /probe?run=KEY
+    assert saved == json.loads(json.dumps(summary))
+    assert probe_runs.run_href(summary["key"]) == f"/probe?run={summary['key']}"
+
+
+def test_probe_page_shows_a_saved_run(app, fake_model):
+    summary = probe_result(app, fake_model)
+    page = render(app, probe.layout, f"/probe?run={summary['key']}", run=summary["key"])
+    assert by_id(page, ids.PROBE_TEXT).value == "Hello world"
+    assert by_id(page, ids.PROBE_RESULT).data["key"] == summary["key"]
+    assert "2 tokens probed." in texts(page)
+    gone = render(app, probe.layout, "/probe?run=" + "0" * 32, run="0" * 32)
+    assert by_id(gone, ids.PROBE_RESULT).data is None and by_id(gone, ids.PROBE_TEXT).value == ""
+    assert any("no longer kept" in t for t in texts(gone))
 
 
 @pytest.mark.parametrize("torch_loaded", [True, False])
@@ -184,7 +205,7 @@ def test_probe_job_refuses_empty_text_and_reports_errors(app, monkeypatch):
     assert text_probe.probe_job(print, "  ", config, {}) == (None, "Type or paste a text first.")
     assert (
         text_probe.probe_job(print, "x", {**config, "hooks": {}}, {})[1]
-        == "This store has no neuron sources to probe."
+        == "This store has no neuron or SAE feature sources to probe."
     )
 
     def fail(*_args, **_kwargs):
@@ -196,6 +217,24 @@ def test_probe_job_refuses_empty_text_and_reports_errors(app, monkeypatch):
         None,
         "Cannot probe: cannot load model 'synthetic': offline",
     )
+
+
+def test_probe_job_leaves_out_an_sae_that_cannot_load(app, fake_model, monkeypatch):
+    """The neurons are still probed, and the status says why the features are not."""
+    stub = sys.modules["precompute.live.probe"]
+    neurons_only = stub.probe_text
+
+    def probe_text(model, text, hooks, keep_bos=False, attention=False, saes=()):
+        if saes:
+            raise NeurodashError("cannot load SAE sae-L1: no such folder")
+        return neurons_only(model, text, hooks, keep_bos, attention)
+
+    monkeypatch.setattr(stub, "probe_text", probe_text)
+    config = by_id(render(app, probe.layout), ids.PROBE_CONFIG).data | {"saes": ["L1.sae"]}
+    sae = Source("L1.sae", "synthetic", "blocks.1.mlp.hook_post", SAE_FEATURE, 1, 8, 100, "sae-L1")
+    summary, status = text_probe.probe_job(print, "x", config, state_of(app).unit_max, {"L1.sae": sae})
+    assert status == "2 tokens probed. SAE features left out: cannot load SAE sae-L1: no such folder"
+    assert summary["top"][0][:2] == ["L1.mlp", 3]
 
 
 def state_of(app) -> state.AppState:
@@ -214,19 +253,40 @@ def test_show_probe_result(app, fake_model):
     assert find(top, lambda c: isinstance(c, dcc.Link))[0].href == "/unit/L1.mlp/3"
     assert "' world'" in texts(token_units)  # the strongest token
     assert (
-        options[0] == {"label": "L1N3  (peak +5.000)", "value": 0}
+        options[0] == {"label": "L1N3  (peak +5.000)", "value": "L1.mlp/3"}
         and options[-1]["value"] == text_probe.STRONGEST
     )
-    assert choice == 0
+    assert choice == "L1.mlp/3"
 
 
 def test_probe_tokens_coloured_by_the_chosen_unit(app, fake_model):
     result = probe_result(app, fake_model)
-    (row,) = token_rows(text_probe.colour_tokens(0, result))  # L1N3: 0 on "Hello", 5.0 on " world"
+    (row,) = token_rows(text_probe.colour_tokens("L1.mlp/3", result))  # 0 on "Hello", 5.0 on " world"
     assert row["tokens"] == ["Hello", " world"] and row["acts"] == [0.0, 5.0] and row["marked"] == 1
     (strongest,) = token_rows(text_probe.colour_tokens(text_probe.STRONGEST, result))
     assert strongest["marked"] == 1 and strongest["acts"][1] == strongest["max_abs"]
     assert text_probe.colour_tokens(None, result) is None
+
+
+def test_probe_tokens_coloured_by_any_unit(app, fake_model):
+    """Not only the top units: any unit the probe read, typed, read back from the saved run."""
+    result = probe_result(app, fake_model)
+    unit = next(u for u in range(40) if ["L0.mlp", u] not in [e[:2] for e in result["top"]])
+    assert probe_runs.unit_acts(result, UnitRef("L0.mlp", unit)) == [0.0, 0.0]
+    assert probe_runs.unit_acts(result, UnitRef("L1.mlp", 3)) == [0.0, 5.0]
+    assert probe_runs.unit_acts(result, UnitRef("L0.mlp", 40)) is None  # not a unit the probe read
+    with app.server.test_request_context("/probe"):
+        options = text_probe.show_result(result)[2]
+        new_options, choice, message = text_probe.choose_any_unit(1, f" L0N{unit} ", result, options)
+        assert (choice, message) == (f"L0.mlp/{unit}", "")
+        assert {"label": f"L0N{unit}  (peak +0.000)", "value": f"L0.mlp/{unit}"} in new_options
+        assert new_options[-1]["value"] == text_probe.STRONGEST
+        (row,) = token_rows(text_probe.colour_tokens(choice, result))
+        assert row["acts"] == [0.0, 0.0]
+        (row,) = token_rows(text_probe.colour_tokens("L2.mlp/7", result))
+        assert row["acts"] == [0.25, 0.0] and row["marked"] == 0
+        assert text_probe.choose_any_unit(1, "L9N1", result, options)[2] == "no source 'L9.mlp' in this store"
+        assert text_probe.choose_any_unit(1, "L0N5", None, options)[2] == "Run the probe first."
 
 
 def test_select_probe_token(app, fake_model):

@@ -35,7 +35,7 @@ def patterns() -> np.ndarray:
 def app(heads_store, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
 
-    def probe_text(model, text, hooks, keep_bos=False, attention=False):
+    def probe_text(model, text, hooks, keep_bos=False, attention=False, saes=()):
         acts = {h: np.ones((len(TOKENS), 40), dtype=np.float32) for h in hooks}
         return list(TOKENS), acts | ({"attention": patterns()} if attention else {})
 

@@ -177,9 +177,12 @@ def test_neighbor_list_links():
 
 
 def test_ranked_units_table():
-    table = render.ranked_units([("L0N5", UnitRef("L0.mlp", 5), 1.25, 0.5, "' x'")], "none")
-    assert {"L0N5", "+1.250", "50%", "' x'", "at token"} <= set(texts(table))
-    without_tokens = render.ranked_units([("L0N5", UnitRef("L0.mlp", 5), 1.25, 1.5, None)], "none")
+    row = render.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 0.5, 2.5, "' x'")
+    table = render.ranked_units([row], "none")
+    assert {"L0N5", "+1.250", "+2.500", "its max", "50%", "' x'", "at token"} <= set(texts(table))
+    without_tokens = render.ranked_units(
+        [render.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 1.5, 0.8)], "none"
+    )
     assert "at token" not in texts(without_tokens) and "150%" in texts(without_tokens)
     assert texts(render.ranked_units([], "nothing here")) == ["nothing here"]
 

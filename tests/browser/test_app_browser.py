@@ -266,28 +266,86 @@ def test_try_your_own_text_on_a_unit_page(dash_duo, probe_store):
     assert dash_duo.get_logs() == []
 
 
-def test_text_probe(dash_duo, probe_store):
-    start(dash_duo, probe_store, "/probe")
-    text = dash_duo.find_element("#probe-text")
-    text.click()
-    ActionChains(dash_duo.driver).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(
-        Keys.DELETE
-    ).perform()
-    text.send_keys("import os\nprint(os.path.join('a', 'b'))")
+def run_probe(dash_duo, text: str) -> str:
+    """Type ``text`` in the probe's (empty) box, run it, wait for the run's page; its address."""
+    box = dash_duo.find_element("#probe-text")
+    assert box.get_attribute("value") == "" and box.get_attribute("placeholder")  # nothing to append to
+    box.send_keys(text)
     dash_duo.find_element("#probe-run").click()
     dash_duo.wait_for_contains_text("#probe-status", "tokens probed", timeout=90)
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: "/probe?run=" in d.current_url)
+    dash_duo.wait_for_element("#probe-top-units a")
+    return dash_duo.driver.current_url
+
+
+def probe_tokens(dash_duo) -> str:
     tokens = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")
-    assert (
-        "".join(t.get_attribute("textContent") for t in tokens) == "import os↵\nprint(os.path.join('a', 'b'))"
-    )
-    tokens[1].click()
+    return "".join(t.get_attribute("textContent") for t in tokens)
+
+
+def test_text_probe(dash_duo, probe_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
+    start(dash_duo, probe_store, "/probe")
+    text = "import os\nprint(os.path.join('a', 'b'))"
+    address = run_probe(dash_duo, text)
+    assert dash_duo.find_element("#probe-text").get_attribute("value") == text
+    WebDriverWait(dash_duo.driver, 10).until(lambda _: probe_tokens(dash_duo) == text.replace("\n", "↵\n"))
+    token = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")[1]
+    dash_duo.driver.execute_script("arguments[0].click()", token)
     dash_duo.wait_for_contains_text("#probe-token-units", "at position 1")
     assert dash_duo.find_element("#probe-token-units code").text == repr(" os")
+    rows = dash_duo.find_elements("#probe-token-units tbody tr")
+    assert len(rows) > 8  # more than 8 units at a token, each with its own max over the corpus
+    headers = [th.text for th in dash_duo.find_elements("#probe-token-units th")]
+    assert headers[:4] == ["unit", "activation", "its max", "of its max"]
+    act, corpus_max = (float(td.text) for td in rows[0].find_elements("css selector", "td")[1:3])
+    share = rows[0].find_elements("css selector", "td")[3].text
+    assert share == f"{act / corpus_max:.0%}" or corpus_max <= 0
     link = dash_duo.find_element("#probe-top-units a")
     label = link.text
     link.click()
     dash_duo.wait_for_text_to_equal(".nd-unit-header h1", label)
     assert dash_duo.driver.current_url.startswith(dash_duo.server_url + "/unit/L0.mlp/")
+    dash_duo.driver.back()  # the probe again, with its text and results
+    WebDriverWait(dash_duo.driver, 10).until(lambda d: d.current_url == address)
+    dash_duo.wait_for_contains_text("#probe-status", "tokens probed")
+    assert dash_duo.find_element("#probe-text").get_attribute("value") == text
+    WebDriverWait(dash_duo.driver, 10).until(lambda _: probe_tokens(dash_duo) == text.replace("\n", "↵\n"))
+    dash_duo.wait_for_text_to_equal("#probe-top-units a", label)
+    assert dash_duo.get_logs() == []
+
+
+def test_probe_colours_its_text_by_any_unit(dash_duo, probe_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
+    start(dash_duo, probe_store, "/probe")
+    run_probe(dash_duo, "for i in range(3): print(i)")
+    top = {a.text for a in dash_duo.find_elements("#probe-top-units a")}
+    unit = next(u for u in range(1536) if f"L0N{u}" not in top)  # not one of the top units
+    box = dash_duo.find_element("#probe-color-unit")
+    box.send_keys(f"L0N{unit}", Keys.ENTER)
+    dash_duo.wait_for_contains_text("#probe-color-by", f"L0N{unit} (peak")
+    tokens = dash_duo.find_elements(".nd-probe-tokens .nd-tokens > span")
+    with Store(probe_store) as store:
+        assert store.has_unit(UnitRef("L0.mlp", unit))
+    values = [float(t.get_attribute("title").split()[-1]) for t in tokens]
+    peak = dash_duo.find_element("#probe-color-by").text.split("peak ")[1].rstrip(")")
+    assert f"{max(values):+.3f}" == peak  # the tokens carry that unit's activations
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("L9N1", Keys.ENTER)  # a unit the store does not have: one line, the choice kept
+    dash_duo.wait_for_contains_text("#probe-color-unit-status", "no source 'L9.mlp'")
+    assert f"L0N{unit}" in dash_duo.find_element("#probe-color-by").text
+    assert dash_duo.get_logs() == []
+
+
+def test_probe_ranks_sae_features_beside_neurons(dash_duo, tiny_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
+    start(dash_duo, tiny_store, "/probe")
+    dash_duo.wait_for_contains_text(".nd-main", "neuron sources and 1 SAE of this store")
+    run_probe(dash_duo, "def f(x):\n    return x + 1")
+    links = dash_duo.driver.execute_script(
+        "return [...document.querySelectorAll('#probe-top-units a')].map(a => a.getAttribute('href'))"
+    )
+    assert any("/unit/L1.sae" in href for href in links) and any(".mlp/" in href for href in links)
     assert dash_duo.get_logs() == []
 
 

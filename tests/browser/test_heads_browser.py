@@ -103,6 +103,7 @@ def tiny_heads_store(tiny_model_dir, tmp_path_factory):
 def test_probe_shows_attention_on_the_tiny_model(dash_duo, tiny_heads_store, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURODASH_HOME", str(tmp_path))
     start(dash_duo, tiny_heads_store, "/probe")
+    dash_duo.find_element("#probe-text").send_keys('def greet(name):\n    return f"Hello, {name}!"')
     dash_duo.find_element("#probe-run").click()
     dash_duo.wait_for_contains_text("#probe-status", "tokens probed", timeout=90)
     dash_duo.wait_for_element("#probe-attn-figure .heatmaplayer")

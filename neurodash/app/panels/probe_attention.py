@@ -173,8 +173,7 @@ def register_callbacks(app: Dash) -> None:
         Output(ids.PROBE_ATTN_LAYER, "value"),
         Output(ids.PROBE_ATTN_HEAD, "options"),
         Output(ids.PROBE_ATTN_HEAD, "value"),
-        Input(ids.PROBE_RESULT, "data"),
-        prevent_initial_call=True,
+        Input(ids.PROBE_RESULT, "data"),  # a saved run comes with the page (``/probe?run=KEY``)
     )(head_choices)
     app.callback(
         Output(ids.PROBE_ATTN_FIGURE, "figure"),
