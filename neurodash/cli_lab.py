@@ -122,7 +122,13 @@ def run_report(run: LabRun) -> str:
     lines.append("patching heads (clean -> corrupted, 1 = clean): ")
     lines[-1] += ", ".join(f"{c} {v:.2f}" for c, v in run.patching.ranked_heads(TOP))
     c = run.circuit
-    status = "" if c.found else f" (NOT found: no set of up to its size limit removes {c.threshold:.0%})"
+    status = (
+        f" (NOT found: no set of up to its size limit removes {c.threshold:.0%})"
+        if not c.found
+        else ""
+        if c.sufficient
+        else f" (necessary, not sufficient: no set of up to its size limit recovers {c.threshold:.0%} alone)"
+    )
     lines.append(
         f"minimal circuit: {', '.join(map(str, c.components))}{status}; kept when ablated "
         f"{c.kept_when_ablated:.2f}, faithfulness {c.faithfulness:.2f}"

@@ -584,64 +584,69 @@ class Lab:
         kinds: Sequence[str] = ("head", "mlp"),
     ) -> Circuit:
         """Greedy: heads and MLP layers by their single ablation effect (``single``, computed when not
-        given), the shortest prefix whose joint ablation leaves <= 1 - ``threshold`` of the behaviour
-        (0 = corrupted run, 1 = clean), then members dropped one at a time while the rest still do.
-        ``kinds=("head",)`` searches heads only (an MLP layer 0 that acts as a second embedding is
-        otherwise often the whole answer)."""
+        given); the shortest prefix that is both *necessary* (its joint ablation leaves <= 1 -
+        ``threshold`` of the behaviour, 0 = corrupted run, 1 = clean) and *sufficient* (kept alone, with
+        every other head and MLP mean-ablated, it recovers >= ``threshold``: its faithfulness); then
+        members dropped one at a time while the rest still are both. Where no prefix is both, the
+        shortest necessary one, pruned while necessary (``Circuit.sufficient`` then says False). A chain
+        (a previous-token head feeding an induction head) needs the sufficiency test: ablating either
+        head alone removes the behaviour. ``kinds=("head",)`` searches heads only (an MLP layer 0 that
+        acts as a second embedding is otherwise often the whole answer)."""
         means = means or self.mean_activations([p.text for p in prompts])
         single = single or self.ablate(prompts, ablation, means=means)
         order = [c for c, _ in single.ranked(top=self.n_layers * (self.n_heads + 1)) if c.kind in kinds]
         prefixes = [order[:k] for k in range(1, min(max_size, len(order)) + 1)]
-        kept = self._kept(prompts, prefixes, ablation, means)
+        kept, faithful = self._circuit_scores(prompts, prefixes, ablation, means)
         goal = 1 - threshold
-        found = bool((kept <= goal).any())
-        members = prefixes[int(np.argmax(kept <= goal))] if found else prefixes[-1]
-        kept_now = float(kept[int(np.argmax(kept <= goal))]) if found else float(kept[-1])
+        necessary = kept <= goal
+        both = necessary & (faithful >= threshold)
+        chosen = both if both.any() else necessary
+        found = bool(necessary.any())
+        at = int(np.argmax(chosen)) if found else len(prefixes) - 1
+        members, kept_now, faithful_now = prefixes[at], float(kept[at]), float(faithful[at])
         while found and len(members) > 1:
             smaller = [[c for c in members if c != drop] for drop in members]
-            kept_smaller = self._kept(prompts, smaller, ablation, means)
-            best = int(np.argmin(kept_smaller))
-            if kept_smaller[best] > goal:
+            kept_s, faithful_s = self._circuit_scores(prompts, smaller, ablation, means)
+            holds = (kept_s <= goal) & ((faithful_s >= threshold) if both.any() else True)
+            if not holds.any():
                 break
-            members, kept_now = smaller[best], float(kept_smaller[best])
-        faithful = self._faithfulness(prompts, members, means)
-        return Circuit(tuple(sorted(members)), ablation, threshold, kept_now, faithful, found)
+            best = int(np.argmin(np.where(holds, kept_s, np.inf)))
+            members, kept_now, faithful_now = smaller[best], float(kept_s[best]), float(faithful_s[best])
+        return Circuit(tuple(sorted(members)), ablation, threshold, kept_now, faithful_now, found)
 
-    def _kept(
+    def _circuit_scores(
         self,
         prompts: Sequence[LabPrompt],
         sets: Sequence[Sequence[Component]],
         kind: str,
         means: MeanActivations,
-    ) -> np.ndarray:
-        """The behaviour kept when each set is ablated, normalised (0 = corrupted, 1 = clean), averaged
-        over prompts weighted by their clean - corrupted gap (``gap_weighted_mean``)."""
-        kept, gaps = [], []
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each set, (kept, faithfulness), each averaged over prompts weighted by its gap
+        (``gap_weighted_mean``). kept: the behaviour left when the set is ablated (``kind``),
+        normalised (0 = corrupted, 1 = clean). faithfulness: the metric with every other head and MLP
+        mean-ablated, normalised so that 0 is every head and MLP mean-ablated and 1 the clean run.
+        One batched run per prompt."""
+        everything = self.components()
+        kept, faithful, gaps, mean_gaps = [], [], [], []
         for prompt in prompts:
             clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
             source = corrupt if kind == RESAMPLE else None
-            metrics = self._edited_metrics(
-                prompt, clean, [[self._value(c, kind, means, source) for c in s] for s in sets]
-            )
+            ablated = [[self._value(c, kind, means, source) for c in s] for s in sets]
+            alone = [
+                [self._value(c, MEAN, means, None) for c in everything if c not in s]
+                for s in [[], *sets]  # the first: nothing kept, everything mean-ablated
+            ]
+            metrics = self._edited_metrics(prompt, clean, ablated + alone)
+            nothing = float(metrics[len(sets)])
             clean_m, corrupt_m = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
-            kept.append(_normalise(metrics, clean_m, corrupt_m))
+            kept.append(_normalise(metrics[: len(sets)], clean_m, corrupt_m))
+            faithful.append(_normalise(metrics[len(sets) + 1 :], clean_m, nothing))
             gaps.append(clean_m - corrupt_m)
-        return gap_weighted_mean(np.array(kept), np.array(gaps))
-
-    def _faithfulness(
-        self, prompts: Sequence[LabPrompt], members: Sequence[Component], means: MeanActivations
-    ) -> float:
-        everything = self.components()
-        rest = [c for c in everything if c not in members]
-        scores, gaps = [], []
-        for prompt in prompts:
-            run = self.cache(prompt.token_ids)
-            sets = [[self._value(c, MEAN, means, None) for c in s] for s in (everything, rest)]
-            nothing, circuit = self._edited_metrics(prompt, run, sets)
-            clean = float(self._metric(prompt, run.final[None]))
-            scores.append(_normalise(np.array([circuit]), clean, nothing)[0])
-            gaps.append(clean - nothing)
-        return float(gap_weighted_mean(np.array(scores), np.array(gaps)))
+            mean_gaps.append(clean_m - nothing)
+        return (
+            gap_weighted_mean(np.array(kept), np.array(gaps)),
+            gap_weighted_mean(np.array(faithful), np.array(mean_gaps)),
+        )
 
     # --- steering ------------------------------------------------------------------------------
     def neuron_direction(self, layer: int, index: int) -> tuple[str, np.ndarray]:

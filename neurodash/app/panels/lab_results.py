@@ -186,6 +186,11 @@ def circuit_section(run: LabRun) -> html.Div:
         f"behaviour (goal ≤ {1 - c.threshold:.0%}); kept alone, with everything else mean-ablated, they "
         f"recover {c.faithfulness:.0%} of it (faithfulness)."
     )
+    if c.found and not c.sufficient:
+        verdict += (
+            f" No set within the search's size limit was also sufficient (≥ {c.threshold:.0%} alone): "
+            "these are necessary, not a circuit that does the task on its own."
+        )
     if not c.found:
         verdict = (
             f"No set within the search's size limit removed {c.threshold:.0%} of the behaviour: the "
