@@ -9,13 +9,12 @@ from the server, which imports ``precompute`` (torch) there and never in a reque
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Callable
 
 from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, jobs, render, state
+from neurodash.app import ids, jobs, model_worker, render, state
 from neurodash.app.data import label_prefixes, summarise_probe, unit_label
 from neurodash.app.panels import probe_attention
 from neurodash.errors import NeurodashError
@@ -85,21 +84,18 @@ def probe_job(
         return None, "Type or paste a text first."
     if not config["hooks"]:
         return None, "This store has no neuron sources to probe."
-    torch_inherited = "torch" in sys.modules  # forked from a process that had loaded torch
     try:
-        from precompute.live.probe import avoid_inherited_thread_pool, cached_model, probe_text
+        set_progress(("1", str(STAGES), f"Running {config['model']}…"))
+        tokens, acts = model_worker.call(  # in the model worker, where the model stays loaded
+            "precompute.live.probe:probe_text",
+            config["model"],
+            text,
+            list(config["hooks"]),
+            keep_bos=config["keep_bos"],
+            attention=bool(config.get("attention")),
+        )
     except ImportError:
         return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
-    if torch_inherited:
-        avoid_inherited_thread_pool()
-    try:
-        set_progress(("1", str(STAGES), f"Loading {config['model']}…"))
-        cached_model(config["model"])
-        set_progress(("2", str(STAGES), "Running the model…"))
-        attention = bool(config.get("attention"))
-        tokens, acts = probe_text(
-            config["model"], text, list(config["hooks"]), keep_bos=config["keep_bos"], attention=attention
-        )
     except NeurodashError as e:
         return None, f"Cannot probe: {e}"
     if not tokens:
