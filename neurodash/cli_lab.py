@@ -119,6 +119,10 @@ def run_report(run: LabRun) -> str:
         )
     lines.append(f"\nablation ({run.ablation.kind}), most harmful first: ")
     lines[-1] += ", ".join(f"{c} {v:+.2f}" for c, v in run.ablation.ranked(TOP))
+    if run.ablation.neurons:
+        lines.append("top neurons by direct attribution, ablated: ")
+        effects = run.ablation.neuron_effects.mean(0)
+        lines[-1] += ", ".join(f"{c} {v:+.2f}" for c, v in zip(run.ablation.neurons, effects))
     lines.append("patching heads (clean -> corrupted, 1 = clean): ")
     lines[-1] += ", ".join(f"{c} {v:.2f}" for c, v in run.patching.ranked_heads(TOP))
     c = run.circuit

@@ -44,6 +44,7 @@ from neurodash.lab import (
     gap_weighted_mean,
     head,
     mlp,
+    neuron,
 )
 from precompute.models import LoadedModel, _stop_here
 
@@ -312,12 +313,17 @@ class Lab:
             top_prob=torch.stack(top_prob).numpy(),
         )
 
+    def _frozen_direction(self, prompt: LabPrompt, run: _Cache) -> tuple[Tensor, float]:
+        """(the metric's direction in the final norm's input at the last position, the norm's scale
+        there, frozen): what a component's output is dotted with for its direct attribution."""
+        x = run.final[-1]
+        scale = float(torch.rsqrt(x.pow(2).mean() + self._eps))
+        return self._norm_w.float() * self._metric_direction(prompt) * scale, scale
+
     @torch.inference_mode()
     def attribution(self, prompt: LabPrompt) -> LogitAttribution:
         run = self.cache(prompt.token_ids)
-        x = run.final[-1]
-        scale = float(torch.rsqrt(x.pow(2).mean() + self._eps))
-        direction = self._norm_w.float() * self._metric_direction(prompt) * scale
+        direction, scale = self._frozen_direction(prompt, run)
         head_out = torch.einsum("lhd,lhdm->lhm", run.z[:, -1], self._W_O)
         bias = self._bias_terms(prompt, direction)
         return LogitAttribution(
@@ -328,6 +334,22 @@ class Lab:
             metric=float(self._metric(prompt, run.final[None])),
             frozen_scale=scale,
         )
+
+    @torch.inference_mode()
+    def neuron_attribution(self, prompt: LabPrompt) -> np.ndarray:
+        """``[layer, d_mlp]``: each MLP neuron's direct contribution to the metric at the last position
+        (its activation times its W_out row, through the frozen final norm); a layer's neurons sum to
+        its MLP's attribution less the MLP's output bias."""
+        run = self.cache(prompt.token_ids)
+        direction, _ = self._frozen_direction(prompt, run)
+        return (run.mlp_post[:, -1] * (self._W_out @ direction)).numpy()
+
+    def top_neurons(self, prompts: Sequence[LabPrompt], n: int) -> list[Component]:
+        """The ``n`` neurons with the largest direct attribution (the absolute value of its mean over the
+        prompts, in logits), largest first."""
+        mean = np.abs(np.mean([self.neuron_attribution(p) for p in prompts], axis=0))
+        order = np.argsort(-mean, axis=None)[:n]
+        return [neuron(int(layer), int(i)) for layer, i in zip(*np.unravel_index(order, mean.shape))]
 
     def _bias_terms(self, prompt: LabPrompt, direction: Tensor) -> float:
         total = 0.0
@@ -594,7 +616,8 @@ class Lab:
         acts as a second embedding is otherwise often the whole answer)."""
         means = means or self.mean_activations([p.text for p in prompts])
         single = single or self.ablate(prompts, ablation, means=means)
-        order = [c for c, _ in single.ranked(top=self.n_layers * (self.n_heads + 1)) if c.kind in kinds]
+        everything = self.n_layers * (self.n_heads + 1) + len(single.neurons)
+        order = [c for c, _ in single.ranked(top=everything) if c.kind in kinds]
         prefixes = [order[:k] for k in range(1, min(max_size, len(order)) + 1)]
         kept, faithful = self._circuit_scores(prompts, prefixes, ablation, means)
         goal = 1 - threshold
