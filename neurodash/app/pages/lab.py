@@ -3,9 +3,10 @@ attention, ablation, activation patching, a minimal circuit and steering out.
 
 The URL holds the settings (``LabSettings.to_query``: ``?prompt=A B A B A&prompt=X Y X Y X&steer=...``)
 and, once a run is done, its id (``?run=3``): a run is shared and reopened by its URL. A run is a
-background job (DiskcacheManager, progress and cancel), forked from the server, that imports
-``precompute`` (torch) there; it saves the run in the lab file beside the store
-(``neurodash.storage.lab``) and moves the page to the run's URL, which draws it from the file.
+background job (DiskcacheManager, progress and cancel), forked from the server, that has the model
+worker run it (``model_worker``: the model loaded once per server, torch never in the server); it
+saves the run in the lab file beside the store (``neurodash.storage.lab``) and moves the page to the
+run's URL, which draws it from the file.
 """
 
 from __future__ import annotations

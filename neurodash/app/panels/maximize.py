@@ -2,8 +2,8 @@
 
 The previous run (from the results file beside the store, ``neurodash.storage.maximize``) is drawn
 with the page. A run is a background callback on the app's DiskcacheManager, as the text probe's:
-a process forked from the server that imports ``precompute`` (torch) there, never in the server,
-with a progress bar and cancel. A cancelled run leaves the results file as it was.
+a process forked from the server that has the model worker run the search (``model_worker``: the
+model loaded once per server; torch never in the server), with a progress bar and cancel. A cancelled run leaves the results file as it was.
 """
 
 from __future__ import annotations

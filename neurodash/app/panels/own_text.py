@@ -1,8 +1,8 @@
 """The unit page's "Try your own text": run the store's model on a text and show this unit's activation
 at every token, coloured on the unit's own scale (its largest magnitude over the corpus, as its examples
 are), the value at the cursor. A background job on the app's DiskcacheManager, as the maximization's:
-``precompute`` (torch) is imported in the forked job, never in the server; the model loads once per
-worker process (``precompute.live.cache``)."""
+the forked job has the model worker run it (``model_worker``: the model loaded once per server; torch
+never in the server)."""
 
 from __future__ import annotations
 

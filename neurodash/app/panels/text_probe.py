@@ -3,7 +3,8 @@ most over the text and at each token, the text coloured by a chosen unit, and ev
 (``panels/probe_attention.py``).
 
 The model runs in a background callback (``DiskcacheManager``): each job is a process forked
-from the server, which imports ``precompute`` (torch) there and never in a request thread.
+from the server, which has the model worker run the probe (``model_worker``: the model loaded once per
+server; torch never in a request thread).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def layout(config: dict) -> list:
 def probe_job(
     set_progress: Callable, text: str | None, config: dict, unit_max: dict
 ) -> tuple[dict | None, str]:
-    """The background job: (summary for ``probe-result``, status line). Loads the model once per process."""
+    """The background job: (summary for ``probe-result``, status line), the probe run by the model worker."""
     if text is None or not text.strip():
         return None, "Type or paste a text first."
     if not config["hooks"]:
