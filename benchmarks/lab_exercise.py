@@ -104,13 +104,14 @@ def main() -> None:
         )
         print(f"{p.text!r} resid by position at {layers}")
 
-    print("\n== minimal circuit (mean ablation, >= 80% removed)")
+    print("\n== minimal circuit (mean ablation, >= 80% removed, and >= 80% kept alone if any set does both)")
     circuit = lab.minimal_circuit(contrast, MEAN, single=single, means=means)
     print(
         [str(c) for c in circuit.components],
         f"kept {circuit.kept_when_ablated:.2f}",
         f"faithfulness {circuit.faithfulness:.2f}",
         "found" if circuit.found else "NOT found",
+        "sufficient" if circuit.sufficient else "not sufficient",
     )
 
     print("\n== non-periodic patterns")

@@ -119,10 +119,20 @@ def run_report(run: LabRun) -> str:
         )
     lines.append(f"\nablation ({run.ablation.kind}), most harmful first: ")
     lines[-1] += ", ".join(f"{c} {v:+.2f}" for c, v in run.ablation.ranked(TOP))
+    if run.ablation.neurons:
+        lines.append("top neurons by direct attribution, ablated: ")
+        effects = run.ablation.neuron_effects.mean(0)
+        lines[-1] += ", ".join(f"{c} {v:+.2f}" for c, v in zip(run.ablation.neurons, effects))
     lines.append("patching heads (clean -> corrupted, 1 = clean): ")
     lines[-1] += ", ".join(f"{c} {v:.2f}" for c, v in run.patching.ranked_heads(TOP))
     c = run.circuit
-    status = "" if c.found else f" (NOT found: no set of up to its size limit removes {c.threshold:.0%})"
+    status = (
+        f" (NOT found: no set of up to its size limit removes {c.threshold:.0%})"
+        if not c.found
+        else ""
+        if c.sufficient
+        else f" (necessary, not sufficient: no set of up to its size limit recovers {c.threshold:.0%} alone)"
+    )
     lines.append(
         f"minimal circuit: {', '.join(map(str, c.components))}{status}; kept when ablated "
         f"{c.kept_when_ablated:.2f}, faithfulness {c.faithfulness:.2f}"

@@ -201,12 +201,12 @@ class PatchingResult:
 
 @dataclass(frozen=True)
 class Circuit:
-    """A small set of heads and MLP layers found greedily.
+    """A small set of heads and MLP layers found greedily, meant to be both necessary and sufficient.
 
     ``kept_when_ablated``: the behaviour left when the set is ablated, normalised as patching is
-    (0 = corrupted run, 1 = clean run), averaged over prompts; the search stops at <= 1 - threshold.
+    (0 = corrupted run, 1 = clean run), averaged over prompts; necessary: <= 1 - threshold.
     ``faithfulness``: (metric with everything but the set mean-ablated - metric with every head and
-    MLP mean-ablated) / (clean metric - the latter), averaged over prompts."""
+    MLP mean-ablated) / (clean metric - the latter), averaged over prompts; sufficient: >= threshold."""
 
     components: tuple[Component, ...]
     ablation: str
@@ -214,6 +214,11 @@ class Circuit:
     kept_when_ablated: float
     faithfulness: float
     found: bool  # False when no set within the search's size limit removed enough
+
+    @property
+    def sufficient(self) -> bool:
+        """Whether the set alone, everything else mean-ablated, recovers >= threshold."""
+        return bool(self.faithfulness >= self.threshold)
 
 
 @dataclass(frozen=True)

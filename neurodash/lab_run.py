@@ -265,6 +265,8 @@ def _csv_rows(run: LabRun) -> list[dict[str, Any]]:
             add(f"ablation_{run.ablation.kind}", p, f"L{layer}H{h}", layer, h, float(v))
         for layer, v in enumerate(run.ablation.mlps[p]):
             add(f"ablation_{run.ablation.kind}", p, f"L{layer}MLP", layer, None, float(v))
+        for n, v in zip(run.ablation.neurons, run.ablation.neuron_effects[p]):
+            add(f"ablation_{run.ablation.kind}", p, str(n), n.layer, n.index, float(v))
         for (layer, h), v in np.ndenumerate(run.patching.heads[p]):
             add("patching", p, f"L{layer}H{h}", layer, h, float(v))
         for layer, v in enumerate(run.patching.mlps[p]):

@@ -30,7 +30,7 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
     import dash
     import diskcache
 
-    from neurodash.app import routes, server, shell, state
+    from neurodash.app import model_worker, routes, server, shell, state
     from neurodash.app.pages import head, heads, lab, not_found_404, overview, probe, sets, unit
 
     app_state = state.AppState.load(store, sets_file)
@@ -43,7 +43,9 @@ def create_app(store_path: str | os.PathLike, sets_file: str | os.PathLike | Non
         pages_folder="",
         assets_folder=str(ASSETS),
         suppress_callback_exceptions=True,
-        background_callback_manager=dash.DiskcacheManager(diskcache.Cache(str(cache_dir))),
+        background_callback_manager=model_worker.JobsManager(  # jobs share one warm model worker
+            diskcache.Cache(str(cache_dir)), model_worker.ModelWorker(store.meta.get("model", ""))
+        ),
         update_title="",  # the tab keeps its title while callbacks run
     )
     state.attach(app.server, app_state)

@@ -35,3 +35,9 @@ def cached_sae(spec: str, device: str = "cpu") -> LoadedSAE:
     if key not in _SAES:
         _SAES[key] = load_sae(spec, device)
     return _SAES[key]
+
+
+def loaded() -> list[tuple[str, str]]:
+    """The (name, device) of every model loaded in this process (or inherited: the model worker's
+    children start with its models)."""
+    return list(_MODELS)

@@ -44,6 +44,7 @@ from neurodash.lab import (
     gap_weighted_mean,
     head,
     mlp,
+    neuron,
 )
 from precompute.models import LoadedModel, _stop_here
 
@@ -312,12 +313,17 @@ class Lab:
             top_prob=torch.stack(top_prob).numpy(),
         )
 
+    def _frozen_direction(self, prompt: LabPrompt, run: _Cache) -> tuple[Tensor, float]:
+        """(the metric's direction in the final norm's input at the last position, the norm's scale
+        there, frozen): what a component's output is dotted with for its direct attribution."""
+        x = run.final[-1]
+        scale = float(torch.rsqrt(x.pow(2).mean() + self._eps))
+        return self._norm_w.float() * self._metric_direction(prompt) * scale, scale
+
     @torch.inference_mode()
     def attribution(self, prompt: LabPrompt) -> LogitAttribution:
         run = self.cache(prompt.token_ids)
-        x = run.final[-1]
-        scale = float(torch.rsqrt(x.pow(2).mean() + self._eps))
-        direction = self._norm_w.float() * self._metric_direction(prompt) * scale
+        direction, scale = self._frozen_direction(prompt, run)
         head_out = torch.einsum("lhd,lhdm->lhm", run.z[:, -1], self._W_O)
         bias = self._bias_terms(prompt, direction)
         return LogitAttribution(
@@ -328,6 +334,22 @@ class Lab:
             metric=float(self._metric(prompt, run.final[None])),
             frozen_scale=scale,
         )
+
+    @torch.inference_mode()
+    def neuron_attribution(self, prompt: LabPrompt) -> np.ndarray:
+        """``[layer, d_mlp]``: each MLP neuron's direct contribution to the metric at the last position
+        (its activation times its W_out row, through the frozen final norm); a layer's neurons sum to
+        its MLP's attribution less the MLP's output bias."""
+        run = self.cache(prompt.token_ids)
+        direction, _ = self._frozen_direction(prompt, run)
+        return (run.mlp_post[:, -1] * (self._W_out @ direction)).numpy()
+
+    def top_neurons(self, prompts: Sequence[LabPrompt], n: int) -> list[Component]:
+        """The ``n`` neurons with the largest direct attribution (the absolute value of its mean over the
+        prompts, in logits), largest first."""
+        mean = np.abs(np.mean([self.neuron_attribution(p) for p in prompts], axis=0))
+        order = np.argsort(-mean, axis=None)[:n]
+        return [neuron(int(layer), int(i)) for layer, i in zip(*np.unravel_index(order, mean.shape))]
 
     def _bias_terms(self, prompt: LabPrompt, direction: Tensor) -> float:
         total = 0.0
@@ -584,64 +606,70 @@ class Lab:
         kinds: Sequence[str] = ("head", "mlp"),
     ) -> Circuit:
         """Greedy: heads and MLP layers by their single ablation effect (``single``, computed when not
-        given), the shortest prefix whose joint ablation leaves <= 1 - ``threshold`` of the behaviour
-        (0 = corrupted run, 1 = clean), then members dropped one at a time while the rest still do.
-        ``kinds=("head",)`` searches heads only (an MLP layer 0 that acts as a second embedding is
-        otherwise often the whole answer)."""
+        given); the shortest prefix that is both *necessary* (its joint ablation leaves <= 1 -
+        ``threshold`` of the behaviour, 0 = corrupted run, 1 = clean) and *sufficient* (kept alone, with
+        every other head and MLP mean-ablated, it recovers >= ``threshold``: its faithfulness); then
+        members dropped one at a time while the rest still are both. Where no prefix is both, the
+        shortest necessary one, pruned while necessary (``Circuit.sufficient`` then says False). A chain
+        (a previous-token head feeding an induction head) needs the sufficiency test: ablating either
+        head alone removes the behaviour. ``kinds=("head",)`` searches heads only (an MLP layer 0 that
+        acts as a second embedding is otherwise often the whole answer)."""
         means = means or self.mean_activations([p.text for p in prompts])
         single = single or self.ablate(prompts, ablation, means=means)
-        order = [c for c, _ in single.ranked(top=self.n_layers * (self.n_heads + 1)) if c.kind in kinds]
+        everything = self.n_layers * (self.n_heads + 1) + len(single.neurons)
+        order = [c for c, _ in single.ranked(top=everything) if c.kind in kinds]
         prefixes = [order[:k] for k in range(1, min(max_size, len(order)) + 1)]
-        kept = self._kept(prompts, prefixes, ablation, means)
+        kept, faithful = self._circuit_scores(prompts, prefixes, ablation, means)
         goal = 1 - threshold
-        found = bool((kept <= goal).any())
-        members = prefixes[int(np.argmax(kept <= goal))] if found else prefixes[-1]
-        kept_now = float(kept[int(np.argmax(kept <= goal))]) if found else float(kept[-1])
+        necessary = kept <= goal
+        both = necessary & (faithful >= threshold)
+        chosen = both if both.any() else necessary
+        found = bool(necessary.any())
+        at = int(np.argmax(chosen)) if found else len(prefixes) - 1
+        members, kept_now, faithful_now = prefixes[at], float(kept[at]), float(faithful[at])
         while found and len(members) > 1:
             smaller = [[c for c in members if c != drop] for drop in members]
-            kept_smaller = self._kept(prompts, smaller, ablation, means)
-            best = int(np.argmin(kept_smaller))
-            if kept_smaller[best] > goal:
+            kept_s, faithful_s = self._circuit_scores(prompts, smaller, ablation, means)
+            holds = (kept_s <= goal) & ((faithful_s >= threshold) if both.any() else True)
+            if not holds.any():
                 break
-            members, kept_now = smaller[best], float(kept_smaller[best])
-        faithful = self._faithfulness(prompts, members, means)
-        return Circuit(tuple(sorted(members)), ablation, threshold, kept_now, faithful, found)
+            best = int(np.argmin(np.where(holds, kept_s, np.inf)))
+            members, kept_now, faithful_now = smaller[best], float(kept_s[best]), float(faithful_s[best])
+        return Circuit(tuple(sorted(members)), ablation, threshold, kept_now, faithful_now, found)
 
-    def _kept(
+    def _circuit_scores(
         self,
         prompts: Sequence[LabPrompt],
         sets: Sequence[Sequence[Component]],
         kind: str,
         means: MeanActivations,
-    ) -> np.ndarray:
-        """The behaviour kept when each set is ablated, normalised (0 = corrupted, 1 = clean), averaged
-        over prompts weighted by their clean - corrupted gap (``gap_weighted_mean``)."""
-        kept, gaps = [], []
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each set, (kept, faithfulness), each averaged over prompts weighted by its gap
+        (``gap_weighted_mean``). kept: the behaviour left when the set is ablated (``kind``),
+        normalised (0 = corrupted, 1 = clean). faithfulness: the metric with every other head and MLP
+        mean-ablated, normalised so that 0 is every head and MLP mean-ablated and 1 the clean run.
+        One batched run per prompt."""
+        everything = self.components()
+        kept, faithful, gaps, mean_gaps = [], [], [], []
         for prompt in prompts:
             clean, corrupt = self.cache(prompt.token_ids), self.cache(prompt.corrupted_ids)
             source = corrupt if kind == RESAMPLE else None
-            metrics = self._edited_metrics(
-                prompt, clean, [[self._value(c, kind, means, source) for c in s] for s in sets]
-            )
+            ablated = [[self._value(c, kind, means, source) for c in s] for s in sets]
+            alone = [
+                [self._value(c, MEAN, means, None) for c in everything if c not in s]
+                for s in [[], *sets]  # the first: nothing kept, everything mean-ablated
+            ]
+            metrics = self._edited_metrics(prompt, clean, ablated + alone)
+            nothing = float(metrics[len(sets)])
             clean_m, corrupt_m = (float(self._metric(prompt, r.final[None])) for r in (clean, corrupt))
-            kept.append(_normalise(metrics, clean_m, corrupt_m))
+            kept.append(_normalise(metrics[: len(sets)], clean_m, corrupt_m))
+            faithful.append(_normalise(metrics[len(sets) + 1 :], clean_m, nothing))
             gaps.append(clean_m - corrupt_m)
-        return gap_weighted_mean(np.array(kept), np.array(gaps))
-
-    def _faithfulness(
-        self, prompts: Sequence[LabPrompt], members: Sequence[Component], means: MeanActivations
-    ) -> float:
-        everything = self.components()
-        rest = [c for c in everything if c not in members]
-        scores, gaps = [], []
-        for prompt in prompts:
-            run = self.cache(prompt.token_ids)
-            sets = [[self._value(c, MEAN, means, None) for c in s] for s in (everything, rest)]
-            nothing, circuit = self._edited_metrics(prompt, run, sets)
-            clean = float(self._metric(prompt, run.final[None]))
-            scores.append(_normalise(np.array([circuit]), clean, nothing)[0])
-            gaps.append(clean - nothing)
-        return float(gap_weighted_mean(np.array(scores), np.array(gaps)))
+            mean_gaps.append(clean_m - nothing)
+        return (
+            gap_weighted_mean(np.array(kept), np.array(gaps)),
+            gap_weighted_mean(np.array(faithful), np.array(mean_gaps)),
+        )
 
     # --- steering ------------------------------------------------------------------------------
     def neuron_direction(self, layer: int, index: int) -> tuple[str, np.ndarray]:

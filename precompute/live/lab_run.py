@@ -1,6 +1,6 @@
 """A whole circuit-lab run (``run_lab``), as the app's job, the CLI and notebooks start it: every input
 checked first (nothing runs on bad input), then predictions, logit lens, attribution and attention
-per prompt, every head and MLP layer ablated, activation patching, the minimal circuit and steering.
+per prompt, every head and MLP layer and the neurons with the largest direct attribution ablated, activation patching, the minimal circuit and steering.
 
     >>> from neurodash.lab_run import LabSettings
     >>> run = run_lab("demo.duckdb", LabSettings(("A B A B A", "X Y X Y X")))  # doctest: +SKIP
@@ -30,6 +30,7 @@ from precompute.live.lab import Lab
 from precompute.live.maximize import sae_spec
 
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
+TOP_NEURONS = 10  # neurons ablated: those with the largest direct attribution to the metric
 STAGES = ("prompts", "analysis", "ablation", "patching", "circuit", "steering")
 
 
@@ -83,9 +84,10 @@ def run_lab(
 
     report(1, len(STAGES), "Predictions, logit lens, attribution, attention…")
     analyses = tuple(lab.analyse(p) for p in prompts)
-    report(2, len(STAGES), f"Ablating every head and MLP ({settings.ablation})…")
+    report(2, len(STAGES), f"Ablating every head, MLP and the top neurons ({settings.ablation})…")
     means = lab.mean_activations(settings.prompts) if settings.ablation == MEAN else None
-    ablation = lab.ablate(prompts, settings.ablation, means=means)
+    neurons = lab.top_neurons(prompts, TOP_NEURONS)
+    ablation = lab.ablate(prompts, settings.ablation, neurons=neurons, means=means)
     report(3, len(STAGES), "Activation patching…")
     patching = lab.patch(prompts)
     report(4, len(STAGES), "Searching a minimal circuit…")

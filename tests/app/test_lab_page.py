@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 from app_helpers import by_id, find, texts
 from dash import dcc, no_update
@@ -105,6 +106,20 @@ def test_a_saved_run_is_drawn_from_its_url(app, saved, tiny_lab_run):
     assert any(h.startswith(routes.HEAD_PREFIX) for h in hrefs - {routes.head_href(1, 2)})  # ranked heads
     run_links = [h for h in hrefs if h.startswith(routes.LAB + "?run=")]
     assert run_links and LabSettings.from_query(query_of(run_links[0])).prompts  # the saved runs list
+
+
+def test_the_top_neurons_by_attribution_are_ablated_and_linked(tiny_lab_run):
+    """The run ablates the 10 neurons with the largest direct attribution (largest first), each one
+    linked to its unit page with the change in the metric; the CSV has a row per prompt and neuron."""
+    a = tiny_lab_run.ablation
+    assert len(a.neurons) == 10 and all(n.kind == "neuron" for n in a.neurons)
+    assert a.neuron_effects.shape == (2, 10) and not np.isnan(a.neuron_effects).any()
+    chips = find(lab_results.neuron_ablation(tiny_lab_run)[1], lambda c: isinstance(c, dcc.Link))
+    assert [c.href for c in chips] == [
+        routes.unit_href(UnitRef(f"L{n.layer}.mlp", n.index)) for n in a.neurons
+    ]
+    rows = [r for r in tiny_lab_run.csv_rows() if r["section"].startswith("ablation_") and "N" in r["item"]]
+    assert len(rows) == 2 * 10
 
 
 def test_missing_run_says_so(app, saved):

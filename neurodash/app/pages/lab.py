@@ -3,9 +3,10 @@ attention, ablation, activation patching, a minimal circuit and steering out.
 
 The URL holds the settings (``LabSettings.to_query``: ``?prompt=A B A B A&prompt=X Y X Y X&steer=...``)
 and, once a run is done, its id (``?run=3``): a run is shared and reopened by its URL. A run is a
-background job (DiskcacheManager, progress and cancel), forked from the server, that imports
-``precompute`` (torch) there; it saves the run in the lab file beside the store
-(``neurodash.storage.lab``) and moves the page to the run's URL, which draws it from the file.
+background job (DiskcacheManager, progress and cancel), forked from the server, that has the model
+worker run it (``model_worker``: the model loaded once per server, torch never in the server); it
+saves the run in the lab file beside the store (``neurodash.storage.lab``) and moves the page to the
+run's URL, which draws it from the file.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, jobs, render, routes, state
+from neurodash.app import ids, jobs, model_worker, render, routes, state
 from neurodash.app.panels import lab_results
 from neurodash.errors import NeurodashError
 from neurodash.lab import ABLATIONS
@@ -240,26 +240,20 @@ def _current_run(store_path: str, run_id: int | None) -> LabRun:
 
 # --- the job ------------------------------------------------------------------------------------
 def lab_job(set_progress: Callable, store_path: str, settings: LabSettings) -> tuple[str | None, str]:
-    """The background job: (the run's URL, or None; a status line). Saves the run when done."""
-    torch_inherited = "torch" in sys.modules
-    try:
-        from precompute.live.cache import avoid_inherited_thread_pool
-        from precompute.live.lab_run import run_lab
-    except ImportError:
-        return None, "The lab needs the model extras: pip install 'neurodash[precompute]'."
-    if torch_inherited:
-        avoid_inherited_thread_pool()
-    import torch
-
-    torch.set_num_threads(1)  # one thread: on a small CPU two threads wait on each other (10x slower)
+    """The background job: (the run's URL, or None; a status line). Saves the run when done. Runs in
+    the model worker (``model_worker``: the model loaded once, one torch thread) when there is one."""
     try:
         runs = LabRuns.beside(store_path).check()
-        run = run_lab(
+        set_progress(("0", str(N_STAGES), "Loading the model…"))
+        run = model_worker.call(
+            "precompute.live.lab_run:run_lab",
             store_path,
             settings,
             progress=lambda done, total, stage: set_progress((str(done), str(total), stage)),
         )
         run_id = runs.save(run)
+    except ImportError:
+        return None, "The lab needs the model extras: pip install 'neurodash[precompute]'."
     except NeurodashError as e:
         return None, f"Cannot run the lab: {e}"
     return routes.lab_href(settings.to_query(), run_id), f"Run {run_id} done in {run.seconds:.0f} s."

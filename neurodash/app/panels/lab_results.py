@@ -18,17 +18,20 @@ from neurodash import lab_figures
 from neurodash.app import ids, render, routes
 from neurodash.lab import Component
 from neurodash.lab_run import LabRun
-from neurodash.units import UnitRef
+from neurodash.units import UnitRef, neuron_source_id
 
 TOP = 10
 FORMATS = ("json", "csv")
 
 
 def component_link(c: Component, value: str = "") -> html.Span | dcc.Link:
-    """A head links to its page; an MLP layer has none and is plain text."""
+    """A head links to its page, a neuron to its unit page; an MLP layer has none and is plain text."""
     label = f"{c}{' ' + value if value else ''}"
     if c.kind == "head":
         return dcc.Link(label, href=routes.head_href(c.layer, c.index), className="nd-lab-chip")
+    if c.kind == "neuron":
+        href = routes.unit_href(UnitRef(neuron_source_id(c.layer), c.index))
+        return dcc.Link(label, href=href, className="nd-lab-chip")
     return html.Span(label, className="nd-lab-chip")
 
 
@@ -179,6 +182,23 @@ def attention_body(run: LabRun, prompt: int, layer: int, head: int, back: int) -
     ]
 
 
+def neuron_ablation(run: LabRun) -> list:
+    """The neurons with the largest direct attribution, largest first, and the change in the metric
+    when each is ablated (mean over prompts)."""
+    a = run.ablation
+    if not a.neurons:
+        return []
+    effects = a.neuron_effects.mean(0)
+    return [
+        html.P(
+            f"The {len(a.neurons)} neurons with the largest direct attribution, ablated one at a time "
+            f"({a.kind}; change in the metric):",
+            className="nd-muted",
+        ),
+        ranked_list(list(zip(a.neurons, (float(v) for v in effects)))),
+    ]
+
+
 def circuit_section(run: LabRun) -> html.Div:
     c = run.circuit
     verdict = (
@@ -186,6 +206,11 @@ def circuit_section(run: LabRun) -> html.Div:
         f"behaviour (goal ≤ {1 - c.threshold:.0%}); kept alone, with everything else mean-ablated, they "
         f"recover {c.faithfulness:.0%} of it (faithfulness)."
     )
+    if c.found and not c.sufficient:
+        verdict += (
+            f" No set within the search's size limit was also sufficient (≥ {c.threshold:.0%} alone): "
+            "these are necessary, not a circuit that does the task on its own."
+        )
     if not c.found:
         verdict = (
             f"No set within the search's size limit removed {c.threshold:.0%} of the behaviour: the "
@@ -264,6 +289,7 @@ def show(run: LabRun) -> list:
             html.Div([_graph("ablation_heads", run), _graph("ablation_mlps", run)], className="nd-grid-2"),
             html.P("Most harmful ablations (mean change in the metric over prompts):", className="nd-muted"),
             ranked_list(run.ablation.ranked(TOP)),
+            *neuron_ablation(run),
         ),
         render.panel(
             "Activation patching (clean → corrupted)",

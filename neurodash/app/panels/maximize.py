@@ -2,23 +2,22 @@
 
 The previous run (from the results file beside the store, ``neurodash.storage.maximize``) is drawn
 with the page. A run is a background callback on the app's DiskcacheManager, as the text probe's:
-a process forked from the server that imports ``precompute`` (torch) there, never in the server,
-with a progress bar and cancel. A cancelled run leaves the results file as it was.
+a process forked from the server that has the model worker run the search (``model_worker``: the
+model loaded once per server; torch never in the server), with a progress bar and cancel. A cancelled run leaves the results file as it was.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
 from collections.abc import Callable
 
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import current_unit, ids, jobs, render, running
+from neurodash.app import current_unit, ids, jobs, model_worker, render, running
 from neurodash.colors import POSITIVE, rgba
-from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS, MAX_LENGTH
+from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS, MAX_LENGTH, MaximizeConfig
 from neurodash.errors import NeurodashError
 from neurodash.results import Frontier, frontier_from_json
 from neurodash.storage.maximize import MaximizeResults
@@ -208,14 +207,6 @@ def maximize_job(
         return None, "No unit."
     if not isinstance(length, int) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         return None, f"Give a length (1 to {MAX_LENGTH} tokens) and a number of steps (1 to {MAX_STEPS})."
-    torch_inherited = "torch" in sys.modules  # forked from a process that had loaded torch
-    try:
-        from precompute.live.maximize import MaximizeConfig, maximize
-        from precompute.live.probe import avoid_inherited_thread_pool
-    except ImportError:
-        return None, "Maximization needs the model extras: pip install 'neurodash[precompute]'."
-    if torch_inherited:
-        avoid_inherited_thread_pool()
     job, started = running.key("maximize", store_path, str(unit)), time.time()
 
     def progress(done: int, total: int) -> None:
@@ -227,8 +218,12 @@ def maximize_job(
         config = MaximizeConfig(length=length, steps=steps)
         running.report(job, 0, steps, started)
         set_progress(("0", str(steps), "Loading the model…"))
-        frontier = maximize(store_path, unit, config=config, progress=progress)
+        frontier = model_worker.call(  # in the model worker, where the model stays loaded
+            "precompute.live.maximize:maximize", store_path, unit, config=config, progress=progress
+        )
         MaximizeResults.beside(store_path).save(frontier)
+    except ImportError:
+        return None, "Maximization needs the model extras: pip install 'neurodash[precompute]'."
     except NeurodashError as e:
         return None, f"Cannot maximize: {e}"
     finally:

@@ -1,19 +1,18 @@
 """The unit page's "Try your own text": run the store's model on a text and show this unit's activation
 at every token, coloured on the unit's own scale (its largest magnitude over the corpus, as its examples
 are), the value at the cursor. A background job on the app's DiskcacheManager, as the maximization's:
-``precompute`` (torch) is imported in the forked job, never in the server; the model loads once per
-worker process (``precompute.live.cache``)."""
+the forked job has the model worker run it (``model_worker``: the model loaded once per server; torch
+never in the server)."""
 
 from __future__ import annotations
 
 import gc
 import os
-import sys
 from collections.abc import Callable
 
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import current_unit, ids, jobs, render
+from neurodash.app import current_unit, ids, jobs, model_worker, render
 from neurodash.errors import NeurodashError
 from neurodash.units import UnitRef
 
@@ -54,17 +53,13 @@ def own_text_job(
         return None, "No unit."
     if not text or not text.strip():
         return None, "Type a text first."
-    torch_inherited = "torch" in sys.modules
-    try:
-        from precompute.live.cache import avoid_inherited_thread_pool
-        from precompute.live.own_text import store_unit_on_text
+    set_progress(("1", "2", "Loading the model and running it…"))
+    try:  # in the model worker, where the model stays loaded
+        result = model_worker.call(
+            "precompute.live.own_text:store_unit_on_text", store_path, unit, text[:MAX_CHARS]
+        )
     except ImportError:
         return None, "Running the model needs the model extras: pip install 'neurodash[precompute]'."
-    if torch_inherited:
-        avoid_inherited_thread_pool()
-    set_progress(("1", "2", "Loading the model and running it…"))
-    try:
-        result = store_unit_on_text(store_path, unit, text[:MAX_CHARS])
     except NeurodashError as e:
         return None, f"Cannot run it: {e}"
     peak = max(result.acts, default=0.0)

@@ -3,22 +3,22 @@
 and every head's attention (``panels/probe_attention.py``).
 
 The model runs in a background callback (``DiskcacheManager``): each job is a process forked
-from the server, which imports ``precompute`` (torch) there and never in a request thread. The job
-saves its run (``panels/probe_runs.py``) and the page moves to the run's address, ``/probe?run=KEY``,
-which shows the text and its results again after a unit page and Back.
+from the server, which has the model worker run the probe (``model_worker``: the model loaded once per
+server; torch never in a request thread). The job saves its run (``panels/probe_runs.py``) and the page
+moves to the run's address, ``/probe?run=KEY``, which shows the text and its results again after a
+unit page and Back.
 """
 
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, jobs, render, state
+from neurodash.app import ids, jobs, model_worker, render, state
 from neurodash.app.data import label_prefixes, probe_scale, summarise_probe, unit_label
 from neurodash.app.panels import probe_attention, probe_runs
 from neurodash.errors import NeurodashError
@@ -112,27 +112,20 @@ def probe_job(
     unit_max: dict,
     sae_sources: Mapping[str, Source] | None = None,
 ) -> tuple[dict | None, str]:
-    """The background job: (the saved run's result, with its ``key``, or None; a status line). Loads the
-    model once per process. ``sae_sources``: the store's SAE feature sources by id (``config["saes"]``
-    names those to read)."""
+    """The background job: (the saved run's result, with its ``key``, or None; a status line), the
+    probe run by the model worker. ``sae_sources``: the store's SAE feature sources by id
+    (``config["saes"]`` names those to read)."""
     if text is None or not text.strip():
         return None, "Type or paste a text first."
     if not config["hooks"] and not config.get("saes"):
         return None, "This store has no neuron or SAE feature sources to probe."
-    torch_inherited = "torch" in sys.modules  # forked from a process that had loaded torch
-    try:
-        from precompute.live.probe import avoid_inherited_thread_pool, cached_model, probe_text
-    except ImportError:
-        return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
-    if torch_inherited:
-        avoid_inherited_thread_pool()
     known = sae_sources or {}
     saes = [known[sid] for sid in config.get("saes", []) if sid in known]
     try:
-        set_progress(("1", str(STAGES), f"Loading {config['model']}…"))
-        cached_model(config["model"])
-        set_progress(("2", str(STAGES), "Running the model…"))
-        tokens, acts, note = read_text(probe_text, config, text, saes)
+        set_progress(("1", str(STAGES), f"Running {config['model']}…"))
+        tokens, acts, note = read_text(worker_probe_text, config, text, saes)
+    except ImportError:
+        return None, "The text probe needs the model extras: pip install 'neurodash[precompute]'."
     except NeurodashError as e:
         return None, f"Cannot probe: {e}"
     if not tokens:
@@ -140,6 +133,11 @@ def probe_job(
     set_progress(("3", str(STAGES), "Ranking units…"))
     summary = rank_and_save(text, tokens, acts, config, unit_max, note)
     return summary, probed(summary)
+
+
+def worker_probe_text(*args, **kwargs) -> tuple[list[str], dict]:
+    """``precompute.live.probe.probe_text`` in the model worker, where the model stays loaded."""
+    return model_worker.call("precompute.live.probe:probe_text", *args, **kwargs)
 
 
 def read_text(

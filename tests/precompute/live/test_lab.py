@@ -68,6 +68,17 @@ def test_direct_attributions_sum_to_the_metric(lab, which, request):
     assert attribution.heads.shape == (lab.n_layers, lab.n_heads)
 
 
+@pytest.mark.parametrize("which", ["prompt", "contrast"])
+def test_neuron_attributions_sum_to_their_mlps(lab, which, request):
+    p = request.getfixturevalue(which)
+    neurons = lab.neuron_attribution(p)
+    assert neurons.shape == (lab.n_layers, lab.model.d_mlp)
+    np.testing.assert_allclose(neurons.sum(1), lab.attribution(p).mlps, atol=2e-3)  # Llama: no b_out
+    top = lab.top_neurons([p], 5)
+    values = [abs(neurons[n.layer, n.index]) for n in top]
+    assert values == sorted(values, reverse=True) and values[-1] >= np.sort(np.abs(neurons), axis=None)[-5]
+
+
 def test_patching_everything_gives_one_and_nothing_zero(lab, contrast):
     everything = [EMBED, *lab.components()]
     assert lab.patched_metric(contrast, everything) == pytest.approx(1.0, abs=1e-4)
