@@ -100,6 +100,30 @@ def warm_search_index(app) -> None:
     threading.Thread(target=lambda: store.peak_index, name="neurodash-search-index", daemon=True).start()
 
 
+def warm_meaning_search(app) -> None:
+    """Load the sentence-embedding model in the background where the store's units are embedded, so
+    that the first search by meaning takes milliseconds, not the seconds of loading it."""
+    from neurodash.app import state
+    from neurodash.meaning import has_embeddings
+
+    store = app.server.extensions[state.EXTENSION].store
+    try:
+        if not has_embeddings(store.path):
+            return
+    except NeurodashError:
+        return  # the search says what is wrong with the file when it is used
+
+    def load() -> None:
+        from precompute.embed import cached_embedder
+
+        try:
+            cached_embedder()
+        except NeurodashError:
+            pass  # the model is not installed: the search says so when it is used
+
+    threading.Thread(target=load, name="neurodash-meaning-model", daemon=True).start()
+
+
 def serve(
     store_path: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -120,6 +144,7 @@ def serve(
     server.allow_hosts(app, hosts)
     server.warn_if_exposed(host, [*server.LOOPBACK_HOSTS, *hosts])
     warm_search_index(app)
+    warm_meaning_search(app)
     freeze_startup_heap()
     print(f"neurodash: serving {store_path} on http://{server.url_host(host)}:{port}")
     if debug:

@@ -7,7 +7,7 @@ from dash import Dash, html
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
-from neurodash.app.panels import polysemanticity, search, units_table
+from neurodash.app.panels import meaning, polysemanticity, search, units_table
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
 TITLE = "neurodash"
@@ -16,7 +16,8 @@ RELATIVE_FREQUENCIES = ("freq_10", "freq_50")  # where the store has them: spars
 
 
 def layout(q: str | list[str] | None = None, **_query) -> html.Div:
-    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results."""
+    """The overview; ``q`` (``/?q=...``, from the jump box) fills both search boxes (by token and by
+    meaning) and their results."""
     app_state = state.current()
     store, sources = app_state.store, app_state.store.sources()
     meta = store.meta
@@ -47,7 +48,8 @@ def layout(q: str | list[str] | None = None, **_query) -> html.Div:
                 open=len(sources) <= 8,
                 className="nd-section",
             ),
-            search.layout(q[0] if isinstance(q, list) else q or ""),
+            search.layout(query := q[0] if isinstance(q, list) else q or ""),
+            meaning.layout(query),
             render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
             polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
             units_table.layout(app_state),
@@ -63,3 +65,4 @@ def kind_order(source: Source) -> tuple[int, int, str]:
 def register_callbacks(app: Dash) -> None:
     units_table.register_callbacks(app)
     search.register_callbacks(app)
+    meaning.register_callbacks(app)
