@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -67,21 +68,21 @@ def search_by_meaning(
     store_path: str | os.PathLike, query: str, limit: int = LIMIT, path: str | os.PathLike | None = None
 ) -> list[MeaningHit]:
     """The ``limit`` units of the store whose texts mean most nearly ``query``, best first. A
-    ``NeurodashError`` for an empty query or a store whose units are not embedded yet."""
-    embeddings = _searchable(store_path, query, path)
-    from precompute.embed import cached_embedder
+    ``NeurodashError`` for an empty query or a store whose units are not embedded yet. The file is
+    opened once: the check, the query's embedding and the search share one connection."""
+    if not query or not query.strip():
+        raise NeurodashError('the query is empty: say what to look for, e.g. "closing brackets"')
+    if not Path(store_path).is_file():
+        Store(store_path).close()  # the store's own one-line message
+    embeddings = Embeddings.beside(store_path, path)
+    if not embeddings.path.exists():
+        _no_embeddings(store_path, embeddings)
+    with embeddings.reading() as reader:
+        if reader.count(EMBEDDING_MODEL) == 0:
+            _no_embeddings(store_path, embeddings)
+        from precompute.embed import cached_embedder
 
-    return embeddings.search(cached_embedder().embed_one(query.strip()), EMBEDDING_MODEL, limit)
-
-
-def check_searchable(store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> Embeddings:
-    """The store's embeddings; a ``NeurodashError`` that says how to make them when there are none."""
-    embeddings = Embeddings.beside(store_path, path).check()
-    if embeddings.count(EMBEDDING_MODEL) == 0:
-        raise NeurodashError(
-            f"{store_path} has no embeddings for search by meaning: make them with `{embed_command(store_path)}`"
-        )
-    return embeddings
+        return reader.search(cached_embedder().embed_one(query.strip()), EMBEDDING_MODEL, limit)
 
 
 def has_embeddings(store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> bool:
@@ -89,12 +90,12 @@ def has_embeddings(store_path: str | os.PathLike, path: str | os.PathLike | None
     return Embeddings.beside(store_path, path).count(EMBEDDING_MODEL) > 0
 
 
-def _searchable(store_path: str | os.PathLike, query: str, path: str | os.PathLike | None) -> Embeddings:
-    if not query or not query.strip():
-        raise NeurodashError('the query is empty: say what to look for, e.g. "closing brackets"')
-    if not Path(store_path).is_file():
-        Store(store_path).close()  # the store's own one-line message
-    return check_searchable(store_path, path)
+def _no_embeddings(store_path: str | os.PathLike, embeddings: Embeddings) -> NoReturn:
+    """Refuse a search, saying how to make the embeddings (or that the store is missing)."""
+    embeddings.check()  # a file of another kind, or a missing folder, is named as such
+    raise NeurodashError(
+        f"{store_path} has no embeddings for search by meaning: make them with `{embed_command(store_path)}`"
+    )
 
 
 def embed_store(

@@ -11,10 +11,12 @@ files, every call opens the file, works in one transaction and closes it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -28,6 +30,7 @@ BUSY_TIMEOUT_S = 10.0
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # the ``model`` of the vectors ``precompute.embed`` makes
 EXAMPLES = "examples"  # text kinds
 EXPLANATION = "explanation"
+TEXT_KINDS = (EXAMPLES, EXPLANATION)
 
 
 @dataclass(frozen=True)
@@ -161,37 +164,61 @@ class Embeddings:
             )
             con.unregister("_nd_vectors")
 
+    @contextmanager
+    def reading(self) -> Iterator[EmbeddingsReader]:
+        """One read-only connection for a search: ``count`` then ``search`` without opening the file
+        twice (opening it costs more than a search). The file must exist."""
+        with self._connect(read_only=True) as con:
+            yield EmbeddingsReader(con)
+
     def search(self, vector: np.ndarray, model: str, limit: int = 20) -> list[MeaningHit]:
         """The ``limit`` units whose texts are nearest ``vector`` (cosine), best first; each with its
         best-matching text and its best explanation."""
-        with self._connect(read_only=True) as con:
-            rows = con.execute(
-                _SEARCH, [np.asarray(vector, dtype=np.float32).tolist(), model, int(limit)]
-            ).fetchall()
-        return [
-            MeaningHit(UnitRef(s, u), float(sim), kind, text, explanation, corr)
-            for s, u, kind, text, sim, explanation, corr in rows
-        ]
+        with self.reading() as reader:
+            return reader.search(vector, model, limit)
 
     def _connect(self, read_only: bool = False):
         return owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=read_only)
 
 
-# Each unit's best text by cosine similarity, the best units first; then their best explanation.
+class EmbeddingsReader:
+    """Queries on an open connection to the explanations file (``Embeddings.reading``)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def count(self, model: str) -> int:
+        return self._con.execute("SELECT count(*) FROM embeddings WHERE model = ?", [model]).fetchall()[0][0]
+
+    def search(self, vector: np.ndarray, model: str, limit: int = 20) -> list[MeaningHit]:
+        """See ``Embeddings.search``."""
+        rows = self._con.execute(
+            _SEARCH, [np.asarray(vector, dtype=np.float32).tolist(), model, int(limit)]
+        ).fetchall()
+        return [
+            MeaningHit(UnitRef(s, u), float(sim), kind, text, explanation, corr)
+            for s, u, kind, text, sim, explanation, corr in rows
+        ]
+
+
+# Each unit's best text by cosine similarity, the best units first; then their best explanation. A
+# unit has at most one row per text kind, so the best ``$3 * len(TEXT_KINDS)`` rows hold the best $3
+# units: a top-N of rows (no grouping of every row) before the texts and explanations are joined.
 _SEARCH = f"""
-WITH nearest AS (
-    SELECT source_id, unit, arg_max(text_kind, sim) AS text_kind, arg_max(text, sim) AS text, max(sim) AS sim
-    FROM (SELECT source_id, unit, text_kind, text,
-                 array_cosine_similarity(vector, $1::FLOAT[{EMBEDDING_DIM}]) AS sim
-          FROM embeddings WHERE model = $2)
-    GROUP BY source_id, unit ORDER BY sim DESC LIMIT $3),
+WITH rows AS (
+    SELECT source_id, unit, text_kind, array_cosine_similarity(vector, $1::FLOAT[{EMBEDDING_DIM}]) AS sim
+    FROM embeddings WHERE model = $2 ORDER BY sim DESC LIMIT $3 * {len(TEXT_KINDS)}),
+nearest AS (
+    SELECT source_id, unit, arg_max(text_kind, sim) AS text_kind, max(sim) AS sim
+    FROM rows GROUP BY source_id, unit ORDER BY sim DESC LIMIT $3),
 best AS (
     SELECT source_id, unit, arg_max(explanation, coalesce(correlation, -2)) AS explanation,
            max(correlation) AS correlation
     FROM explanations WHERE (source_id, unit) IN (SELECT (source_id, unit) FROM nearest)
     GROUP BY source_id, unit)
-SELECT n.source_id, n.unit, n.text_kind, n.text, n.sim, b.explanation, b.correlation
-FROM nearest n LEFT JOIN best b USING (source_id, unit) ORDER BY n.sim DESC, n.source_id, n.unit
+SELECT n.source_id, n.unit, n.text_kind, e.text, n.sim, b.explanation, b.correlation
+FROM nearest n JOIN embeddings e USING (source_id, unit, text_kind) LEFT JOIN best b USING (source_id, unit)
+WHERE e.model = $2 ORDER BY n.sim DESC, n.source_id, n.unit
 """
 
 
