@@ -21,6 +21,7 @@ DuckDB; a unit ranks by its best-matching text.
 from __future__ import annotations
 
 import os
+import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from neurodash.storage.embeddings import (
     EXAMPLES,
     Embeddings,
     MeaningHit,
+    SearchIndex,
     Snippet,
     UnitText,
     top_snippets,
@@ -48,6 +50,9 @@ BEFORE, AFTER = 6, 1  # context tokens either side of a peak
 N_TOKENS = 6  # distinct peak tokens named
 LIMIT = 20
 CHUNK = 2048  # texts embedded and saved at a time: an interrupted run keeps what it finished
+
+_INDEXES: dict[Path, SearchIndex] = {}  # search_index's, by resolved path
+_INDEXES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -68,26 +73,34 @@ def search_by_meaning(
     store_path: str | os.PathLike, query: str, limit: int = LIMIT, path: str | os.PathLike | None = None
 ) -> list[MeaningHit]:
     """The ``limit`` units of the store whose texts mean most nearly ``query``, best first. A
-    ``NeurodashError`` for an empty query or a store whose units are not embedded yet. The file is
-    opened once: the check, the query's embedding and the search share one connection."""
+    ``NeurodashError`` for an empty query or a store whose units are not embedded yet. Searches an
+    in-memory copy of the explanations file (``SearchIndex``), made again when the file changes."""
     if not query or not query.strip():
         raise NeurodashError('the query is empty: say what to look for, e.g. "closing brackets"')
     if not Path(store_path).is_file():
         Store(store_path).close()  # the store's own one-line message
     embeddings = Embeddings.beside(store_path, path)
-    if not embeddings.path.exists():
+    reader = search_index(embeddings.path).reader()
+    if reader.count(EMBEDDING_MODEL) == 0:
         _no_embeddings(store_path, embeddings)
-    with embeddings.reading() as reader:
-        if reader.count(EMBEDDING_MODEL) == 0:
-            _no_embeddings(store_path, embeddings)
-        from precompute.embed import cached_embedder
+    from precompute.embed import cached_embedder
 
-        return reader.search(cached_embedder().embed_one(query.strip()), EMBEDDING_MODEL, limit)
+    return reader.search(cached_embedder().embed_one(query.strip()), EMBEDDING_MODEL, limit)
+
+
+def search_index(path: Path) -> SearchIndex:
+    """The in-memory copy of an explanations file, one per file in this process."""
+    key = path.resolve()
+    with _INDEXES_LOCK:
+        if key not in _INDEXES:
+            _INDEXES[key] = SearchIndex(path)
+        return _INDEXES[key]
 
 
 def has_embeddings(store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> bool:
-    """Whether the store's units are embedded (a search by meaning can run)."""
-    return Embeddings.beside(store_path, path).count(EMBEDDING_MODEL) > 0
+    """Whether the store's units are embedded (a search by meaning can run); reads (and makes, the
+    first time) the in-memory copy that the search reads."""
+    return search_index(Embeddings.beside(store_path, path).path).reader().count(EMBEDDING_MODEL) > 0
 
 
 def _no_embeddings(store_path: str | os.PathLike, embeddings: Embeddings) -> NoReturn:

@@ -80,6 +80,8 @@ def test_explanations_are_embedded_and_shown_with_their_score(meaning_store, tmp
     shutil.copy(meaning_store, store)
     shutil.copy(Embeddings.beside(meaning_store).path, Embeddings.beside(store).path)
     explained = UnitRef("L2.mlp", 11)
+    before = search_by_meaning(store, "giraffes at the zoo", limit=5)  # the in-memory copy, made now
+    assert all(h.explanation is None for h in before)
     with owned.transaction(Embeddings.beside(store).path, EXPLANATIONS, 5.0) as con:
         con.execute(
             "INSERT INTO explanations (source_id, unit, explainer, explanation, correlation) VALUES "
@@ -94,6 +96,7 @@ def test_explanations_are_embedded_and_shown_with_their_score(meaning_store, tmp
         pytest.approx(0.72),
     )
     assert embed_store(store).embedded == 0  # nothing changed since
+    assert before[0].ref != explained
 
 
 @pytest.mark.parametrize("query", ["", "   "])

@@ -101,27 +101,25 @@ def warm_search_index(app) -> None:
 
 
 def warm_meaning_search(app) -> None:
-    """Load the sentence-embedding model in the background where the store's units are embedded, so
-    that the first search by meaning takes milliseconds, not the seconds of loading it."""
+    """In the background, where the store's units are embedded: copy their vectors into memory and
+    load the sentence-embedding model, so that the first search by meaning takes milliseconds, not
+    the seconds of loading them."""
     from neurodash.app import state
-    from neurodash.meaning import has_embeddings
 
     store = app.server.extensions[state.EXTENSION].store
-    try:
-        if not has_embeddings(store.path):
-            return
-    except NeurodashError:
-        return  # the search says what is wrong with the file when it is used
 
     def load() -> None:
-        from precompute.embed import cached_embedder
+        from neurodash.meaning import has_embeddings
 
         try:
-            cached_embedder()
-        except NeurodashError:
-            pass  # the model is not installed: the search says so when it is used
+            if has_embeddings(store.path):
+                from precompute.embed import cached_embedder
 
-    threading.Thread(target=load, name="neurodash-meaning-model", daemon=True).start()
+                cached_embedder()
+        except NeurodashError:
+            pass  # the search says what is wrong (the file, the model) when it is used
+
+    threading.Thread(target=load, name="neurodash-meaning-search", daemon=True).start()
 
 
 def serve(

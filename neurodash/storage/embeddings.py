@@ -11,6 +11,7 @@ files, every call opens the file, works in one transaction and closes it.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from neurodash import paths
 from neurodash.storage import owned
+from neurodash.storage.connect import connect
 from neurodash.storage.reader import Store
 from neurodash.storage.schema import EMBEDDING_DIM, EXPLANATIONS
 from neurodash.units import UnitRef
@@ -179,6 +181,49 @@ class Embeddings:
 
     def _connect(self, read_only: bool = False):
         return owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=read_only)
+
+
+class SearchIndex:
+    """The explanations file's vectors and explanations, copied into an in-memory DuckDB database and
+    searched there with the same query: a search neither opens the file (which costs more than the
+    search) nor holds it open (``neurodash embed`` or ``explain`` may write it meanwhile). The copy
+    is made again when the file has changed (``owned.version``). Safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._version: tuple | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def reader(self) -> EmbeddingsReader:
+        """A reader of the copy as the file is now (a cursor of its own, for this thread)."""
+        with self._lock:
+            version = owned.version(self.path)
+            if self._con is None or version != self._version:
+                self._con = self._copy()
+                self._version = version
+            return EmbeddingsReader(self._con.cursor())
+
+    def _copy(self) -> duckdb.DuckDBPyConnection:
+        memory = connect(Path(":memory:"))
+        if self.path.exists():
+            with owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=True) as con:
+                tables = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in EXPLANATIONS.tables}
+        else:
+            tables = {}
+        for name in EXPLANATIONS.tables:
+            memory.execute(_ddl(name))
+            if name in tables:
+                memory.register("_nd_copy", tables[name])
+                memory.execute(f"INSERT INTO {name} SELECT * FROM _nd_copy")
+                memory.unregister("_nd_copy")
+        return memory
+
+
+def _ddl(table: str) -> str:
+    """The ``CREATE TABLE`` of one of the explanations file's tables, from its schema."""
+    statements = [s.strip() for s in EXPLANATIONS.ddl.split(";")]
+    return next(s for s in statements if s.startswith(f"CREATE TABLE IF NOT EXISTS {table} "))
 
 
 class EmbeddingsReader:
