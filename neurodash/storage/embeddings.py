@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,18 +165,12 @@ class Embeddings:
             )
             con.unregister("_nd_vectors")
 
-    @contextmanager
-    def reading(self) -> Iterator[EmbeddingsReader]:
-        """One read-only connection for a search: ``count`` then ``search`` without opening the file
-        twice (opening it costs more than a search). The file must exist."""
-        with self._connect(read_only=True) as con:
-            yield EmbeddingsReader(con)
-
     def search(self, vector: np.ndarray, model: str, limit: int = 20) -> list[MeaningHit]:
         """The ``limit`` units whose texts are nearest ``vector`` (cosine), best first; each with its
-        best-matching text and its best explanation."""
-        with self.reading() as reader:
-            return reader.search(vector, model, limit)
+        best-matching text and its best explanation. Opens the file: the app and the CLI search a
+        ``SearchIndex`` instead."""
+        with self._connect(read_only=True) as con:
+            return EmbeddingsReader(con).search(vector, model, limit)
 
     def _connect(self, read_only: bool = False):
         return owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=read_only)
@@ -227,7 +220,7 @@ def _ddl(table: str) -> str:
 
 
 class EmbeddingsReader:
-    """Queries on an open connection to the explanations file (``Embeddings.reading``)."""
+    """Queries on an open connection to the explanations file or its in-memory copy."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self._con = con
