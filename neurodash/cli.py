@@ -10,6 +10,8 @@
     neurodash export STORE --units L3N12,L3.mlp/7 --buckets top --out examples.jsonl
     neurodash maximize STORE --unit L15N345 [--unit L15F7] [--length 12] [--steps 40] [--seed 0] [--json]
     neurodash lab STORE --prompt "A B A B A" [--answer " B"] [--corrupt ...] [--steer L15N631=4.0] [--json]
+    neurodash embed STORE [--sources L15.sae]
+    neurodash search STORE "closing brackets" [--limit 20] [--json]
 
 Errors the user can fix print one line, ``error: ...``, and exit with status 2.
 """
@@ -131,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path)
     add_lab_args(p)
     p.set_defaults(run=cmd_lab)
+
+    from neurodash.cli_search import add_embed_args, add_search_args, cmd_embed, cmd_search
+
+    p = sub.add_parser("embed", help="embed every unit's examples and explanation, for search by meaning")
+    add_embed_args(p)
+    p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser("search", help="find units by meaning: a query in words across every source")
+    add_search_args(p)
+    p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
     add_train_sae_args(p)

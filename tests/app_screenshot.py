@@ -4,6 +4,7 @@
     python tests/app_screenshot.py STORE --unit L15N631 --panel maximize --out assets/maximize_panel.png
     python tests/app_screenshot.py STORE --page "/sets?name=comparison words" --out assets/sets_page.png
     python tests/app_screenshot.py STORE --page "/?q= the" --panel search --out assets/search.png
+    python tests/app_screenshot.py STORE --page "/?q=closing brackets" --panel meaning --out assets/search_meaning.png
     python tests/app_screenshot.py STORE --unit L0N5 --own-text "import os" --panel own_text --out assets/own_text.png
     python tests/app_screenshot.py STORE --unit L15N1361 --own-text "6 of 16" --until own_text --out assets/unit_page.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
@@ -58,6 +59,7 @@ READY = {
 PANELS = {
     "maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick"),
     "search": ("section.nd-panel:has(#search-results)", "#search-results .nd-search-row"),
+    "meaning": ("section.nd-panel:has(#meaning-results)", "#meaning-results .nd-meaning-row"),
     "own_text": ("section.nd-panel:has(#own-text-result)", "#own-text-input"),
 }
 

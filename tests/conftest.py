@@ -176,3 +176,17 @@ def tiny_lab_run(tiny_store):
 
     settings = LabSettings(("A B A B A", "X Y X Y X"), steer=(parse_steer("L1H2=3"), parse_steer("L1N5=2")))
     return run_lab(tiny_store, settings)
+
+
+@pytest.fixture(scope="session")
+def meaning_store(synthetic_store, tmp_path_factory) -> Path:
+    """A copy of ``synthetic_store`` whose units are embedded for search by meaning (the explanations
+    file beside it); read only."""
+    import shutil
+
+    from neurodash.meaning import embed_store
+
+    path = tmp_path_factory.mktemp("meaning") / "synthetic.duckdb"
+    shutil.copy(synthetic_store, path)
+    embed_store(path)
+    return path

@@ -102,6 +102,28 @@ def warm_search_index(app) -> None:
     threading.Thread(target=lambda: store.peak_index, name="neurodash-search-index", daemon=True).start()
 
 
+def warm_meaning_search(app) -> None:
+    """In the background, where the store's units are embedded: copy their vectors into memory and
+    load the sentence-embedding model, so that the first search by meaning takes milliseconds, not
+    the seconds of loading them."""
+    from neurodash.app import state
+
+    store = app.server.extensions[state.EXTENSION].store
+
+    def load() -> None:
+        from neurodash.meaning import has_embeddings
+
+        try:
+            if has_embeddings(store.path):
+                from precompute.embed import cached_embedder
+
+                cached_embedder()
+        except NeurodashError:
+            pass  # the search says what is wrong (the file, the model) when it is used
+
+    threading.Thread(target=load, name="neurodash-meaning-search", daemon=True).start()
+
+
 def serve(
     store_path: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -122,6 +144,7 @@ def serve(
     server.allow_hosts(app, hosts)
     server.warn_if_exposed(host, [*server.LOOPBACK_HOSTS, *hosts])
     warm_search_index(app)
+    warm_meaning_search(app)
     freeze_startup_heap()
     print(f"neurodash: serving {store_path} on http://{server.url_host(host)}:{port}")
     if debug:

@@ -23,6 +23,8 @@ UNITS_DOWNLOAD_STATUS = "units-download-status"
 SEARCH_INPUT = "search-input"  # find units by token (app/panels/search.py)
 SEARCH_MODE = "search-mode"
 SEARCH_RESULTS = "search-results"
+MEANING_INPUT = "meaning-input"  # find units by meaning (app/panels/meaning.py)
+MEANING_RESULTS = "meaning-results"
 UNITS_SELECTION = "units-selection"  # the units shown when the button was pressed, read from the grid
 
 # unit page

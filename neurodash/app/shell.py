@@ -32,7 +32,7 @@ def layout(store_name: str, model: str) -> html.Div:
                             dcc.Input(
                                 id=ids.JUMP_INPUT,
                                 type="text",
-                                placeholder="Jump to L12N345, or find a token   ( / )",
+                                placeholder="Jump to L12N345, or find a token or words   ( / )",
                                 debounce=True,
                                 autoComplete="off",
                                 spellCheck=False,
@@ -54,7 +54,7 @@ def layout(store_name: str, model: str) -> html.Div:
 
 def jump(text: str | None) -> tuple[str | NoUpdate, str]:
     """(path to go to or ``no_update``, error message) for what was typed in the jump box: a unit's page
-    for a unit reference, the search for anything else (units whose top examples peak on it)."""
+    for a unit reference, the overview's searches for anything else (by token and by meaning)."""
     if text is None or not text.strip():
         return no_update, ""
     if not looks_like_ref(text.strip()):

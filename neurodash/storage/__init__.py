@@ -9,7 +9,8 @@
 - ``reader``: ``Store``, a finished store opened read-only, and its queries;
 - ``copy``: query results streamed into CSV, JSON lines or Parquet files;
 - ``owned``: the small files the app owns beside a store, each opened for one transaction at a
-  time; ``sets`` (curated example sets) and ``maximize`` (maximization results) are two of them.
+  time; ``sets`` (curated example sets) and ``maximize`` (maximization results) are two of them;
+- ``embeddings``: the vectors of search by meaning, in the explanations file, and their search.
 """
 
 from neurodash.storage.reader import Store, open_store

@@ -8,7 +8,7 @@ from dash.development.base_component import Component
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
-from neurodash.app.panels import polysemanticity, search, units_table
+from neurodash.app.panels import meaning, polysemanticity, search, units_table
 from neurodash.app.state import AppState
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
@@ -18,10 +18,12 @@ RELATIVE_FREQUENCIES = ("freq_10", "freq_50")  # where the store has them: spars
 
 
 def layout(q: str | list[str] | None = None, **_query) -> html.Div:
-    """The overview; ``q`` (``/?q=...``, from the jump box) fills the search box and its results. All
-    but the search is the same for every visit: built once per app (``AppState.once``)."""
+    """The overview; ``q`` (``/?q=...``, from the jump box) fills both search boxes (by token and by
+    meaning) and their results. All but the searches is the same for every visit: built once per app
+    (``AppState.once``)."""
     above, below = state.current().once(fixed_parts)
-    return html.Div([*above, search.layout(q[0] if isinstance(q, list) else q or ""), *below])
+    query = q[0] if isinstance(q, list) else q or ""
+    return html.Div([*above, search.layout(query), meaning.layout(query), *below])
 
 
 def fixed_parts(app_state: AppState) -> tuple[list[Component], list[Component]]:
@@ -72,3 +74,4 @@ def kind_order(source: Source) -> tuple[int, int, str]:
 def register_callbacks(app: Dash) -> None:
     units_table.register_callbacks(app)
     search.register_callbacks(app)
+    meaning.register_callbacks(app)
