@@ -109,7 +109,7 @@ def screenshot(
     try:
         driver.set_window_size(1400, height)
         driver.get(f"http://127.0.0.1:{server.server_port}{path}")
-        WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
+        WebDriverWait(driver, 120).until(ec.presence_of_element_located((By.CSS_SELECTOR, ready)))
         if own_text:  # type it into the unit page's box and run the model on it
             driver.find_element(By.CSS_SELECTOR, "#own-text-input").send_keys(own_text)
             driver.find_element(By.CSS_SELECTOR, "#own-text-run").click()
