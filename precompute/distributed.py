@@ -3,14 +3,15 @@
 torchrun sets ``RANK``, ``WORLD_SIZE`` (and ``LOCAL_RANK``, the rendezvous address) in each
 process's environment. Each rank joins the process group (gloo on CPU, NCCL on CUDA, each rank on
 its ``cuda:LOCAL_RANK``), runs shard ``RANK/WORLD_SIZE`` (``scale.run_shard``), and sends its whole
-state to rank 0 as safetensors bytes (never pickle); rank 0 merges them into its own state (exact,
-so in any order) and writes the store. Multi-node: the same command on every node with torchrun's
+state to rank 0 as safetensors bytes (never pickle), one rank after another; rank 0 merges each
+into its own state (exact, so in any order) and writes the store. Multi-node: the same command on every node with torchrun's
 ``--nnodes``, ``--node-rank`` and ``--rdzv-endpoint`` (the README's "Scale" section).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,16 +46,16 @@ def precompute_distributed(cfg: PrecomputeConfig, shard: Shard, progress: bool =
         _agree(cfg, shard)
         done = run_shard(cfg, shard, progress=progress and shard.index == 0)
         payload = state.to_bytes(done.header, done.tensors())
-        received = _gather_bytes(payload, torch.device("cuda") if cuda else torch.device("cpu"))
-        if shard.index != 0:
-            return None
         headers = [done.header]
-        for rank, data in enumerate(received[1:], start=1):
+        for rank, data in _to_rank_zero(payload, _device(cfg)):  # one at a time: rank 0 holds two states
             header, tensors = state.from_bytes(data, f"rank {rank}")
             state.restore(
                 tensors, done.run.tracked, done.run.contexts, done.sequences, Path(f"rank {rank}"), True
             )
             headers.append(header)
+            del tensors
+        if shard.index != 0:
+            return None
         return write_merged(done.run, cfg, headers, done.sequences, progress)
     finally:
         dist.destroy_process_group()
@@ -78,17 +79,17 @@ def _device(cfg: PrecomputeConfig) -> torch.device:
     return torch.device("cuda") if cfg.device.startswith("cuda") else torch.device("cpu")
 
 
-def _gather_bytes(payload: bytes, device: torch.device) -> list[bytes]:
-    """Every rank's bytes, on rank 0 (others get []): sizes first, then padded uint8 tensors."""
+def _to_rank_zero(payload: bytes, device: torch.device) -> Iterator[tuple[int, bytes]]:
+    """On rank 0, every other rank's bytes in turn (sizes first, then one send each); elsewhere,
+    send this rank's and yield nothing."""
     world, rank = dist.get_world_size(), dist.get_rank()
     size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    mine = torch.zeros(longest, dtype=torch.uint8, device=device)
-    mine[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
-    gathered = [torch.zeros_like(mine) for _ in range(world)] if rank == 0 else None
-    dist.gather(mine, gathered, dst=0)
-    if gathered is None:
-        return []
-    return [bytes(g[: int(s.item())].cpu().numpy().tobytes()) for g, s in zip(gathered, sizes)]
+    if rank != 0:
+        dist.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device), dst=0)
+        return
+    for other in range(1, world):
+        buffer = torch.empty(int(sizes[other].item()), dtype=torch.uint8, device=device)
+        dist.recv(buffer, src=other)
+        yield other, buffer.cpu().numpy().tobytes()
