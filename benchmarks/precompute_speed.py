@@ -175,6 +175,7 @@ def heads_overhead(args) -> dict[str, float]:
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import heads, neurons
+    from precompute.pipeline.stream import one_thread_for_heads
 
     cfg = PrecomputeConfig(
         out="unused",
@@ -203,7 +204,7 @@ def heads_overhead(args) -> dict[str, float]:
 
     def update(acts, batch) -> None:
         tokens = batch.tokens.to(cfg.device)
-        for t in tracked:
+        for t in one_thread_for_heads(tracked):  # as the pass runs them
             if t.encode is None or t.attention is None or t.pattern_hook is None:
                 raise RuntimeError("a head source without its norm or statistics")
             pattern = acts[t.pattern_hook]

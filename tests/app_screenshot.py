@@ -8,7 +8,7 @@
     python tests/app_screenshot.py STORE --unit L0N5 --own-text "import os" --panel own_text --out assets/own_text.png
     python tests/app_screenshot.py STORE --unit L15N1361 --own-text "6 of 16" --until own_text --out assets/unit_page.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
-    python tests/app_screenshot.py STORE --unit L5H3 --out assets/head_page.png
+    python tests/app_screenshot.py STORE --unit L17H4 --height 2300 --out assets/head_page.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
 units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it;

@@ -15,6 +15,9 @@ sums over every query position read (the BOS query left out, as elsewhere):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from jaxtyping import Float, Int
@@ -39,6 +42,22 @@ def z_norm(z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch po
     return torch.linalg.vector_norm(z.float(), dim=-1)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch's intra-op threads off for a head's update: its tensors are small (a layer's pattern is
+    ~1M floats, its norms ~10k), so waking and joining the threads costs more than they save, and far
+    more on a loaded machine, where each join waits for a thread the scheduler put aside."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class AttentionStats:
     """Running sums (exact, on the device) of each head's corpus attention statistics."""
 
@@ -50,25 +69,23 @@ class AttentionStats:
     def update(
         self, pattern: Float[Tensor, "batch head q k"], tokens: Int[Tensor, "batch pos"], first: int
     ) -> None:
-        """Add the query rows ``first`` and after of one batch."""
-        p = pattern[:, :, first:].float()  # [b, h, q, k]
-        b, _, n_q, n_k = p.shape
-        q = torch.arange(first, first + n_q, device=p.device)
-        k = torch.arange(n_k, device=p.device)
-        tokens = tokens.to(p.device)
-        same = (tokens[:, first:, None] == tokens[:, None, :]) & (k[None, None, :] < q[None, :, None])
-        by_offset = torch.stack(  # weights on (q, k) shared by every row: BOS, previous, distance
-            [
-                (k[None, :] == 0).expand(n_q, n_k).float(),
-                (k[None, :] == q[:, None] - 1).float(),
-                (q[:, None] - k[None, :]).clamp(min=0).float(),
-            ]
-        )
-        fixed = torch.einsum("bhqk,mqk->mh", p, by_offset)
-        same_token = torch.einsum("bhqk,bqk->h", p, same.float())
-        entropy = _causal_entropy(p, first)
-        self.sums.add(torch.cat([fixed, same_token[None], entropy[None]]))
-        self.count += b * n_q
+        """Add the query rows ``first`` and after of one batch, reading the pattern as hooked (nothing
+        copied): a product with per-key weights gives each row's attention to BOS, its sum and its
+        key-weighted sum (the distance is ``q * sum - sum_k k p``: rows are causal); one with the
+        batch's same-token weights (built once, shared by its layers) the attention to the same token;
+        the previous token is the first subdiagonal. Rows are added up in float64 (``ExactSum``: exactly
+        across blocks of batches)."""
+        p = pattern.float()
+        b, h, n_q, n_k = p.shape
+        rows = (p.reshape(-1, n_k) @ _key_weights(n_k, p.device)).view(b, h, n_q, 3)[:, :, first:].double()
+        q = torch.arange(first, n_q, device=p.device, dtype=torch.float64)
+        distance = q * rows[..., 1] - rows[..., 2]
+        previous = p.diagonal(-1, 2, 3)[:, :, max(first, 1) - 1 :]  # (q, q - 1) for q >= first, 1
+        same = torch.bmm(p.reshape(b, h, n_q * n_k), _same_token_weights(tokens, first, n_k, p.device))
+        entropy = _causal_entropy(p[:, :, first:], first)
+        per_head = [rows[..., 0].sum((0, 2)), previous.double().sum((0, 2)), distance.sum((0, 2))]
+        self.sums.add(torch.stack([*per_head, same.double().sum((0, 2)), entropy.double()]))
+        self.count += b * (n_q - first)
 
     def flush(self) -> None:
         self.sums.flush()
@@ -90,6 +107,38 @@ class AttentionStats:
         """metric -> ``[n_heads]`` means over the query rows read."""
         means = (self.sums.value() / max(self.count, 1)).cpu().numpy()
         return dict(zip(CORPUS_METRICS, means))
+
+
+def _key_weights(n_k: int, device: torch.device) -> Float[Tensor, "k 3"]:
+    """Per key k: ``k == 0``, 1, k."""
+    k = torch.arange(n_k, device=device, dtype=torch.float32)
+    return torch.stack([(k == 0).float(), torch.ones_like(k), k], 1)
+
+
+# The last batch's same-token weights: (tokens, its version counter, first, n_k, weights).
+_SAME: list[tuple[Tensor, int, int, int, Tensor]] = []
+
+
+def _same_token_weights(
+    tokens: Int[Tensor, "batch pos"], first: int, n_k: int, device: torch.device
+) -> Float[Tensor, "batch qk 1"]:
+    """``tokens[k] == tokens[q]`` for keys k < q, on the query rows from ``first`` (0 before).
+
+    Built once per batch: the layers that follow reuse them (the same tokens object, unchanged since:
+    its version counter says so)."""
+    if _SAME:
+        held, version, held_first, held_k, weights = _SAME[0]
+        if held is tokens and held._version == version and (held_first, held_k) == (first, n_k):
+            if weights.device == device:
+                return weights
+    t = tokens.to(device)
+    n_q = t.shape[1]
+    q = torch.arange(n_q, device=device)[:, None]
+    k = torch.arange(n_k, device=device)[None, :]
+    same = (t[:, :, None] == t[:, None, :n_k]) & (k < q) & (q >= first)  # [b, q, k]
+    weights = same.float().view(t.shape[0], n_q * n_k, 1)
+    _SAME[:] = [(tokens, tokens._version, first, n_k, weights)]
+    return weights
 
 
 def _causal_entropy(

@@ -20,7 +20,7 @@ from neurodash.units import Source
 from precompute.corpus import Batch, pack_windows
 from precompute.models import LoadedModel
 from precompute.pipeline.accumulate import UnitAccumulator
-from precompute.pipeline.attention import AttentionStats
+from precompute.pipeline.attention import AttentionStats, one_thread
 from precompute.pipeline.exact import ExactSum
 from precompute.pipeline.polysemanticity import attribution_sums, projection
 
@@ -124,6 +124,13 @@ class Contexts:
                 self.counts[hook] += int(other[f"{hook}.count"])
 
 
+def one_thread_for_heads(tracked: list[Tracked]) -> Iterator[Tracked]:
+    """Each source in turn, a layer's heads with torch's intra-op threads off (``one_thread``)."""
+    for t in tracked:
+        with one_thread() if t.attention is not None else contextlib.nullcontext():
+            yield t
+
+
 class PhaseClock:
     """Wall time per phase of the pass (synchronising the GPU at phase ends, so times are real)."""
 
@@ -178,7 +185,7 @@ def stream(
                     at_token = {
                         h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks
                     }
-                for t in tracked:
+                for t in one_thread_for_heads(tracked):
                     unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
                     if t.bridge is not None:  # an SAE on tracked neurons: what drives them
                         x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
