@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
@@ -49,7 +50,7 @@ def serve(address: str, model: str, device: str, parent_pid: int, idle_s: float,
     while True:
         try:
             conn = listener.accept()
-        except OSError:  # a client that failed the handshake
+        except (OSError, EOFError, AuthenticationError):  # a job gone (cancelled) before, or a stranger
             continue
         last_job[0] = time.monotonic()
         assert isinstance(conn, Connection)  # a Unix socket: never Windows' PipeConnection

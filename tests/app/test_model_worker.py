@@ -75,6 +75,23 @@ def test_a_cancelled_jobs_child_exits_at_once(worker):
     assert psutil.Process(worker.pid).is_running()  # the worker itself stays
 
 
+def test_a_job_cancelled_while_the_worker_starts_leaves_it_serving(model_dir, monkeypatch):
+    """Cancelled while waiting for the worker's handshake (it is still loading the model): the worker
+    must shrug off the closed connection and serve the next job."""
+    worker = model_worker.ModelWorker(model_dir)
+    try:
+        worker.ensure_started()
+        job = multiprocessing.get_context("fork").Process(target=_call_and_hang, args=(worker,))
+        job.start()
+        time.sleep(1.0)  # connected, waiting for the handshake: the worker is importing torch
+        job.kill()
+        job.join()
+        monkeypatch.setattr(model_worker, "current", worker)
+        assert model_worker.call("os:getppid") == worker.pid
+    finally:
+        worker.stop()
+
+
 def test_an_idle_worker_exits_and_the_next_job_starts_another(model_dir, monkeypatch):
     worker = model_worker.ModelWorker(model_dir, idle_s=2.0)
     try:
