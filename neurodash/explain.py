@@ -212,8 +212,8 @@ def _candidates(strong_rows: np.ndarray) -> list[Pattern]:
                     seen.add((None, ((d, int(row[d])),)))
     return [
         Pattern(frozenset() if t is None else frozenset((t,)), tuple((d, frozenset((c,))) for d, c in before))
-        for t, before in sorted(seen, key=repr)
-    ]
+        for t, before in sorted(seen, key=lambda c: (len(c[1]), c[0] is None, repr(c)))
+    ]  # simplest first: of patterns that gain alike, the greedy choice takes the first
 
 
 def _grid_matches(grid: np.ndarray, p: Pattern) -> np.ndarray:
