@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_lab_args(p)
     p.set_defaults(run=cmd_lab)
 
+    from neurodash.cli_explain import add_explain_args, cmd_explain
+
+    p = sub.add_parser("explain", help="explain units and score the explanations on held-out text")
+    p.add_argument("store", type=Path)
+    add_explain_args(p)
+    p.set_defaults(run=cmd_explain)
+
     p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
     add_train_sae_args(p)
     p.set_defaults(run=cmd_train_sae)

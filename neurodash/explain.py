@@ -21,7 +21,7 @@ samples and the bottom ones, firing and quiet alike), their tokens that no shown
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -73,19 +73,6 @@ class Pattern:
     before: tuple[tuple[int, frozenset[int]], ...] = ()
     value: float = 1.0
     support: int = 0  # triggers it covers in the shown examples
-
-    def matches(self, ids: np.ndarray, first: int) -> np.ndarray:
-        """Where it matches ``ids[first:]`` (``ids[:first]`` is context only)."""
-        n = len(ids) - first
-        hit = np.ones(n, dtype=bool)
-        if self.triggers:
-            hit &= np.isin(ids[first:], list(self.triggers))
-        for d, tokens in self.before:
-            back = np.full(n, -1, dtype=np.int64)
-            lo = max(0, d - first)
-            back[lo:] = ids[first + lo - d : len(ids) - d]
-            hit &= np.isin(back, list(tokens))
-        return hit
 
     def to_json(self) -> dict:
         return {
@@ -219,10 +206,16 @@ def _candidates(strong_rows: np.ndarray) -> list[Pattern]:
 def _grid_matches(grid: np.ndarray, p: Pattern) -> np.ndarray:
     hit = np.ones(len(grid), dtype=bool)
     if p.triggers:
-        hit &= np.isin(grid[:, 0], list(p.triggers))
+        hit &= _among(grid[:, 0], p.triggers)
     for d, tokens in p.before:
-        hit &= np.isin(grid[:, d], list(tokens))
+        hit &= _among(grid[:, d], tokens)
     return hit
+
+
+def _among(column: np.ndarray, tokens: frozenset[int]) -> np.ndarray:
+    if len(tokens) == 1:
+        return column == next(iter(tokens))
+    return np.isin(column, list(tokens))
 
 
 def describe(patterns: Sequence[Pattern], vocab: Sequence[str]) -> str:
@@ -251,20 +244,25 @@ def show_token(token: str) -> str:
 def simulate(patterns: Sequence[Pattern], window: Window) -> np.ndarray:
     """The predicted activation (fraction of max) at each token of ``window``: the largest value of
     the patterns that match there, 0 where none does."""
-    ids = np.asarray(window.context + window.token_ids, dtype=np.int64)
-    out = np.zeros(len(window.token_ids))
+    return _simulate_grid(patterns, _token_grid([window])[0])
+
+
+def _simulate_grid(patterns: Sequence[Pattern], grid: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(grid))
     for p in patterns:
-        out = np.where(p.matches(ids, len(window.context)), np.maximum(out, p.value), out)
+        out = np.where(_grid_matches(grid, p), np.maximum(out, p.value), out)
     return out
 
 
-def score(predict: Callable[[Window], np.ndarray], texts: UnitTexts, vocab: Sequence[str]) -> Score:
-    """Simulate every held-out token and compare with the truth (see the module's docstring)."""
+def score(patterns: Sequence[Pattern], texts: UnitTexts, vocab: Sequence[str]) -> Score:
+    """Simulate ``patterns`` on every held-out token and compare with the truth (see the module's
+    docstring)."""
     windows = texts.held_out
     if not windows or texts.max_act <= 0:
         return Score(None, None, None, 0, 0, ())
-    true = np.concatenate([np.asarray(w.acts, dtype=np.float64) for w in windows]) / texts.max_act
-    sim = np.concatenate([predict(w) for w in windows])
+    grid, acts = _token_grid(windows)
+    true = acts / texts.max_act
+    sim = _simulate_grid(patterns, grid)
     fires, said = true >= FIRES, sim >= FIRES
     return Score(
         _pearson(true, sim),
@@ -312,7 +310,7 @@ def scored(
     texts: UnitTexts, explainer: str, text: str, patterns: Sequence[Pattern], vocab: Sequence[str], **details
 ) -> Explanation:
     """An explanation scored by simulating ``patterns`` on the unit's held-out windows."""
-    s = score(lambda w: simulate(patterns, w), texts, vocab)
+    s = score(patterns, texts, vocab)
     return Explanation(
         texts.ref,
         explainer,

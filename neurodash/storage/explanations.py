@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from neurodash import paths
 from neurodash.explain import MAX_DISTANCE, Explanation, Window
@@ -55,25 +56,24 @@ class Explanations:
         if not explanations:
             return
         now = owned.now()
-        with self._connect() as con:
-            con.executemany(
-                f"INSERT OR REPLACE INTO explanations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.ref.source_id,
-                        e.ref.unit,
-                        e.explainer,
-                        e.text,
-                        e.correlation,
-                        e.precision,
-                        e.recall,
-                        e.n_scored,
-                        json.dumps(e.details, allow_nan=False),
-                        e.created_at or now,
-                    )
-                    for e in explanations
-                ],
-            )
+        rows = pa.table(
+            {
+                "source_id": [e.ref.source_id for e in explanations],
+                "unit": pa.array([e.ref.unit for e in explanations], pa.int32()),
+                "explainer": [e.explainer for e in explanations],
+                "explanation": [e.text for e in explanations],
+                "correlation": pa.array([e.correlation for e in explanations], pa.float64()),
+                "precision": pa.array([e.precision for e in explanations], pa.float64()),
+                "recall": pa.array([e.recall for e in explanations], pa.float64()),
+                "n_scored": pa.array([e.n_scored for e in explanations], pa.int32()),
+                "details": [json.dumps(e.details, allow_nan=False) for e in explanations],
+                "created_at": pa.array([e.created_at or now for e in explanations], pa.timestamp("us")),
+            }
+        )
+        with self._connect() as con:  # one bulk insert through Arrow, not row by row
+            con.register("_nd_explanations", rows)
+            con.execute(f"INSERT OR REPLACE INTO explanations ({_COLUMNS}) SELECT * FROM _nd_explanations")
+            con.unregister("_nd_explanations")
 
     def of_unit(self, ref: UnitRef) -> list[Explanation]:
         """A unit's explanations, the best scored first (read again only when the file has changed)."""
