@@ -6,6 +6,7 @@
     python tests/app_screenshot.py STORE --page "/?q= the" --panel search --out assets/search.png
     python tests/app_screenshot.py STORE --unit L0N5 --own-text "import os" --panel own_text --out assets/own_text.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
+    python tests/app_screenshot.py STORE --unit L15N1361 --panel explanation --out assets/explanation.png
     python tests/app_screenshot.py STORE --unit L5H3 --out assets/head_page.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
@@ -57,6 +58,7 @@ PANELS = {
     "maximize": ("section.nd-panel:has(#maximize-result)", "#maximize-figure .ytick"),
     "search": ("section.nd-panel:has(#search-results)", "#search-results .nd-search-row"),
     "own_text": ("section.nd-panel:has(#own-text-result)", "#own-text-input"),
+    "explanation": ("#nd-explanation", "#nd-explanation .nd-stats"),
 }
 
 
