@@ -373,10 +373,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
             ]
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
+    explain_demo(store)
     if not args.no_serve:
         from neurodash.app import serve
 
         serve(store, **server_options(args))
+
+
+def explain_demo(store: Path) -> None:
+    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done)."""
+    from neurodash.cli_explain import progress_bar
+    from neurodash.explain_run import explain_store
+
+    with progress_bar() as progress:
+        summary = explain_store(store, layers=(DEMO_SAE_LAYER,), progress=progress)
+    if summary.done:
+        print(f"explained {summary.done} units of layer {DEMO_SAE_LAYER} in {summary.seconds:.0f} s")
 
 
 def demo_sae() -> Path:

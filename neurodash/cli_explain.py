@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neurodash.errors import NeurodashError
 
 if TYPE_CHECKING:
+    from neurodash.explain_run import Progress
     from neurodash.llm_explain import LLMExplainer
 
 
@@ -41,28 +44,16 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
     from neurodash.explain_run import explain_store
     from neurodash.export import split_list
     from neurodash.units import parse_layers
 
     explainer = _explainer(args)
     layers = parse_layers(args.layers) if args.layers else ()
-    bars = []  # the bar starts once the input is checked and the units counted
-
-    def progress(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit="unit", desc="explain", file=sys.stderr))
-        bars[0].update(done - bars[0].n)
-
-    try:
+    with progress_bar() as progress:
         summary = explain_store(
             args.store, split_list(args.units), layers, explainer, args.out, args.redo, progress=progress
         )
-    finally:
-        for bar in bars:
-            bar.close()
     kept = f"{summary.done} units explained by {summary.explainer} in {summary.seconds:.1f} s"
     if summary.skipped:
         kept += f" ({summary.skipped} done before, kept; --redo does them again)"
@@ -70,6 +61,26 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(f"interrupted: kept {kept} in {summary.path}", file=sys.stderr)
         raise SystemExit(130)
     print(f"wrote {summary.path}: {kept}")
+
+
+@contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """A tqdm bar on stderr for ``explain_store``'s progress; it starts once the input is checked
+    and the units counted, so that bad input is one line."""
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="unit", desc="explain", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _explainer(args: argparse.Namespace) -> LLMExplainer | None:

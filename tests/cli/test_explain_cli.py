@@ -142,3 +142,15 @@ def test_the_llm_explainer_against_the_embedded_model(store, embedded_model_dir)
             "--timeout", "0.01",
         )  # fmt: skip
         assert_one_line(code, err, "did not answer within 0.01 s")
+
+
+def test_the_demo_explains_its_sae_layer_once(store, monkeypatch, capsys):
+    import neurodash.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_SAE_LAYER", 1)
+    cli.explain_demo(store)
+    assert "explained 10 units of layer 1" in capsys.readouterr().out
+    got = Explanations.beside(store).all(PATTERN)
+    assert {e.ref.source_id for e in got} == {"L1.mlp", "L1.sae.res"}
+    cli.explain_demo(store)  # a second run has nothing left to do
+    assert "explained" not in capsys.readouterr().out
