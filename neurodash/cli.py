@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_args(p)
     p.set_defaults(run=cmd_search)
 
+    from neurodash.cli_explain import add_explain_args, cmd_explain
+
+    p = sub.add_parser("explain", help="explain units and score the explanations on held-out text")
+    p.add_argument("store", type=Path)
+    add_explain_args(p)
+    p.set_defaults(run=cmd_explain)
+
     p = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook (SAELens, TopK)")
     add_train_sae_args(p)
     p.set_defaults(run=cmd_train_sae)
@@ -444,10 +451,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
             ]
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
+    explain_demo(store)
     if not args.no_serve:
         from neurodash.app import serve
 
         serve(store, **server_options(args))
+
+
+def explain_demo(store: Path) -> None:
+    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done)."""
+    from neurodash.cli_explain import progress_bar
+    from neurodash.explain_run import explain_store
+
+    with progress_bar() as progress:
+        summary = explain_store(store, layers=(DEMO_SAE_LAYER,), progress=progress)
+    if summary.done:
+        print(f"explained {summary.done} units of layer {DEMO_SAE_LAYER} in {summary.seconds:.0f} s")
 
 
 def demo_sae() -> Path:

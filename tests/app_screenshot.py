@@ -9,6 +9,7 @@
     python tests/app_screenshot.py STORE --unit L15N1361 --own-text "6 of 16" --until own_text --out assets/unit_page.png
     python tests/app_screenshot.py STORE --page /heads --out assets/heads_page.png
     python tests/app_screenshot.py STORE --unit L17H4 --height 2300 --out assets/head_page.png
+    python tests/app_screenshot.py STORE --unit L15N1361 --panel explanation --out assets/explanation.png
 
 Without ``--unit``, takes the unit with the highest skew in the store's middle source (sparse
 units make the clearest pictures). ``--panel`` saves only one panel of the page, cropped to it;
@@ -61,6 +62,7 @@ PANELS = {
     "search": ("section.nd-panel:has(#search-results)", "#search-results .nd-search-row"),
     "meaning": ("section.nd-panel:has(#meaning-results)", "#meaning-results .nd-meaning-row"),
     "own_text": ("section.nd-panel:has(#own-text-result)", "#own-text-input"),
+    "explanation": ("#nd-explanation", "#nd-explanation .nd-stats"),
 }
 
 

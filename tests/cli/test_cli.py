@@ -20,6 +20,7 @@ from cli_helpers import assert_failed
 from neurodash.app import ids
 from neurodash.cli import main
 from neurodash.storage import Store
+from neurodash.storage.explanations import Explanations
 from neurodash.storage.sets import ExampleSets, sets_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,6 +244,8 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
         assert sae.n_units == 256 and {"explained_variance", "l0", "dead_fraction"} <= set(
             sae.config["sae_metrics"]
         )
+    explained = Explanations.beside(store).all("pattern")
+    assert {e.ref.source_id for e in explained} == {"L15.sae"} and len(explained) == 256
     built = store.stat().st_mtime_ns
     assert main(["demo", "--no-serve"]) == 0
     assert store.stat().st_mtime_ns == built, "a second run reuses the store"

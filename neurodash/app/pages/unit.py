@@ -17,7 +17,7 @@ from dash import Dash, dcc, html
 from neurodash.app import current_unit, ids, render, routes, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.app.pages import head
-from neurodash.app.panels import downloads, neighbors, own_text, polysemanticity
+from neurodash.app.panels import downloads, explanation, neighbors, own_text, polysemanticity
 from neurodash.app.panels import maximize as maximize_panel
 from neurodash.app.panels import sets as sets_panel
 from neurodash.storage import Store
@@ -88,6 +88,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 className="nd-grid-3",
             ),
             render.dead_note(stats),
+            explanation.panel(ref, store.path),
             downloads.layout(),
             sets_panel.layout(),
             html.Div(

@@ -1,0 +1,104 @@
+"""The pattern explainer's scores over a store: neurons against SAE features, the shuffled control,
+and how scores relate to the polysemanticity scores.
+
+    python benchmarks/explain_scores.py STORE [--layers 15] [--explain]
+
+With ``--explain``, first runs ``explain_store`` (``--redo``) on the layers and prints its time. Then,
+per source: the held-out correlation's quartiles and mean, the share of units at 0.5 or more, mean
+precision and recall of "fires strongly"; the shuffled control (each unit scored with the patterns
+of another unit of the same source, drawn at random); and Spearman's rank correlation of the
+explanation's correlation with each polysemanticity score in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neurodash.explain import PATTERN, score
+from neurodash.explain_run import _unit_texts, explain_store
+from neurodash.storage import Store
+from neurodash.storage.explanations import Explanations
+from neurodash.units import UnitRef
+
+POLY_METRICS = ("polysemanticity", "token_diversity", "context_diversity", "sae_features")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("store", type=Path)
+    p.add_argument("--layers", default="15")
+    p.add_argument("--explain", action="store_true")
+    p.add_argument("--shuffled", type=int, default=400, help="units per source in the shuffled control")
+    args = p.parse_args()
+    layers = tuple(int(x) for x in args.layers.split(","))
+    if args.explain:
+        summary = explain_store(args.store, layers=layers, redo=True)
+        print(f"explained {summary.done} units in {summary.seconds:.1f} s")
+    explained = Explanations.beside(args.store).all(PATTERN)
+    frame = pd.DataFrame(
+        [
+            {
+                "source_id": e.ref.source_id,
+                "unit": e.ref.unit,
+                "correlation": e.correlation,
+                "precision": e.precision,
+                "recall": e.recall,
+                "n_patterns": len(e.details.get("patterns", [])),
+            }
+            for e in explained
+        ]
+    )
+    with Store(args.store) as store:
+        units = store.units_frame()
+        frame = frame.merge(units, on=["source_id", "unit"], how="left")
+        for source_id, group in frame.groupby("source_id"):
+            if group["layer"].iloc[0] not in layers:
+                continue
+            report(source_id, group)
+            shuffled(store, explained, source_id, args.shuffled)
+
+
+def report(source_id: str, g: pd.DataFrame) -> None:
+    c = g["correlation"].dropna()
+    q = c.quantile([0.25, 0.5, 0.75]).round(2).tolist()
+    print(
+        f"\n{source_id}: {len(g)} units, {len(c)} scored; correlation quartiles {q}, mean {c.mean():.2f}, "
+        f">= 0.5: {(c >= 0.5).mean():.0%}; precision {g['precision'].mean():.2f}, recall {g['recall'].mean():.2f}; "
+        f"patterns per unit {g['n_patterns'].mean():.1f}"
+    )
+    for metric in POLY_METRICS:
+        if metric in g and g[metric].notna().sum() > 10:
+            both = g[["correlation", metric]].dropna()
+            rho = both["correlation"].rank().corr(both[metric].rank())
+            print(f"  Spearman(correlation, {metric}) = {rho:+.2f} over {len(both)} units")
+
+
+def shuffled(store: Store, explained, source_id: str, n: int) -> None:
+    """Each of ``n`` units scored with another unit's patterns."""
+    mine = [e for e in explained if e.ref.source_id == source_id]
+    rng = random.Random(0)
+    chosen = rng.sample(mine, min(n, len(mine)))
+    texts = {t.ref: t for t in _unit_texts(store, [e.ref for e in chosen])}
+    vocab = store.vocab
+    values = []
+    for e in chosen:
+        other = rng.choice([x for x in mine if x.ref != e.ref])
+        s = score(other.patterns(), texts[UnitRef(source_id, e.ref.unit)], vocab)
+        if s.correlation is not None:
+            values.append(s.correlation)
+    v = np.asarray(values)
+    print(
+        f"  shuffled control: mean {v.mean():+.3f}, |r| >= 0.2: {(np.abs(v) >= 0.2).mean():.1%} ({len(v)} units)"
+    )
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
+    print(f"\n({time.perf_counter() - started:.0f} s)")

@@ -1,0 +1,95 @@
+"""The unit page's explanation panel: each explainer's explanation of the unit (from the explanations
+file beside the store, written by ``neurodash explain``), its simulation score on held-out text, and
+the held-out tokens where the simulation was most wrong."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from dash import html
+
+from neurodash.app import render
+from neurodash.explain import Explanation, WrongToken
+from neurodash.storage.explanations import Explanations
+from neurodash.units import UnitRef
+
+PANEL_ID = "nd-explanation"
+_QUOTED = re.compile(r"(`[^`]+`)")
+
+
+def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
+    found = Explanations.beside(store_path).of_unit(ref)
+    if not found:
+        body = [
+            html.P(
+                ["No explanation yet: ", html.Code("neurodash explain STORE"), " writes them."],
+                className="nd-muted",
+            )
+        ]
+    else:
+        body = [_one(e) for e in found]
+    return html.Section(
+        [html.H2("Explanation", className="nd-panel-title"), *body], className="nd-panel", id=PANEL_ID
+    )
+
+
+def _one(e: Explanation) -> html.Div:
+    return html.Div(
+        [
+            html.P([html.Strong(f"{e.explainer}: "), *_text(e.text)], className="nd-explanation-text"),
+            render.stat_cards(
+                [
+                    ("correlation", _number(e.correlation)),
+                    ("precision", _number(e.precision)),
+                    ("recall", _number(e.recall)),
+                    ("held-out tokens", f"{e.n_scored:,}"),
+                ]
+            ),
+            html.P(
+                "Scored by simulating the explanation on held-out text: Pearson correlation with the true "
+                "activations; precision and recall of “fires at half its max or more”.",
+                className="nd-muted",
+            ),
+            _most_wrong(e.most_wrong()),
+        ],
+        className="nd-explanation",
+    )
+
+
+def _text(text: str) -> list:
+    """The explanation, its quoted tokens as code."""
+    return [
+        html.Code(part[1:-1]) if _QUOTED.fullmatch(part) else part for part in _QUOTED.split(text) if part
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _most_wrong(wrong: list[WrongToken]) -> html.Div | None:
+    if not wrong:
+        return None
+    rows = [
+        html.Tr(
+            [
+                html.Td(
+                    [html.Code(w.context[-40:]), html.Code(html.Strong(w.token))], className="nd-token-cell"
+                ),
+                html.Td(f"{w.true:.2f}"),
+                html.Td(f"{w.simulated:.2f}"),
+            ]
+        )
+        for w in wrong
+    ]
+    head = html.Tr(
+        [html.Th("held-out token (in bold, after its context)"), html.Th("true"), html.Th("simulated")]
+    )
+    return html.Div(
+        [
+            html.H3("Where the simulation was most wrong", className="nd-subtitle"),
+            html.Table([html.Thead(head), html.Tbody(rows)], className="nd-table nd-wrong-table"),
+            html.P("Values are fractions of the unit's max activation.", className="nd-muted"),
+        ]
+    )

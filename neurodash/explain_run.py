@@ -1,0 +1,140 @@
+"""``explain_store``: explain and score a store's units, batch by batch, into the explanations file.
+
+    from neurodash.explain_run import explain_store
+    summary = explain_store("demo.duckdb", layers=(15,))            # the offline pattern explainer
+    summary = explain_store("demo.duckdb", units=["L15N631"], explainer=LLMExplainer(url, "qwen"))
+
+Units are read a batch at a time (one query per batch), explained, scored and saved, so that an
+interrupted run (Ctrl-C, an endpoint that stops answering) keeps every unit it finished; a second run
+skips the units the explainer has done already (``redo`` does them again). Without units or layers,
+every neuron and SAE feature of the store is explained; attention heads only when named.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from neurodash.errors import NeurodashError
+from neurodash.explain import PATTERN, Explanation, UnitTexts, explain_unit, split_windows
+from neurodash.storage import Store
+from neurodash.storage.explanations import Explanations, unit_windows
+from neurodash.units import HEAD, UnitRef, parse_ref
+
+BATCH = 256
+
+
+class Explainer(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def explain(self, texts: UnitTexts, vocab: Sequence[str]) -> Explanation: ...
+
+
+class PatternExplainer:
+    """The offline explainer (``neurodash.explain``)."""
+
+    name = PATTERN
+
+    def explain(self, texts: UnitTexts, vocab: Sequence[str]) -> Explanation:
+        return explain_unit(texts, vocab)
+
+
+@dataclass(frozen=True)
+class ExplainSummary:
+    path: Path  # the explanations file
+    explainer: str
+    done: int  # explained in this run
+    skipped: int  # explained before
+    seconds: float
+    interrupted: bool = False
+
+
+# done, total: called once the units are counted, then after each batch
+Progress = Callable[[int, int], None]
+
+
+def select_units(store: Store, units: Sequence[str] = (), layers: Sequence[int] = ()) -> list[UnitRef]:
+    """The units named (``L15N3``, ``L15.sae/7``), else every neuron and feature of ``layers`` (or all
+    layers); a unit or layer the store lacks is refused with one line."""
+    sources = store.sources()
+    if units:
+        refs = [parse_ref(u, sources) for u in units]
+        return sorted(dict.fromkeys(refs))
+    explained = [s for s in sources if s.kind != HEAD and (not layers or s.layer in layers)]
+    missing = sorted(set(layers) - {s.layer for s in explained})
+    if missing:
+        have = sorted({s.layer for s in sources if s.kind != HEAD})
+        raise NeurodashError(
+            f"no neurons or features of layer {', '.join(map(str, missing))} in {store.path} (layers {_ranges(have)})"
+        )
+    return [UnitRef(s.source_id, u) for s in explained for u in range(s.n_units)]
+
+
+def _ranges(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if layers else "none"
+
+
+def explain_store(
+    store_path: str | os.PathLike,
+    units: Sequence[str] = (),
+    layers: Sequence[int] = (),
+    explainer: Explainer | None = None,
+    out: str | os.PathLike | None = None,
+    redo: bool = False,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+) -> ExplainSummary:
+    """Explain and score units (see the module's docstring); ``out`` is the explanations file
+    (default: beside the store)."""
+    explainer = explainer or PatternExplainer()
+    file = Explanations.beside(store_path, out).check()
+    began = time.perf_counter()
+    with Store(store_path) as store:
+        refs = select_units(store, units, layers)
+        done_before = set() if redo else file.explained(explainer.name) & set(refs)
+        todo = [r for r in refs if r not in done_before]
+        vocab = store.vocab
+        done = 0
+        if progress:
+            progress(0, len(todo))
+        try:
+            for chunk in _batches(todo, batch):
+                finished: list[Explanation] = []
+                try:
+                    for texts in _unit_texts(store, chunk):
+                        finished.append(explainer.explain(texts, vocab))
+                finally:
+                    file.save(finished)  # what was finished, even when the batch stopped half way
+                    done += len(finished)
+                if progress:
+                    progress(done, len(todo))
+        except KeyboardInterrupt:
+            return ExplainSummary(file.path, explainer.name, done, len(done_before), _since(began), True)
+    return ExplainSummary(file.path, explainer.name, done, len(done_before), _since(began))
+
+
+def _since(began: float) -> float:
+    return time.perf_counter() - began
+
+
+def _batches(refs: list[UnitRef], size: int) -> Iterator[list[UnitRef]]:
+    for i in range(0, len(refs), size):
+        yield refs[i : i + size]
+
+
+def _unit_texts(store: Store, refs: Sequence[UnitRef]) -> Iterator[UnitTexts]:
+    """Each unit's shown and held-out windows (one query per source in ``refs``); a unit without
+    examples gets empty ones (and no score)."""
+    by_source: dict[str, list[int]] = {}
+    for r in refs:
+        by_source.setdefault(r.source_id, []).append(r.unit)
+    for source_id, indices in by_source.items():
+        found = unit_windows(store, source_id, indices)
+        for unit in indices:
+            max_act, windows = found.get(unit, (0.0, []))
+            yield split_windows(UnitRef(source_id, unit), max_act, windows)
