@@ -55,7 +55,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     dataset, sampling = corpus_documents(
         cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed
     )
-    model = load_model(cfg.model, cfg.device)
+    model = load_model(cfg.model, cfg.device, cfg.dtype)
     model.check_ctx(cfg.ctx)
     layers = _check_layers(cfg.layers, model)
     saes = load_saes(cfg)
