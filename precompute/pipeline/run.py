@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +85,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
         n_tokens, phase_seconds = stream(
             model, dataset, cfg, tracked, hooks, first, writer, progress, contexts
         )
+        tables_started = time.perf_counter()
         writer.append("vocab", _vocab(model))
         unembed = model.unembed().to(cfg.device)
         for t in tqdm(tracked, desc="writing", unit="source", disable=not progress):
@@ -92,6 +94,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
         _write_links(writer, tracked, cfg.n_neighbors)
         if cfg.heads:
             _write_probe_scores(writer, model, layers)
+        phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
         writer.set_meta(
             model=cfg.model,
             dataset=cfg.dataset,
