@@ -203,7 +203,7 @@ def add_precompute_args(p: argparse.ArgumentParser) -> None:
     config_option(p, PrecomputeConfig, "sample_seed")
     for name in ("top_k", "bottom_k"):
         config_option(p, AccumulatorConfig, name)
-    for name in ("batch_size", "device"):
+    for name in ("batch_size", "device", "dtype"):
         config_option(p, PrecomputeConfig, name)
     config_option(p, PrecomputeConfig, "saes", "--sae", action="append", default=[], metavar="SAE")
     config_option(p, PrecomputeConfig, "keep_bos", action="store_true")
@@ -324,6 +324,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         ctx=args.ctx,
         batch_size=args.batch_size,
         device=args.device,
+        dtype=args.dtype,
         keep_bos=args.keep_bos,
         saes=tuple(args.sae),
         scores=not args.no_scores,

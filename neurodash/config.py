@@ -67,6 +67,7 @@ def _device() -> str:
     return option("cpu", "cpu, cuda, cuda:1, ... or mps")
 
 
+FORWARD_DTYPES = ("float32", "bfloat16")  # --dtype: what the model's forward pass runs in
 DEVICE_FORM = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
@@ -127,6 +128,10 @@ class PrecomputeConfig:
     ctx: int = _ctx()
     batch_size: int = option(8, "windows per forward pass")
     device: str = _device()
+    dtype: str = option(
+        "float32",
+        "the forward pass's dtype: float32, or bfloat16 (faster on GPUs and bf16 CPUs; rounds activations)",
+    )
     keep_bos: bool = option(False, "keep the first (BOS) position in examples and statistics")
     saes: tuple[str, ...] = option(
         (), "an SAE whose features to track too: a SAELens folder or release/sae_id (repeatable)"
@@ -150,6 +155,8 @@ class PrecomputeConfig:
         _at_least(self, 1, "tokens", "batch_size", "n_logits", "n_neighbors", "context_dims", "block_batches")
         _at_least(self, 2, "ctx")
         check_device_name(self.device)
+        if self.dtype not in FORWARD_DTYPES:
+            raise NeurodashError(f"--dtype {self.dtype}: use {' or '.join(FORWARD_DTYPES)}")
         if self.tokens < self.ctx:
             raise NeurodashError(f"--tokens {self.tokens} is less than one window (--ctx {self.ctx})")
 

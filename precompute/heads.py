@@ -303,12 +303,15 @@ class BridgeAttention:
         blocks of tokens; the ``[head, d_vocab]`` result stays there."""
         norm: Callable[[Tensor], Tensor] = self.bridge.blocks[layer].ln1
         embed = self.loaded.embedding_matrix()
-        W_V = query_head_values(self._W_V[layer], self.n_heads)
+        W_V, W_O = self._W_V[layer].float(), self._W_O[layer].float()  # [kv_head, ...], [head, ...]
+        group = self.n_heads // W_V.shape[0]  # grouped-query attention: read once per kv head
         blocks = []
         for start in range(0, unembed.shape[1], block):
             ids = torch.arange(start, min(start + block, unembed.shape[1]), device=embed.device)
-            reads, writes = ov_factors_from_weights(norm(embed[ids]), W_V, self._W_O[layer], unembed[:, ids])
-            blocks.append(torch.einsum("hke,hek->hk", reads, writes))
+            reads = torch.einsum("kd,gde->gke", norm(embed[ids]).float(), W_V)  # [kv_head, k, d_head]
+            writes = torch.einsum("hed,dk->hke", W_O, unembed[:, ids].float())  # [head, k, d_head]
+            per_kv = writes.reshape(W_V.shape[0], group, *writes.shape[1:]) * reads[:, None]
+            blocks.append(per_kv.sum(-1).flatten(0, 1))
         return torch.cat(blocks, dim=1)
 
     @cached_property

@@ -112,7 +112,7 @@ class LoadedModel:
     ) -> dict[str, Float[Tensor, "batch pos d"]]:
         """Run the model once, caching exactly ``hooks``, and stop at the input of the block after
         the last layer needed, or of the final norm: the unembedding (a fifth of the forward pass
-        of the default model) never runs."""
+        of the default model) never runs. Float32, whatever the model's dtype."""
         wanted = set(hooks)
         last = max(layer_of(h) for h in hooks)
         stop_at = f"blocks.{last + 1}.hook_in" if last + 1 < self.n_layers else "ln_final.hook_in"
@@ -121,7 +121,7 @@ class LoadedModel:
             _, cache = self.bridge.run_with_cache(
                 tokens.to(self.device), names_filter=lambda name: name in wanted
             )
-        return {h: cache[h] for h in hooks}
+        return {h: cache[h].float() for h in hooks}
 
     @torch.inference_mode()
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Tensor:
@@ -184,8 +184,11 @@ def layer_of(hook: str) -> int:
     return int(parts[1])
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
-    """Load a model by embedded name, local folder or hub name; a clear error if that fails."""
+def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a model by embedded name, local folder or hub name; a clear error if that fails.
+
+    ``dtype`` (``float32`` or ``bfloat16``): what its weights and forward pass run in; what
+    ``activations`` returns is float32 either way."""
     check_device(device)
     path = Path(name).expanduser()
     if name in EMBEDDED:
@@ -206,7 +209,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(str(folder or name), device=device, dtype=torch.float32)
+        bridge = TransformerBridge.boot_transformers(
+            str(folder or name), device=device, dtype=getattr(torch, dtype)
+        )
     except (OSError, ValueError, KeyError) as e:
         raise NeurodashError(_load_error(name, e)) from None
     bridge.eval()

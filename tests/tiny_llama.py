@@ -109,7 +109,9 @@ def save_untrained_sae(
     return folder
 
 
-def write_pipeline_store(out: Path, model_dir: Path, dataset: Path, sae: Path) -> Path:
+def write_pipeline_store(
+    out: Path, model_dir: Path, dataset: Path, sae: Path, dtype: str = "float32"
+) -> Path:
     from precompute import PrecomputeConfig, run_precompute
 
     cfg = PrecomputeConfig(
@@ -125,6 +127,7 @@ def write_pipeline_store(out: Path, model_dir: Path, dataset: Path, sae: Path) -
         examples=examples_config(),
         context_dims=STORE_CONTEXT_DIMS,
         saes=(str(sae),),
+        dtype=dtype,
     )
     return run_precompute(cfg, progress=False)
 

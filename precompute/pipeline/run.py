@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def prepare(cfg: PrecomputeConfig, corpus: bool = True) -> PreparedPass:
         if corpus
         else (None, {})
     )
-    model = load_model(cfg.model, cfg.device)
+    model = load_model(cfg.model, cfg.device, cfg.dtype)
     model.check_ctx(cfg.ctx)
     layers = _check_layers(cfg.layers, model)
     saes = load_saes(cfg)
@@ -150,6 +151,7 @@ def write_store(
 ) -> None:
     """After the pass (its sequences already appended): every source's tables, links, probe scores, meta."""
     model = run.model
+    tables_started = time.perf_counter()
     writer.append("vocab", _vocab(model))
     unembed = model.unembed().to(cfg.device)
     for t in tqdm(run.tracked, desc="writing", unit="source", disable=not progress):
@@ -158,6 +160,7 @@ def write_store(
     _write_links(writer, run.tracked, cfg.n_neighbors)
     if cfg.heads:
         _write_probe_scores(writer, model, run.layers)
+    phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
     writer.set_meta(
         model=cfg.model,
         dataset=cfg.dataset,

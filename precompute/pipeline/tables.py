@@ -199,30 +199,56 @@ def polysemanticity_tables(
     return scores, clusters
 
 
-def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int) -> Columns:
-    """Top ``k`` boosted and suppressed tokens of each unit's output direction through W_U."""
-    chunks = (directions[i : i + 512] @ unembed for i in range(0, directions.shape[0], 512))
+LOGIT_BLOCK_BYTES = 1 << 28  # the [units, vocab] float32 effects of one block of units: 256 MiB
+
+
+def logit_block(n_vocab: int, budget: int = LOGIT_BLOCK_BYTES) -> int:
+    """Units per block whose ``[block, n_vocab]`` float32 logit effects fit in ``budget`` bytes."""
+    return max(1, budget // (4 * n_vocab))
+
+
+def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int, block: int | None = None) -> Columns:
+    """Top ``k`` boosted and suppressed tokens of each unit's output direction through W_U.
+
+    On the device of ``unembed``, in blocks of units (``logit_block``): one ``[block, vocab]`` product
+    at a time, of which only its top ``k`` of each sign leave the device."""
+    block = block or logit_block(unembed.shape[1])
+    directions = directions.to(unembed.device, unembed.dtype)
+    chunks = (directions[i : i + block] @ unembed for i in range(0, directions.shape[0], block))
     return effects_table(sid, chunks, k)
+
+
+def top_effects(chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per unit, the ``k`` largest and the ``k`` smallest of its logit effects, given in chunks of
+    units (``[chunk, d_vocab]`` each): values and token ids, ``[n_units, k]`` each, strongest first,
+    on the chunks' device (nothing is copied to the host)."""
+    up_vals, up_ids, down_vals, down_ids = [], [], [], []
+    for effects in chunks:
+        vals, ids = effects.topk(k, dim=1)
+        up_vals.append(vals)
+        up_ids.append(ids)
+        vals, ids = (-effects).topk(k, dim=1)
+        down_vals.append(-vals)
+        down_ids.append(ids)
+    return torch.cat(up_vals), torch.cat(up_ids), torch.cat(down_vals), torch.cat(down_ids)
 
 
 def effects_table(sid: str, chunks: Iterable[Tensor], k: int) -> Columns:
     """Top ``k`` boosted and suppressed tokens per unit of logit effects given in chunks of units
-    (``[chunk, d_vocab]`` each, on the device): only the top ``k`` leave it."""
-    rows: dict[str, list] = {"source_id": [], "unit": [], "sign": [], "rank": [], "token_id": [], "value": []}
-    chunk_start = 0
-    for effects in chunks:
-        for sign, (vals, ids) in (("+", effects.topk(k, dim=1)), ("-", (-effects).topk(k, dim=1))):
-            vals = vals if sign == "+" else -vals
-            n = vals.shape[0]
-            rows["unit"].append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
-            rows["rank"].append(np.tile(np.arange(k), n))
-            rows["token_id"].append(ids.reshape(-1).cpu().numpy())
-            rows["value"].append(vals.reshape(-1).cpu().numpy())
-            rows["sign"].append(np.full(n * k, sign, dtype=object))
-        chunk_start += effects.shape[0]
-    out: Columns = {key: np.concatenate(v) for key, v in rows.items() if v}
-    out["source_id"] = [sid] * len(out["unit"])
-    return {key: out[key] for key in ("source_id", "unit", "sign", "rank", "token_id", "value")}
+    (``[chunk, d_vocab]`` each, on the device): only the top ``k`` leave it, in one copy at the end.
+    Rows are ordered by unit, sign (``+`` first), rank."""
+    up_vals, up_ids, down_vals, down_ids = top_effects(chunks, k)
+    vals = torch.stack([up_vals, down_vals], 1).float().cpu().numpy()  # [units, sign, k]
+    ids = torch.stack([up_ids, down_ids], 1).cpu().numpy()
+    n = vals.shape[0]
+    return {
+        "source_id": [sid] * vals.size,
+        "unit": np.repeat(np.arange(n), 2 * k),
+        "sign": np.tile(np.repeat(np.array(["+", "-"], dtype=object), k), n),
+        "rank": np.tile(np.arange(k), 2 * n),
+        "token_id": ids.reshape(-1),
+        "value": vals.reshape(-1),
+    }
 
 
 def neighbors_table(sid: str, directions: Tensor, k: int) -> Columns:

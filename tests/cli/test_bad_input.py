@@ -187,6 +187,14 @@ def test_device(tiny_model_dir, docs_jsonl, tmp_path, device):
     assert written(tmp_path) == []
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bf16", "int8"])
+def test_dtype(tiny_model_dir, docs_jsonl, tmp_path, dtype):
+    out = tmp_path / "s.duckdb"
+    code, err = neurodash(*precompute(tiny_model_dir, out, "--dataset", docs_jsonl, "--dtype", dtype))
+    assert_one_line(code, err, f"--dtype {dtype}: use float32 or bfloat16", out)
+    assert written(tmp_path) == []
+
+
 # --- --tokens beyond the corpus: accepted, said, and the store keeps the real count ------------
 def test_tokens_beyond_the_corpus(tiny_model_dir, docs_jsonl, tmp_path):
     out = tmp_path / "s.duckdb"

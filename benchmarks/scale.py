@@ -1,0 +1,167 @@
+"""At scale, on paper from what is measured here: the time, memory per rank and store size of a large run.
+
+    python benchmarks/scale.py [--tokens 4096] [--target-tokens 1e8] [--ranks 1,8,64] [--store S]
+
+Measures, on this machine, one precompute run of the default model (every layer's neurons and heads,
+and the demo's SAE once ``neurodash demo`` has trained it), or reads an existing store (``--store``,
+read only; its ``phase_seconds`` and size): the pass's throughput (tokens per second: tokenize,
+forward, update), the fixed cost (loading, the tables and the probes: independent of the tokens read),
+and the store's bytes, measured per table with DuckDB's storage info: per token (the sequences) and
+per unit (everything else). From them it prints, for a run of ``--target-tokens`` split over R ranks
+(each as fast as this machine, reading 1/R of the windows; ``--shard``/torchrun):
+
+- time: tokens / (R x throughput), plus the fixed cost, plus the merge of R states on rank 0
+  (their bytes at ``--merge-gbps``, an assumption, not a measurement);
+- memory per rank: the model's weights, one batch's cached activations, and every unit's state
+  (``state_bytes``); rank 0 also holds a second state while merging;
+- store size: units x bytes per unit + tokens x bytes per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GB = 1e9
+PASS_PHASES = ("tokenize", "forward", "accumulate", "write")  # what grows with the tokens read
+
+
+@dataclass(frozen=True)
+class Measured:
+    tokens: int
+    pass_seconds: float
+    fixed_seconds: float  # load, tables, probes: once per run
+    units: int
+    bytes_per_unit: float
+    bytes_per_token: float
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.pass_seconds
+
+
+def measure(args) -> tuple[Path, float]:
+    """One precompute run here: its store (in a temporary folder) and its wall time."""
+    from precompute import PrecomputeConfig, parse_layers, run_precompute
+
+    out = Path(tempfile.mkdtemp()) / "scale.duckdb"
+    cfg = PrecomputeConfig(
+        out=out,
+        model=args.model,
+        layers=parse_layers(args.layers) if args.layers else None,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        saes=tuple(args.sae),
+    )
+    started = time.perf_counter()
+    run_precompute(cfg, progress=False)
+    return out, time.perf_counter() - started
+
+
+def read_store(path: Path, wall: float | None) -> Measured:
+    """The throughput, fixed cost and bytes of a store, from its metadata and DuckDB's storage info."""
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        phases = json.loads(meta["phase_seconds"])
+        block = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
+        block_size = int(block[0]) if block else 262_144
+        tables = [name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        blocks = {
+            t: con.execute(f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{t}')").fetchone()[0]
+            for t in tables
+        }
+        units = con.execute("SELECT sum(n_units) FROM sources").fetchone()[0]
+    n_tokens = int(meta["n_tokens"])
+    per_table = {t: n * block_size for t, n in blocks.items()}
+    per_unit = sum(b for t, b in per_table.items() if t not in ("sequences", "vocab")) / units
+    pass_seconds = sum(phases.get(p, 0.0) for p in PASS_PHASES)
+    fixed = wall - pass_seconds if wall is not None else phases.get("tables", 0.0)  # 0: not recorded
+    return Measured(n_tokens, pass_seconds, fixed, int(units), per_unit, per_table["sequences"] / n_tokens)
+
+
+def memory_per_rank(m: Measured, args) -> tuple[float, float]:
+    """Bytes on each rank during the pass, and on rank 0 while it merges (a second state)."""
+    from neurodash.config import AccumulatorConfig, PrecomputeConfig
+    from precompute.models import embedded_model_folder
+    from precompute.pipeline.accumulate import state_bytes
+
+    cfg = PrecomputeConfig(out="unused")
+    state = state_bytes(m.units, args.ctx, AccumulatorConfig(), cfg.context_dims)
+    weights = sum(f.stat().st_size for f in embedded_model_folder().glob("*.safetensors"))
+    # one batch's cached hooks, float32: per layer d_mlp + d_model (context) + n_heads x (d_head + ctx)
+    per_token = 30 * (1536 + 576 + 9 * (64 + args.ctx)) + 4096 * 2
+    activations = args.batch_size * args.ctx * per_token * 4 * 2  # the cache and the update's copies
+    during = weights + activations + state
+    return during, during + state
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layers", default=None, help="default: every layer")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens of the run measured here")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--ctx", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--sae", action="append", default=[], help="default: the demo's SAE, if trained")
+    p.add_argument("--store", type=Path, help="read this store's figures instead of measuring a run")
+    p.add_argument("--target-tokens", type=float, default=1e8)
+    p.add_argument("--ranks", default="1,8,64")
+    p.add_argument("--merge-gbps", type=float, default=1.0, help="assumed rate of merging states, GB/s")
+    args = p.parse_args()
+    if args.store is None and not args.sae:
+        from neurodash import paths
+        from neurodash.cli import DEMO_SAE_LAYER
+
+        demo_sae = paths.home() / f"sae-L{DEMO_SAE_LAYER}"
+        args.sae = [str(demo_sae)] if demo_sae.is_dir() else []
+    if args.store is not None:
+        m = read_store(args.store, None)
+        source = f"store {args.store}"
+    else:
+        store, wall = measure(args)
+        m = read_store(store, wall)
+        source = (
+            f"a run of {args.tokens:,} tokens here ({args.device}, {args.dtype}, sae {args.sae or 'none'})"
+        )
+    print(f"measured from {source}:")
+    print(
+        f"  pass {m.throughput:,.0f} tok/s, fixed cost {m.fixed_seconds:.0f} s, {m.units:,} units, "
+        f"{m.bytes_per_unit / 1e3:.1f} kB per unit, {m.bytes_per_token:.2f} B per token"
+    )
+    target = int(args.target_tokens)
+    during, merging = memory_per_rank(m, args)
+    store_bytes = m.units * m.bytes_per_unit + target * m.bytes_per_token
+    print(f"a run of {target:,} tokens, {m.units:,} units (each rank as fast as this machine):")
+    print(
+        f"  {'ranks':>6} {'pass':>10} {'merge':>8} {'total':>10} {'memory/rank':>12} {'rank 0':>8} {'store':>9}"
+    )
+    for ranks in (int(r) for r in args.ranks.split(",")):
+        pass_s = target / (ranks * m.throughput)
+        merge_s = (ranks - 1) * (merging - during) / (args.merge_gbps * GB)
+        total = pass_s + merge_s + m.fixed_seconds
+        print(
+            f"  {ranks:>6} {_hours(pass_s):>10} {merge_s:>7.0f}s {_hours(total):>10} "
+            f"{during / GB:>10.1f}GB {merging / GB:>6.1f}GB {store_bytes / GB:>7.2f}GB"
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Logit effects in blocks of units on the device equal brute force over the whole [units, vocab]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from precompute.models import load_model
+from precompute.pipeline.tables import logit_block, logits_table
+
+K = 7
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir), "cpu")
+
+
+def brute_force(directions: torch.Tensor, unembed: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+    """Every unit's effects on the host, sorted: the top k of each sign, unit by unit."""
+    effects = (directions.double() @ unembed.double()).numpy()  # [units, vocab], all of it
+    up, down = (
+        np.argsort(-effects, axis=1, kind="stable")[:, :k],
+        np.argsort(effects, axis=1, kind="stable")[:, :k],
+    )
+    ids = np.stack([up, down], 1)  # [units, sign, k]
+    return {"token_id": ids.reshape(-1), "value": np.take_along_axis(effects[:, None], ids, 2).reshape(-1)}
+
+
+@pytest.mark.parametrize("block", [1, 5, 17, None])
+def test_blocks_of_units_equal_brute_force(tiny, block):
+    unembed = tiny.unembed()
+    for layer in range(tiny.n_layers):
+        directions = tiny.mlp_out_directions(layer)
+        got = logits_table("L.mlp", directions, unembed, K, block=block)
+        want = brute_force(directions, unembed, K)
+        n = directions.shape[0]
+        np.testing.assert_array_equal(got["unit"], np.repeat(np.arange(n), 2 * K))
+        np.testing.assert_array_equal(got["sign"], np.tile(np.repeat(["+", "-"], K), n))
+        np.testing.assert_array_equal(got["rank"], np.tile(np.arange(K), 2 * n))
+        np.testing.assert_array_equal(got["token_id"], want["token_id"])
+        np.testing.assert_allclose(got["value"], want["value"], rtol=1e-5, atol=1e-6)
+
+
+def test_block_size_keeps_the_product_under_budget():
+    assert logit_block(262_144) == 256  # a 262k vocabulary: 256 units x vocab x 4 bytes = 256 MiB
+    assert logit_block(49_152, budget=4 * 49_152 * 3 + 1) == 3
+    assert logit_block(10**9) == 1
