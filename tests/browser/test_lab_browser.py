@@ -74,14 +74,25 @@ def test_unit_page_steer_link_opens_the_lab(dash_duo, store):
     assert dash_duo.get_logs() == []
 
 
-def test_cancel_stops_a_run_and_the_model_worker_serves_the_next(dash_duo, store):
-    """Cancel while the job waits for the model worker (starting: importing torch, loading the model):
-    the job ends, nothing is saved, the worker stays and runs the next job without a child left over."""
+def test_cancel_stops_a_run_and_the_model_worker_serves_the_next(dash_duo, store, tmp_path):
+    """Cancel while the job waits to reach the model worker: the job ends, nothing is saved, the worker
+    stays and runs the next job without a child left over."""
+    import time
+
     import psutil
     from selenium.webdriver.common.by import By
 
     app = create_app(store)
     worker = app._background_manager.worker
+    go, connect = tmp_path / "go", worker.connect
+
+    def gated_connect(timeout: float = 120.0):
+        """Jobs (forked from here, so they have this) wait for ``go``: the cancel lands mid-job."""
+        while not go.exists():
+            time.sleep(0.1)
+        return connect(timeout)
+
+    worker.connect = gated_connect
     dash_duo.start_server(app, port=free_port())
     dash_duo.driver.get(f"{dash_duo.server_url}/lab?{urlencode([('prompt', 'A B A B A')])}")
     dash_duo.wait_for_element("#lab-prompts")
@@ -91,6 +102,7 @@ def test_cancel_stops_a_run_and_the_model_worker_serves_the_next(dash_duo, store
     dash_duo.find_element("#lab-cancel").click()
     wait.until(lambda d: d.find_element(By.ID, "lab-run").is_enabled())
     assert "run=" not in dash_duo.driver.current_url
+    go.touch()
     assert worker.pid is not None and psutil.Process(worker.pid).is_running()
     dash_duo.find_element("#lab-run").click()  # the next job, on the same worker (a loaded machine: slow)
     WebDriverWait(dash_duo.driver, 240).until(lambda d: "run=" in d.current_url)
