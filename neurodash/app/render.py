@@ -685,7 +685,7 @@ def score_strips_figure(names: Sequence[str], values: Mapping[str, Sequence[floa
     return {
         "data": traces,
         "layout": _layout(
-            height=max(120, 56 * rows + 20), margin={"l": 120, "r": 10, "t": 10, "b": 10}, **axes
+            height=max(120, 56 * rows + 20), margin={"l": 160, "r": 10, "t": 10, "b": 10}, **axes
         ),
     }
 
