@@ -25,6 +25,15 @@ def _seed_everything():
         pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _stop_model_workers():
+    """The model workers the module's apps started end with it (each holds a model in memory)."""
+    yield
+    from neurodash.app import model_worker
+
+    model_worker.stop_all()
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once into $NEURODASH_HOME (default ~/.cache/neurodash)."""

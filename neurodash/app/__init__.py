@@ -143,12 +143,13 @@ def serve(
     hosts = server.hosts_to_allow(host, allowed_hosts)
     server.allow_hosts(app, hosts)
     server.warn_if_exposed(host, [*server.LOOPBACK_HOSTS, *hosts])
+    bound = None if debug else server.bind_waitress(app, host, port, threads)
     warm_search_index(app)
     warm_meaning_search(app)
     freeze_startup_heap()
     print(f"neurodash: serving {store_path} on http://{server.url_host(host)}:{port}")
-    if debug:
+    if bound is None:
         app.run(host=host, port=port, debug=True)
     else:
         server.IdleTrim(app)
-        server.run_waitress(app, host, port, threads)
+        server.run_waitress(bound)

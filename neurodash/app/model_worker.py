@@ -33,6 +33,7 @@ IDLE_S = 1800.0  # the worker exits after this long without a job (the next job 
 CONNECT_S = 120.0  # how long a job waits for a worker that is starting (importing torch, loading)
 _FORK_LOCK = threading.Lock()
 current: ModelWorker | None = None  # the worker of the app whose job this process is
+_started: list[ModelWorker] = []  # every worker this process started (``stop_all``)
 
 
 class ModelWorker:
@@ -54,7 +55,9 @@ class ModelWorker:
             if not self.address:
                 folder = tempfile.mkdtemp(prefix="neurodash-worker-")  # 0700: only this user
                 self.address = str(Path(folder) / "socket")
+            if self not in _started:
                 atexit.register(self.stop)
+                _started.append(self)
             Path(self.address).unlink(missing_ok=True)
             root = str(Path(__file__).resolve().parents[2])  # where neurodash and precompute are
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
@@ -112,6 +115,13 @@ class ModelWorker:
             Path(self.address).parent.rmdir()
         except OSError:
             pass
+        self.address = ""  # a later start makes a new folder
+
+
+def stop_all() -> None:
+    """End every worker this process started (a test suite's apps, done with; a job restarts one)."""
+    for worker in _started:
+        worker.stop()
 
 
 class JobsManager(dash.DiskcacheManager):

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import flask
@@ -38,6 +38,9 @@ from dash import Dash
 from neurodash.app import state
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
+
+if TYPE_CHECKING:
+    from waitress.server import BaseWSGIServer, MultiSocketServer
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a download of every unit of a 100k-unit store sends ~1.6 MB of names
 MAX_JSON_DEPTH = 32  # the app's callbacks nest 5 deep at most (the grid's rows in a list of states)
@@ -305,12 +308,16 @@ def warn_if_exposed(host: str, allowed: Iterable[str]) -> None:
         )
 
 
-def run_waitress(app: Dash, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
-    """Serve ``app`` with waitress until interrupted; a ``NeurodashError`` if the port cannot be bound."""
+def bind_waitress(
+    app: Dash, host: str, port: int, threads: int = DEFAULT_THREADS
+) -> BaseWSGIServer | MultiSocketServer:
+    """A waitress server for ``app`` with its port bound (``run()`` serves); a ``NeurodashError`` if
+    the port cannot be bound. Bound before any background start-up work, so that a port in use ends
+    the command before threads that would still be reading the store at exit are started."""
     from waitress.server import create_server
 
     try:
-        server = create_server(
+        return create_server(
             app.server,
             host=host,
             port=port,
@@ -321,6 +328,10 @@ def run_waitress(app: Dash, host: str, port: int, threads: int = DEFAULT_THREADS
         )
     except OSError as e:
         raise NeurodashError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
+def run_waitress(server: BaseWSGIServer | MultiSocketServer) -> None:
+    """Serve until interrupted."""
     try:
         server.run()
     finally:

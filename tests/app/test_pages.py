@@ -320,11 +320,14 @@ def test_store_is_opened_read_only(app):
 def test_serve_binds_localhost_by_default(monkeypatch, synthetic_store):
     from neurodash.app import server
 
-    runs = []
-    monkeypatch.setattr(server, "run_waitress", lambda app, host, port, threads: runs.append((host, port)))
+    bound, runs = [], []
+    monkeypatch.setattr(
+        server, "bind_waitress", lambda app, host, port, threads: bound.append((host, port)) or "B"
+    )
+    monkeypatch.setattr(server, "run_waitress", runs.append)
     monkeypatch.setattr(server, "IdleTrim", lambda app: None)
     serve(synthetic_store)
-    assert runs == [("127.0.0.1", 8050)]
+    assert bound == [("127.0.0.1", 8050)] and runs == ["B"]
 
 
 @pytest.mark.parametrize(
