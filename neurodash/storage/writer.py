@@ -5,19 +5,13 @@ an existing one.
 A run that is killed (``kill -9``, a power cut) leaves its ``OUT.partial`` (and ``OUT.partial.wal``).
 The next ``StoreWriter`` to the same path removes them, and ``remove_leftovers`` those of any store
 in a folder; neither touches a partial store that a live process is still writing (DuckDB holds a
-lock on it while it is open), and a second run to the path of a live one is refused.
-
-The inserts run on a writer thread, in the order they were asked for: DuckDB releases the GIL
-while it inserts, so the caller computes the next table (or runs the next batch) meanwhile.
-``commit()`` waits for them; an insert that failed raises in the caller at its next call."""
+lock on it while it is open), and a second run to the path of a live one is refused."""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +34,6 @@ class StoreWriter:
 
     >>> with StoreWriter("store.duckdb") as w:  # doctest: +SKIP
     ...     w.add_source(source); w.append("units", {...}); w.commit()
-
-    Arrays given to ``append`` are inserted later, on the writer thread: leave them unchanged.
     """
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False):
@@ -52,13 +44,8 @@ class StoreWriter:
         self.con = connect(self.partial)
         _WRITING.add(self.partial)
         self.con.execute(STORE.ddl)
-        self.committed = False
-        self._jobs: queue.Queue[tuple[Callable[..., object], tuple] | None] = queue.Queue(QUEUE_DEPTH)
-        self._error: BaseException | None = None
-        self._aborted = False  # the writes still queued are dropped
-        self._thread = threading.Thread(target=self._work, name="store-writer", daemon=True)
-        self._thread.start()
         self.set_meta(schema_version=STORE.version)
+        self.committed = False
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -69,11 +56,10 @@ class StoreWriter:
 
     def set_meta(self, **items: object) -> None:
         for key, value in items.items():
-            self._submit(self.con.execute, "INSERT INTO meta VALUES (?, ?)", [key, str(value)])
+            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(value)])
 
     def add_source(self, s: Source) -> None:
-        self._submit(
-            self.con.execute,
+        self.con.execute(
             "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 s.source_id,
@@ -99,39 +85,11 @@ class StoreWriter:
             else columns
         )
         if data.num_rows:
-            self._submit(self._insert, table, data)
-
-    def _insert(self, table: str, data: pa.Table) -> None:
-        self.con.register("_incoming", data)
-        self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
-        self.con.unregister("_incoming")
-
-    def _submit(self, fn: Callable[..., object], *args: object) -> None:
-        """Queue one write for the writer thread (waiting while ``QUEUE_DEPTH`` are queued)."""
-        self._raise_failed()
-        self._jobs.put((fn, args))
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self._error is None and not self._aborted:  # after a failure the store is aborted
-                try:
-                    job[0](*job[1])
-                except BaseException as e:  # handed to the caller (``_raise_failed``)
-                    self._error = e
-
-    def _finish_writes(self) -> None:
-        """Wait until every queued write is done; the writer thread ends."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-
-    def _raise_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+            self.con.register("_incoming", data)
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+            self.con.unregister("_incoming")
 
     def commit(self) -> Path:
-        self._finish_writes()
-        self._raise_failed()
         self.con.execute("CHECKPOINT")
         self.con.close()
         _WRITING.discard(self.partial)
@@ -140,9 +98,7 @@ class StoreWriter:
         return self.path
 
     def abort(self) -> None:
-        self._aborted = True
         try:
-            self._finish_writes()
             self.con.close()
         finally:
             _WRITING.discard(self.partial)
@@ -153,7 +109,6 @@ class StoreWriter:
         Path(str(self.partial) + ".wal").unlink(missing_ok=True)
 
 
-QUEUE_DEPTH = 16  # writes queued at most before ``append`` waits: bounds the memory they hold
 _WRITING: set[Path] = set()  # the partial stores this process writes (its own locks cannot be tested)
 _DUCKDB_MAGIC = (8, b"DUCK")
 

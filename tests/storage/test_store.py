@@ -194,26 +194,6 @@ def test_an_existing_store_needs_overwrite(store_path):
         StoreWriter(store_path)
 
 
-def test_a_failed_insert_raises_in_the_caller_and_leaves_nothing(tmp_path):
-    """Inserts run on the writer thread: one that fails (a column DuckDB cannot cast) raises at the
-    next call, and the store is never committed."""
-    path = tmp_path / "s.duckdb"
-    with pytest.raises(duckdb.Error), StoreWriter(path) as w:
-        w.append("scores", {"source_id": ["L0"], "unit": ["not a number"], "metric": ["m"], "value": [1.0]})
-        w.commit()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_appends_keep_their_order(tmp_path):
-    path = tmp_path / "s.duckdb"
-    with StoreWriter(path) as w:
-        for i in range(3 * 16):  # more than the writer thread queues at once
-            w.append("scores", {"source_id": ["L0"], "unit": [i], "metric": ["m"], "value": [float(i)]})
-        w.commit()
-    with duckdb.connect(str(path), read_only=True) as con:
-        assert [u for (u,) in con.execute("SELECT unit FROM scores").fetchall()] == list(range(48))
-
-
 def test_unknown_table(tmp_path):
     with StoreWriter(tmp_path / "s.duckdb") as w, pytest.raises(ValueError, match="unknown table"):
         w.append("intruder", {"a": [1]})
