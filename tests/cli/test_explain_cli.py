@@ -1,5 +1,6 @@
 """``neurodash explain``: the pattern explainer over a store, bad input as one line (exit 2), finished
-units kept when a run stops; the LLM explainer against a real local endpoint (tests/llm_server.py)."""
+units kept when a run stops; the LLM explainer against ``transformers serve`` with the embedded model
+(a malformed answer comes from tests/llm_server.py: a real server sends none on request)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_failed
 from llm_server import CANNED, serving
+from transformers_serve import transformers_serving
 
 from neurodash.explain import PATTERN
 from neurodash.explain_run import explain_store
@@ -112,7 +114,7 @@ def test_an_unreachable_endpoint_is_one_line(store):
 
 
 def test_a_malformed_answer_mid_run_is_one_line_and_keeps_the_finished_units(store):
-    with serving(None, good_answers=2) as (url, chat):
+    with serving(good_answers=2) as (url, chat):
         broken = url.replace("/v1", "/broken/v1")
         code, err = neurodash(
             "explain", store, "--layers", "0", "--explainer", broken, "--explainer-model", "m"
@@ -125,22 +127,20 @@ def test_a_malformed_answer_mid_run_is_one_line_and_keeps_the_finished_units(sto
 
 
 @pytest.mark.model
-def test_the_llm_explainer_against_the_embedded_model(store, embedded_model_dir):
-    with serving(embedded_model_dir) as (url, chat):
-        code, err = neurodash(
-            "explain", store, "--units", "L0N0,L1F1", "--explainer", url, "--explainer-model", "smollm2",
-            "--timeout", "600",
-        )  # fmt: skip
+def test_the_llm_explainer_against_transformers_serve(store, embedded_model_dir, tmp_path):
+    """``transformers serve`` with the embedded model, offline: explanations stored and scored, and a
+    timeout is one line."""
+    with transformers_serving(embedded_model_dir, tmp_path) as served:
+        explain = ("explain", store, "--explainer", served.url, "--explainer-model", served.model)
+        code, err = neurodash(*explain, "--units", "L0N0,L1F1", "--timeout", "600")
         assert code == 0, err
-        assert chat.requests == 2
-        got = {e.ref: e for e in Explanations.beside(store).all("llm:smollm2")}
+        assert served.chat_requests() == 2
+        got = {e.ref: e for e in Explanations.beside(store).all(f"llm:{served.model}")}
         assert set(got) == {UnitRef("L0.mlp", 0), UnitRef("L1.sae.res", 1)}
         assert all(e.text and e.n_scored > 0 for e in got.values())
         assert all(e.correlation is None or -1 <= e.correlation <= 1 for e in got.values())
-        code, err = neurodash(
-            "explain", store, "--units", "L0N1", "--explainer", url, "--explainer-model", "smollm2",
-            "--timeout", "0.01",
-        )  # fmt: skip
+        assert all(e.details["endpoint"] == served.url for e in got.values())
+        code, err = neurodash(*explain, "--units", "L0N1", "--timeout", "0.01")
         assert_one_line(code, err, "did not answer within 0.01 s")
 
 
