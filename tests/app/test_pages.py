@@ -377,7 +377,11 @@ def test_a_store_with_sae_features(tmp_path):
         ("L1F4", "/unit/L1.sae/4"),
         ("L1F0", "/unit/L1.sae/0"),
         ("L1F1", "/unit/L1.sae/1"),
+        ("L1F1", "/unit/L1.sae/1"),  # beside them, the features behind its strong firing
+        ("L1F4", "/unit/L1.sae/4"),
     ]
+    assert {"whole mass", "when it fires strongly (activation-weighted)"} <= set(texts(neuron))
+    assert any(t.startswith(" · 70.0% of its strong firing") for t in texts(neuron))
     store = Store(mixed_path)
     strongest = store.examples(UnitRef("L1.sae", 4), ["top"])[0]
     assert any(
@@ -401,6 +405,18 @@ def test_a_store_with_sae_features(tmp_path):
         assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
+
+
+def test_a_store_without_strong_links_shows_the_whole_mass_only(tmp_path):
+    path = make_synthetic_store(
+        tmp_path / "old.duckdb", n_layers=2, n_units=5, sae_layers=(1,), score_metrics=("polysemanticity",)
+    )
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE links_strong")
+    neuron = render(create_app(path), unit.layout, source_id="L1.mlp", index="4")
+    behind = find(neuron, lambda c: isinstance(c, dcc.Link) and "nd-strong" in (c.className or ""))
+    assert [c.href for c in behind] == ["/unit/L1.sae/4", "/unit/L1.sae/0", "/unit/L1.sae/1"]
+    assert "whole mass" not in texts(neuron) and not any("strong firing" in t for t in texts(neuron))
 
 
 def _link_hrefs(page, own: str) -> list[str]:
