@@ -24,7 +24,7 @@ from synthetic import make_synthetic_store
 from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
-from neurodash.app.panels import downloads, probe_runs, text_probe
+from neurodash.app.panels import downloads, probe_runs, sparsity, text_probe
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -490,6 +490,16 @@ def test_relative_frequencies_show_where_the_store_has_them(tmp_path):
     formats = {c["field"]: c.get("valueFormatter", {}).get("function", "") for c in grid.columnDefs}
     assert formats["freq_10"].startswith("ndPercent") and formats["freq_50"].startswith("ndPercent")
     assert units_table.HIDE_DEAD  # unchanged
+    assert "Sparsest units (on their own scale)" in texts(page)
+    sparsest = sparsity.sparsest(state_of(app).units, {"L0.mlp": 1024 * 32, "L1.mlp": 1024 * 32}, n=10)
+    hrefs = [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
+    assert len(sparsest) == 10 and all(
+        f"/unit/{r.source_id}/{r.unit}" in hrefs for r in sparsest.itertuples()
+    )
+    without = make_synthetic_store(
+        tmp_path / "g.duckdb", n_layers=2, n_units=6, score_metrics=("polysemanticity",)
+    )
+    assert "Sparsest units (on their own scale)" not in texts(render(create_app(without), overview.layout))
     with Store(path) as store:
         value = store.scores(UnitRef("L1.mlp", 2))["freq_50"]
     cards = texts(render(app, unit.layout, source_id="L1.mlp", index="2"))

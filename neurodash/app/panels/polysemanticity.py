@@ -171,12 +171,7 @@ def feature_list(
             className="nd-bridge-strong",
         ),
     ]
-    grid = html.Div(
-        columns,
-        className="nd-bridge",
-        style={"display": "grid", "gridTemplateColumns": "minmax(0, 1fr) minmax(0, 1fr)", "gap": "16px"},
-    )
-    return _section(title, len(features), [grid], False)
+    return _section(title, len(features), [html.Div(columns, className="nd-grid-2 nd-bridge")], False)
 
 
 def _feature_rows(features: Sequence[FeatureBehind], share_of: str) -> list[html.Div]:
