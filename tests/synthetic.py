@@ -63,7 +63,8 @@ def make_synthetic_store(
 
     ``sae_layers`` adds an SAE source (``L{layer}.sae``, ``n_units`` features) for each layer given,
     linked to that layer's neurons (neuron i to features i, i+1, i+2; each feature back to the
-    neurons that link to it), with its last feature dead (density 0).
+    neurons that link to it; by strong firing, neuron i to features i+2, i), with its last feature
+    dead (density 0).
 
     ``tokens`` (e.g. strings that look like HTML) become the first vocabulary entries, appear at
     positions 1, 2, ... of every sequence (so every example shows them) and are every unit's top
@@ -116,6 +117,7 @@ def make_synthetic_store(
             if kind == SAE_FEATURE and layer < n_layers:
                 for table in _links(neuron_source_id(layer), sid, n_units):
                     writer.append("links", table)
+                writer.append("links_strong", _strong_links(neuron_source_id(layer), sid, n_units))
         for layer in head_layers:
             _write_heads(
                 writer, rng, layer, n_heads, n_examples, ctx, n_sequences, len(vocab), tokens or (), model
@@ -273,6 +275,20 @@ def _links(neurons: str, features: str, n: int) -> tuple[dict, dict]:
     return table(neurons, features, units, others), table(
         features, neurons, back, (back - np.tile([0, 1, 2], n)) % n
     )
+
+
+def _strong_links(neurons: str, features: str, n: int) -> dict:
+    """Neuron i -> features i+2, i (shares 0.7, 0.3 of its strong firing)."""
+    units = np.repeat(np.arange(n), 2)
+    return {
+        "source_id": [neurons] * len(units),
+        "unit": units.astype(np.int32),
+        "rank": np.tile(np.arange(2), n).astype(np.int32),
+        "target_source_id": [features] * len(units),
+        "target_unit": ((units + np.tile([2, 0], n)) % n).astype(np.int32),
+        "weight": np.tile([0.2, 0.4], n).astype(np.float32),
+        "share": np.tile([0.7, 0.3], n).astype(np.float32),
+    }
 
 
 def _scores(rng: np.random.Generator, sid: str, n: int, metrics: Sequence[str]) -> dict:

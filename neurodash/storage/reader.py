@@ -212,12 +212,16 @@ class Store:
         ).fetchall()
         return [(UnitRef(ref.source_id, n), c) for n, c in rows]
 
-    def links(self, ref: UnitRef) -> list[Link]:
-        """Units of another source tied to this one through an SAE's decoder, strongest first."""
-        if "links" not in self._tables:  # a store from before links
+    def links(self, ref: UnitRef, strong: bool = False) -> list[Link]:
+        """Units of another source tied to this one through an SAE's decoder, strongest first.
+
+        ``strong``: a neuron's features by their share of its strong firing (each token weighted by
+        the neuron's activation), from ``links_strong``; empty for a store from before it."""
+        table = "links_strong" if strong else "links"
+        if table not in self._tables:  # a store from before them
             return []
         rows = self.sql(
-            "SELECT target_source_id, target_unit, weight, share FROM links "
+            f"SELECT target_source_id, target_unit, weight, share FROM {table} "
             "WHERE source_id = ? AND unit = ? ORDER BY target_source_id, rank",
             [ref.source_id, ref.unit],
         ).fetchall()

@@ -62,6 +62,9 @@ CREATE TABLE scores (source_id VARCHAR, unit INTEGER, metric VARCHAR, value DOUB
 CREATE TABLE links (
     source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
     weight FLOAT, share FLOAT);
+CREATE TABLE links_strong (
+    source_id VARCHAR, unit INTEGER, rank INTEGER, target_source_id VARCHAR, target_unit INTEGER,
+    weight FLOAT, share FLOAT);
 CREATE TABLE clusters (source_id VARCHAR, unit INTEGER, seq_id BIGINT, pos INTEGER, cluster INTEGER);
 CREATE TABLE attention (
     source_id VARCHAR, unit INTEGER, bucket VARCHAR, rank INTEGER, pattern FLOAT[], before FLOAT);
@@ -71,6 +74,7 @@ CREATE TABLE attention (
         "links",
         "clusters",
         "attention",
+        "links_strong",  # neuron -> features by share of its strong firing (activation-weighted)
     ),  # a store from before them still opens, and reads them empty
 )
 

@@ -375,7 +375,8 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
     """The bridge between a layer's neurons and the features of each SAE read from its ``hook_post``.
 
     Neuron -> features: each feature's share of the neuron's activation mass (``attributed_mass``,
-    from the ``attribution_sums`` gathered in the pass),
+    from the ``attribution_sums`` gathered in the pass), and in ``links_strong`` its share of the
+    strong firing (the ``strong`` sums),
     and scores of the neuron: the effective number of features behind it, how many cover 80% of its
     mass, and the effective number behind its strong firing (``strong`` sums: tokens weighted by
     the neuron's activation). Feature -> neurons: each neuron's share of the decoder row's squared norm.
@@ -390,6 +391,7 @@ def _write_links(writer: StoreWriter, tracked: list[Tracked], k: int) -> None:
         mass = feature_shares(mass_from_sums(bridge.attribution.value(), up).cpu().numpy())
         strong = feature_shares(mass_from_sums(bridge.strong.value(), up).cpu().numpy())
         writer.append("links", tables.links_table(layer, sid, mass, decoder.T, k))
+        writer.append("links_strong", tables.links_table(layer, sid, strong, decoder.T, k))
         energy = decoder**2 / np.maximum((decoder**2).sum(1, keepdims=True), 1e-30)
         writer.append("links", tables.links_table(sid, layer, energy, decoder, k))
         suffix = f"[{sid}]" if per_hook[sae.hook] > 1 else ""

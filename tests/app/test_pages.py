@@ -24,7 +24,7 @@ from synthetic import make_synthetic_store
 from neurodash.app import create_app, ids, serve, shell, state
 from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
-from neurodash.app.panels import downloads, probe_runs, text_probe
+from neurodash.app.panels import downloads, probe_runs, sparsity, text_probe
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -380,7 +380,11 @@ def test_a_store_with_sae_features(tmp_path):
         ("L1F4", "/unit/L1.sae/4"),
         ("L1F0", "/unit/L1.sae/0"),
         ("L1F1", "/unit/L1.sae/1"),
+        ("L1F1", "/unit/L1.sae/1"),  # beside them, the features behind its strong firing
+        ("L1F4", "/unit/L1.sae/4"),
     ]
+    assert {"whole mass", "when it fires strongly (activation-weighted)"} <= set(texts(neuron))
+    assert any(t.startswith(" · 70.0% of its strong firing") for t in texts(neuron))
     store = Store(mixed_path)
     strongest = store.examples(UnitRef("L1.sae", 4), ["top"])[0]
     assert any(
@@ -404,6 +408,18 @@ def test_a_store_with_sae_features(tmp_path):
         assert shell.on_jump(1, "L1F2") == ("/unit/L1.sae/2", "", "")
     hooks = by_id(render(mixed, probe.layout), ids.PROBE_CONFIG).data["hooks"]
     assert list(hooks.values()) == ["L0.mlp", "L1.mlp"]  # the probe reads neurons only
+
+
+def test_a_store_without_strong_links_shows_the_whole_mass_only(tmp_path):
+    path = make_synthetic_store(
+        tmp_path / "old.duckdb", n_layers=2, n_units=5, sae_layers=(1,), score_metrics=("polysemanticity",)
+    )
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE links_strong")
+    neuron = render(create_app(path), unit.layout, source_id="L1.mlp", index="4")
+    behind = find(neuron, lambda c: isinstance(c, dcc.Link) and "nd-strong" in (c.className or ""))
+    assert [c.href for c in behind] == ["/unit/L1.sae/4", "/unit/L1.sae/0", "/unit/L1.sae/1"]
+    assert "whole mass" not in texts(neuron) and not any("strong firing" in t for t in texts(neuron))
 
 
 def _link_hrefs(page, own: str) -> list[str]:
@@ -477,6 +493,16 @@ def test_relative_frequencies_show_where_the_store_has_them(tmp_path):
     formats = {c["field"]: c.get("valueFormatter", {}).get("function", "") for c in grid.columnDefs}
     assert formats["freq_10"].startswith("ndPercent") and formats["freq_50"].startswith("ndPercent")
     assert units_table.HIDE_DEAD  # unchanged
+    assert "Sparsest units (on their own scale)" in texts(page)
+    sparsest = sparsity.sparsest(state_of(app).units, {"L0.mlp": 1024 * 32, "L1.mlp": 1024 * 32}, n=10)
+    hrefs = [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
+    assert len(sparsest) == 10 and all(
+        f"/unit/{r.source_id}/{r.unit}" in hrefs for r in sparsest.itertuples()
+    )
+    without = make_synthetic_store(
+        tmp_path / "g.duckdb", n_layers=2, n_units=6, score_metrics=("polysemanticity",)
+    )
+    assert "Sparsest units (on their own scale)" not in texts(render(create_app(without), overview.layout))
     with Store(path) as store:
         value = store.scores(UnitRef("L1.mlp", 2))["freq_50"]
     cards = texts(render(app, unit.layout, source_id="L1.mlp", index="2"))

@@ -137,3 +137,31 @@ def test_overview_downloads_the_units_its_filter_leaves(dash_duo, synthetic_stor
     assert [list(a) for a in got["acts"]] == [list(a) for a in want["acts"]]
     dash_duo.wait_for_text_to_equal("#units-download-status", f"11 units, {len(want)} examples as PARQUET")
     assert dash_duo.get_logs() == []
+
+
+def test_add_to_set_confirms_where_the_click_was(dash_duo, synthetic_store, tmp_path):
+    """The confirmation of "+ add to set" appears beside the button clicked (the feedback line is at
+    the top of the page, out of sight once the reader has scrolled to an example)."""
+    sets = ExampleSets(tmp_path / "sets.duckdb")
+    start(dash_duo, create_app(synthetic_store, sets_file=sets.path), "/unit/L1.mlp/5", tmp_path)
+    dash_duo.wait_for_text_to_equal(".nd-unit-header h1", "L1N5")
+    dash_duo.find_element("#set-name").send_keys("near")
+    button = dash_duo.find_elements(".nd-add")[6]
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+    dash_duo.wait_for_text_to_equal("#set-feedback", "added 1 example to 'near'")
+    toast = WebDriverWait(dash_duo.driver, 5).until(
+        lambda d: d.execute_script(
+            "const t = document.querySelector('.nd-toast');"
+            "return t && [t.textContent, t.getBoundingClientRect().toJSON()];"
+        )
+    )
+    text, box = toast
+    near = dash_duo.driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", button)
+    assert text == "added 1 example to 'near'"
+    gap_x = max(near["left"] - box["right"], box["left"] - near["right"], 0)
+    gap_y = max(near["top"] - box["bottom"], box["top"] - near["bottom"], 0)
+    assert (gap_x**2 + gap_y**2) ** 0.5 <= 100, (box, near)
+    assert near["top"] > 300, "the button is well below the feedback line at the top"
+    assert 0 <= box["top"] and box["bottom"] <= dash_duo.driver.execute_script("return innerHeight")
+    assert dash_duo.get_logs() == []

@@ -1,5 +1,5 @@
 """Overview (``routes.OVERVIEW``, ``/``): the store's sources (neurons', features' and heads'), per-layer
-distributions, the most and least polysemantic units, and the table of every unit (``panels/units_table.py``)."""
+distributions, the most and least polysemantic units, the sparsest units, and the table of every unit (``panels/units_table.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dash.development.base_component import Component
 
 from neurodash.app import ids, render, state
 from neurodash.app.data import box_stats, label_prefixes
-from neurodash.app.panels import meaning, polysemanticity, search, units_table
+from neurodash.app.panels import meaning, polysemanticity, search, sparsity, units_table
 from neurodash.app.state import AppState
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
@@ -61,6 +61,9 @@ def fixed_parts(app_state: AppState) -> tuple[list[Component], list[Component]]:
     below = [
         render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
         polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
+        sparsity.sparsest_panel(
+            app_state.units, label_prefixes(sources), {s.source_id: s.n_tokens for s in sources}
+        ),
         units_table.layout(app_state),
     ]
     return above, below

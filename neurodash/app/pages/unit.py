@@ -104,6 +104,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 store.clusters(ref),
                 max_abs,
                 polysemanticity.features_behind(store, ref, prefixes),
+                polysemanticity.features_behind(store, ref, prefixes, strong=True),
             ),
             maximize_panel.panel(ref, store.path),
             html.P(

@@ -135,12 +135,14 @@ class FeatureBehind:
 
 
 def features_behind(
-    store: Store, ref: UnitRef, prefixes: dict[str, str | None], n: int = 6
+    store: Store, ref: UnitRef, prefixes: dict[str, str | None], n: int = 6, strong: bool = False
 ) -> list[FeatureBehind]:
-    """A neuron's SAE features with the largest shares of its mass, each with its strongest example."""
+    """A neuron's SAE features with the largest shares of its mass, each with its strongest example;
+    ``strong``: of its strong firing (each token weighted by the neuron's activation; empty for a store
+    from before it)."""
     if store.source(ref.source_id).kind == SAE_FEATURE:
         return []
-    links = sorted(store.links(ref), key=lambda link: -link.share)[:n]
+    links = sorted(store.links(ref, strong=strong), key=lambda link: -link.share)[:n]
     strongest = store.strongest_examples([link.ref for link in links])
     return [
         FeatureBehind(link, unit_label(link.ref, prefixes), strongest[link.ref])
@@ -149,22 +151,42 @@ def features_behind(
     ]
 
 
-def feature_list(features: Sequence[FeatureBehind], shown: int = 6) -> html.Details:
+def feature_list(
+    features: Sequence[FeatureBehind], strong: Sequence[FeatureBehind] = (), shown: int = 6
+) -> html.Details:
     """The SAE features that share the neuron's activation mass, largest share first, each linked
-    and with its own strongest example (coloured by the feature)."""
-    rows = [
+    and with its own strongest example (coloured by the feature); beside them, where the store has
+    them, the features behind its strong firing (activation-weighted)."""
+    whole = _feature_rows(features[:shown], "of this neuron's activation mass")
+    title = "SAE features behind it (each feature's strongest example)"
+    if not strong:
+        return _section(title, len(features), whole, False)
+    columns = [
+        html.Div([html.H4("whole mass", className="nd-muted"), *whole], className="nd-bridge-whole"),
+        html.Div(
+            [
+                html.H4("when it fires strongly (activation-weighted)", className="nd-muted"),
+                *_feature_rows(strong[:shown], "of its strong firing"),
+            ],
+            className="nd-bridge-strong",
+        ),
+    ]
+    return _section(title, len(features), [html.Div(columns, className="nd-grid-2 nd-bridge")], False)
+
+
+def _feature_rows(features: Sequence[FeatureBehind], share_of: str) -> list[html.Div]:
+    return [
         _example_item(
             [
                 render.unit_link(f.label, f.link.ref, className="nd-strong"),
-                f" · {f.link.share:.1%} of this neuron's activation mass · its strongest example, "
+                f" · {f.link.share:.1%} {share_of} · its strongest example, "
                 f"{f.example.value:+.3f} on {f.example.max_token!r}",
             ],
             f.example,
             max(abs(f.example.value), 1e-9),
         )
-        for f in features[:shown]
+        for f in features
     ]
-    return _section("SAE features behind it (each feature's strongest example)", len(features), rows, False)
 
 
 def _example_item(header: list, example: Example, max_abs: float, title: str | None = None) -> html.Div:
@@ -196,10 +218,11 @@ def unit_panel(
     clusters: dict[tuple[int, int], int],
     max_abs: float,
     features: Sequence[FeatureBehind] = (),
+    strong_features: Sequence[FeatureBehind] = (),
 ) -> html.Section | None:
     """The unit's polysemanticity scores (hover a card for its meaning) and what makes them: the
-    context clusters and the max tokens of its examples, and the SAE features behind a neuron, one
-    example of each. None without scores."""
+    context clusters and the max tokens of its examples, and the SAE features behind a neuron (its
+    whole mass, and its strong firing beside it), one example of each. None without scores."""
     if not any(m in scores for m in METRICS):
         return None
     by_context, by_token = breakdown(examples, clusters)
@@ -213,7 +236,7 @@ def unit_panel(
     if by_token:
         parts.append(group_list("Tokens its examples peak on", by_token, max_abs, open_=False))
     if features:
-        parts.append(feature_list(features))
+        parts.append(feature_list(features, strong_features))
     return render.panel("Polysemanticity", *parts)
 
 

@@ -238,3 +238,34 @@ def test_links_between_neurons_and_features(store, untrained_sae, features, brut
     assert [link.ref for link in links] == [UnitRef("L1.mlp", i) for i in np.argsort(-energy)[:3]]
     np.testing.assert_allclose([link.share for link in links], np.sort(energy)[::-1][:3], rtol=1e-4)
     assert store.links(UnitRef("L0.mlp", 3)) == [], "no SAE reads layer 0"
+
+
+def test_strong_links_are_the_activation_weighted_bridge(store, untrained_sae, features, brute):
+    """Neuron -> features by share of its strong firing (``links_strong``) equal
+    ``attributed_mass(strong=True)`` over all tokens at once; features have no strong links."""
+    from precompute.pipeline.polysemanticity import attributed_mass, feature_shares
+    from precompute.sae import load_sae
+
+    W_dec = load_sae(str(untrained_sae)).decoder_directions().double()  # [24 features, 48 neurons]
+    neurons = torch.from_numpy(brute[1][:, 1:, :].reshape(-1, 48)).double()
+    acts = torch.from_numpy(features[:, 1:, :].reshape(-1, SAE_WIDTH)).double()
+    share = feature_shares(attributed_mass(neurons, acts, W_dec, strong=True).numpy())
+    whole = feature_shares(attributed_mass(neurons, acts, W_dec).numpy())
+    differ = 0
+    for neuron in range(48):
+        links = store.links(UnitRef("L1.mlp", neuron), strong=True)
+        top = np.argsort(-share[neuron], kind="stable")[: len(links)]
+        assert len(links) == min(N_NEIGHBORS, int((share[neuron] > 0).sum()))
+        np.testing.assert_allclose([link.share for link in links], share[neuron][top], rtol=1e-4)
+        assert {link.ref.unit for link in links} == set(top), "ties aside, the same features"
+        np.testing.assert_allclose(
+            [link.weight for link in links],
+            W_dec.numpy()[[link.ref.unit for link in links], neuron],
+            rtol=1e-5,
+        )
+        differ += [link.ref for link in links] != [
+            link.ref for link in store.links(UnitRef("L1.mlp", neuron))
+        ]
+        differ += not np.allclose([link.share for link in links], np.sort(whole[neuron])[::-1][: len(links)])
+    assert differ, "the strong bridge is not the whole-mass one"
+    assert store.links(UnitRef("L1.sae", 5), strong=True) == []

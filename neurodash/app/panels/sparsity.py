@@ -1,0 +1,57 @@
+"""The overview's sparsest units: by the fraction of tokens above half the unit's own max (``freq_50``),
+lowest first. ``density`` (the fraction > 0) is about 50% for a SiLU-gated neuron, so it finds nothing."""
+
+from __future__ import annotations
+
+import pandas as pd
+from dash import html
+
+from neurodash.app import render
+from neurodash.app.data import unit_label
+from neurodash.units import HEAD, UnitRef
+
+RANKED_BY = "freq_50"
+MIN_STRONG_TOKENS = 20  # evidence a unit needs: tokens above half its max (fewer: its max may be one outlier)
+
+
+def sparsest(units: pd.DataFrame, tokens_seen: dict[str, int], n: int = 10) -> pd.DataFrame:
+    """The ``n`` units (not heads: a head's norm does not fire) with the lowest ``freq_50`` among those
+    with at least ``MIN_STRONG_TOKENS`` tokens above half their max (``tokens_seen`` per source)."""
+    if RANKED_BY not in units:
+        return units.iloc[:0]
+    seen = units["source_id"].map(tokens_seen).fillna(0).to_numpy(float)
+    strong_tokens = units[RANKED_BY].to_numpy(float) * seen
+    kept = units.loc[(units["kind"] != HEAD).to_numpy() & (strong_tokens >= MIN_STRONG_TOKENS)]
+    return kept.nsmallest(n, RANKED_BY)
+
+
+def sparsest_panel(
+    units: pd.DataFrame, prefixes: dict[str, str | None], tokens_seen: dict[str, int], n: int = 10
+) -> html.Section | None:
+    """The sparsest units on their own scale, linked; None for a store without ``freq_50``."""
+    frame = sparsest(units, tokens_seen, n)
+    if frame.empty:
+        return None
+    shown = [m for m in ("freq_50", "freq_10", "density") if m in frame]
+    head = ["unit", "layer", *(render.metric_title(m) for m in shown)]
+    body = [
+        html.Tr(
+            [
+                html.Td(render.unit_link(unit_label(ref, prefixes), ref)),
+                html.Td(row["layer"], className="nd-num"),
+                *(html.Td(render.fraction_text(float(row[m])), className="nd-num") for m in shown),
+            ]
+        )
+        for row in frame.to_dict("records")
+        for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
+    ]
+    return render.panel(
+        "Sparsest units (on their own scale)",
+        html.P(
+            f"Lowest fraction of tokens above half the unit's own max first, among units with at least "
+            f"{MIN_STRONG_TOKENS} such tokens (fewer is too little evidence: the max may be one outlier). "
+            "Density (the fraction > 0) is beside it: for SiLU-gated neurons it is about 50% for all.",
+            className="nd-muted",
+        ),
+        html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"),
+    )
