@@ -24,8 +24,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from neurodash import paths
@@ -52,8 +53,8 @@ DEMO_SAE_WIDTH = 4096
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None  # `kill` = Ctrl-C
+    handled = _interrupt_signals() if threading.current_thread() is threading.main_thread() else {}
+    _signalled.clear()
     try:
         args.run(args)
     except NeurodashError as e:
@@ -62,13 +63,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception:
+        if not _signalled:  # DuckDB turns a signal that lands mid-query into "Query interrupted"
+            raise
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, previous in handled.items():
+            signal.signal(signum, previous)
     return 0
 
 
+_signalled: list[int] = []  # the signals received during ``main``
+SignalHandler = (
+    Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+)  # as signal.signal returns
+
+
+def _interrupt_signals() -> dict[signal.Signals, SignalHandler]:
+    """``kill`` as Ctrl-C, and both remembered: the previous handlers, by signal. Ctrl-C stays ignored
+    where it was (a process started in the background)."""
+    handled: dict[signal.Signals, SignalHandler] = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+    return handled
+
+
 def _interrupt(signum, frame) -> None:
+    _signalled.append(signum)
     raise KeyboardInterrupt
 
 

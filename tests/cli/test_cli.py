@@ -353,3 +353,34 @@ def test_serve_with_a_sets_file_it_cannot_write(capsys, synthetic_store, tmp_pat
     code, err = run_cli(capsys, "serve", str(synthetic_store), "--sets-file", str(path))
     assert_failed(code, err, message)
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_a_query_turns_into_an_error_is_an_interruption(monkeypatch, capsys, how):
+    """DuckDB answers a signal that lands mid-query with its own ``RuntimeError("Query interrupted")``:
+    still an interruption (status 130, one line), while the same error without a signal is not."""
+    import argparse
+
+    import neurodash.cli as cli
+
+    def query(args) -> None:
+        try:
+            if args.signal:
+                os.kill(os.getpid(), how)
+            time.sleep(5 if args.signal else 0)
+        except KeyboardInterrupt:
+            pass
+        raise RuntimeError("Query interrupted")
+
+    class Parser:
+        signal = True
+
+        def parse_args(self, argv):
+            return argparse.Namespace(run=query, signal=self.signal)
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    assert main([]) == 130
+    assert capsys.readouterr().err == "interrupted: nothing was written\n"
+    Parser.signal = False
+    with pytest.raises(RuntimeError, match="Query interrupted"):
+        main([])
