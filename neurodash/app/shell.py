@@ -5,7 +5,8 @@ from __future__ import annotations
 import dash
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import ids, render, routes, state
+from neurodash.app import ids, routes, state
+from neurodash.app.render import highlights
 from neurodash.errors import NeurodashError
 from neurodash.units import parse_ref
 
@@ -49,7 +50,7 @@ def layout(store_name: str, model: str) -> html.Div:
             html.Main(dash.page_container, className="nd-main"),
         ]
     )
-    return render.with_token_scale(frame)
+    return highlights.with_token_scale(frame)
 
 
 def jump(text: str | None) -> tuple[str | NoUpdate, str]:

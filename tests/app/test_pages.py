@@ -22,9 +22,9 @@ from dash.exceptions import PreventUpdate
 from synthetic import make_synthetic_store
 
 from neurodash.app import create_app, ids, serve, shell, state
-from neurodash.app import render as render_module
 from neurodash.app.pages import not_found_404, overview, probe, unit
 from neurodash.app.panels import downloads, probe_runs, sparsity, text_probe
+from neurodash.app.render.formats import fraction_text
 from neurodash.cli import main
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
@@ -506,4 +506,4 @@ def test_relative_frequencies_show_where_the_store_has_them(tmp_path):
     with Store(path) as store:
         value = store.scores(UnitRef("L1.mlp", 2))["freq_50"]
     cards = texts(render(app, unit.layout, source_id="L1.mlp", index="2"))
-    assert "fraction > 50% of max" in cards and render_module.fraction_text(value) in cards
+    assert "fraction > 50% of max" in cards and fraction_text(value) in cards

@@ -10,7 +10,8 @@ from app_helpers import find, texts, token_rows
 from dash import dcc, html
 from synthetic import XSS_TOKENS
 
-from neurodash.app import render
+from neurodash.app.render import figures, highlights, tables, widgets
+from neurodash.app.render.formats import fraction_text
 from neurodash.colors import NEGATIVE, POSITIVE, rgba
 from neurodash.units import Example, LogitEffect, Source, UnitRef, UnitStats
 
@@ -18,16 +19,16 @@ REF = UnitRef("L1.mlp", 7)
 
 
 def test_token_row_is_one_element_with_its_tokens_as_json():
-    row = render.token_row(["Hello", " world", "!"], [2.0, -1.0, 0.000001], max_abs=2.0, marked_index=0)
+    row = highlights.token_row(["Hello", " world", "!"], [2.0, -1.0, 0.000001], max_abs=2.0, marked_index=0)
     assert row.children is None and row.className == "nd-tokens"  # neurodash.js builds the spans
     assert token_rows(row) == [
         {"tokens": ["Hello", " world", "!"], "acts": [2.0, -1.0, 0.0], "max_abs": 2.0, "marked": 0}
     ]
-    assert token_rows(render.token_row(["a"], [1.0], 1.0))[0]["marked"] is None
+    assert token_rows(highlights.token_row(["a"], [1.0], 1.0))[0]["marked"] is None
 
 
 def test_token_row_carries_html_as_text():
-    row = render.token_row(list(XSS_TOKENS), [1.0] * len(XSS_TOKENS), 1.0)
+    row = highlights.token_row(list(XSS_TOKENS), [1.0] * len(XSS_TOKENS), 1.0)
     assert token_rows(row)[0]["tokens"] == list(XSS_TOKENS)
     payload = json.loads(plotly.io.to_json(row))  # what the browser receives: text props, no HTML prop
     assert "dangerouslySetInnerHTML" not in json.dumps(payload)
@@ -35,7 +36,7 @@ def test_token_row_carries_html_as_text():
 
 def test_token_row_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="2 tokens but 1 activations"):
-        render.token_row(["a", "b"], [1.0], 1.0)
+        highlights.token_row(["a", "b"], [1.0], 1.0)
 
 
 def example(bucket: str, rank: int, acts: tuple[float, ...], pos: int) -> Example:
@@ -60,7 +61,7 @@ def test_example_sections_keep_store_order_and_mark_the_max():
         example("q0.80", 0, (0.5, 0.2, 0.0), 0),
         example("bottom", 0, (-0.1, -0.9, 0.0), 1),
     ]
-    sections = render.example_sections(examples, max_abs=2.0)
+    sections = highlights.example_sections(examples, max_abs=2.0)
     titles = [texts(s.children[0])[0] for s in sections]
     assert titles == [
         "Top activations",
@@ -90,7 +91,7 @@ def stats(**overrides) -> UnitStats:
 
 
 def test_histogram_figure():
-    fig = render.histogram_figure(stats())
+    fig = figures.histogram_figure(stats())
     bar = fig["data"][0]
     assert bar["x"] == [-0.25, 0.25, 0.75, 1.25, 1.75]
     assert bar["y"] == pytest.approx([0.1, 0.6, 0.2, 0.09, 0.01])
@@ -108,7 +109,7 @@ def test_logit_figure_escapes_tokens_and_orders_by_rank():
         LogitEffect("+", 0, 4, XSS_TOKENS[0], 2.0),
         LogitEffect("-", 0, 6, "\n", -3.0),
     ]
-    fig = render.logit_figure(effects)
+    fig = figures.logit_figure(effects)
     boosted, suppressed = fig["data"]
     assert boosted["x"] == [2.0, 1.0] and suppressed["x"] == [-3.0]
     assert fig["layout"]["yaxis"]["ticktext"] == ["'&lt;script&gt;alert(1)&lt;/script&gt;'", "' b'"]
@@ -117,7 +118,7 @@ def test_logit_figure_escapes_tokens_and_orders_by_rank():
 
 
 def test_token_label_shortens():
-    label = render.token_label("x" * 100, width=10)
+    label = figures.token_label("x" * 100, width=10)
     assert label == "'xxxxxxxx…" and len(label) == 10
 
 
@@ -131,7 +132,7 @@ def test_layer_distribution_figure_one_panel_per_metric():
         "upperfence": [3, 3],
         "max": [4, 4],
     }
-    fig = render.layer_distribution_figure({"max_act": {"neuron": box}, "density": {"neuron": box}})
+    fig = figures.layer_distribution_figure({"max_act": {"neuron": box}, "density": {"neuron": box}})
     assert [t["type"] for t in fig["data"]] == ["box", "box"]
     assert fig["data"][1]["xaxis"] == "x2"
     assert fig["layout"]["xaxis"]["domain"][1] < fig["layout"]["xaxis2"]["domain"][0]
@@ -150,7 +151,7 @@ def test_layer_distribution_figure_groups_kinds_and_logs_tiny_densities():
             "max": [median * 5],
         }
 
-    fig = render.layer_distribution_figure({"density": {"neuron": box(0.4), "sae_feature": box(0.001)}})
+    fig = figures.layer_distribution_figure({"density": {"neuron": box(0.4), "sae_feature": box(0.001)}})
     assert [t["name"] for t in fig["data"]] == ["neuron", "sae feature"]
     assert fig["data"][0]["marker"]["color"] != fig["data"][1]["marker"]["color"]
     assert fig["layout"]["boxmode"] == "group" and fig["layout"]["showlegend"] is True
@@ -159,7 +160,7 @@ def test_layer_distribution_figure_groups_kinds_and_logs_tiny_densities():
 
 def test_unit_header_links_and_permalink():
     source = Source("L1.mlp", "m", "blocks.1.mlp.hook_post", "neuron", 1, 10, 100)
-    header = render.unit_header(
+    header = widgets.unit_header(
         "L1N7", source, ("L1N6", UnitRef("L1.mlp", 6)), None, "http://h/unit/L1.mlp/7"
     )
     links = find(header, lambda c: isinstance(c, dcc.Link))
@@ -170,25 +171,25 @@ def test_unit_header_links_and_permalink():
 
 
 def test_neighbor_list_links():
-    panel = render.neighbor_list([(UnitRef("L1.mlp", 3), 0.5)], ["L1N3"])
+    panel = widgets.neighbor_list([(UnitRef("L1.mlp", 3), 0.5)], ["L1N3"])
     link = find(panel, lambda c: isinstance(c, dcc.Link))[0]
     assert (link.children, link.href) == ("L1N3", "/unit/L1.mlp/3")
-    assert "No neighbours" in texts(render.neighbor_list([], []))[0]
+    assert "No neighbours" in texts(widgets.neighbor_list([], []))[0]
 
 
 def test_ranked_units_table():
-    row = render.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 0.5, 2.5, "' x'")
-    table = render.ranked_units([row], "none")
+    row = tables.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 0.5, 2.5, "' x'")
+    table = tables.ranked_units([row], "none")
     assert {"L0N5", "+1.250", "+2.500", "its max", "50%", "' x'", "at token"} <= set(texts(table))
-    without_tokens = render.ranked_units(
-        [render.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 1.5, 0.8)], "none"
+    without_tokens = tables.ranked_units(
+        [tables.RankedUnit("L0N5", UnitRef("L0.mlp", 5), 1.25, 1.5, 0.8)], "none"
     )
     assert "at token" not in texts(without_tokens) and "150%" in texts(without_tokens)
-    assert texts(render.ranked_units([], "nothing here")) == ["nothing here"]
+    assert texts(tables.ranked_units([], "nothing here")) == ["nothing here"]
 
 
 def test_not_found_page_links_home():
-    page = render.not_found("No unit L9.mlp/1.")
+    page = widgets.not_found("No unit L9.mlp/1.")
     assert "No unit L9.mlp/1." in texts(page)
     assert "/" in [link.href for link in find(page, lambda c: isinstance(c, dcc.Link))]
 
@@ -205,10 +206,10 @@ def test_not_found_page_links_home():
     ],
 )
 def test_small_fractions_are_readable(value, shown):
-    assert render.fraction_text(value) == shown
+    assert fraction_text(value) == shown
 
 
 def test_the_histograms_zero_bin_is_neither_sign():
-    assert render.bin_color(-0.1, 0.2) == rgba(render.ZERO_BIN, 0.85)
-    assert render.bin_color(0.0, 0.2) == rgba(POSITIVE, 0.85)
-    assert render.bin_color(-0.3, -0.1) == rgba(NEGATIVE, 0.85)
+    assert figures.bin_color(-0.1, 0.2) == rgba(figures.ZERO_BIN, 0.85)
+    assert figures.bin_color(0.0, 0.2) == rgba(POSITIVE, 0.85)
+    assert figures.bin_color(-0.3, -0.1) == rgba(NEGATIVE, 0.85)

@@ -6,7 +6,6 @@ Every test ends with no console errors in the browser.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from app_screenshot import free_port
@@ -19,7 +18,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from synthetic import XSS_TOKENS, make_synthetic_store
 
-from neurodash.app import create_app, render, routes
+from neurodash.app import ASSETS, create_app, routes
+from neurodash.app.render import highlights
 from neurodash.storage import Store
 from neurodash.units import UnitRef
 
@@ -212,21 +212,21 @@ def test_untrusted_tokens_show_as_text_and_never_run(dash_duo, synthetic_store):
 
 
 def test_token_rows_render_as_coloured_text(dash_duo):
-    """``render.token_row`` sends JSON; ``neurodash.js`` makes the spans: text, colour, hover, mark,
+    """``highlights.token_row`` sends JSON; ``neurodash.js`` makes the spans: text, colour, hover, mark,
     and makes them again when a callback gives the same element new tokens."""
-    app = Dash(__name__, assets_folder=str(Path(render.__file__).parent / "assets"))
+    app = Dash(__name__, assets_folder=str(ASSETS))
     tokens = ["Hello", " world\n", "\t", "", "it's", "'\"\\\x01", XSS_TOKENS[0]]
     acts = [2.0, -1.0, 0.001, 0.5, 1.0, 1.0, 2.0]
-    app.layout = render.with_token_scale(  # as the shell does around every page
+    app.layout = highlights.with_token_scale(  # as the shell does around every page
         html.Div(
             [
-                html.Div(render.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
+                html.Div(highlights.token_row(tokens, acts, 2.0, marked_index=0), id="row"),
                 html.Button("swap", id="swap"),
             ]
         )
     )
     app.callback(Output("row", "children"), Input("swap", "n_clicks"), prevent_initial_call=True)(
-        lambda _: render.token_row(["a", "b"], [0.0, -3.0], 3.0, marked_index=1)
+        lambda _: highlights.token_row(["a", "b"], [0.0, -3.0], 3.0, marked_index=1)
     )
     dash_duo.start_server(app, port=free_port())
     read = "return [...document.querySelectorAll('#row .nd-tokens > span')].map(s => [s.textContent, s.title, s.style.backgroundColor, s.className])"

@@ -14,7 +14,7 @@ import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import current_unit, ids, render, routes, state
+from neurodash.app import current_unit, ids, routes, state
 from neurodash.app.data import (
     adjacent_units,
     closest_heads,
@@ -26,6 +26,7 @@ from neurodash.app.data import (
 )
 from neurodash.app.panels import downloads
 from neurodash.app.panels import sets as sets_panel
+from neurodash.app.render import figures, highlights, widgets
 from neurodash.app.state import AppState
 from neurodash.storage import Store
 from neurodash.units import HEAD, AttentionRow, Example, UnitRef, neuron_source_id
@@ -60,7 +61,7 @@ def layout(layer: str | None = None, head: str | None = None, **_query) -> html.
             if heads
             else "This store has no attention heads."
         )
-        return render.not_found(f"This store has no head {layer}/{head}.", hint)
+        return widgets.not_found(f"This store has no head {layer}/{head}.", hint)
     return page(store, ref)
 
 
@@ -96,7 +97,7 @@ def page(store: Store, ref: UnitRef) -> html.Div:
     return html.Div(
         [
             current_unit.holder(ref),
-            render.unit_header(
+            widgets.unit_header(
                 unit_label(ref, prefixes),
                 source,
                 (unit_label(prev, prefixes), prev) if prev else None,
@@ -106,19 +107,19 @@ def page(store: Store, ref: UnitRef) -> html.Div:
             html.P(layer_links(store, source.layer), className="nd-muted"),
             html.Div(
                 [
-                    render.panel(
+                    widgets.panel(
                         "Scores (this head ◆ among all heads)",
                         score_cards(store, ref),
-                        render.graph(
-                            render.score_strips_figure(list(heads["name"]), all_heads.values, me),
+                        figures.graph(
+                            figures.score_strips_figure(list(heads["name"]), all_heads.values, me),
                             ids.HEAD_SCORES,
                         )
                         if metrics
                         else html.P("No scores stored for heads.", className="nd-muted"),
                     ),
-                    render.panel(
+                    widgets.panel(
                         "OV logit effect",
-                        render.graph(render.logit_figure(store.logit_effects(ref)), ids.HEAD_LOGITS),
+                        figures.graph(figures.logit_figure(store.logit_effects(ref)), ids.HEAD_LOGITS),
                     ),
                     resembling_panel(store, ref, all_heads, prefixes),
                 ],
@@ -130,7 +131,7 @@ def page(store: Store, ref: UnitRef) -> html.Div:
             html.Div(
                 id=ids.TOKEN_INSPECTOR, className="nd-inspector", children="Hover a token to see its weight."
             ),
-            render.panel(
+            widgets.panel(
                 "Examples", html.P(WINDOW_NOTE, className="nd-muted"), *example_sections(examples, rows)
             ),
             html.P(
@@ -145,7 +146,7 @@ def layer_links(store: Store, layer: int) -> list:
     """Links to the layer's neurons (if the store has them), the heads page and the overview."""
     neurons = UnitRef(neuron_source_id(layer), 0)
     return [
-        *([render.unit_link(f"Layer {layer}'s neurons", neurons), " · "] if store.has_unit(neurons) else []),
+        *([widgets.unit_link(f"Layer {layer}'s neurons", neurons), " · "] if store.has_unit(neurons) else []),
         dcc.Link("All heads", href=routes.HEADS),
         " · ",
         dcc.Link("Overview", href=routes.OVERVIEW),
@@ -158,16 +159,16 @@ def score_cards(store: Store, ref: UnitRef) -> html.Div:
     norm = "output norm" if activation == "out_norm" else "‖z‖"
     items = [(f"max {norm}", f"{stats.max_act:.3f}"), (f"mean {norm}", f"{stats.mean_act:.3f}")]
     items += [("tokens", f"{stats.n_tokens:,}")]
-    return render.stat_cards(items)
+    return widgets.stat_cards(items)
 
 
 def resembling_panel(store: Store, ref: UnitRef, all_heads: AllHeads, prefixes: dict) -> html.Section:
     """The stored neighbours (similar OV output), or else the heads with the closest score vectors."""
     neighbors = store.neighbors(ref)
     if neighbors:
-        return render.panel(
+        return widgets.panel(
             "Similar heads (cosine of OV output)",
-            render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+            widgets.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
         )
     closest = closest_heads(all_heads.frame, ref, all_heads.metrics, z=all_heads.z)
     top = max((d for _, d in closest), default=1.0) or 1.0
@@ -175,26 +176,26 @@ def resembling_panel(store: Store, ref: UnitRef, all_heads: AllHeads, prefixes: 
         (unit_label(r, prefixes), r, 1 - d / (top * 1.05), f"{d:.2f}", "distance of standardised scores")
         for r, d in closest
     ]
-    return render.panel("Heads with the closest scores", render.bar_list(rows, "No other heads."))
+    return widgets.panel("Heads with the closest scores", widgets.bar_list(rows, "No other heads."))
 
 
 def pattern_panel(examples: list[Example], rows: dict[tuple[str, int], AttentionRow]) -> html.Section:
     """One example's stored query row, as a 1 x window strip (which example: a dropdown)."""
     shown = [e for e in examples if (e.bucket, e.rank) in rows]
     if not shown:
-        return render.panel(
+        return widgets.panel(
             "Attention of one example",
             html.P("No attention rows stored for this head.", className="nd-muted"),
         )
     options = [
         {
-            "label": f"{render.bucket_title(e.bucket).split(' (')[0]} #{e.rank}: query {e.max_token!r}",
+            "label": f"{highlights.bucket_title(e.bucket).split(' (')[0]} #{e.rank}: query {e.max_token!r}",
             "value": f"{e.bucket}/{e.rank}",
         }
         for e in shown
     ]
     first = shown[0]
-    return render.panel(
+    return widgets.panel(
         "Attention of one example (query x key)",
         html.P(
             "The store keeps one query row per example (the query position's attention over the window), "
@@ -204,8 +205,8 @@ def pattern_panel(examples: list[Example], rows: dict[tuple[str, int], Attention
         dcc.Dropdown(
             options, options[0]["value"], id=ids.HEAD_EXAMPLE, clearable=False, className="nd-color-by"
         ),
-        render.graph(
-            render.attention_strip_figure(first.tokens, rows[(first.bucket, first.rank)], first.peak),
+        figures.graph(
+            figures.attention_strip_figure(first.tokens, rows[(first.bucket, first.rank)], first.peak),
             ids.HEAD_PATTERN,
         ),
     )
@@ -222,13 +223,13 @@ def example_sections(
             [
                 html.Summary(
                     [
-                        render.bucket_title(bucket).replace("activations", "output norms"),
+                        highlights.bucket_title(bucket).replace("activations", "output norms"),
                         html.Span(f"{len(group)}", className="nd-count"),
                     ]
                 ),
                 html.Div(
                     [
-                        render.attention_example_row(e, rows.get((e.bucket, e.rank)), add_button=True)
+                        highlights.attention_example_row(e, rows.get((e.bucket, e.rank)), add_button=True)
                         for e in group
                     ],
                     className="nd-examples",
@@ -254,7 +255,7 @@ def show_example(choice: str | None, holder: object) -> dict:
     row = next((r for r in store.attention_rows(ref, [bucket]) if r.rank == int(rank)), None)
     if example is None or row is None:
         raise PreventUpdate
-    return render.attention_strip_figure(example.tokens, row, example.peak)
+    return figures.attention_strip_figure(example.tokens, row, example.peak)
 
 
 def register_callbacks(app: Dash) -> None:

@@ -8,8 +8,10 @@ import pandas as pd
 from dash import Dash, Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, routes, state
+from neurodash.app import ids, routes, state
 from neurodash.app.data import head_frame, head_grid, head_metrics
+from neurodash.app.render import figures, widgets
+from neurodash.app.render.formats import metric_title
 
 TITLE = "Heads · neurodash"
 NO_HEADS = (
@@ -33,13 +35,13 @@ def layout(**_query) -> html.Div:
                 "Hover a cell for the head and its value; click it to open the head.",
                 className="nd-muted",
             ),
-            render.panel(
+            widgets.panel(
                 "Scores by layer and head",
                 html.Div(
                     [
                         html.Span("Score", className="nd-muted"),
                         dcc.Dropdown(
-                            [{"label": render.metric_title(m), "value": m} for m in metrics],
+                            [{"label": metric_title(m), "value": m} for m in metrics],
                             metrics[0],
                             id=ids.HEADS_METRIC,
                             clearable=False,
@@ -48,15 +50,15 @@ def layout(**_query) -> html.Div:
                     ],
                     className="nd-toolbar",
                 ),
-                render.graph(heatmap(heads, metrics[0]), ids.HEADS_HEATMAP),
+                figures.graph(heatmap(heads, metrics[0]), ids.HEADS_HEATMAP),
             ),
-            render.panel("All heads", heads_grid(heads, metrics)),
+            widgets.panel("All heads", heads_grid(heads, metrics)),
         ]
     )
 
 
 def heatmap(heads: pd.DataFrame, metric: str) -> dict:
-    return render.head_heatmap_figure(*head_grid(heads, metric), metric)
+    return figures.head_heatmap_figure(*head_grid(heads, metric), metric)
 
 
 def heads_grid(heads: pd.DataFrame, metrics: list[str]) -> dag.AgGrid:
@@ -72,7 +74,7 @@ def heads_grid(heads: pd.DataFrame, metrics: list[str]) -> dag.AgGrid:
         {"field": "layer", "headerName": "layer", "filter": "agNumberColumnFilter", "minWidth": 70},
         {"field": "head", "headerName": "head #", "filter": "agNumberColumnFilter", "minWidth": 70},
         {**number, "field": "max_act", "headerName": "max norm"},
-        *({**number, "field": m, "headerName": render.metric_title(m)} for m in metrics if m != "max_act"),
+        *({**number, "field": m, "headerName": metric_title(m)} for m in metrics if m != "max_act"),
     ]
     rows = [
         {

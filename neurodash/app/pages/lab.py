@@ -20,8 +20,9 @@ from pathlib import Path
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, jobs, model_worker, render, routes, state
+from neurodash.app import ids, jobs, model_worker, routes, state
 from neurodash.app.panels import lab_results
+from neurodash.app.render import widgets
 from neurodash.errors import NeurodashError
 from neurodash.lab import ABLATIONS
 from neurodash.lab_run import CORRUPTIONS, LabRun, LabSettings, Steer, parse_steer
@@ -117,10 +118,10 @@ def layout(run: str | list[str] | None = None, **query) -> html.Div:
                 "corrupted prompt, a greedy minimal circuit and steering. Runs are saved beside the store.",
                 className="nd-muted",
             ),
-            render.panel("Settings", *form(settings), html.P(error or missing, className="nd-lab-error")),
+            widgets.panel("Settings", *form(settings), html.P(error or missing, className="nd-lab-error")),
             dcc.Store(id=ids.LAB_RUN_ID, data=shown.run_id if shown else None),
             html.Div(lab_results.show(shown) if shown else [], id="lab-results"),
-            render.panel("Saved runs", runs_list(store_path)),
+            widgets.panel("Saved runs", runs_list(store_path)),
         ]
     )
 

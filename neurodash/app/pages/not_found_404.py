@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dash import html
 
-from neurodash.app import render
+from neurodash.app.render import widgets
 
 TITLE = "Not found · neurodash"
 
 
 def layout(**_query) -> html.Div:
-    return render.not_found("There is no page at this address.")
+    return widgets.not_found("There is no page at this address.")

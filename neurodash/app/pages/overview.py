@@ -6,9 +6,10 @@ from __future__ import annotations
 from dash import Dash, html
 from dash.development.base_component import Component
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, state
 from neurodash.app.data import box_stats, label_prefixes
 from neurodash.app.panels import meaning, polysemanticity, search, sparsity, units_table
+from neurodash.app.render import figures, tables, widgets
 from neurodash.app.state import AppState
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source
 
@@ -40,7 +41,7 @@ def fixed_parts(app_state: AppState) -> tuple[list[Component], list[Component]]:
     boxes = {m: box_stats(not_heads if m == "density" else units, m) for m in metrics}
     above = [
         html.H1("Overview", className="nd-title"),
-        render.stat_cards(
+        widgets.stat_cards(
             [
                 ("model", meta.get("model", "?")),
                 ("dataset", meta.get("dataset", "?")),
@@ -52,14 +53,14 @@ def fixed_parts(app_state: AppState) -> tuple[list[Component], list[Component]]:
         html.Details(
             [
                 html.Summary(["Sources", html.Span(f"{len(sources)}", className="nd-count")]),
-                render.sources_table(sorted(sources, key=kind_order), label_prefixes(sources)),
+                tables.sources_table(sorted(sources, key=kind_order), label_prefixes(sources)),
             ],
             open=len(sources) <= 8,
             className="nd-section",
         ),
     ]
     below = [
-        render.panel("Per layer", render.graph(render.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
+        widgets.panel("Per layer", figures.graph(figures.layer_distribution_figure(boxes), ids.LAYER_PLOTS)),
         polysemanticity.ranking_panel(app_state.units, label_prefixes(sources), app_state.firing_tokens),
         sparsity.sparsest_panel(
             app_state.units, label_prefixes(sources), {s.source_id: s.n_tokens for s in sources}

@@ -14,12 +14,13 @@ import os
 
 from dash import Dash, dcc, html
 
-from neurodash.app import current_unit, ids, render, routes, state
+from neurodash.app import current_unit, ids, routes, state
 from neurodash.app.data import adjacent_units, label_prefixes, unit_label
 from neurodash.app.pages import head
 from neurodash.app.panels import downloads, explanation, neighbors, own_text, polysemanticity
 from neurodash.app.panels import maximize as maximize_panel
 from neurodash.app.panels import sets as sets_panel
+from neurodash.app.render import figures, highlights, widgets
 from neurodash.storage import Store
 from neurodash.units import HEAD, UnitRef
 
@@ -48,7 +49,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
     store = state.current().store
     ref = resolve(store, source_id, index)
     if ref is None:
-        return render.not_found(
+        return widgets.not_found(
             f"This store has no unit {source_id}/{index}.", where_units_are(store, source_id)
         )
     if store.source(ref.source_id).kind == HEAD:
@@ -62,7 +63,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
     return html.Div(
         [
             current_unit.holder(ref),
-            render.unit_header(
+            widgets.unit_header(
                 unit_label(ref, prefixes),
                 store.source(ref.source_id),
                 (unit_label(prev, prefixes), prev) if prev else None,
@@ -74,20 +75,20 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
             ),
             html.Div(
                 [
-                    render.panel(
+                    widgets.panel(
                         "Statistics",
-                        render.unit_stat_cards(stats, scores),
-                        render.graph(render.histogram_figure(stats), ids.HISTOGRAM),
+                        widgets.unit_stat_cards(stats, scores),
+                        figures.graph(figures.histogram_figure(stats), ids.HISTOGRAM),
                     ),
-                    render.panel(
+                    widgets.panel(
                         "Direct logit effect",
-                        render.graph(render.logit_figure(store.logit_effects(ref)), ids.LOGITS),
+                        figures.graph(figures.logit_figure(store.logit_effects(ref)), ids.LOGITS),
                     ),
                     neighbors.layout(store, ref, prefixes),
                 ],
                 className="nd-grid-3",
             ),
-            render.dead_note(stats),
+            widgets.dead_note(stats),
             explanation.panel(ref, store.path),
             downloads.layout(),
             sets_panel.layout(),
@@ -96,7 +97,7 @@ def layout(source_id: str | None = None, index: str | None = None, **_query) -> 
                 className="nd-inspector",
                 children="Hover a token to see its exact value.",
             ),
-            render.panel("Examples", *render.example_sections(examples, max_abs, add_buttons=True)),
+            widgets.panel("Examples", *highlights.example_sections(examples, max_abs, add_buttons=True)),
             own_text.panel(max_abs),
             polysemanticity.unit_panel(
                 scores,

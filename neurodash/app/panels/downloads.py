@@ -5,7 +5,8 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import current_unit, ids, render, state
+from neurodash.app import current_unit, ids, state
+from neurodash.app.render import widgets
 from neurodash.storage import Store
 from neurodash.units import UnitRef
 
@@ -13,7 +14,7 @@ FORMATS = ("csv", "jsonl", "parquet", "html")
 
 
 def layout() -> html.Div:
-    return render.download_buttons(FORMATS)
+    return widgets.download_buttons(FORMATS)
 
 
 def download_examples(store: Store, ref: UnitRef | None, fmt: str) -> dict:

@@ -9,7 +9,7 @@ import re
 
 from dash import html
 
-from neurodash.app import render
+from neurodash.app.render import widgets
 from neurodash.explain import Explanation, WrongToken
 from neurodash.storage.explanations import Explanations
 from neurodash.units import UnitRef
@@ -38,7 +38,7 @@ def _one(e: Explanation) -> html.Div:
     return html.Div(
         [
             html.P([html.Strong(f"{e.explainer}: "), *_text(e.text)], className="nd-explanation-text"),
-            render.stat_cards(
+            widgets.stat_cards(
                 [
                     ("correlation", _number(e.correlation)),
                     ("precision", _number(e.precision)),

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dash import dcc, html
 
 from neurodash import lab_figures
-from neurodash.app import ids, render, routes
+from neurodash.app import ids, routes
+from neurodash.app.render import figures, widgets
 from neurodash.lab import Component
 from neurodash.lab_run import LabRun
 from neurodash.units import UnitRef, neuron_source_id
@@ -41,7 +42,7 @@ def ranked_list(items: Sequence[tuple[Component, float]], fmt: str = "{:+.2f}") 
 
 def _graph(name: str, run: LabRun, prompt: int = 0, **options) -> dcc.Graph:
     suffix = "-".join(str(v) for v in options.values())
-    return render.graph(
+    return figures.graph(
         lab_figures.figure(run, name, prompt, **options), f"lab-{name}{'-' + suffix if suffix else ''}"
     )
 
@@ -273,32 +274,32 @@ def steering_section(run: LabRun) -> list:
 def show(run: LabRun) -> list:
     """Every section of a run."""
     return [
-        render.panel("Run", summary(run)),
-        render.panel(
+        widgets.panel("Run", summary(run)),
+        widgets.panel(
             "Per prompt: predictions, logit lens, attribution, residual patching",
             prompt_picker(run),
             html.Div(prompt_body(run, 0), id=ids.LAB_PROMPT_BODY),
         ),
-        render.panel(
+        widgets.panel(
             "Attention",
             attention_controls(run),
             html.Div(id=ids.LAB_ATTN_BODY),
         ),
-        render.panel(
+        widgets.panel(
             "Ablation",
             html.Div([_graph("ablation_heads", run), _graph("ablation_mlps", run)], className="nd-grid-2"),
             html.P("Most harmful ablations (mean change in the metric over prompts):", className="nd-muted"),
             ranked_list(run.ablation.ranked(TOP)),
             *neuron_ablation(run),
         ),
-        render.panel(
+        widgets.panel(
             "Activation patching (clean → corrupted)",
             html.Div([_graph("patching_heads", run), _graph("patching_mlps", run)], className="nd-grid-2"),
             html.P("Heads that restore the most (gap-weighted over prompts):", className="nd-muted"),
             ranked_list(run.patching.ranked_heads(TOP), "{:.2f}"),
         ),
-        render.panel("Minimal circuit", circuit_section(run)),
-        render.panel("Steering", *steering_section(run)),
+        widgets.panel("Minimal circuit", circuit_section(run)),
+        widgets.panel("Steering", *steering_section(run)),
     ]
 
 

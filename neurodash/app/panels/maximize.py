@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import current_unit, ids, jobs, model_worker, render, running
+from neurodash.app import current_unit, ids, jobs, model_worker, running
+from neurodash.app.render import figures, highlights, widgets
 from neurodash.colors import POSITIVE, rgba
 from neurodash.config import DEFAULT_LENGTH, DEFAULT_STEPS, MAX_LENGTH, MaximizeConfig
 from neurodash.errors import NeurodashError
@@ -47,7 +48,7 @@ def frontier_figure(frontier: Frontier) -> dict:
         "y": [p.activation for p in prompts],
         "line": {"shape": "hv", "color": rgba(POSITIVE, 0.5)},
         "marker": {"size": 9, "color": rgba(POSITIVE, 0.95)},
-        "customdata": [render.plotly_text(repr(p.text)[:80]) for p in prompts],
+        "customdata": [figures.plotly_text(repr(p.text)[:80]) for p in prompts],
         "hovertemplate": "%{customdata}<br>activation %{y:.3f} · cross-entropy %{x:.2f}<extra></extra>",
     }
     reference = {
@@ -70,7 +71,7 @@ def frontier_figure(frontier: Frontier) -> dict:
         "showarrow": False,
         "font": {"size": 11, "color": "#667085"},
     }
-    layout = render._layout(
+    layout = figures.figure_layout(
         height=280,
         xaxis={
             "title": {"text": "cross-entropy (nats per token; lower is more fluent)"},
@@ -101,7 +102,7 @@ def prompt_rows(frontier: Frontier) -> html.Div:
                         title=f"activation at the last token; cross-entropy {p.cross_entropy:.2f}",
                     ),
                     html.Span(f"CE {p.cross_entropy:.2f}", className="nd-value nd-muted"),
-                    render.token_row(p.tokens, p.acts, max_abs, len(p.tokens) - 1),
+                    highlights.token_row(p.tokens, p.acts, max_abs, len(p.tokens) - 1),
                 ],
                 className="nd-example",
             )
@@ -127,7 +128,7 @@ def show(frontier: Frontier | None) -> list:
             f"{frontier.seconds:.0f} s{when}).",
             className="nd-muted",
         ),
-        render.graph(frontier_figure(frontier), ids.MAXIMIZE_FIGURE),
+        figures.graph(frontier_figure(frontier), ids.MAXIMIZE_FIGURE),
         prompt_rows(frontier),
     ]
 
@@ -142,7 +143,7 @@ def panel(ref: UnitRef, store_path: str | os.PathLike) -> html.Section:
         "style": {"width": "88px"},
         "className": "nd-button",
     }
-    return render.panel(
+    return widgets.panel(
         "Activation maximization",
         html.P(
             "Searches prompts that drive this unit hardest at their last token: gradient-guided token swaps "

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 from dash import Dash, Input, Output, dcc, html
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, state
 from neurodash.app.data import label_prefixes, unit_label
+from neurodash.app.render import widgets
 from neurodash.errors import NeurodashError
 from neurodash.meaning import LIMIT, MeaningHit, embed_command, has_embeddings, search_by_meaning
 
@@ -21,7 +22,7 @@ TEXT_WIDTH = 140  # characters of a unit's matching text shown
 
 def layout(query: str = "") -> html.Section:
     """The search box (filled with ``query``, from the address) and the results."""
-    return render.panel(
+    return widgets.panel(
         "Find units by meaning",
         html.Div(
             [
@@ -86,7 +87,7 @@ def table(found: Sequence[MeaningHit], prefixes: dict[str, str | None]) -> html.
     body = [
         html.Tr(
             [
-                html.Td(render.unit_link(unit_label(h.ref, prefixes), h.ref)),
+                html.Td(widgets.unit_link(unit_label(h.ref, prefixes), h.ref)),
                 html.Td(
                     sources[h.ref.source_id].kind.replace("_", " ") if h.ref.source_id in sources else ""
                 ),

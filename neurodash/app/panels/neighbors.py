@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dash import html
 
-from neurodash.app import render
 from neurodash.app.data import unit_label
+from neurodash.app.render import widgets
 from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, Link, UnitRef
 
@@ -17,9 +17,9 @@ def layout(store: Store, ref: UnitRef, prefixes: dict[str, str | None]) -> html.
     directions = "decoder" if store.source(ref.source_id).kind == SAE_FEATURE else "output"
     return html.Div(
         [
-            render.panel(
+            widgets.panel(
                 f"Nearest units (cosine of {directions} directions)",
-                render.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
+                widgets.neighbor_list(neighbors, [unit_label(r, prefixes) for r, _ in neighbors]),
             ),
             *links_panels(store, ref, prefixes),
         ],
@@ -34,11 +34,11 @@ def links_panels(store: Store, ref: UnitRef, prefixes: dict[str, str | None]) ->
         by_source.setdefault(link.ref.source_id, []).append(link)
     feature_page = store.source(ref.source_id).kind == SAE_FEATURE
     return [
-        render.panel(
+        widgets.panel(
             f"Neurons of {target} this feature writes to (share of its decoder row)"
             if feature_page
             else f"Features of {target} behind this neuron (share of its activation mass)",
-            render.link_list(links, [unit_label(link.ref, prefixes) for link in links]),
+            widgets.link_list(links, [unit_label(link.ref, prefixes) for link in links]),
         )
         for target, links in by_source.items()
     ]

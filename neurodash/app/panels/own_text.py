@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 
-from neurodash.app import current_unit, ids, jobs, model_worker, render
+from neurodash.app import current_unit, ids, jobs, model_worker
+from neurodash.app.render import highlights, widgets
 from neurodash.errors import NeurodashError
 from neurodash.units import UnitRef
 
@@ -29,7 +30,7 @@ JOB = jobs.JobControls(
 
 def panel(max_abs: float) -> html.Section:
     """The text box, the run button and the result (tokens coloured relative to ``max_abs``)."""
-    return render.panel(
+    return widgets.panel(
         "Try your own text",
         dcc.Textarea(
             id=ids.OWN_TEXT_INPUT,
@@ -75,7 +76,7 @@ def show(data: dict | None, max_abs: float | None) -> html.Div | NoUpdate:
     acts = data["acts"]
     peak = max(range(len(acts)), key=lambda i: acts[i])
     return html.Div(
-        render.token_row(data["tokens"], acts, max_abs or max(abs(a) for a in acts) or 1e-9, peak),
+        highlights.token_row(data["tokens"], acts, max_abs or max(abs(a) for a in acts) or 1e-9, peak),
         className="nd-examples nd-own-text-result",
     )
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from dash import html
 
-from neurodash.app import render
 from neurodash.app.data import unit_label
+from neurodash.app.render import highlights, widgets
 from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, Example, Link, UnitRef
 
@@ -178,7 +178,7 @@ def _feature_rows(features: Sequence[FeatureBehind], share_of: str) -> list[html
     return [
         _example_item(
             [
-                render.unit_link(f.label, f.link.ref, className="nd-strong"),
+                widgets.unit_link(f.label, f.link.ref, className="nd-strong"),
                 f" · {f.link.share:.1%} {share_of} · its strongest example, "
                 f"{f.example.value:+.3f} on {f.example.max_token!r}",
             ],
@@ -194,7 +194,7 @@ def _example_item(header: list, example: Example, max_abs: float, title: str | N
     return html.Div(
         [
             html.Div(header, className="nd-muted", title=title),
-            render.example_tokens(example, max_abs),
+            highlights.example_tokens(example, max_abs),
         ],
         className="nd-poly-group",
         style={"padding": "6px 0 8px", "borderBottom": "1px solid #f0f1f4"},
@@ -237,7 +237,7 @@ def unit_panel(
         parts.append(group_list("Tokens its examples peak on", by_token, max_abs, open_=False))
     if features:
         parts.append(feature_list(features, strong_features))
-    return render.panel("Polysemanticity", *parts)
+    return widgets.panel("Polysemanticity", *parts)
 
 
 MIN_FIRING_TOKENS = 20  # evidence a unit needs to be ranked: tokens it fired on (> 0) over the corpus
@@ -278,7 +278,7 @@ def ranking_panel(
         body = [
             html.Tr(
                 [
-                    html.Td(render.unit_link(unit_label(ref, prefixes), ref)),
+                    html.Td(widgets.unit_link(unit_label(ref, prefixes), ref)),
                     html.Td(row["layer"], className="nd-num"),
                     *(html.Td(_fmt(row[m]), className="nd-num") for m in (COMBINED, *extra)),
                 ]
@@ -291,7 +291,7 @@ def ranking_panel(
         )
 
     n_ranked = len(with_evidence(units, firing_tokens, COMBINED))
-    return render.panel(
+    return widgets.panel(
         "Most and least polysemantic",
         html.P(
             f"By the combined score, over the {n_ranked:,} scored units that fired on at least "

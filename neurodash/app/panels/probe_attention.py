@@ -18,7 +18,8 @@ from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from neurodash import paths
-from neurodash.app import ids, render, routes, state
+from neurodash.app import ids, routes, state
+from neurodash.app.render import figures, highlights, widgets
 from neurodash.units import HEAD, UnitRef, head_source_id
 
 ATTENTION_KEY = "attention"  # precompute.live.probe.ATTENTION: the patterns among probe_text's activations
@@ -71,7 +72,7 @@ def attention_info(tokens: list[str], patterns: np.ndarray) -> dict:
 def layout() -> html.Section:
     """The attention panel: which head, its pattern as a heat map and as arcs, the heads at a token."""
     dropdown = {"clearable": False, "searchable": False, "className": "nd-small-dropdown"}
-    return render.panel(
+    return widgets.panel(
         "Attention",
         html.Div(
             [
@@ -88,7 +89,7 @@ def layout() -> html.Section:
         ),
         html.Div(id=ids.PROBE_ATTN_ARCS),
         html.Div(id=ids.PROBE_ATTN_TOP_HEADS, style={"maxWidth": "560px"}),
-        dcc.Graph(id=ids.PROBE_ATTN_FIGURE, figure=render.empty_figure(), config=render.GRAPH_CONFIG),
+        dcc.Graph(id=ids.PROBE_ATTN_FIGURE, figure=figures.empty_figure(), config=figures.GRAPH_CONFIG),
     )
 
 
@@ -107,15 +108,15 @@ def show_head(layer: int | None, head: int | None, result: dict | None) -> tuple
     info = (result or {}).get("attention")
     patterns = load_patterns(info.get("key")) if info else None
     if info is None or patterns is None or layer is None or head is None:
-        return render.empty_figure(), html.P("Run the probe to see attention.", className="nd-muted")
+        return figures.empty_figure(), html.P("Run the probe to see attention.", className="nd-muted")
     if not (0 <= layer < patterns.shape[0] and 0 <= head < patterns.shape[1]):
         raise PreventUpdate
     pattern = np.asarray(patterns[layer, head], dtype=np.float32)
     tokens, n = info["tokens"], min(len(info["tokens"]), MAX_HEATMAP_TOKENS)
     title = f"L{layer}H{head}" + (f" · the first {n} of {len(tokens)} tokens" if n < len(tokens) else "")
     return (
-        render.attention_pattern_figure(tokens[:n], pattern[:n, :n], title),
-        render.attention_arcs(tokens, pattern, ARC_THRESHOLD, MAX_ARCS),
+        figures.attention_pattern_figure(tokens[:n], pattern[:n, :n], title),
+        highlights.attention_arcs(tokens, pattern, ARC_THRESHOLD, MAX_ARCS),
     )
 
 

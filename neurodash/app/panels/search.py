@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from dash import Dash, Input, Output, dcc, html
 
-from neurodash.app import ids, render, state
+from neurodash.app import ids, state
 from neurodash.app.data import label_prefixes, unit_label
+from neurodash.app.render import widgets
 from neurodash.units import TokenPeaks
 
 LIMIT = 50
@@ -18,7 +19,7 @@ SUBSTRING = "substring"
 
 def layout(query: str = "") -> html.Section:
     """The search box (filled with ``query``, from the address), the mode and the results."""
-    return render.panel(
+    return widgets.panel(
         "Find units by token",
         html.Div(
             [
@@ -72,7 +73,7 @@ def table(found: Sequence[TokenPeaks], prefixes: dict[str, str | None]) -> html.
     body = [
         html.Tr(
             [
-                html.Td(render.unit_link(unit_label(p.ref, prefixes), p.ref)),
+                html.Td(widgets.unit_link(unit_label(p.ref, prefixes), p.ref)),
                 html.Td(sources[p.ref.source_id].kind.replace("_", " ")),
                 html.Td(f"{p.n} of {p.n_top}", className="nd-num"),
                 html.Td(f"{p.value:+.3f}", className="nd-num"),

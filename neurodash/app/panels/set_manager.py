@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dash import ALL, Dash, Input, NoUpdate, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, routes, state
+from neurodash.app import ids, routes, state
 from neurodash.app.data import label_prefixes, plural, unit_label, unit_magnitudes
 from neurodash.app.panels.sets import size
+from neurodash.app.render import highlights, widgets
 from neurodash.app.state import AppState
 from neurodash.colors import value_color
 from neurodash.errors import NeurodashError
@@ -31,7 +32,7 @@ def page_body(app_state: AppState, name: str | None, message: html.Span | None =
     try:
         infos = app_state.sets.all()
     except NeurodashError as e:
-        return [render.feedback(str(e), False)]
+        return [widgets.feedback(str(e), False)]
     chosen = next((s for s in infos if s.name == name), None)
     if name is None:
         detail = None
@@ -39,7 +40,7 @@ def page_body(app_state: AppState, name: str | None, message: html.Span | None =
         detail = html.P(["There is no set named ", html.Code(name), "."], className="nd-notfound-message")
     else:
         detail = set_detail(app_state, chosen, message)
-    return [render.panel("Sets", sets_table(infos, name)), detail]
+    return [widgets.panel("Sets", sets_table(infos, name)), detail]
 
 
 def set_detail(app_state: AppState, info: SetInfo, message: html.Span | None = None) -> html.Section:
@@ -53,7 +54,7 @@ def set_detail(app_state: AppState, info: SetInfo, message: html.Span | None = N
             frame = examples_frame(store, Selection(set_name=info.name), sets_file=app_state.sets.path)
         except NeurodashError as e:
             frame = None
-            body.append(render.feedback(str(e), ok=False))
+            body.append(widgets.feedback(str(e), ok=False))
         if frame is not None:
             body += set_examples(frame.head(VIEW_MAX), app_state, store)
             if len(frame) > VIEW_MAX:
@@ -140,7 +141,7 @@ def set_actions(info: SetInfo, formats: Sequence[str], message: html.Span | None
                 message=f"Delete the set {info.name!r} and its {plural(info.n_examples, 'example')}? "
                 "This cannot be undone.",
             ),
-            render.download_buttons(tuple(formats), ids.SETS_DOWNLOAD_FORMAT, ids.SETS_DOWNLOAD),
+            widgets.download_buttons(tuple(formats), ids.SETS_DOWNLOAD_FORMAT, ids.SETS_DOWNLOAD),
             html.Span(message, id=ids.SETS_FEEDBACK, role="status", className="nd-feedback"),
             dcc.Store(id=ids.SETS_SELECTED, data=info.name),
         ],
@@ -173,7 +174,7 @@ def set_example_row(row: dict, label: str, max_abs: float) -> html.Div:
             html.Div(
                 [
                     remove_example_button(ref, row["bucket"], int(row["rank"])),
-                    render.unit_link(label, ref, className="nd-set-unit"),
+                    widgets.unit_link(label, ref, className="nd-set-unit"),
                     html.Span(f"{row['bucket']} #{row['rank']}", className="nd-muted"),
                     html.Span(row["note"], className="nd-note") if row.get("note") else None,
                 ],
@@ -187,7 +188,7 @@ def set_example_row(row: dict, label: str, max_abs: float) -> html.Div:
                         style={"color": value_color(value)},
                         title=f"sequence {row['seq_id']}, token {row['pos']}",
                     ),
-                    render.token_row(row["tokens"], row["acts"], max_abs, row["pos"] - row["start"]),
+                    highlights.token_row(row["tokens"], row["acts"], max_abs, row["pos"] - row["start"]),
                 ],
                 className="nd-example",
             ),
@@ -204,7 +205,7 @@ def rename(sets: ExampleSets, old: str | None, new: str | None) -> tuple[str | N
     try:
         sets.rename(old, new or "")
     except NeurodashError as e:
-        return no_update, render.feedback(str(e), ok=False)
+        return no_update, widgets.feedback(str(e), ok=False)
     return routes.set_href((new or "").strip()), ""
 
 
@@ -215,7 +216,7 @@ def delete(sets: ExampleSets, name: str | None) -> tuple[str | NoUpdate, html.Sp
     try:
         sets.delete(name)
     except NeurodashError as e:
-        return no_update, render.feedback(str(e), ok=False)
+        return no_update, widgets.feedback(str(e), ok=False)
     return routes.set_href(), ""
 
 
@@ -230,10 +231,10 @@ def remove_example(app_state: AppState, name: str | None, ref: UnitRef, bucket: 
         sets.remove(name, ref, bucket, rank)
         removed = before - size(sets, name)
     except NeurodashError as e:
-        return render.feedback(str(e), ok=False)
+        return widgets.feedback(str(e), ok=False)
     if not removed:
-        return render.feedback(f"{what} was not in {name!r}", ok=False)
-    return render.feedback(f"removed {what} from {name!r}", ok=True)
+        return widgets.feedback(f"{what} was not in {name!r}", ok=False)
+    return widgets.feedback(f"removed {what} from {name!r}", ok=True)
 
 
 def file_name(name: str, fmt: str) -> str:
@@ -250,7 +251,7 @@ def download(
     try:
         data = export_bytes(store, Selection(set_name=name), fmt, sets_file=sets.path)
     except NeurodashError as e:
-        return no_update, render.feedback(str(e), ok=False)
+        return no_update, widgets.feedback(str(e), ok=False)
     return dcc.send_bytes(data, file_name(name, fmt)), ""
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import current_unit, ids, render, state
+from neurodash.app import current_unit, ids, state
 from neurodash.app.data import plural
+from neurodash.app.render import widgets
 from neurodash.errors import NeurodashError
 from neurodash.storage import Store
 from neurodash.storage.sets import MAX_NAME, ExampleSets
@@ -112,11 +113,11 @@ def on_add(_top: int | None, _examples: list, name: str | None, note: str | None
     which = ctx.triggered_id
     example = (which["bucket"], int(which["rank"])) if isinstance(which, dict) else None
     try:
-        message = render.feedback(
+        message = widgets.feedback(
             add_to_set(app_state.sets, app_state.store, ref, name, note, example), ok=True
         )
     except NeurodashError as e:
-        message = render.feedback(str(e), ok=False)
+        message = widgets.feedback(str(e), ok=False)
     return message, name_options(app_state.sets)
 
 

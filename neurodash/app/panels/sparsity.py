@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from dash import html
 
-from neurodash.app import render
 from neurodash.app.data import unit_label
+from neurodash.app.render import widgets
+from neurodash.app.render.formats import fraction_text, metric_title
 from neurodash.units import HEAD, UnitRef
 
 RANKED_BY = "freq_50"
@@ -33,19 +34,19 @@ def sparsest_panel(
     if frame.empty:
         return None
     shown = [m for m in ("freq_50", "freq_10", "density") if m in frame]
-    head = ["unit", "layer", *(render.metric_title(m) for m in shown)]
+    head = ["unit", "layer", *(metric_title(m) for m in shown)]
     body = [
         html.Tr(
             [
-                html.Td(render.unit_link(unit_label(ref, prefixes), ref)),
+                html.Td(widgets.unit_link(unit_label(ref, prefixes), ref)),
                 html.Td(row["layer"], className="nd-num"),
-                *(html.Td(render.fraction_text(float(row[m])), className="nd-num") for m in shown),
+                *(html.Td(fraction_text(float(row[m])), className="nd-num") for m in shown),
             ]
         )
         for row in frame.to_dict("records")
         for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
     ]
-    return render.panel(
+    return widgets.panel(
         "Sparsest units (on their own scale)",
         html.P(
             f"Lowest fraction of tokens above half the unit's own max first, among units with at least "

@@ -18,9 +18,10 @@ import numpy as np
 from dash import Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, jobs, model_worker, render, state
+from neurodash.app import ids, jobs, model_worker, state
 from neurodash.app.data import label_prefixes, probe_scale, summarise_probe, unit_label
 from neurodash.app.panels import probe_attention, probe_runs
+from neurodash.app.render import highlights, tables, widgets
 from neurodash.errors import NeurodashError
 from neurodash.units import SAE_FEATURE, Source, UnitRef, parse_ref
 
@@ -92,8 +93,8 @@ def layout(config: dict, run: str | None = None) -> list:
         html.Div(id=ids.PROBE_TOKENS, className="nd-probe-tokens"),
         html.Div(
             [
-                render.panel("Top units at the selected token", html.Div(id=ids.PROBE_TOKEN_UNITS)),
-                render.panel("Top units over the text", html.Div(id=ids.PROBE_TOP_UNITS)),
+                widgets.panel("Top units at the selected token", html.Div(id=ids.PROBE_TOKEN_UNITS)),
+                widgets.panel("Top units over the text", html.Div(id=ids.PROBE_TOP_UNITS)),
             ],
             className="nd-grid-2",
         ),
@@ -181,13 +182,13 @@ def strongest_token(result: dict) -> int:
     return max(range(len(strength)), key=strength.__getitem__)
 
 
-def unit_rows(entries: list[list], tokens: list[str], prefixes: dict) -> list[render.RankedUnit]:
-    """Rows for ``render.ranked_units`` from summary entries ``[source, unit, act, fraction, max(, pos)]``."""
+def unit_rows(entries: list[list], tokens: list[str], prefixes: dict) -> list[tables.RankedUnit]:
+    """Rows for ``tables.ranked_units`` from summary entries ``[source, unit, act, fraction, max(, pos)]``."""
     rows = []
     for source_id, unit, act, fraction, corpus_max, *pos in entries:
         ref = UnitRef(source_id, unit)
         at = repr(tokens[pos[0]]) if pos else None
-        rows.append(render.RankedUnit(unit_label(ref, prefixes), ref, act, fraction, corpus_max, at))
+        rows.append(tables.RankedUnit(unit_label(ref, prefixes), ref, act, fraction, corpus_max, at))
     return rows
 
 
@@ -196,7 +197,7 @@ def token_panel(result: dict, pos: int, prefixes: dict) -> list:
         html.P(
             ["Token ", html.Code(repr(result["tokens"][pos])), f" at position {pos}"], className="nd-muted"
         ),
-        render.ranked_units(unit_rows(result["per_token"][pos], result["tokens"], prefixes), "No units."),
+        tables.ranked_units(unit_rows(result["per_token"][pos], result["tokens"], prefixes), "No units."),
     ]
 
 
@@ -216,7 +217,7 @@ def show_result(result: dict | None) -> tuple:
     if not result:
         return None, None, [], None
     prefixes = label_prefixes(state.current().store.sources())
-    top = render.ranked_units(unit_rows(result["top"], result["tokens"], prefixes), "No units.")
+    top = tables.ranked_units(unit_rows(result["top"], result["tokens"], prefixes), "No units.")
     first = str(UnitRef(*result["top"][0][:2])) if result["top"] else STRONGEST
     return (
         top,
@@ -250,9 +251,11 @@ def colour_tokens(choice: str | None, result: dict | None):
     unit = None if choice == STRONGEST else chosen_unit(choice, result)
     if unit is None:
         strength = result["strength"]
-        return render.token_row(result["tokens"], strength, max(max(strength), 1e-9), strongest_token(result))
+        return highlights.token_row(
+            result["tokens"], strength, max(max(strength), 1e-9), strongest_token(result)
+        )
     acts, scale, marked = unit
-    return render.token_row(result["tokens"], acts, scale, marked)
+    return highlights.token_row(result["tokens"], acts, scale, marked)
 
 
 def choose_any_unit(

@@ -12,10 +12,11 @@ import flask
 from dash import ClientsideFunction, Dash, Input, NoUpdate, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from neurodash.app import ids, render, routes, state
+from neurodash.app import ids, routes, state
 from neurodash.app.cached_json import CachedJson
 from neurodash.app.data import plural, units_payload
-from neurodash.app.render import FRACTION_METRICS, metric_title
+from neurodash.app.render import widgets
+from neurodash.app.render.formats import FRACTION_METRICS, metric_title
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
 from neurodash.export import FORMATS, HTML_MAX_EXAMPLES, Selection, export_bytes, resolve
@@ -42,7 +43,7 @@ def layout(app_state: AppState) -> html.Section:
     The same for every request (``AppState.once`` keeps it); the grid's rows come from ``table_data``."""
     sources = app_state.store.sources()
     n_dead = int((app_state.units["density"] == 0).sum())
-    return render.panel(
+    return widgets.panel(
         "Units",
         html.P(
             [
@@ -173,7 +174,7 @@ def download_units(
     if fmt not in FORMATS or choice not in BUCKET_CHOICES:
         raise PreventUpdate
     if not units:
-        return no_update, render.feedback("No unit is shown: loosen the filter.", ok=False)
+        return no_update, widgets.feedback("No unit is shown: loosen the filter.", ok=False)
     selection = Selection(units=tuple(units), buckets=BUCKET_CHOICES[choice])
     try:
         n = resolve(store, selection).n_examples
@@ -186,8 +187,8 @@ def download_units(
             )
         data = export_bytes(store, selection, fmt)
     except NeurodashError as e:
-        return no_update, render.feedback(str(e), ok=False)
-    return dcc.send_bytes(data, f"units-{choice.replace(' ', '-')}.{fmt}"), render.feedback(
+        return no_update, widgets.feedback(str(e), ok=False)
+    return dcc.send_bytes(data, f"units-{choice.replace(' ', '-')}.{fmt}"), widgets.feedback(
         f"{what} as {fmt.upper()}", ok=True
     )
 
