@@ -1,4 +1,4 @@
-"""The pure renderers: token heat-maps, figures, panels."""
+"""The pure renderers (`neurodash.app.render`): token heat-maps, figures, widgets, tables."""
 
 from __future__ import annotations
 
