@@ -10,7 +10,7 @@ from dash.exceptions import PreventUpdate
 
 from neurodash.app import ids, routes, state
 from neurodash.app.data import head_frame, head_grid, head_metrics
-from neurodash.app.render import figures, widgets
+from neurodash.app.render import figures, tables, widgets
 from neurodash.app.render.formats import metric_title
 
 TITLE = "Heads · neurodash"
@@ -63,18 +63,16 @@ def heatmap(heads: pd.DataFrame, metric: str) -> dict:
 
 def heads_grid(heads: pd.DataFrame, metrics: list[str]) -> dag.AgGrid:
     """Every head, a link to its page, with its max output norm and every score."""
-    number = {
-        "filter": "agNumberColumnFilter",
-        "type": "rightAligned",
-        "minWidth": 90,
-        "valueFormatter": {"function": "ndFixed(params.value, 3)"},
-    }
     columns = [
         {"field": "ref", "headerName": "head", "cellRenderer": "UnitLink", "pinned": "left", "minWidth": 90},
         {"field": "layer", "headerName": "layer", "filter": "agNumberColumnFilter", "minWidth": 70},
         {"field": "head", "headerName": "head #", "filter": "agNumberColumnFilter", "minWidth": 70},
-        {**number, "field": "max_act", "headerName": "max norm"},
-        *({**number, "field": m, "headerName": metric_title(m)} for m in metrics if m != "max_act"),
+        {**tables.NUMBER_COLUMN, "field": "max_act", "headerName": "max norm"},
+        *(
+            {**tables.NUMBER_COLUMN, "field": m, "headerName": metric_title(m)}
+            for m in metrics
+            if m != "max_act"
+        ),
     ]
     rows = [
         {
@@ -94,12 +92,7 @@ def heads_grid(heads: pd.DataFrame, metrics: list[str]) -> dag.AgGrid:
         rowData=rows,
         columnDefs=columns,
         defaultColDef={"sortable": True, "resizable": True, "filter": True, "suppressHeaderMenuButton": True},
-        dashGridOptions={
-            "animateRows": False,
-            "suppressCellFocus": True,
-            "rowHeight": 30,
-            "headerHeight": 34,
-        },
+        dashGridOptions=tables.GRID_OPTIONS,
         columnSize="responsiveSizeToFit",
         style={"height": "460px", "width": "100%"},
         className="nd-grid",

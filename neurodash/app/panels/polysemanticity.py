@@ -15,7 +15,7 @@ import pandas as pd
 from dash import html
 
 from neurodash.app.data import unit_label
-from neurodash.app.render import highlights, widgets
+from neurodash.app.render import highlights, tables, widgets
 from neurodash.storage import Store
 from neurodash.units import SAE_FEATURE, Example, Link, UnitRef
 
@@ -271,25 +271,8 @@ def ranking_panel(
     most, least = ranked(units, firing_tokens, COMBINED, n)
     if most.empty:
         return None
-    extra = [m for m in ("context_diversity", "token_diversity", "sae_features") if m in units]
-
-    def table(frame: pd.DataFrame) -> html.Table:
-        head = ["unit", "layer", COMBINED, *(METRICS[m][0] for m in extra)]
-        body = [
-            html.Tr(
-                [
-                    html.Td(widgets.unit_link(unit_label(ref, prefixes), ref)),
-                    html.Td(row["layer"], className="nd-num"),
-                    *(html.Td(_fmt(row[m]), className="nd-num") for m in (COMBINED, *extra)),
-                ]
-            )
-            for row in frame.to_dict("records")
-            for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
-        ]
-        return html.Table(
-            [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
-        )
-
+    shown = (COMBINED, "context_diversity", "token_diversity", "sae_features")
+    columns = {m: METRICS[m][0] for m in shown if m in units}
     n_ranked = len(with_evidence(units, firing_tokens, COMBINED))
     return widgets.panel(
         "Most and least polysemantic",
@@ -300,8 +283,13 @@ def ranking_panel(
         ),
         html.Div(
             [
-                html.Div([html.H3("Most", className="nd-panel-title"), table(most)]),
-                html.Div([html.H3("Least", className="nd-panel-title"), table(least)]),
+                html.Div(
+                    [
+                        html.H3(title, className="nd-panel-title"),
+                        tables.units_table(frame, prefixes, columns, _fmt),
+                    ]
+                )
+                for title, frame in (("Most", most), ("Least", least))
             ],
             className="nd-grid-2",
         ),

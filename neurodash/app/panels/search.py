@@ -10,7 +10,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from neurodash.app import ids, state
 from neurodash.app.data import label_prefixes, unit_label
-from neurodash.app.render import widgets
+from neurodash.app.render import tables, widgets
 from neurodash.units import TokenPeaks
 
 LIMIT = 50
@@ -83,9 +83,7 @@ def table(found: Sequence[TokenPeaks], prefixes: dict[str, str | None]) -> html.
         )
         for p in found
     ]
-    return html.Table(
-        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
-    )
+    return tables.headed_table(head, body)
 
 
 def on_search(text: str | None, mode: list[str] | None) -> list:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from dash import html
 
-from neurodash.app.data import unit_label
-from neurodash.app.render import widgets
+from neurodash.app.render import tables, widgets
 from neurodash.app.render.formats import fraction_text, metric_title
-from neurodash.units import HEAD, UnitRef
+from neurodash.units import HEAD
 
 RANKED_BY = "freq_50"
 MIN_STRONG_TOKENS = 20  # evidence a unit needs: tokens above half its max (fewer: its max may be one outlier)
@@ -33,19 +32,8 @@ def sparsest_panel(
     frame = sparsest(units, tokens_seen, n)
     if frame.empty:
         return None
-    shown = [m for m in ("freq_50", "freq_10", "density") if m in frame]
-    head = ["unit", "layer", *(metric_title(m) for m in shown)]
-    body = [
-        html.Tr(
-            [
-                html.Td(widgets.unit_link(unit_label(ref, prefixes), ref)),
-                html.Td(row["layer"], className="nd-num"),
-                *(html.Td(fraction_text(float(row[m])), className="nd-num") for m in shown),
-            ]
-        )
-        for row in frame.to_dict("records")
-        for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
-    ]
+    shown = {m: metric_title(m) for m in ("freq_50", "freq_10", "density") if m in frame}
+    table = tables.units_table(frame, prefixes, shown, lambda value: fraction_text(float(value)))
     return widgets.panel(
         "Sparsest units (on their own scale)",
         html.P(
@@ -54,5 +42,5 @@ def sparsest_panel(
             "Density (the fraction > 0) is beside it: for SiLU-gated neurons it is about 50% for all.",
             className="nd-muted",
         ),
-        html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"),
+        table,
     )

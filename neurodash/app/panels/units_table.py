@@ -15,7 +15,7 @@ from dash.exceptions import PreventUpdate
 from neurodash.app import ids, routes, state
 from neurodash.app.cached_json import CachedJson
 from neurodash.app.data import plural, units_payload
-from neurodash.app.render import widgets
+from neurodash.app.render import tables, widgets
 from neurodash.app.render.formats import FRACTION_METRICS, metric_title
 from neurodash.app.state import AppState
 from neurodash.errors import NeurodashError
@@ -80,12 +80,6 @@ def send_table_data() -> flask.Response:
 def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
     """The grid, virtual scrolling. Its rows (fetched from the address in ``units-data``), and its
     starting filter (``units-start-filter``), arrive through a clientside callback."""
-    number = {
-        "filter": "agNumberColumnFilter",
-        "type": "rightAligned",
-        "minWidth": 90,
-        "valueFormatter": {"function": "ndFixed(params.value, 3)"},
-    }
     columns = [
         {
             "field": "ref",
@@ -99,7 +93,10 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
         {"field": "source", "headerName": "source", "filter": "agTextColumnFilter", "minWidth": 100},
         {"field": "layer", "headerName": "layer", "filter": "agNumberColumnFilter", "minWidth": 80},
         *([{"field": "kind", "headerName": "kind", "minWidth": 100}] if multiple_kinds else []),
-        *({**number, "field": m, "headerName": HEADERS.get(m, m.replace("_", " "))} for m in metrics),
+        *(
+            {**tables.NUMBER_COLUMN, "field": m, "headerName": HEADERS.get(m, m.replace("_", " "))}
+            for m in metrics
+        ),
     ]
     for column in columns:
         if column["field"] in metrics:
@@ -120,13 +117,7 @@ def units_grid(metrics: list[str], multiple_kinds: bool) -> dag.AgGrid:
             "wrapHeaderText": True,  # long metric names wrap, never "kurto…"
             "autoHeaderHeight": True,
         },
-        dashGridOptions={
-            "animateRows": False,
-            "rowBuffer": 20,
-            "suppressCellFocus": True,
-            "rowHeight": 30,
-            "headerHeight": 34,
-        },
+        dashGridOptions={**tables.GRID_OPTIONS, "rowBuffer": 20},
         columnSize="responsiveSizeToFit",
         style={"height": "560px", "width": "100%"},
         className="nd-grid",

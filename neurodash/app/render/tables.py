@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 from dash import html
 
+from neurodash.app.data import unit_label
 from neurodash.app.render.widgets import unit_link
 from neurodash.units import Source, UnitRef
+
+# AG Grid: a column of numbers (filtered as numbers, right-aligned, 3 decimals), and the grids' options
+NUMBER_COLUMN = {
+    "filter": "agNumberColumnFilter",
+    "type": "rightAligned",
+    "minWidth": 90,
+    "valueFormatter": {"function": "ndFixed(params.value, 3)"},
+}
+GRID_OPTIONS = {"animateRows": False, "suppressCellFocus": True, "rowHeight": 30, "headerHeight": 34}
+
+
+def headed_table(head: Sequence[str], rows: Sequence[html.Tr]) -> html.Table:
+    """A table of the app's style: a header row of ``head``, then ``rows``."""
+    return html.Table(
+        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="nd-table"
+    )
+
+
+def units_table(
+    frame: pd.DataFrame,
+    prefixes: dict[str, str | None],
+    columns: Mapping[str, str],
+    number: Callable[[Any], str],
+) -> html.Table:
+    """A row per unit of ``frame`` (its ``source_id``, ``unit`` and ``layer``): the unit, linked, its
+    layer, and the value of each of ``columns`` (column: heading) as ``number`` writes it."""
+    body = [
+        html.Tr(
+            [
+                html.Td(unit_link(unit_label(ref, prefixes), ref)),
+                html.Td(row["layer"], className="nd-num"),
+                *(html.Td(number(row[m]), className="nd-num") for m in columns),
+            ]
+        )
+        for row in frame.to_dict("records")
+        for ref in [UnitRef(str(row["source_id"]), int(row["unit"]))]
+    ]
+    return headed_table(["unit", "layer", *columns.values()], body)
 
 
 def sources_table(sources: Sequence[Source], labels: dict[str, str | None]) -> html.Table:
@@ -27,9 +68,7 @@ def sources_table(sources: Sequence[Source], labels: dict[str, str | None]) -> h
         )
         for s in sources
     ]
-    return html.Table(
-        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="nd-table"
-    )
+    return headed_table(head, rows)
 
 
 @dataclass(frozen=True)
@@ -78,6 +117,4 @@ def ranked_units(rows: Sequence[RankedUnit], empty: str) -> html.Table | html.P:
         )
         for row in rows
     ]
-    return html.Table(
-        [html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)], className="nd-table"
-    )
+    return headed_table(head, body)
