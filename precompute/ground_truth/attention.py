@@ -106,15 +106,31 @@ class Layout:
 
 def hand_built_model(layout: Layout | None = None) -> HookedTransformer:
     layout = layout or Layout()
-    V, n_ctx = layout.d_vocab, layout.n_ctx
+    model = one_hot_model(layout, n_layers=2, n_heads=3, attn_only=True)
+    with torch.no_grad():
+        set_previous_token_head(model.blocks[0].attn, layout)
+        _set_bos_head(model.blocks[0].attn, layout)
+        _set_duplicate_head(model.blocks[0].attn, layout)
+        _set_induction_head(model.blocks[1].attn, layout)
+    return model.eval()
+
+
+def one_hot_model(
+    layout: Layout, n_layers: int, n_heads: int, d_mlp: int | None = None, attn_only: bool = False
+) -> HookedTransformer:
+    """A hand-built model's start: every weight zero but the one-hot token and position embeddings
+    (and the unembedding) of ``layout``; heads of ``d_vocab + n_ctx`` dims (token dims, then position
+    dims), no normalization, no attention scale; a ReLU MLP of ``d_mlp`` unless ``attn_only``."""
     cfg = HookedTransformerConfig(
-        n_layers=2,
-        n_heads=3,
+        n_layers=n_layers,
+        n_heads=n_heads,
         d_model=layout.d_model,
-        d_head=V + n_ctx,  # token dims, then position dims (the duplicate head uses both)
-        d_vocab=V,
-        n_ctx=n_ctx,
-        attn_only=True,
+        d_head=layout.d_vocab + layout.n_ctx,
+        d_mlp=d_mlp,
+        d_vocab=layout.d_vocab,
+        n_ctx=layout.n_ctx,
+        act_fn="relu",
+        attn_only=attn_only,
         normalization_type=None,
         positional_embedding_type="standard",
         use_attn_scale=False,
@@ -125,11 +141,7 @@ def hand_built_model(layout: Layout | None = None) -> HookedTransformer:
         for p in model.parameters():
             p.zero_()
         _set_embeddings(model, layout)
-        _set_previous_token_head(model.blocks[0].attn, layout)
-        _set_bos_head(model.blocks[0].attn, layout)
-        _set_duplicate_head(model.blocks[0].attn, layout)
-        _set_induction_head(model.blocks[1].attn, layout)
-    return model.eval()
+    return model
 
 
 def _set_embeddings(model: HookedTransformer, layout: Layout) -> None:
@@ -140,7 +152,7 @@ def _set_embeddings(model: HookedTransformer, layout: Layout) -> None:
         model.pos_embed.W_pos[p, layout.position(p)] = 1
 
 
-def _set_previous_token_head(attn: torch.nn.Module, layout: Layout) -> None:
+def set_previous_token_head(attn: torch.nn.Module, layout: Layout) -> None:
     """Query at p meets key at p - 1; OV moves the token into the previous-token slot."""
     h = PREVIOUS
     for p in range(layout.n_ctx - 1):

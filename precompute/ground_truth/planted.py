@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from neurodash.explain import MAX_DISTANCE, UnitTexts, Window
 from neurodash.units import UnitRef
-from precompute.ground_truth.attention import BOS, Layout, _set_embeddings, _set_previous_token_head
+from precompute.ground_truth.attention import BOS, Layout, one_hot_model, set_previous_token_head
 
 A, B, C, E, F = 1, 2, 3, 5, 6
 AFTER, ALONE, EITHER = 0, 1, 2
@@ -35,27 +35,9 @@ SOURCE = "L0.mlp"
 
 def planted_model(layout: Layout | None = None) -> HookedTransformer:
     layout = layout or Layout()
-    V, n_ctx = layout.d_vocab, layout.n_ctx
-    cfg = HookedTransformerConfig(
-        n_layers=1,
-        n_heads=1,
-        d_model=layout.d_model,
-        d_head=V + n_ctx,
-        d_mlp=D_MLP,
-        d_vocab=V,
-        n_ctx=n_ctx,
-        act_fn="relu",
-        normalization_type=None,
-        positional_embedding_type="standard",
-        use_attn_scale=False,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = one_hot_model(layout, n_layers=1, n_heads=1, d_mlp=D_MLP)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        _set_embeddings(model, layout)
-        _set_previous_token_head(model.blocks[0].attn, layout)
+        set_previous_token_head(model.blocks[0].attn, layout)
         _plant_neurons(model.blocks[0].mlp, layout)
     return model.eval()
 
