@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,10 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' synthetic store
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tests' synthetic store and requests
+
+from app_screenshot import free_port  # noqa: E402
+from dash_http import pages_callback  # noqa: E402
 
 from neurodash import paths  # noqa: E402
 from neurodash.app import routes  # noqa: E402
@@ -60,25 +62,6 @@ SERVERS = {
     "serve": f"{shlex.quote(sys.executable)} -m neurodash.cli serve {{store}} --port {{port}}",
     "dev": f"{shlex.quote(sys.executable)} -c {shlex.quote(DEV_SERVER)} {{store}} {{port}}",
 }
-
-
-def pages_callback(pathname: str) -> bytes:
-    """The body the browser posts to get a page's layout (Dash pages' own callback)."""
-    return json.dumps(
-        {
-            "output": ".._pages_content.children..._pages_store.data..",
-            "outputs": [
-                {"id": "_pages_content", "property": "children"},
-                {"id": "_pages_store", "property": "data"},
-            ],
-            "inputs": [
-                {"id": "_pages_location", "property": "pathname", "value": pathname},
-                {"id": "_pages_location", "property": "search", "value": ""},
-            ],
-            "changedPropIds": ["_pages_location.pathname", "_pages_location.search"],
-            "parsedChangedPropsIds": ["_pages_location.pathname", "_pages_location.search"],
-        }
-    ).encode()
 
 
 SET_NAMES_CALLBACK = json.dumps(
@@ -210,12 +193,6 @@ class MemoryWatch:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(port: int, server: subprocess.Popen, timeout: float = 300) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from app_screenshot import free_port
+from dash_http import pages_callback
 
 from neurodash.app import routes, server
 
@@ -95,24 +96,6 @@ def served(synthetic_store, tmp_path_factory) -> Iterator[Served]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def pages_callback(pathname: str, search: str = "") -> bytes:
-    """The body the browser posts for a page's layout (Dash pages' callback)."""
-    return json.dumps(
-        {
-            "output": ".._pages_content.children..._pages_store.data..",
-            "outputs": [
-                {"id": "_pages_content", "property": "children"},
-                {"id": "_pages_store", "property": "data"},
-            ],
-            "inputs": [
-                {"id": "_pages_location", "property": "pathname", "value": pathname},
-                {"id": "_pages_location", "property": "search", "value": search},
-            ],
-            "changedPropIds": ["_pages_location.pathname", "_pages_location.search"],
-        }
-    ).encode()
 
 
 # --- the real pages ---------------------------------------------------------------------------
