@@ -27,7 +27,6 @@ from neurodash.storage.reader import Store
 from neurodash.storage.schema import EMBEDDING_DIM, EXPLANATIONS
 from neurodash.units import UnitRef
 
-BUSY_TIMEOUT_S = 10.0
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # the ``model`` of the vectors ``precompute.embed`` makes
 EXAMPLES = "examples"  # text kinds
 EXPLANATION = "explanation"
@@ -95,20 +94,11 @@ def top_snippets(
     return found
 
 
-class Embeddings:
+class Embeddings(owned.OwnedFile):
     """The vectors of one store's units, in the explanations file ``path``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> Embeddings:
-        return cls(path if path is not None else explanations_path(store_path))
-
-    def check(self) -> Embeddings:
-        """Refuse, with one line, a file that is not an explanations file (or whose folder is missing)."""
-        owned.check(self.path, EXPLANATIONS, BUSY_TIMEOUT_S)
-        return self
+    kind = "explanations"
+    schema = EXPLANATIONS
 
     def explanation_texts(self) -> list[UnitText]:
         """Each explained unit's best explanation (the highest correlation of its explainers')."""
@@ -172,9 +162,6 @@ class Embeddings:
         with self._connect(read_only=True) as con:
             return EmbeddingsReader(con).search(vector, model, limit)
 
-    def _connect(self, read_only: bool = False):
-        return owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=read_only)
-
 
 class SearchIndex:
     """The explanations file's vectors and explanations, copied into an in-memory DuckDB database and
@@ -200,7 +187,7 @@ class SearchIndex:
     def _copy(self) -> duckdb.DuckDBPyConnection:
         memory = connect(Path(":memory:"))
         if self.path.exists():
-            with owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only=True) as con:
+            with owned.transaction(self.path, EXPLANATIONS, owned.BUSY_TIMEOUT_S, read_only=True) as con:
                 tables = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in EXPLANATIONS.tables}
         else:
             tables = {}

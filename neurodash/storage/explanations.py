@@ -13,10 +13,8 @@ import functools
 import json
 import os
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
 from neurodash import paths
@@ -26,7 +24,6 @@ from neurodash.storage.reader import Store
 from neurodash.storage.schema import EXPLANATIONS
 from neurodash.units import UnitRef
 
-BUSY_TIMEOUT_S = 10.0
 _COLUMNS = (
     "source_id, unit, explainer, explanation, correlation, precision, recall, n_scored, details, created_at"
 )
@@ -36,20 +33,11 @@ def explanations_path(store_path: str | os.PathLike) -> Path:
     return paths.beside(store_path, "explanations")
 
 
-class Explanations:
+class Explanations(owned.OwnedFile):
     """The explanations of one store's units, in the file ``path``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> Explanations:
-        return cls(path if path is not None else explanations_path(store_path))
-
-    def check(self) -> Explanations:
-        """Refuse, with one line, a file that is not an explanations file; return self."""
-        owned.check(self.path, EXPLANATIONS, BUSY_TIMEOUT_S)
-        return self
+    kind = "explanations"
+    schema = EXPLANATIONS
 
     def save(self, explanations: Sequence[Explanation]) -> None:
         """Keep explanations, replacing a unit's earlier one by the same explainer."""
@@ -111,9 +99,6 @@ class Explanations:
             Explanation(UnitRef(s, u), ex, text, c, p, r, n, json.loads(d or "{}"), at)
             for s, u, ex, text, c, p, r, n, d, at in rows
         ]
-
-    def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return owned.transaction(self.path, EXPLANATIONS, BUSY_TIMEOUT_S, read_only)
 
 
 @functools.lru_cache(maxsize=1024)

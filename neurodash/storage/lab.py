@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-import duckdb
 
 from neurodash import paths
 from neurodash.lab_run import LabRun
 from neurodash.storage import owned
 from neurodash.storage.schema import LAB
-
-BUSY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,20 +35,11 @@ def lab_path(store_path: str | os.PathLike) -> Path:
     return paths.beside(store_path, "lab")
 
 
-class LabRuns:
+class LabRuns(owned.OwnedFile):
     """The lab runs of one store, in the file ``path``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> LabRuns:
-        return cls(path if path is not None else lab_path(store_path))
-
-    def check(self) -> LabRuns:
-        """Refuse, with one line, a file that is not a lab runs file (or whose folder is missing)."""
-        owned.check(self.path, LAB, BUSY_TIMEOUT_S)
-        return self
+    kind = "lab"
+    schema = LAB
 
     def save(self, run: LabRun) -> int:
         """Keep a run; returns its id."""
@@ -97,6 +83,3 @@ class LabRuns:
             LabRunSummary(int(i), model, tuple(prompts), json.loads(query), seconds, created)
             for i, model, prompts, query, seconds, created in rows
         ]
-
-    def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return owned.transaction(self.path, LAB, BUSY_TIMEOUT_S, read_only)

@@ -12,10 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from contextlib import AbstractContextManager
 from pathlib import Path
-
-import duckdb
 
 from neurodash import paths
 from neurodash.results import FoundPrompt, Frontier
@@ -23,28 +20,17 @@ from neurodash.storage import owned
 from neurodash.storage.schema import MAXIMIZE
 from neurodash.units import UnitRef
 
-BUSY_TIMEOUT_S = 10.0
-
 
 def results_path(store_path: str | os.PathLike) -> Path:
     """The results file beside a store: ``demo.duckdb`` -> ``demo.maximize.duckdb``."""
     return paths.beside(store_path, "maximize")
 
 
-class MaximizeResults:
+class MaximizeResults(owned.OwnedFile):
     """The maximization runs of one store, in the file ``path``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> MaximizeResults:
-        return cls(path if path is not None else results_path(store_path))
-
-    def check(self) -> MaximizeResults:
-        """Refuse, with one line, a file that is not a results file; return self."""
-        owned.check(self.path, MAXIMIZE, BUSY_TIMEOUT_S)
-        return self
+    kind = "maximize"
+    schema = MAXIMIZE
 
     def save(self, frontier: Frontier) -> int:
         """Keep a run; returns its id."""
@@ -133,10 +119,6 @@ class MaximizeResults:
             )
             for run_id, src, unit, model, length, steps, seed, corpus_max, seconds, settings, created_at in runs
         ]
-
-    def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """A connection in one transaction, committed on success; waits while another process has the file."""
-        return owned.transaction(self.path, MAXIMIZE, BUSY_TIMEOUT_S, read_only)
 
 
 @functools.lru_cache(maxsize=1024)

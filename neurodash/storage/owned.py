@@ -3,26 +3,59 @@
 The analysis store is opened read-only; what the app writes goes to these files instead. Each
 call opens its file, does its work in one transaction and closes it, so the dashboard and a CLI
 command in another process take turns (DuckDB lets one process at a time open a file for writing).
-Each kind's DDL is in ``schema``, its queries in its own module (``sets``, ``maximize``); this one
-opens, checks and closes.
+Each kind's DDL is in ``schema``, its queries in its own module (``sets``, ``maximize``, ``lab``,
+``explanations``, ``embeddings``), a subclass of ``OwnedFile``; this one opens, checks and closes.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import duckdb
 
+from neurodash import paths
 from neurodash.errors import NeurodashError
 from neurodash.storage.connect import connect, first_line, is_damage, open_checked
 from neurodash.storage.schema import FileSchema
 
 _LOCK = threading.Lock()  # one connection at a time in this process
+BUSY_TIMEOUT_S = 10.0  # how long a call waits while another process has the file
+F = TypeVar("F", bound="OwnedFile")
+
+
+class OwnedFile:
+    """One app-owned file at ``path``: a subclass names its ``kind`` (``demo.duckdb`` ->
+    ``demo.<kind>.duckdb`` beside the store) and its ``schema``, and queries it in ``_connect``."""
+
+    kind: ClassVar[str]
+    schema: ClassVar[FileSchema]
+    busy_timeout: ClassVar[float] = BUSY_TIMEOUT_S
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def beside(cls: type[F], store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> F:
+        """The file ``path``, or by default the one of this kind beside the store."""
+        return cls(path if path is not None else paths.beside(store_path, cls.kind))
+
+    def check(self: F) -> F:
+        """Refuse, with one line, a file that is not of this kind (before serving it, say), or whose
+        folder is missing; return self."""
+        check(self.path, self.schema, self.busy_timeout)
+        return self
+
+    def _connect(self, read_only: bool = False) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A connection in one transaction, committed on success. Threads take turns; a call waits
+        while another process has the file."""
+        return transaction(self.path, self.schema, self.busy_timeout, read_only)
 
 
 @contextmanager

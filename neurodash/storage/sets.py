@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,6 @@ from neurodash.storage.schema import EXAMPLE_KEYS, SET_ITEM_COLUMNS, SETS
 from neurodash.units import Example, UnitRef, parse_ref
 
 MAX_NAME = 200
-BUSY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,21 +43,11 @@ def sets_path(store_path: str | os.PathLike) -> Path:
     return paths.beside(store_path, "sets")
 
 
-class ExampleSets:
+class ExampleSets(owned.OwnedFile):
     """The curated sets of one store, in the file ``path``."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    @classmethod
-    def beside(cls, store_path: str | os.PathLike, path: str | os.PathLike | None = None) -> ExampleSets:
-        """The sets file ``path``, or by default the one beside the store."""
-        return cls(path if path is not None else sets_path(store_path))
-
-    def check(self) -> ExampleSets:
-        """Refuse, with one line, a file that is not a sets file (before serving it, say); return self."""
-        owned.check(self.path, SETS, BUSY_TIMEOUT_S)
-        return self
+    kind = "sets"
+    schema = SETS
 
     # --- reading ----------------------------------------------------------------------------
     def all(self) -> list[SetInfo]:
@@ -171,11 +159,6 @@ class ExampleSets:
     def _must_exist(self, name: str) -> None:
         if not self.path.exists():  # a folder here is refused on opening
             raise NeurodashError(f"no set named {name!r}: there is no sets file {self.path}")
-
-    def _connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """A connection in one transaction, committed on success. Threads take turns; a call waits
-        while another process has the file."""
-        return owned.transaction(self.path, SETS, BUSY_TIMEOUT_S)
 
     def _find(self, con: duckdb.DuckDBPyConnection, name: str) -> int | None:
         row = con.execute("SELECT set_id FROM sets WHERE name = ?", [name]).fetchone()

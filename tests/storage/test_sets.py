@@ -101,7 +101,7 @@ def test_sets_wait_for_another_process_then_give_up(store, sets, monkeypatch):
     )
     try:
         assert holder.stdout.readline().strip() == "open"
-        monkeypatch.setattr("neurodash.storage.sets.BUSY_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(ExampleSets, "busy_timeout", 0.5)
         with pytest.raises(NeurodashError, match="is busy: another process has it open"):
             sets.create("t")
     finally:
