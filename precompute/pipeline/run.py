@@ -154,7 +154,7 @@ def write_store(
     tables_started = time.perf_counter()
     writer.append("vocab", _vocab(model))
     unembed = model.unembed().to(cfg.device)
-    for t in tqdm(run.tracked, desc="writing", unit="source", disable=not progress):
+    for t in tqdm(in_source_id_order(run.tracked), desc="writing", unit="source", disable=not progress):
         t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
         _write_source(writer, model, t, unembed, cfg, run.contexts)
     _write_links(writer, run.tracked, cfg.n_neighbors)
@@ -169,6 +169,15 @@ def write_store(
         phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
         config=json.dumps({**_config_dict(cfg), "sampling": run.sampling}),
     )
+
+
+def in_source_id_order(tracked: list[Tracked]) -> list[Tracked]:
+    """The sources in the order of their ``source_id`` strings (``L0.attn``, ``L0.mlp``, ``L1.mlp``,
+    ``L10.mlp``, ..., ``L2.mlp``), the order their rows are written in. DuckDB skips a row group of a
+    table by the min and max of its ``source_id`` (strings: ``L1 < L12 < L2``); in that order each
+    group spans a few neighbouring sources, so a unit's lookup reads one or two groups. In layer order
+    a group that holds ``L9`` and ``L10`` spans ``L10``..``L9``: nearly every source."""
+    return sorted(tracked, key=lambda t: t.source.source_id)
 
 
 def context_hook(model: LoadedModel, hook: str) -> str:
