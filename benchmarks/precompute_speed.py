@@ -45,25 +45,30 @@ def bare_forward_seconds(
     return time.perf_counter() - started
 
 
-def precompute_seconds(
-    args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
-) -> tuple[dict[str, float], float]:
-    from neurodash.storage import Store
-    from precompute import PrecomputeConfig, parse_layers, run_precompute
+def config(args, **overrides):
+    """The ``PrecomputeConfig`` of the command line's settings (``overrides`` replace fields)."""
+    from precompute import PrecomputeConfig, parse_layers
 
-    cfg = PrecomputeConfig(
-        out=out,
+    settings = dict(
+        out="unused",
         model=args.model,
         layers=parse_layers(args.layers),
-        tokens=tokens,
+        tokens=args.tokens,
         ctx=args.ctx,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
-        overwrite=True,
-        saes=saes,
-        scores=scores,
     )
+    return PrecomputeConfig(**(settings | overrides))
+
+
+def precompute_seconds(
+    args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
+) -> tuple[dict[str, float], float]:
+    from neurodash.storage import Store
+    from precompute import run_precompute
+
+    cfg = config(args, out=out, tokens=tokens, overwrite=True, saes=saes, scores=scores)
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
     total = time.perf_counter() - started
@@ -80,23 +85,13 @@ def scoring_overhead(args) -> dict[str, float]:
     import torch
 
     from neurodash.storage import StoreWriter
-    from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import context_hook, features, neurons
     from precompute.pipeline.stream import Contexts
     from precompute.pipeline.tables import examples_table, polysemanticity_tables
 
-    cfg = PrecomputeConfig(
-        out="unused",
-        model=args.model,
-        layers=parse_layers(args.layers),
-        tokens=args.tokens,
-        ctx=args.ctx,
-        batch_size=args.batch_size,
-        device=args.device,
-        saes=tuple(args.sae),
-    )
+    cfg = config(args, dtype="float32", saes=tuple(args.sae))
     model = load_model(cfg.model, cfg.device)
     layers = cfg.layers or ()
     plain = [neurons(model, layer, cfg) for layer in layers] + features(model, cfg)
@@ -174,21 +169,12 @@ def heads_overhead(args) -> dict[str, float]:
     ``hook_pattern``; and the heads' update (norms, attention statistics, accumulators copying rows)."""
     import torch
 
-    from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import heads, neurons
     from precompute.pipeline.stream import one_thread_for_heads
 
-    cfg = PrecomputeConfig(
-        out="unused",
-        model=args.model,
-        layers=parse_layers(args.layers),
-        tokens=args.tokens,
-        ctx=args.ctx,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    cfg = config(args, dtype="float32")
     model = load_model(cfg.model, cfg.device)
     layers = cfg.layers or ()
     neuron_hooks = [neurons(model, layer, cfg).hook for layer in layers]
@@ -312,6 +298,11 @@ def main() -> None:
             ("precompute: pass (forward + update)", stream),
             ("precompute: tokenize corpus", phases["tokenize"]),
             ("precompute: append sequences", phases["write"]),
+            ("precompute: load model, corpus, SAEs", phases.get("load", 0.0)),
+            ("precompute: tables after the pass", phases.get("tables", 0.0)),
+            ("  of which logit effects", phases.get("logit effects", 0.0)),
+            ("  of which probe scores", phases.get("probe scores", 0.0)),
+            ("  of which inserts", phases.get("insert", 0.0)),
             ("precompute: whole run (+load, write)", total),
         ]
         print(

@@ -43,9 +43,10 @@ from precompute.pipeline.polysemanticity import (
     n_covering,
 )
 from precompute.pipeline.shard import WHOLE, shard_batches
-from precompute.pipeline.stream import Contexts, NeuronBridge, Tracked, stream
+from precompute.pipeline.stream import Contexts, NeuronBridge, PhaseClock, Tracked, stream
 
-if TYPE_CHECKING:  # imported where SAEs load: importing SAELens takes seconds
+if TYPE_CHECKING:  # imported where SAEs load (importing SAELens takes seconds) or heads are written
+    from precompute.heads import BridgeAttention
     from precompute.sae import LoadedSAE
 
 __all__ = ["PrecomputeConfig", "run_precompute"]
@@ -56,7 +57,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
     check_device(cfg.device)
+    load_started = time.perf_counter()
     run = prepare(cfg)
+    load_seconds = time.perf_counter() - load_started
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
         n_tokens, phase_seconds = stream(
@@ -71,6 +74,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             run.contexts,
             batches,
         )
+        phase_seconds["load"] = load_seconds
         write_store(writer, run, cfg, n_tokens, phase_seconds, progress)
         return writer.commit()
 
@@ -149,18 +153,26 @@ def write_store(
     phase_seconds: dict[str, float],
     progress: bool = False,
 ) -> None:
-    """After the pass (its sequences already appended): every source's tables, links, probe scores, meta."""
+    """After the pass (its sequences already appended): every source's tables, links, probe scores, meta.
+
+    Adds to ``phase_seconds``: ``tables`` (all of this), and within it ``logit effects`` (units'
+    directions through W_U), ``probe scores`` and ``insert`` (the store's inserts)."""
     model = run.model
-    tables_started = time.perf_counter()
+    tables_started, inserted_before = time.perf_counter(), writer.insert_seconds
+    clock = PhaseClock(cfg.device)
     writer.append("vocab", _vocab(model))
     unembed = model.unembed().to(cfg.device)
+    attention = _bridge_attention(model) if any(t.attention is not None for t in run.tracked) else None
     for t in tqdm(run.tracked, desc="writing", unit="source", disable=not progress):
         t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-        _write_source(writer, model, t, unembed, cfg, run.contexts)
+        _write_source(writer, t, unembed, cfg, run.contexts, clock, attention)
     _write_links(writer, run.tracked, cfg.n_neighbors)
     if cfg.heads:
-        _write_probe_scores(writer, model, run.layers)
+        with clock.phase("probe scores"):
+            _write_probe_scores(writer, attention or _bridge_attention(model), run.layers)
     phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
+    phase_seconds |= clock.seconds
+    phase_seconds["insert"] = writer.insert_seconds - inserted_before
     writer.set_meta(
         model=cfg.model,
         dataset=cfg.dataset,
@@ -310,13 +322,22 @@ def _vocab(model: LoadedModel) -> tables.Columns:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
+def _bridge_attention(model: LoadedModel) -> BridgeAttention:
+    """One ``BridgeAttention`` for every layer's heads and the probes: it stacks W_V and W_O (every
+    layer at once) and scales W_U once, not once per layer."""
+    from precompute.heads import BridgeAttention  # imports TransformerLens: only where heads are written
+
+    return BridgeAttention(model)
+
+
 def _write_source(
     writer: StoreWriter,
-    model: LoadedModel,
     t: Tracked,
     unembed: Tensor,
     cfg: PrecomputeConfig,
     contexts: Contexts | None,
+    clock: PhaseClock,
+    attention: BridgeAttention | None = None,
 ) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
@@ -325,7 +346,9 @@ def _write_source(
     writer.append("examples", tables.examples_table(sid, res, cfg.examples))
     writer.append("scores", tables.frequency_scores(sid, res))
     if t.attention is not None:
-        _write_heads(writer, model, t, res, unembed, cfg)
+        if attention is None:
+            raise RuntimeError("a head source written without its model's BridgeAttention")
+        _write_heads(writer, attention, t, res, unembed, cfg, clock)
         return
     if contexts is not None:
         rep_mean = contexts.mean(t.context_hook)
@@ -334,17 +357,19 @@ def _write_source(
         writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
-    writer.append("logits", tables.logits_table(sid, directions, unembed, cfg.n_logits))
+    logits = clock.measure("logit effects", tables.logits_table, sid, directions, unembed, cfg.n_logits)
+    writer.append("logits", logits)
     writer.append("neighbors", tables.neighbors_table(sid, similar, cfg.n_neighbors))
 
 
 def _write_heads(
     writer: StoreWriter,
-    model: LoadedModel,
+    attention: BridgeAttention,
     t: Tracked,
     res: AccumulatorResult,
     unembed: Tensor,
     cfg: PrecomputeConfig,
+    clock: PhaseClock,
 ) -> None:
     """A layer's heads: their examples' attention rows, corpus attention statistics, OV logit effects."""
     if t.attention is None:
@@ -353,19 +378,19 @@ def _write_heads(
     writer.append("attention", tables.attention_table(sid, res, cfg.examples))
     for metric, values in t.attention.result().items():
         writer.append("scores", tables.unit_scores_table(sid, metric, values))
-    from precompute.heads import BridgeAttention  # imports TransformerLens: only where heads are written
+    with clock.phase("logit effects"):
+        effects = attention.ov_logit_diagonal(t.source.layer, unembed)
+        logits = tables.effects_table(sid, [effects], cfg.n_logits)
+    writer.append("logits", logits)
 
-    effects = BridgeAttention(model).ov_logit_diagonal(t.source.layer, unembed)
-    writer.append("logits", tables.effects_table(sid, [effects], cfg.n_logits))
 
-
-def _write_probe_scores(writer: StoreWriter, model: LoadedModel, layers: tuple[int, ...]) -> None:
+def _write_probe_scores(writer: StoreWriter, attention: BridgeAttention, layers: tuple[int, ...]) -> None:
     """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``)."""
-    if model.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
+    if attention.loaded.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
         return
-    from precompute.heads import BridgeAttention, score_heads
+    from precompute.heads import score_heads
 
-    scores = score_heads(BridgeAttention(model), layers=layers)
+    scores = score_heads(attention, layers=layers)
     for i, layer in enumerate(scores.layers):
         for metric, values in scores.scores.items():
             writer.append("scores", tables.unit_scores_table(head_source_id(layer), metric, values[i]))

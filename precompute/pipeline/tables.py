@@ -227,8 +227,8 @@ def top_effects(chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor, Tenso
         vals, ids = effects.topk(k, dim=1)
         up_vals.append(vals)
         up_ids.append(ids)
-        vals, ids = (-effects).topk(k, dim=1)
-        down_vals.append(-vals)
+        vals, ids = effects.topk(k, dim=1, largest=False)  # as (-effects).topk, without its copy
+        down_vals.append(vals)
         down_ids.append(ids)
     return torch.cat(up_vals), torch.cat(up_ids), torch.cat(down_vals), torch.cat(down_ids)
 
