@@ -32,7 +32,7 @@ from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, n
 from precompute.corpus import Batch, corpus_documents, pack_windows
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
-from precompute.pipeline import tables
+from precompute.pipeline import tables, weights_cache
 from precompute.pipeline.accumulate import AccumulatorResult, UnitAccumulator, state_bytes
 from precompute.pipeline.attention import ACTIVATION, AttentionStats, pattern_hook, z_hook, z_norm
 from precompute.pipeline.polysemanticity import (
@@ -161,7 +161,7 @@ def write_store(
     tables_started, inserted_before = time.perf_counter(), writer.insert_seconds
     clock = PhaseClock(cfg.device)
     writer.append("vocab", _vocab(model))
-    unembed = model.unembed().to(cfg.device)
+    unembed = Unembedding(model.unembed().to(cfg.device), _weights_key(model, cfg.device))
     attention = _bridge_attention(model) if any(t.attention is not None for t in run.tracked) else None
     for t in tqdm(run.tracked, desc="writing", unit="source", disable=not progress):
         t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
@@ -169,7 +169,9 @@ def write_store(
     _write_links(writer, run.tracked, cfg.n_neighbors)
     if cfg.heads:
         with clock.phase("probe scores"):
-            _write_probe_scores(writer, attention or _bridge_attention(model), run.layers)
+            _write_probe_scores(
+                writer, attention or _bridge_attention(model), run.layers, unembed.weights_key
+            )
     phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
     phase_seconds |= clock.seconds
     phase_seconds["insert"] = writer.insert_seconds - inserted_before
@@ -322,6 +324,56 @@ def _vocab(model: LoadedModel) -> tables.Columns:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
+@dataclass(frozen=True)
+class Unembedding:
+    """W_U as ``LoadedModel.unembed`` gives it, on the run's device, and the fingerprint of the model
+    it comes from (``weights_cache``; empty when the cache is off)."""
+
+    matrix: Tensor
+    weights_key: str
+
+
+def _weights_key(model: LoadedModel, device: str) -> str:
+    if weights_cache.folder() is None:
+        return ""
+    return weights_cache.fingerprint(
+        weights_cache.module_fingerprint(model.bridge, device),
+        LoadedModel.unembed,
+        LoadedModel.embedding_matrix,
+        LoadedModel.activations,
+    )
+
+
+def _logit_effects(directions: Tensor, unembed: Unembedding, k: int) -> dict[str, np.ndarray]:
+    """``tables.logit_arrays``, read from the weights cache where an earlier run computed them."""
+    key = weights_cache.fingerprint(
+        "logits",
+        unembed.weights_key,
+        directions,
+        k,
+        tables.LOGIT_BLOCK_BYTES,
+        tables.logit_block,
+        tables.logit_arrays,
+        tables.effect_arrays,
+        tables.top_effects,
+    )
+    return weights_cache.cached_arrays(key, lambda: tables.logit_arrays(directions, unembed.matrix, k))
+
+
+def _ov_logit_effects(
+    attention: BridgeAttention, layer: int, unembed: Unembedding, k: int
+) -> dict[str, np.ndarray]:
+    """A layer's heads' OV logit effects (``BridgeAttention.ov_logit_diagonal``), cached likewise."""
+    from precompute import heads
+
+    key = weights_cache.fingerprint(
+        "ov", unembed.weights_key, layer, k, heads, tables.effect_arrays, tables.top_effects
+    )
+    return weights_cache.cached_arrays(
+        key, lambda: tables.effect_arrays([attention.ov_logit_diagonal(layer, unembed.matrix)], k)
+    )
+
+
 def _bridge_attention(model: LoadedModel) -> BridgeAttention:
     """One ``BridgeAttention`` for every layer's heads and the probes: it stacks W_V and W_O (every
     layer at once) and scales W_U once, not once per layer."""
@@ -333,7 +385,7 @@ def _bridge_attention(model: LoadedModel) -> BridgeAttention:
 def _write_source(
     writer: StoreWriter,
     t: Tracked,
-    unembed: Tensor,
+    unembed: Unembedding,
     cfg: PrecomputeConfig,
     contexts: Contexts | None,
     clock: PhaseClock,
@@ -357,8 +409,8 @@ def _write_source(
         writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
-    logits = clock.measure("logit effects", tables.logits_table, sid, directions, unembed, cfg.n_logits)
-    writer.append("logits", logits)
+    logits = clock.measure("logit effects", _logit_effects, directions, unembed, cfg.n_logits)
+    writer.append("logits", tables.effects_columns(sid, logits))
     writer.append("neighbors", tables.neighbors_table(sid, similar, cfg.n_neighbors))
 
 
@@ -367,7 +419,7 @@ def _write_heads(
     attention: BridgeAttention,
     t: Tracked,
     res: AccumulatorResult,
-    unembed: Tensor,
+    unembed: Unembedding,
     cfg: PrecomputeConfig,
     clock: PhaseClock,
 ) -> None:
@@ -378,21 +430,25 @@ def _write_heads(
     writer.append("attention", tables.attention_table(sid, res, cfg.examples))
     for metric, values in t.attention.result().items():
         writer.append("scores", tables.unit_scores_table(sid, metric, values))
-    with clock.phase("logit effects"):
-        effects = attention.ov_logit_diagonal(t.source.layer, unembed)
-        logits = tables.effects_table(sid, [effects], cfg.n_logits)
-    writer.append("logits", logits)
+    logits = clock.measure(
+        "logit effects", _ov_logit_effects, attention, t.source.layer, unembed, cfg.n_logits
+    )
+    writer.append("logits", tables.effects_columns(sid, logits))
 
 
-def _write_probe_scores(writer: StoreWriter, attention: BridgeAttention, layers: tuple[int, ...]) -> None:
-    """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``)."""
+def _write_probe_scores(
+    writer: StoreWriter, attention: BridgeAttention, layers: tuple[int, ...], weights_key: str
+) -> None:
+    """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``; read from
+    the weights cache where an earlier run computed them)."""
     if attention.loaded.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
         return
-    from precompute.heads import score_heads
+    from precompute import heads
 
-    scores = score_heads(attention, layers=layers)
-    for i, layer in enumerate(scores.layers):
-        for metric, values in scores.scores.items():
+    key = weights_cache.fingerprint("probes", weights_key, layers, repr(heads.ProbeConfig()), heads)
+    scores = weights_cache.cached_arrays(key, lambda: heads.score_heads(attention, layers=layers).scores)
+    for i, layer in enumerate(layers):
+        for metric, values in scores.items():
             writer.append("scores", tables.unit_scores_table(head_source_id(layer), metric, values[i]))
 
 
