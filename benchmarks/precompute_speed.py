@@ -4,8 +4,8 @@
 
 Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
-updated), (3) the whole precompute run including loading and writing the store, each as a ratio
-to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
+updated), (3) the whole precompute run including loading and writing the store, its weights cache
+empty (cold; ``--warm``: then again, warm), each as a ratio to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
 layer-15 SAE once ``neurodash demo`` has trained it), as a ratio to (1); (5) the pass and the whole
 run with polysemanticity scoring over without it; (6) the added cost of tracking every attention
 head of the layers, side by side, as a ratio to the bare forward; and (7) peak memory of a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -273,6 +274,7 @@ def main() -> None:
     p.add_argument("--only-heads", action="store_true", help="only the attention heads' overhead line")
     p.add_argument("--only-pass", action="store_true", help="only the pass and the whole run (rows 1-3)")
     p.add_argument("--dtype", default="float32", help="the forward pass's dtype (float32 or bfloat16)")
+    p.add_argument("--warm", action="store_true", help="also the whole run again, its weights cache warm")
     args = p.parse_args()
     if not args.sae and demo_sae().is_dir():
         args.sae = [str(demo_sae())]
@@ -286,6 +288,7 @@ def main() -> None:
         print_scoring_overhead(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["NEURODASH_WEIGHTS_CACHE"] = str(Path(tmp) / "weights")  # empty: the run below is cold
         bare = bare_forward_seconds(
             args.model, args.tokens, args.ctx, args.batch_size, args.device, args.dtype
         )
@@ -315,6 +318,12 @@ def main() -> None:
             f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.05x); "
             f"of the whole run {total / bare:.2f}x (target <= 1.3x); bare {args.tokens / bare:.0f} tok/s"
         )
+        if args.warm:
+            warm_phases, warm = precompute_seconds(args, args.tokens, Path(tmp) / "warm.duckdb")
+            print(
+                f"  whole run again, weights cache warm (logit effects {warm_phases.get('logit effects', 0):.2f} s, "
+                f"probe scores {warm_phases.get('probe scores', 0):.2f} s): {warm:.2f} s = {warm / bare:.2f}x"
+            )
         if args.only_pass:
             return
         if args.sae:
