@@ -4,8 +4,8 @@
 
 Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
-updated), (3) the whole precompute run including loading and writing the store, each as a ratio
-to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
+updated), (3) the whole precompute run including loading and writing the store, its weights cache
+empty (cold; ``--warm``: then again, warm), each as a ratio to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
 layer-15 SAE once ``neurodash demo`` has trained it), as a ratio to (1); (5) the pass and the whole
 run with polysemanticity scoring over without it; (6) the added cost of tracking every attention
 head of the layers, side by side, as a ratio to the bare forward; and (7) peak memory of a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,25 +46,30 @@ def bare_forward_seconds(
     return time.perf_counter() - started
 
 
-def precompute_seconds(
-    args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
-) -> tuple[dict[str, float], float]:
-    from neurodash.storage import Store
-    from precompute import PrecomputeConfig, parse_layers, run_precompute
+def config(args, **overrides):
+    """The ``PrecomputeConfig`` of the command line's settings (``overrides`` replace fields)."""
+    from precompute import PrecomputeConfig, parse_layers
 
-    cfg = PrecomputeConfig(
-        out=out,
+    settings = dict(
+        out="unused",
         model=args.model,
         layers=parse_layers(args.layers),
-        tokens=tokens,
+        tokens=args.tokens,
         ctx=args.ctx,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
-        overwrite=True,
-        saes=saes,
-        scores=scores,
     )
+    return PrecomputeConfig(**(settings | overrides))
+
+
+def precompute_seconds(
+    args, tokens: int, out: Path, saes: tuple[str, ...] = (), scores: bool = True
+) -> tuple[dict[str, float], float]:
+    from neurodash.storage import Store
+    from precompute import run_precompute
+
+    cfg = config(args, out=out, tokens=tokens, overwrite=True, saes=saes, scores=scores)
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
     total = time.perf_counter() - started
@@ -80,23 +86,13 @@ def scoring_overhead(args) -> dict[str, float]:
     import torch
 
     from neurodash.storage import StoreWriter
-    from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import context_hook, features, neurons
     from precompute.pipeline.stream import Contexts
     from precompute.pipeline.tables import examples_table, polysemanticity_tables
 
-    cfg = PrecomputeConfig(
-        out="unused",
-        model=args.model,
-        layers=parse_layers(args.layers),
-        tokens=args.tokens,
-        ctx=args.ctx,
-        batch_size=args.batch_size,
-        device=args.device,
-        saes=tuple(args.sae),
-    )
+    cfg = config(args, dtype="float32", saes=tuple(args.sae))
     model = load_model(cfg.model, cfg.device)
     layers = cfg.layers or ()
     plain = [neurons(model, layer, cfg) for layer in layers] + features(model, cfg)
@@ -174,21 +170,12 @@ def heads_overhead(args) -> dict[str, float]:
     ``hook_pattern``; and the heads' update (norms, attention statistics, accumulators copying rows)."""
     import torch
 
-    from precompute import PrecomputeConfig, parse_layers
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import heads, neurons
     from precompute.pipeline.stream import one_thread_for_heads
 
-    cfg = PrecomputeConfig(
-        out="unused",
-        model=args.model,
-        layers=parse_layers(args.layers),
-        tokens=args.tokens,
-        ctx=args.ctx,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    cfg = config(args, dtype="float32")
     model = load_model(cfg.model, cfg.device)
     layers = cfg.layers or ()
     neuron_hooks = [neurons(model, layer, cfg).hook for layer in layers]
@@ -287,6 +274,7 @@ def main() -> None:
     p.add_argument("--only-heads", action="store_true", help="only the attention heads' overhead line")
     p.add_argument("--only-pass", action="store_true", help="only the pass and the whole run (rows 1-3)")
     p.add_argument("--dtype", default="float32", help="the forward pass's dtype (float32 or bfloat16)")
+    p.add_argument("--warm", action="store_true", help="also the whole run again, its weights cache warm")
     args = p.parse_args()
     if not args.sae and demo_sae().is_dir():
         args.sae = [str(demo_sae())]
@@ -300,6 +288,7 @@ def main() -> None:
         print_scoring_overhead(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["NEURODASH_WEIGHTS_CACHE"] = str(Path(tmp) / "weights")  # empty: the run below is cold
         bare = bare_forward_seconds(
             args.model, args.tokens, args.ctx, args.batch_size, args.device, args.dtype
         )
@@ -312,6 +301,11 @@ def main() -> None:
             ("precompute: pass (forward + update)", stream),
             ("precompute: tokenize corpus", phases["tokenize"]),
             ("precompute: append sequences", phases["write"]),
+            ("precompute: load model, corpus, SAEs", phases.get("load", 0.0)),
+            ("precompute: tables after the pass", phases.get("tables", 0.0)),
+            ("  of which logit effects", phases.get("logit effects", 0.0)),
+            ("  of which probe scores", phases.get("probe scores", 0.0)),
+            ("  of which inserts", phases.get("insert", 0.0)),
             ("precompute: whole run (+load, write)", total),
         ]
         print(
@@ -324,6 +318,12 @@ def main() -> None:
             f"  ratio of the pass to the bare forward: {stream / bare:.2f}x (target <= 1.05x); "
             f"of the whole run {total / bare:.2f}x (target <= 1.3x); bare {args.tokens / bare:.0f} tok/s"
         )
+        if args.warm:
+            warm_phases, warm = precompute_seconds(args, args.tokens, Path(tmp) / "warm.duckdb")
+            print(
+                f"  whole run again, weights cache warm (logit effects {warm_phases.get('logit effects', 0):.2f} s, "
+                f"probe scores {warm_phases.get('probe scores', 0):.2f} s): {warm:.2f} s = {warm / bare:.2f}x"
+            )
         if args.only_pass:
             return
         if args.sae:

@@ -290,7 +290,7 @@ class BridgeAttention:
         norm: Callable[[Tensor], Tensor] = self.bridge.blocks[layer].ln1
         token_inputs = norm(self.loaded.embedding_matrix()[ids])
         W_V = query_head_values(self._W_V[layer], self.n_heads)
-        return ov_factors_from_weights(token_inputs, W_V, self._W_O[layer], self.loaded.unembed()[:, ids])
+        return ov_factors_from_weights(token_inputs, W_V, self._W_O[layer], self._unembed[:, ids])
 
     @torch.inference_mode()
     def ov_logit_diagonal(
@@ -313,6 +313,10 @@ class BridgeAttention:
             per_kv = writes.reshape(W_V.shape[0], group, *writes.shape[1:]) * reads[:, None]
             blocks.append(per_kv.sum(-1).flatten(0, 1))
         return torch.cat(blocks, dim=1)
+
+    @cached_property
+    def _unembed(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.loaded.unembed()  # W_U scaled: once, not once per layer
 
     @cached_property
     def _W_V(self) -> Float[Tensor, "layer kv_head d_model d_head"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,7 @@ class StoreWriter:
         self.con.execute(STORE.ddl)
         self.set_meta(schema_version=STORE.version)
         self.committed = False
+        self.insert_seconds = 0.0  # wall time spent in ``append`` (what a run reports as its inserts)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -79,6 +81,7 @@ class StoreWriter:
         """Bulk-append columns (in the table's column order) through Arrow."""
         if table not in STORE.tables and table not in STORE.optional_tables:
             raise ValueError(f"unknown table {table!r}")
+        started = time.perf_counter()
         data = (
             pa.table({k: _arrow_column(v) for k, v in columns.items()})
             if isinstance(columns, dict)
@@ -88,6 +91,7 @@ class StoreWriter:
             self.con.register("_incoming", data)
             self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
             self.con.unregister("_incoming")
+        self.insert_seconds += time.perf_counter() - started
 
     def commit(self) -> Path:
         self.con.execute("CHECKPOINT")

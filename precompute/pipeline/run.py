@@ -32,7 +32,7 @@ from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, n
 from precompute.corpus import Batch, corpus_documents, pack_windows
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
-from precompute.pipeline import tables
+from precompute.pipeline import tables, weights_cache
 from precompute.pipeline.accumulate import AccumulatorResult, UnitAccumulator, state_bytes
 from precompute.pipeline.attention import ACTIVATION, AttentionStats, pattern_hook, z_hook, z_norm
 from precompute.pipeline.polysemanticity import (
@@ -43,9 +43,10 @@ from precompute.pipeline.polysemanticity import (
     n_covering,
 )
 from precompute.pipeline.shard import WHOLE, shard_batches
-from precompute.pipeline.stream import Contexts, NeuronBridge, Tracked, stream
+from precompute.pipeline.stream import Contexts, NeuronBridge, PhaseClock, Tracked, stream
 
-if TYPE_CHECKING:  # imported where SAEs load: importing SAELens takes seconds
+if TYPE_CHECKING:  # imported where SAEs load (importing SAELens takes seconds) or heads are written
+    from precompute.heads import BridgeAttention
     from precompute.sae import LoadedSAE
 
 __all__ = ["PrecomputeConfig", "run_precompute"]
@@ -56,7 +57,9 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
     check_device(cfg.device)
+    load_started = time.perf_counter()
     run = prepare(cfg)
+    load_seconds = time.perf_counter() - load_started
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
         n_tokens, phase_seconds = stream(
@@ -71,6 +74,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             run.contexts,
             batches,
         )
+        phase_seconds["load"] = load_seconds
         write_store(writer, run, cfg, n_tokens, phase_seconds, progress)
         return writer.commit()
 
@@ -149,18 +153,28 @@ def write_store(
     phase_seconds: dict[str, float],
     progress: bool = False,
 ) -> None:
-    """After the pass (its sequences already appended): every source's tables, links, probe scores, meta."""
+    """After the pass (its sequences already appended): every source's tables, links, probe scores, meta.
+
+    Adds to ``phase_seconds``: ``tables`` (all of this), and within it ``logit effects`` (units'
+    directions through W_U), ``probe scores`` and ``insert`` (the store's inserts)."""
     model = run.model
-    tables_started = time.perf_counter()
+    tables_started, inserted_before = time.perf_counter(), writer.insert_seconds
+    clock = PhaseClock(cfg.device)
     writer.append("vocab", _vocab(model))
-    unembed = model.unembed().to(cfg.device)
+    unembed = Unembedding(model.unembed().to(cfg.device), _weights_key(model, cfg.device))
+    attention = _bridge_attention(model) if any(t.attention is not None for t in run.tracked) else None
     for t in tqdm(in_source_id_order(run.tracked), desc="writing", unit="source", disable=not progress):
         t.source = dataclasses.replace(t.source, n_tokens=n_tokens)
-        _write_source(writer, model, t, unembed, cfg, run.contexts)
+        _write_source(writer, t, unembed, cfg, run.contexts, clock, attention)
     _write_links(writer, run.tracked, cfg.n_neighbors)
     if cfg.heads:
-        _write_probe_scores(writer, model, run.layers)
+        with clock.phase("probe scores"):
+            _write_probe_scores(
+                writer, attention or _bridge_attention(model), run.layers, unembed.weights_key
+            )
     phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
+    phase_seconds |= clock.seconds
+    phase_seconds["insert"] = writer.insert_seconds - inserted_before
     writer.set_meta(
         model=cfg.model,
         dataset=cfg.dataset,
@@ -319,13 +333,72 @@ def _vocab(model: LoadedModel) -> tables.Columns:
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
+@dataclass(frozen=True)
+class Unembedding:
+    """W_U as ``LoadedModel.unembed`` gives it, on the run's device, and the fingerprint of the model
+    it comes from (``weights_cache``; empty when the cache is off)."""
+
+    matrix: Tensor
+    weights_key: str
+
+
+def _weights_key(model: LoadedModel, device: str) -> str:
+    if weights_cache.folder() is None:
+        return ""
+    return weights_cache.fingerprint(
+        weights_cache.module_fingerprint(model.bridge, device),
+        LoadedModel.unembed,
+        LoadedModel.embedding_matrix,
+        LoadedModel.activations,
+    )
+
+
+def _logit_effects(directions: Tensor, unembed: Unembedding, k: int) -> dict[str, np.ndarray]:
+    """``tables.logit_arrays``, read from the weights cache where an earlier run computed them."""
+    key = weights_cache.fingerprint(
+        "logits",
+        unembed.weights_key,
+        directions,
+        k,
+        tables.LOGIT_BLOCK_BYTES,
+        tables.logit_block,
+        tables.logit_arrays,
+        tables.effect_arrays,
+        tables.top_effects,
+    )
+    return weights_cache.cached_arrays(key, lambda: tables.logit_arrays(directions, unembed.matrix, k))
+
+
+def _ov_logit_effects(
+    attention: BridgeAttention, layer: int, unembed: Unembedding, k: int
+) -> dict[str, np.ndarray]:
+    """A layer's heads' OV logit effects (``BridgeAttention.ov_logit_diagonal``), cached likewise."""
+    from precompute import heads
+
+    key = weights_cache.fingerprint(
+        "ov", unembed.weights_key, layer, k, heads, tables.effect_arrays, tables.top_effects
+    )
+    return weights_cache.cached_arrays(
+        key, lambda: tables.effect_arrays([attention.ov_logit_diagonal(layer, unembed.matrix)], k)
+    )
+
+
+def _bridge_attention(model: LoadedModel) -> BridgeAttention:
+    """One ``BridgeAttention`` for every layer's heads and the probes: it stacks W_V and W_O (every
+    layer at once) and scales W_U once, not once per layer."""
+    from precompute.heads import BridgeAttention  # imports TransformerLens: only where heads are written
+
+    return BridgeAttention(model)
+
+
 def _write_source(
     writer: StoreWriter,
-    model: LoadedModel,
     t: Tracked,
-    unembed: Tensor,
+    unembed: Unembedding,
     cfg: PrecomputeConfig,
     contexts: Contexts | None,
+    clock: PhaseClock,
+    attention: BridgeAttention | None = None,
 ) -> None:
     writer.add_source(t.source)
     res = t.acc.result()
@@ -334,7 +407,9 @@ def _write_source(
     writer.append("examples", tables.examples_table(sid, res, cfg.examples))
     writer.append("scores", tables.frequency_scores(sid, res))
     if t.attention is not None:
-        _write_heads(writer, model, t, res, unembed, cfg)
+        if attention is None:
+            raise RuntimeError("a head source written without its model's BridgeAttention")
+        _write_heads(writer, attention, t, res, unembed, cfg, clock)
         return
     if contexts is not None:
         rep_mean = contexts.mean(t.context_hook)
@@ -343,17 +418,19 @@ def _write_source(
         writer.append("clusters", clusters)
     directions = t.directions.to(cfg.device)
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
-    writer.append("logits", tables.logits_table(sid, directions, unembed, cfg.n_logits))
+    logits = clock.measure("logit effects", _logit_effects, directions, unembed, cfg.n_logits)
+    writer.append("logits", tables.effects_columns(sid, logits))
     writer.append("neighbors", tables.neighbors_table(sid, similar, cfg.n_neighbors))
 
 
 def _write_heads(
     writer: StoreWriter,
-    model: LoadedModel,
+    attention: BridgeAttention,
     t: Tracked,
     res: AccumulatorResult,
-    unembed: Tensor,
+    unembed: Unembedding,
     cfg: PrecomputeConfig,
+    clock: PhaseClock,
 ) -> None:
     """A layer's heads: their examples' attention rows, corpus attention statistics, OV logit effects."""
     if t.attention is None:
@@ -362,21 +439,25 @@ def _write_heads(
     writer.append("attention", tables.attention_table(sid, res, cfg.examples))
     for metric, values in t.attention.result().items():
         writer.append("scores", tables.unit_scores_table(sid, metric, values))
-    from precompute.heads import BridgeAttention  # imports TransformerLens: only where heads are written
+    logits = clock.measure(
+        "logit effects", _ov_logit_effects, attention, t.source.layer, unembed, cfg.n_logits
+    )
+    writer.append("logits", tables.effects_columns(sid, logits))
 
-    effects = BridgeAttention(model).ov_logit_diagonal(t.source.layer, unembed)
-    writer.append("logits", tables.effects_table(sid, [effects], cfg.n_logits))
 
-
-def _write_probe_scores(writer: StoreWriter, model: LoadedModel, layers: tuple[int, ...]) -> None:
-    """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``)."""
-    if model.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
+def _write_probe_scores(
+    writer: StoreWriter, attention: BridgeAttention, layers: tuple[int, ...], weights_key: str
+) -> None:
+    """The heads' scores on synthetic probes (a few forward passes, ``precompute.heads``; read from
+    the weights cache where an earlier run computed them)."""
+    if attention.loaded.bos_token_id is None:  # the probes start with BOS; the corpus statistics are kept
         return
-    from precompute.heads import BridgeAttention, score_heads
+    from precompute import heads
 
-    scores = score_heads(BridgeAttention(model), layers=layers)
-    for i, layer in enumerate(scores.layers):
-        for metric, values in scores.scores.items():
+    key = weights_cache.fingerprint("probes", weights_key, layers, repr(heads.ProbeConfig()), heads)
+    scores = weights_cache.cached_arrays(key, lambda: heads.score_heads(attention, layers=layers).scores)
+    for i, layer in enumerate(layers):
+        for metric, values in scores.items():
             writer.append("scores", tables.unit_scores_table(head_source_id(layer), metric, values[i]))
 
 

@@ -212,10 +212,7 @@ def logits_table(sid: str, directions: Tensor, unembed: Tensor, k: int, block: i
 
     On the device of ``unembed``, in blocks of units (``logit_block``): one ``[block, vocab]`` product
     at a time, of which only its top ``k`` of each sign leave the device."""
-    block = block or logit_block(unembed.shape[1])
-    directions = directions.to(unembed.device, unembed.dtype)
-    chunks = (directions[i : i + block] @ unembed for i in range(0, directions.shape[0], block))
-    return effects_table(sid, chunks, k)
+    return effects_columns(sid, logit_arrays(directions, unembed, k, block))
 
 
 def top_effects(chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -227,20 +224,42 @@ def top_effects(chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor, Tenso
         vals, ids = effects.topk(k, dim=1)
         up_vals.append(vals)
         up_ids.append(ids)
-        vals, ids = (-effects).topk(k, dim=1)
-        down_vals.append(-vals)
+        vals, ids = effects.topk(k, dim=1, largest=False)  # as (-effects).topk, without its copy
+        down_vals.append(vals)
         down_ids.append(ids)
     return torch.cat(up_vals), torch.cat(up_ids), torch.cat(down_vals), torch.cat(down_ids)
 
 
-def effects_table(sid: str, chunks: Iterable[Tensor], k: int) -> Columns:
+def logit_arrays(
+    directions: Tensor, unembed: Tensor, k: int, block: int | None = None
+) -> dict[str, np.ndarray]:
+    """``logits_table``'s values and token ids, ``[units, sign, k]`` each (``effects_columns``)."""
+    block = block or logit_block(unembed.shape[1])
+    directions = directions.to(unembed.device, unembed.dtype)
+    chunks = (directions[i : i + block] @ unembed for i in range(0, directions.shape[0], block))
+    return effect_arrays(chunks, k)
+
+
+def effect_arrays(chunks: Iterable[Tensor], k: int) -> dict[str, np.ndarray]:
     """Top ``k`` boosted and suppressed tokens per unit of logit effects given in chunks of units
     (``[chunk, d_vocab]`` each, on the device): only the top ``k`` leave it, in one copy at the end.
-    Rows are ordered by unit, sign (``+`` first), rank."""
+    ``value`` and ``token_id``, ``[units, sign, k]`` each (sign ``+`` first)."""
     up_vals, up_ids, down_vals, down_ids = top_effects(chunks, k)
-    vals = torch.stack([up_vals, down_vals], 1).float().cpu().numpy()  # [units, sign, k]
-    ids = torch.stack([up_ids, down_ids], 1).cpu().numpy()
-    n = vals.shape[0]
+    return {
+        "value": torch.stack([up_vals, down_vals], 1).float().cpu().numpy(),
+        "token_id": torch.stack([up_ids, down_ids], 1).cpu().numpy(),
+    }
+
+
+def effects_table(sid: str, chunks: Iterable[Tensor], k: int) -> Columns:
+    """``effects_columns`` of ``effect_arrays``: rows ordered by unit, sign (``+`` first), rank."""
+    return effects_columns(sid, effect_arrays(chunks, k))
+
+
+def effects_columns(sid: str, arrays: dict[str, np.ndarray]) -> Columns:
+    """The ``logits`` table's rows of ``effect_arrays``' ``value`` and ``token_id``."""
+    vals, ids = arrays["value"], arrays["token_id"]
+    n, k = vals.shape[0], vals.shape[2]
     return {
         "source_id": [sid] * vals.size,
         "unit": np.repeat(np.arange(n), 2 * k),
