@@ -384,16 +384,19 @@ def cmd_precompute(args: argparse.Namespace) -> None:
 
 
 def _precompute_torchrun(args: argparse.Namespace, cfg: PrecomputeConfig) -> None:
-    """One rank of a torchrun job: its shard; rank 0 writes the store."""
-    if args.shard or args.resume or args.checkpoint_tokens:
-        raise NeurodashError(
-            "under torchrun each rank is a shard: leave out --shard, --resume, --checkpoint-tokens"
-        )
-    from precompute.distributed import precompute_distributed, torchrun_rank
+    """One rank of a torchrun job: its shard (checkpointed, resumed); rank 0 writes the store."""
+    if args.shard:
+        raise NeurodashError("under torchrun each rank is a shard: leave out --shard")
+    from precompute.distributed import Refused, precompute_distributed, torchrun_rank
 
     rank = torchrun_rank()
     assert rank is not None
-    path = precompute_distributed(cfg, rank)
+    try:
+        path = precompute_distributed(cfg, rank, args.checkpoint_tokens, args.resume)
+    except Refused as e:
+        if e.rank != 0:  # rank 0 says why, in one line; the others stop with the same status
+            raise SystemExit(2) from e
+        raise
     if path is not None:
         print(f"wrote {path} ({rank.count} ranks)")
 

@@ -143,7 +143,7 @@ PRECOMPUTES = {  # extra arguments, torchrun's environment or none, what the err
     "shard-under-torchrun": (
         ["--shard", "0/2"],
         {"RANK": "0", "WORLD_SIZE": "2"},
-        "under torchrun each rank is a shard",
+        "under torchrun each rank is a shard: leave out --shard",
     ),
 }
 
