@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("states", type=Path, nargs="+", metavar="STATE")
     p.add_argument("--out", required=True, type=Path, help="the store file to write (.duckdb)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, ... or mps: where the states merge and the tables are computed "
+        "(default: the device the shards ran on)",
+    )
     p.set_defaults(run=cmd_merge)
 
     p = sub.add_parser("serve", help="browse a store in the dashboard")
@@ -404,7 +409,7 @@ def _precompute_torchrun(args: argparse.Namespace, cfg: PrecomputeConfig) -> Non
 def cmd_merge(args: argparse.Namespace) -> None:
     from precompute.scale import merge_states
 
-    print(f"wrote {merge_states(args.states, args.out, args.overwrite)}")
+    print(f"wrote {merge_states(args.states, args.out, args.overwrite, device=args.device)}")
 
 
 def _remove_leftovers(out: Path) -> None:

@@ -174,12 +174,18 @@ def precompute_resumable(
     return path
 
 
-def merge_states(paths: list[Path], out: Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """The store of the run whose shards ``paths`` are (each read once, one at a time)."""
+def merge_states(
+    paths: list[Path], out: Path, overwrite: bool = False, progress: bool = True, device: str | None = None
+) -> Path:
+    """The store of the run whose shards ``paths`` are (each read once, one at a time), merged and
+    written on ``device`` (the states' sums, the logit effects, neighbours and head probes), by
+    default the one the shards ran on."""
     check_writable(out, overwrite)
     headers = [(p, state.read_header(p)) for p in paths]
     state.check_together(headers)
     cfg = state.config_of(headers[0][1], out, overwrite)
+    if device is not None:
+        cfg = replace(cfg, device=device)
     check_device(cfg.device)
     run = prepare(cfg, corpus=False)
     run.sampling = headers[0][1].sampling

@@ -2,7 +2,7 @@
 line, exit status 2, nothing written. One parametrised row per case: shards that do not belong
 together (another model, corpus, settings or shard count), a missing shard, a state of another
 format version, a file that is no state, an unfinished shard, ``--resume`` with nothing to resume,
-a malformed ``--shard``, and ``--shard`` under torchrun."""
+a malformed ``--shard``, ``--shard`` under torchrun, and a merge on a device that is not there."""
 
 from __future__ import annotations
 
@@ -110,6 +110,17 @@ def test_bad_merge(states, tmp_path, case):
     given = [states["a0"], *(states.get(n, tmp_path / f"{n}.state") for n in names)]
     out = tmp_path / "store.duckdb"
     code, err = neurodash(tmp_path, "merge", *given, "--out", out)
+    one_line(code, err, message, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("cuda:99", "--device cuda:99: "), ("gpu", "--device gpu: not a device")],
+)
+def test_bad_merge_device(states, tmp_path, device, message):
+    out = tmp_path / "store.duckdb"
+    code, err = neurodash(tmp_path, "merge", states["a0"], states["a1"], "--out", out, "--device", device)
     one_line(code, err, message, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

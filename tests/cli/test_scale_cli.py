@@ -88,7 +88,7 @@ def test_shards_then_merge(single, tiny_model_dir, docs_jsonl, untrained_sae):
             tiny_model_dir, docs_jsonl, untrained_sae, "--shard", f"{i}/2", "--out", f"s{i}.state"
         )
         assert f"wrote shard {i}/2" in neurodash(folder, *args)
-    neurodash(folder, "merge", "s1.state", "s0.state", "--out", STORE)
+    neurodash(folder, "merge", "s1.state", "s0.state", "--out", STORE, "--device", "cpu")
     assert differing_rows(single, folder / STORE) == {}
 
 
