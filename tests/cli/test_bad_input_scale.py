@@ -97,7 +97,7 @@ MERGES = {  # the states given to merge (besides a0), what the error line says
     "another-shard-count": (["count"], "not shards of one run: shard count"),
     "a-missing-shard": ([], "shard 1/2 is missing"),
     "the-same-shard-twice": (["a0"], "are both shard 0/2"),
-    "another-version": (["version"], "a pass state of format version 99; this neurodash reads version 1"),
+    "another-version": (["version"], "a pass state of format version 99; this neurodash reads versions 1-2"),
     "not-a-state": (["garbage"], "not a neurodash pass state"),
     "an-unfinished-shard": (["checkpoint"], "an unfinished shard (a checkpoint)"),
     "no-such-file": (["nowhere"], "no such pass state"),
