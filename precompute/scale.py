@@ -7,7 +7,8 @@
 - ``precompute_resumable``: a one-process run that checkpoints its state every N tokens beside its
   output (``OUT.checkpoint``, written atomically) and, with ``resume``, continues from it.
 
-``precompute.distributed`` runs the shards as ranks of one ``torchrun`` job on the same functions.
+``precompute.distributed`` runs the shards as ranks of one ``torchrun`` job on the same functions;
+there each rank checkpoints its own shard (``checkpoint_path(out, rank)``) and resumes from it.
 """
 
 from __future__ import annotations
