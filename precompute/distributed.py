@@ -70,16 +70,21 @@ def precompute_distributed(
             resume,
             progress=progress and shard.index == 0,
         )
-        payload = state.to_bytes(done.header, done.tensors())
+        payload = b"" if shard.index == 0 else state.to_bytes(done.header, done.tensors())
         headers = [done.header]
         for rank, data in _to_rank_zero(payload, _device(cfg)):  # one at a time: rank 0 holds two states
             header, tensors = state.from_bytes(data, f"rank {rank}")
+            del data
             state.restore(
                 tensors, done.run.tracked, done.run.contexts, done.sequences, Path(f"rank {rank}"), True
             )
             headers.append(header)
             del tensors
-        path = write_merged(done.run, cfg, headers, done.sequences, progress) if shard.index == 0 else None
+        path = None
+        if shard.index == 0:
+            path = write_merged(done.run, cfg, headers, done.sequences, progress)
+        else:
+            del done, payload  # sent: freed while rank 0 writes
         dist.barrier()  # the store is written: no rank needs its checkpoint any more
         checkpoint.unlink(missing_ok=True)
         return path
@@ -137,8 +142,10 @@ def _to_rank_zero(payload: bytes, device: torch.device) -> Iterator[tuple[int, b
     dist.all_gather(sizes, size)
     if rank != 0:
         dist.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device), dst=0)
-        return
+        return  # rank 0 sends nothing: its own state is already where the others merge
     for other in range(1, world):
         buffer = torch.empty(int(sizes[other].item()), dtype=torch.uint8, device=device)
         dist.recv(buffer, src=other)
-        yield other, buffer.cpu().numpy().tobytes()
+        data = buffer.cpu().numpy().tobytes()
+        del buffer  # rank 0 holds one copy of each state's bytes at a time
+        yield other, data
