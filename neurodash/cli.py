@@ -250,9 +250,12 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint-tokens",
         type=whole_number,
         metavar="N",
-        help="checkpoint the state every N tokens (at the next block's end) to OUT.checkpoint",
+        help="checkpoint the state every N tokens (at the next block's end) to OUT.checkpoint "
+        "(under torchrun each rank its shard's, to OUT.rankI-of-N.checkpoint)",
     )
-    p.add_argument("--resume", action="store_true", help="continue a killed run from OUT.checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a killed run (or torchrun job) from its checkpoints"
+    )
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
