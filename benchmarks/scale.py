@@ -8,7 +8,7 @@ and the demo's SAE once ``neurodash demo`` has trained it), or reads an existing
 read only; its ``phase_seconds`` and size), or runs the real thing: ``--torchrun K`` starts
 ``torchrun --nproc-per-node K -m neurodash precompute`` (CPU ranks, one thread each; with
 ``--checkpoint-tokens`` each rank checkpoints its shard, and the largest checkpoint is measured) and
-reports its wall time, the peak memory of its largest rank and the store: the pass's throughput (tokens per second: tokenize,
+reports its wall time, each rank's peak memory (VmHWM) and the store: the pass's throughput (tokens per second: tokenize,
 forward, update), the fixed cost (loading, the tables and the probes: independent of the tokens read),
 and the store's bytes, measured per table with DuckDB's storage info: per token (the sequences) and
 per unit (everything else). From them it prints, for a run of ``--target-tokens`` split over R ranks
@@ -76,14 +76,13 @@ def measure(args) -> tuple[Path, float]:
 class TorchrunRun:
     store: Path
     wall: float
-    peak_rank_bytes: int  # the largest rank's peak resident memory (rank 0, merging)
+    peak_rank_bytes: dict[int, int]  # each rank's peak resident memory (VmHWM), by rank
     checkpoint_bytes: int  # the largest checkpoint any rank wrote (0: none)
 
 
 def measure_torchrun(args) -> TorchrunRun:
     """A real ``torchrun`` job of ``args.torchrun`` CPU ranks, timed, its memory and checkpoints measured."""
     import os
-    import resource
     import subprocess
     import threading
 
@@ -103,27 +102,58 @@ def measure_torchrun(args) -> TorchrunRun:
     cmd += [a for sae in args.sae for a in ("--sae", sae)]
     if args.checkpoint_tokens:
         cmd += ["--checkpoint-tokens", str(args.checkpoint_tokens)]
-    biggest = {"bytes": 0}
+    biggest, peaks = {"bytes": 0}, {}
     done = threading.Event()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    job = subprocess.Popen(cmd, env=env, cwd=folder)
 
-    def watch() -> None:  # checkpoints are removed at the end: see each while it is there
+    def watch() -> None:  # checkpoints are removed at the end, ranks end: see each while it is there
         while not done.wait(0.5):
             for f in folder.glob("*.checkpoint*"):
                 try:
                     biggest["bytes"] = max(biggest["bytes"], f.stat().st_size)
                 except FileNotFoundError:
                     pass
+            for rank, peak in _rank_peaks(job.pid).items():
+                peaks[rank] = max(peaks.get(rank, 0), peak)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    started = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, cwd=folder)
+    if job.wait() != 0:
+        raise SystemExit(f"the torchrun job failed (status {job.returncode})")
     wall = time.perf_counter() - started
     done.set()
     watcher.join()
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux: the largest process
-    return TorchrunRun(out, wall, peak, biggest["bytes"])
+    return TorchrunRun(out, wall, peaks, biggest["bytes"])
+
+
+def _rank_peaks(pid: int) -> dict[int, int]:
+    """The peak resident memory (VmHWM) of each process below ``pid`` that has a ``RANK``, by rank."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        below += frontier
+    peaks = {}
+    for child in below:
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        rank = next((int(e[5:]) for e in environ if e.startswith(b"RANK=")), None)
+        hwm = next(
+            (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")), 0
+        )
+        if rank is not None:
+            peaks[rank] = max(peaks.get(rank, 0), hwm)
+    return peaks
 
 
 def read_store(path: Path, wall: float | None) -> Measured:
@@ -199,10 +229,11 @@ def main() -> None:
             f"a torchrun job of {args.torchrun} ranks ({args.device}, one thread each) reading "
             f"{args.tokens:,} tokens (sae {args.sae or 'none'}); the pass's seconds summed over the ranks"
         )
+        peaks = ", ".join(f"rank {r} {b / GB:.2f} GB" for r, b in sorted(job.peak_rank_bytes.items()))
         print(
             f"torchrun job: {job.wall:.0f} s wall ({m.tokens / job.wall:,.0f} tok/s for the whole job), "
-            f"largest rank's peak memory {job.peak_rank_bytes / GB:.2f} GB, largest checkpoint "
-            f"{job.checkpoint_bytes / GB:.3f} GB, store {job.store.stat().st_size / GB:.3f} GB"
+            f"peak memory {peaks}, largest checkpoint {job.checkpoint_bytes / GB:.3f} GB, "
+            f"store {job.store.stat().st_size / GB:.3f} GB"
         )
     else:
         store, wall = measure(args)
