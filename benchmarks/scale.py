@@ -1,10 +1,14 @@
 """At scale, on paper from what is measured here: the time, memory per rank and store size of a large run.
 
     python benchmarks/scale.py [--tokens 4096] [--target-tokens 1e8] [--ranks 1,8,64] [--store S]
+    python benchmarks/scale.py --torchrun 2 --tokens 65536 --checkpoint-tokens 16384
 
 Measures, on this machine, one precompute run of the default model (every layer's neurons and heads,
 and the demo's SAE once ``neurodash demo`` has trained it), or reads an existing store (``--store``,
-read only; its ``phase_seconds`` and size): the pass's throughput (tokens per second: tokenize,
+read only; its ``phase_seconds`` and size), or runs the real thing: ``--torchrun K`` starts
+``torchrun --nproc-per-node K -m neurodash precompute`` (CPU ranks, one thread each; with
+``--checkpoint-tokens`` each rank checkpoints its shard, and the largest checkpoint is measured) and
+reports its wall time, each rank's peak memory (VmHWM) and the store: the pass's throughput (tokens per second: tokenize,
 forward, update), the fixed cost (loading, the tables and the probes: independent of the tokens read),
 and the store's bytes, measured per table with DuckDB's storage info: per token (the sequences) and
 per unit (everything else). From them it prints, for a run of ``--target-tokens`` split over R ranks
@@ -24,7 +28,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +70,90 @@ def measure(args) -> tuple[Path, float]:
     started = time.perf_counter()
     run_precompute(cfg, progress=False)
     return out, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class TorchrunRun:
+    store: Path
+    wall: float
+    peak_rank_bytes: dict[int, int]  # each rank's peak resident memory (VmHWM), by rank
+    checkpoint_bytes: int  # the largest checkpoint any rank wrote (0: none)
+
+
+def measure_torchrun(args) -> TorchrunRun:
+    """A real ``torchrun`` job of ``args.torchrun`` CPU ranks, timed, its memory and checkpoints measured."""
+    import os
+    import subprocess
+    import threading
+
+    folder = Path(tempfile.mkdtemp())
+    out = folder / "scale.duckdb"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(args.torchrun),
+    ]
+    cmd += ["-m", "neurodash", "precompute", "--model", args.model, "--tokens", str(args.tokens)]
+    cmd += ["--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype]
+    cmd += ["--out", str(out), *(["--layers", args.layers] if args.layers else [])]
+    cmd += [a for sae in args.sae for a in ("--sae", sae)]
+    if args.checkpoint_tokens:
+        cmd += ["--checkpoint-tokens", str(args.checkpoint_tokens)]
+    biggest, peaks = {"bytes": 0}, {}
+    done = threading.Event()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    job = subprocess.Popen(cmd, env=env, cwd=folder)
+
+    def watch() -> None:  # checkpoints are removed at the end, ranks end: see each while it is there
+        while not done.wait(0.5):
+            for f in folder.glob("*.checkpoint*"):
+                try:
+                    biggest["bytes"] = max(biggest["bytes"], f.stat().st_size)
+                except FileNotFoundError:
+                    pass
+            for rank, peak in _rank_peaks(job.pid).items():
+                peaks[rank] = max(peaks.get(rank, 0), peak)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    if job.wait() != 0:
+        raise SystemExit(f"the torchrun job failed (status {job.returncode})")
+    wall = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    return TorchrunRun(out, wall, peaks, biggest["bytes"])
+
+
+def _rank_peaks(pid: int) -> dict[int, int]:
+    """The peak resident memory (VmHWM) of each process below ``pid`` that has a ``RANK``, by rank."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        below += frontier
+    peaks = {}
+    for child in below:
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        rank = next((int(e[5:]) for e in environ if e.startswith(b"RANK=")), None)
+        hwm = next(
+            (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM")), 0
+        )
+        if rank is not None:
+            peaks[rank] = max(peaks.get(rank, 0), hwm)
+    return peaks
 
 
 def read_store(path: Path, wall: float | None) -> Measured:
@@ -118,6 +206,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--sae", action="append", default=[], help="default: the demo's SAE, if trained")
     p.add_argument("--store", type=Path, help="read this store's figures instead of measuring a run")
+    p.add_argument("--torchrun", type=int, help="measure a real torchrun job of this many CPU ranks")
+    p.add_argument("--checkpoint-tokens", type=int, help="with --torchrun: each rank checkpoints this often")
     p.add_argument("--target-tokens", type=float, default=1e8)
     p.add_argument("--ranks", default="1,8,64")
     p.add_argument("--merge-gbps", type=float, default=1.0, help="assumed rate of merging states, GB/s")
@@ -131,6 +221,20 @@ def main() -> None:
     if args.store is not None:
         m = read_store(args.store, None)
         source = f"store {args.store}"
+    elif args.torchrun:
+        job = measure_torchrun(args)
+        m = read_store(job.store, None)
+        m = replace(m, fixed_seconds=max(0.0, job.wall - m.pass_seconds / args.torchrun))  # ranks in parallel
+        source = (
+            f"a torchrun job of {args.torchrun} ranks ({args.device}, one thread each) reading "
+            f"{args.tokens:,} tokens (sae {args.sae or 'none'}); the pass's seconds summed over the ranks"
+        )
+        peaks = ", ".join(f"rank {r} {b / GB:.2f} GB" for r, b in sorted(job.peak_rank_bytes.items()))
+        print(
+            f"torchrun job: {job.wall:.0f} s wall ({m.tokens / job.wall:,.0f} tok/s for the whole job), "
+            f"peak memory {peaks}, largest checkpoint {job.checkpoint_bytes / GB:.3f} GB, "
+            f"store {job.store.stat().st_size / GB:.3f} GB"
+        )
     else:
         store, wall = measure(args)
         m = read_store(store, wall)

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("states", type=Path, nargs="+", metavar="STATE")
     p.add_argument("--out", required=True, type=Path, help="the store file to write (.duckdb)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, ... or mps: where the states merge and the tables are computed "
+        "(default: the device the shards ran on)",
+    )
     p.set_defaults(run=cmd_merge)
 
     p = sub.add_parser("serve", help="browse a store in the dashboard")
@@ -245,9 +250,12 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint-tokens",
         type=whole_number,
         metavar="N",
-        help="checkpoint the state every N tokens (at the next block's end) to OUT.checkpoint",
+        help="checkpoint the state every N tokens (at the next block's end) to OUT.checkpoint "
+        "(under torchrun each rank its shard's, to OUT.rankI-of-N.checkpoint)",
     )
-    p.add_argument("--resume", action="store_true", help="continue a killed run from OUT.checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a killed run (or torchrun job) from its checkpoints"
+    )
 
 
 def add_train_sae_args(p: argparse.ArgumentParser) -> None:
@@ -384,16 +392,19 @@ def cmd_precompute(args: argparse.Namespace) -> None:
 
 
 def _precompute_torchrun(args: argparse.Namespace, cfg: PrecomputeConfig) -> None:
-    """One rank of a torchrun job: its shard; rank 0 writes the store."""
-    if args.shard or args.resume or args.checkpoint_tokens:
-        raise NeurodashError(
-            "under torchrun each rank is a shard: leave out --shard, --resume, --checkpoint-tokens"
-        )
-    from precompute.distributed import precompute_distributed, torchrun_rank
+    """One rank of a torchrun job: its shard (checkpointed, resumed); rank 0 writes the store."""
+    if args.shard:
+        raise NeurodashError("under torchrun each rank is a shard: leave out --shard")
+    from precompute.distributed import Refused, precompute_distributed, torchrun_rank
 
     rank = torchrun_rank()
     assert rank is not None
-    path = precompute_distributed(cfg, rank)
+    try:
+        path = precompute_distributed(cfg, rank, args.checkpoint_tokens, args.resume)
+    except Refused as e:
+        if e.rank != 0:  # rank 0 says why, in one line; the others stop with the same status
+            raise SystemExit(2) from e
+        raise
     if path is not None:
         print(f"wrote {path} ({rank.count} ranks)")
 
@@ -401,7 +412,7 @@ def _precompute_torchrun(args: argparse.Namespace, cfg: PrecomputeConfig) -> Non
 def cmd_merge(args: argparse.Namespace) -> None:
     from precompute.scale import merge_states
 
-    print(f"wrote {merge_states(args.states, args.out, args.overwrite)}")
+    print(f"wrote {merge_states(args.states, args.out, args.overwrite, device=args.device)}")
 
 
 def _remove_leftovers(out: Path) -> None:

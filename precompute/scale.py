@@ -7,11 +7,14 @@
 - ``precompute_resumable``: a one-process run that checkpoints its state every N tokens beside its
   output (``OUT.checkpoint``, written atomically) and, with ``resume``, continues from it.
 
-``precompute.distributed`` runs the shards as ranks of one ``torchrun`` job on the same functions.
+``precompute.distributed`` runs the shards as ranks of one ``torchrun`` job on the same functions;
+there each rank checkpoints its own shard (``checkpoint_path(out, rank)``) and resumes from it.
 """
 
 from __future__ import annotations
 
+import glob
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,9 +31,55 @@ from precompute.pipeline.state import Sequences, StateHeader
 from precompute.pipeline.stream import stream
 
 
-def checkpoint_path(out: Path) -> Path:
-    """Where a run writing ``out`` keeps its checkpoint (beside ``out`` and its ``.partial``)."""
-    return out.with_name(out.name + ".checkpoint")
+def checkpoint_path(out: Path, rank: Shard | None = None) -> Path:
+    """Where a run writing ``out`` keeps its checkpoint, beside ``out`` and its ``.partial``:
+    ``OUT.checkpoint``, or rank I of a torchrun job of N ranks ``OUT.rankI-of-N.checkpoint``."""
+    tag = "" if rank is None else f".rank{rank.index}-of-{rank.count}"
+    return out.with_name(f"{out.name}{tag}.checkpoint")
+
+
+def _rank_counts(out: Path) -> set[int]:
+    """The rank counts of the torchrun jobs whose checkpoints lie beside ``out``."""
+    found = (re.fullmatch(r"\.rank\d+-of-(\d+)\.checkpoint", p.name[len(out.name) :]) for p in _beside(out))
+    return {int(m.group(1)) for m in found if m}
+
+
+def _beside(out: Path) -> list[Path]:
+    return list(out.parent.glob(glob.escape(out.name) + ".rank*.checkpoint"))
+
+
+def check_resume(cfg: PrecomputeConfig, shard: Shard, out: Path, rank: Shard | None = None) -> Path:
+    """The checkpoint a ``--resume`` of shard ``shard`` (``rank``: of a torchrun job) continues
+    from; refused in one line where there is none, or one of another run, shard or rank count."""
+    checkpoint = checkpoint_path(out, rank)
+    if not checkpoint.is_file():
+        raise NeurodashError(_no_checkpoint(checkpoint, out, rank))
+    header = state.read_header(checkpoint)
+    if header.complete:
+        raise NeurodashError(f"--resume: {checkpoint} is a finished shard, not a checkpoint")
+    if header.config != state.run_config(cfg) or header.shard != shard:
+        raise NeurodashError(
+            f"--resume: {checkpoint} is the checkpoint of another run (other settings or shard): "
+            "resume with the settings it was started with"
+        )
+    return checkpoint
+
+
+def _no_checkpoint(checkpoint: Path, out: Path, rank: Shard | None) -> str:
+    counts = sorted(_rank_counts(out) - ({rank.count} if rank else set()))
+    if counts:
+        return (
+            f"--resume: the checkpoints beside {out} are of a torchrun job of {counts[0]} ranks: resume "
+            f"it with {counts[0]} ranks in all (torchrun --nproc-per-node)"
+        )
+    if rank is not None and checkpoint_path(out).is_file():
+        return (
+            f"--resume: {checkpoint_path(out)} is a one-process run's checkpoint: resume it without torchrun"
+        )
+    return (
+        f"--resume: nothing to resume: no checkpoint {checkpoint} (a run with --checkpoint-tokens "
+        "leaves one until it finishes)"
+    )
 
 
 @dataclass
@@ -54,8 +103,8 @@ def run_shard(
     progress: bool = True,
 ) -> ShardRun:
     """Run ``shard``'s blocks, checkpointing to ``checkpoint`` every ``every_tokens`` tokens (at the
-    next block's end), or continuing from it (``resume``)."""
-    saved = _resume_from(checkpoint, cfg, shard) if resume else None
+    next block's end), or continuing from it (``resume``: ``check_resume`` has found it)."""
+    saved = state.load(checkpoint) if resume and checkpoint is not None else None
     check_device(cfg.device)
     run = prepare(cfg)
     sequences = Sequences()
@@ -96,23 +145,6 @@ def run_shard(
     return ShardRun(run, sequences, done)
 
 
-def _resume_from(checkpoint: Path | None, cfg: PrecomputeConfig, shard: Shard):
-    if checkpoint is None or not checkpoint.is_file():
-        raise NeurodashError(
-            f"--resume: nothing to resume: no checkpoint {checkpoint} (a run with --checkpoint-tokens "
-            "leaves one until it finishes)"
-        )
-    header, tensors = state.load(checkpoint)
-    if header.complete:
-        raise NeurodashError(f"--resume: {checkpoint} is a finished shard, not a checkpoint")
-    if header.config != state.run_config(cfg) or header.shard != shard:
-        raise NeurodashError(
-            f"--resume: {checkpoint} is the checkpoint of another run (other settings or shard): "
-            "resume with the settings it was started with"
-        )
-    return header, tensors
-
-
 def precompute_shard(
     cfg: PrecomputeConfig,
     shard: Shard,
@@ -123,7 +155,7 @@ def precompute_shard(
 ) -> Path:
     """One shard's state, written to ``out`` (its checkpoint beside it, removed when it is done)."""
     check_writable(out, cfg.overwrite)
-    checkpoint = checkpoint_path(out)
+    checkpoint = check_resume(cfg, shard, out) if resume else checkpoint_path(out)
     done = run_shard(cfg, shard, checkpoint, every_tokens, resume, progress)
     state.save(out, done.header, done.tensors())
     checkpoint.unlink(missing_ok=True)
@@ -136,19 +168,25 @@ def precompute_resumable(
     """A one-process run to the store ``cfg.out`` that checkpoints (and resumes) beside it."""
     out = Path(cfg.out)
     check_writable(out, cfg.overwrite)
-    checkpoint = checkpoint_path(out)
+    checkpoint = check_resume(cfg, WHOLE, out) if resume else checkpoint_path(out)
     done = run_shard(cfg, WHOLE, checkpoint, every_tokens, resume, progress)
     path = write_merged(done.run, cfg, [done.header], done.sequences, progress)
     checkpoint.unlink(missing_ok=True)
     return path
 
 
-def merge_states(paths: list[Path], out: Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """The store of the run whose shards ``paths`` are (each read once, one at a time)."""
+def merge_states(
+    paths: list[Path], out: Path, overwrite: bool = False, progress: bool = True, device: str | None = None
+) -> Path:
+    """The store of the run whose shards ``paths`` are (each read once, one at a time), merged and
+    written on ``device`` (the states' sums, the logit effects, neighbours and head probes), by
+    default the one the shards ran on."""
     check_writable(out, overwrite)
     headers = [(p, state.read_header(p)) for p in paths]
     state.check_together(headers)
     cfg = state.config_of(headers[0][1], out, overwrite)
+    if device is not None:
+        cfg = replace(cfg, device=device)
     check_device(cfg.device)
     run = prepare(cfg, corpus=False)
     run.sampling = headers[0][1].sampling

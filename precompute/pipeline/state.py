@@ -5,7 +5,9 @@ in its metadata: the format and its version, the model, corpus and settings of t
 ``PrecomputeConfig`` but for ``out`` and ``overwrite``), the shard ``I/N``, the next block to read,
 the tokens read and whether the shard is complete (a checkpoint is not). Tensors are named
 ``{source_id}/acc/{name}`` (``UnitAccumulator.state``), ``{source_id}/attention/...``,
-``{source_id}/bridge/...``, ``contexts/{hook}...`` and ``sequences/{column}``.
+``{source_id}/bridge/...``, ``contexts/{hook}...`` and ``sequences/{column}``. In the file each
+int64 tensor (the exact sums' limbs above all) is packed without the bytes that are zero in every
+element (``pack``, lossless): most of a sum's 4-5 limbs of 8 bytes are zero.
 
 Every check of a file, and of files that should belong together, fails with one line.
 """
@@ -29,7 +31,8 @@ from precompute.pipeline.shard import Shard
 from precompute.pipeline.stream import Contexts, Tracked
 
 FORMAT = "neurodash-pass-state"
-VERSION = 1
+VERSION = 2  # 2: int64 tensors packed (``pack``); version 1 files (none packed) are read too
+READS = (1, 2)
 SEQUENCE_COLUMNS = ("seq_id", "doc_id", "start", "token_ids")
 _RUN_ONLY = ("out", "overwrite")  # settings that differ between shards of one run
 
@@ -50,6 +53,7 @@ class StateHeader:
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["shard"] = str(self.shard)
+        d["version"] = VERSION  # what is written now, whichever version was read
         return json.dumps({"format": FORMAT, **d})
 
     @classmethod
@@ -59,10 +63,10 @@ class StateHeader:
             if d.pop("format", None) != FORMAT:
                 raise ValueError
             version = d.get("version")
-            if version != VERSION:
+            if version not in READS:
                 raise NeurodashError(
-                    f"{path}: a pass state of format version {version}; this neurodash reads version "
-                    f"{VERSION}: run that shard again with this version"
+                    f"{path}: a pass state of format version {version}; this neurodash reads versions "
+                    f"{READS[0]}-{READS[-1]}: run that shard again with this version"
                 )
             d["shard"] = Shard.parse(d["shard"])
             return cls(**d)
@@ -186,14 +190,77 @@ def _part(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return part
 
 
+_PACKED = "#"  # ``{name}#planes``, ``#bytes``, ``#shape``, ``#sign``: an int64 tensor packed (``pack``)
+_INT64_MIN = -(2**63)
+
+
+def pack(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors as written to a file: each int64 tensor (exact sums' limbs, counts, positions)
+    without its bytes that are zero everywhere, losslessly (``unpack``); the rest as they are."""
+    out: dict[str, Tensor] = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        out |= _pack_int64(name, t) if t.dtype == torch.int64 and t.numel() >= 64 else {name: t}
+    return out
+
+
+def _pack_int64(name: str, t: Tensor) -> dict[str, Tensor]:
+    """Sign and magnitude; the magnitude as byte planes (byte ``b`` of every element, little-endian),
+    per leading index where the first dimension is short (an exact sum's limbs fill different
+    bytes), keeping only the planes with a non-zero byte."""
+    groups = t.shape[0] if t.ndim >= 2 and t.shape[0] <= 8 else 1
+    flat = t.numpy().reshape(groups, -1)
+    if bool((flat == _INT64_MIN).any()):  # no magnitude in an int64: kept as it is
+        return {name: t}
+    magnitude = np.abs(flat).astype("<i8", copy=False)
+    as_bytes = magnitude.view(np.uint8).reshape(groups, -1, 8)
+    used = np.bitwise_or.reduce(magnitude, axis=1) if magnitude.shape[1] else np.zeros(groups, np.int64)
+    kept = np.array([[(int(u) >> (8 * b)) & 0xFF != 0 for b in range(8)] for u in used], dtype=np.uint8)
+    planes = [as_bytes[g, :, b] for g, b in zip(*kept.nonzero())]
+    out = {
+        f"{name}{_PACKED}planes": torch.from_numpy(
+            np.stack(planes) if planes else np.zeros((0, flat.shape[1]), np.uint8)
+        ),
+        f"{name}{_PACKED}bytes": torch.from_numpy(kept),
+        f"{name}{_PACKED}shape": torch.tensor(t.shape, dtype=torch.int64),
+    }
+    negative = flat < 0
+    if negative.any():
+        out[f"{name}{_PACKED}sign"] = torch.from_numpy(np.packbits(negative.reshape(-1)))
+    return out
+
+
+def unpack(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``pack``'s tensors back as they were (a file without packed tensors comes back unchanged)."""
+    out = {k: v for k, v in tensors.items() if _PACKED not in k}
+    for name in {k.split(_PACKED)[0] for k in tensors if k.endswith(f"{_PACKED}planes")}:
+        out[name] = _unpack_int64(tensors, name)
+    return out
+
+
+def _unpack_int64(tensors: dict[str, Tensor], name: str) -> Tensor:
+    planes = tensors[f"{name}{_PACKED}planes"].numpy()
+    kept = tensors[f"{name}{_PACKED}bytes"].numpy()
+    shape = tuple(int(n) for n in tensors[f"{name}{_PACKED}shape"].tolist())
+    groups = kept.shape[0]
+    n = int(np.prod(shape)) // groups
+    as_bytes = np.zeros((groups, n, 8), dtype=np.uint8)
+    for plane, g, b in zip(planes, *kept.nonzero()):
+        as_bytes[g, :, b] = plane
+    values = as_bytes.view("<i8").reshape(groups, n).astype(np.int64, copy=False)
+    sign = tensors.get(f"{name}{_PACKED}sign")
+    if sign is not None:
+        negative = np.unpackbits(sign.numpy(), count=groups * n).astype(bool).reshape(groups, n)
+        values = np.where(negative, -values, values)
+    return torch.from_numpy(np.ascontiguousarray(values).reshape(shape))
+
+
 def save(path: Path, header: StateHeader, tensors: dict[str, Tensor]) -> Path:
-    """Write atomically: a temporary file beside ``path``, synced, then renamed over it."""
+    """Write atomically (``pack``ed): a temporary file beside ``path``, synced, then renamed over it."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), {"header": header.to_json()}
-    )
+    save_file(pack(tensors), str(tmp), {"header": header.to_json()})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -203,14 +270,14 @@ def save(path: Path, header: StateHeader, tensors: dict[str, Tensor]) -> Path:
 def to_bytes(header: StateHeader, tensors: dict[str, Tensor]) -> bytes:
     from safetensors.torch import save
 
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"header": header.to_json()})
+    return save(pack(tensors), {"header": header.to_json()})
 
 
 def from_bytes(data: bytes, name: str) -> tuple[StateHeader, dict[str, Tensor]]:
     from safetensors.torch import load
 
     header = _header_of_bytes(data, Path(name))
-    return header, load(data)
+    return header, unpack(load(data))
 
 
 def read_header(path: Path) -> StateHeader:
@@ -232,7 +299,7 @@ def load(path: Path) -> tuple[StateHeader, dict[str, Tensor]]:
 
     header = read_header(path)
     try:
-        return header, load_file(str(path))
+        return header, unpack(load_file(str(path)))
     except Exception as e:
         raise NeurodashError(f"{path}: a damaged pass state ({_short(e)})") from e
 

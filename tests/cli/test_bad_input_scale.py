@@ -2,7 +2,7 @@
 line, exit status 2, nothing written. One parametrised row per case: shards that do not belong
 together (another model, corpus, settings or shard count), a missing shard, a state of another
 format version, a file that is no state, an unfinished shard, ``--resume`` with nothing to resume,
-a malformed ``--shard``, and ``--shard`` under torchrun."""
+a malformed ``--shard``, ``--shard`` under torchrun, and a merge on a device that is not there."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ MERGES = {  # the states given to merge (besides a0), what the error line says
     "another-shard-count": (["count"], "not shards of one run: shard count"),
     "a-missing-shard": ([], "shard 1/2 is missing"),
     "the-same-shard-twice": (["a0"], "are both shard 0/2"),
-    "another-version": (["version"], "a pass state of format version 99; this neurodash reads version 1"),
+    "another-version": (["version"], "a pass state of format version 99; this neurodash reads versions 1-2"),
     "not-a-state": (["garbage"], "not a neurodash pass state"),
     "an-unfinished-shard": (["checkpoint"], "an unfinished shard (a checkpoint)"),
     "no-such-file": (["nowhere"], "no such pass state"),
@@ -110,6 +110,17 @@ def test_bad_merge(states, tmp_path, case):
     given = [states["a0"], *(states.get(n, tmp_path / f"{n}.state") for n in names)]
     out = tmp_path / "store.duckdb"
     code, err = neurodash(tmp_path, "merge", *given, "--out", out)
+    one_line(code, err, message, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("cuda:99", "--device cuda:99: "), ("gpu", "--device gpu: not a device")],
+)
+def test_bad_merge_device(states, tmp_path, device, message):
+    out = tmp_path / "store.duckdb"
+    code, err = neurodash(tmp_path, "merge", states["a0"], states["a1"], "--out", out, "--device", device)
     one_line(code, err, message, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -143,7 +154,7 @@ PRECOMPUTES = {  # extra arguments, torchrun's environment or none, what the err
     "shard-under-torchrun": (
         ["--shard", "0/2"],
         {"RANK": "0", "WORLD_SIZE": "2"},
-        "under torchrun each rank is a shard",
+        "under torchrun each rank is a shard: leave out --shard",
     ),
 }
 
