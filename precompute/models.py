@@ -9,13 +9,16 @@ Three ways to name a model:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -248,8 +251,9 @@ def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
     gguf_dir = spec.submodule_search_locations[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
     # The weights are plain fp32 now; save_pretrained refuses while a quantizer is set. (torch's
     # Module.__setattr__ is typed for tensors and modules only; a plain attribute may be None.)
     model.hf_quantizer = None  # pyright: ignore[reportAttributeAccessIssue, reportArgumentType]
@@ -264,3 +268,35 @@ def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
         shutil.rmtree(folder)
     partial.rename(folder)
     return folder
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF file anew for the tokenizer's config, the tokenizer, the model's
+    config and the weights, each time through a memory map whose per-field slicing dominates (49k
+    vocabulary strings and merges): within this block, each file is read into memory and parsed once."""
+    import gguf
+
+    original = gguf.GGUFReader
+    parsed: dict[str, gguf.GGUFReader] = {}
+
+    class InMemoryReader(original):
+        @property
+        def data(self) -> np.ndarray:
+            return self._in_memory
+
+        @data.setter
+        def data(self, mapped: np.ndarray) -> None:
+            self._in_memory = np.array(mapped)  # a plain array: slicing it is cheap, unlike a memmap
+
+    def parse_once(path: str | os.PathLike[str], mode: Literal["r", "r+", "c"] = "r") -> gguf.GGUFReader:
+        key = os.fspath(path)
+        if key not in parsed:
+            parsed[key] = InMemoryReader(path, mode)
+        return parsed[key]
+
+    gguf.GGUFReader = parse_once  # transformers imports it from gguf at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
