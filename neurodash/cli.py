@@ -219,7 +219,7 @@ def add_model_and_corpus_args(p: argparse.ArgumentParser, config: type = Precomp
 def add_precompute_args(p: argparse.ArgumentParser) -> None:
     add_model_and_corpus_args(p)
     config_option(p, PrecomputeConfig, "layers", type=str)
-    for name in ("tokens", "ctx"):
+    for name in ("tokens", "skip_tokens", "ctx"):
         config_option(p, PrecomputeConfig, name)
     p.add_argument("--no-shuffle", action="store_true", help="read documents in order, not a sample")
     config_option(p, PrecomputeConfig, "sample_seed")
@@ -341,6 +341,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         text_column=args.text_column,
         layers=parse_layers(args.layers) if args.layers else None,
         tokens=args.tokens,
+        skip_tokens=args.skip_tokens,
         shuffle=not args.no_shuffle,
         sample_seed=args.sample_seed,
         ctx=args.ctx,
@@ -424,8 +425,9 @@ def _note_short_corpus(path: Path, cfg: PrecomputeConfig) -> None:
     with Store(path) as store:
         n_tokens = int(store.meta.get("n_tokens") or 0)
     if n_tokens < (cfg.tokens // cfg.ctx) * cfg.ctx:
+        after = f" after the {cfg.skip_tokens:,} of --skip-tokens" if cfg.skip_tokens >= cfg.ctx else ""
         print(
-            f"note: the corpus holds {n_tokens:,} tokens ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
+            f"note: the corpus holds {n_tokens:,} tokens{after} ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
             f"fewer than --tokens {cfg.tokens:,}: all of it was read",
             file=sys.stderr,
         )
