@@ -48,6 +48,7 @@ DEMO_TOKENS = PrecomputeConfig.tokens
 DEMO_SAE_LAYER = 15  # a middle layer: its SAE's features decompose that layer's neurons
 DEMO_SAE_TOKENS = 200_000
 DEMO_SAE_WIDTH = 4096
+DEMO_HELDOUT_TOKENS: int | None = 8192  # explanations scored on fresh text: layer 15's held-out pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -484,12 +485,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def explain_demo(store: Path) -> None:
-    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done)."""
+    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done),
+    scored on fresh held-out text (``DEMO_HELDOUT_TOKENS`` after the store's; None: its own windows)."""
     from neurodash.cli_explain import progress_bar
     from neurodash.explain_run import explain_store
 
     with progress_bar() as progress:
-        summary = explain_store(store, layers=(DEMO_SAE_LAYER,), progress=progress)
+        summary = explain_store(
+            store, layers=(DEMO_SAE_LAYER,), progress=progress, fresh_tokens=DEMO_HELDOUT_TOKENS
+        )
     if summary.done:
         print(f"explained {summary.done} units of layer {DEMO_SAE_LAYER} in {summary.seconds:.0f} s")
 

@@ -29,7 +29,7 @@ def run_heldout(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     check_device(cfg.device)
     run = prepare(cfg)
     for t in run.tracked:
-        t.bridge = None  # no links: their sums are a third of the pass for an SAE on neurons
+        t.bridge = None  # no links: their sums are not gathered
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
         n_tokens, seconds = stream(
