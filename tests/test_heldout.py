@@ -20,7 +20,7 @@ import pytest
 import torch
 from tiny_llama import STORE_CTX, STORE_TOKENS, examples_config
 
-from neurodash.explain import PATTERN, score
+from neurodash.explain import PATTERN, score, scored
 from neurodash.explain_run import _unit_texts, explain_store
 from neurodash.heldout import FRESH, STORE_WINDOWS, HeldOutText, fresh_heldout, heldout_path
 from neurodash.storage import Store
@@ -234,9 +234,36 @@ def test_planted_neurons_score_at_least_0_9_on_fresh_text_and_shuffled_near_0(pl
             assert w.seq_id >= STORE_TOKENS // STORE_CTX
             assert vocab[rows[w.seq_id][w.pos]] == w.token
             assert "".join(vocab[t] for t in rows[w.seq_id][max(0, w.pos - 8) : w.pos]).endswith(w.context)
+    show_wrong_on_the_unit_page(store_path, texts[0], got[1].patterns(), held, vocab)
     again = explain_store(store_path, layers=(0,), fresh_tokens=STORE_TOKENS)
     assert (again.done, again.skipped) == (0, 48)
     own_windows = explain_store(store_path, units=["L0N0"])  # scored on other text: done again
     assert own_windows.done == 1
     (e,) = [e for e in Explanations.beside(store_path).all(PATTERN) if e.ref.unit == 0]
     assert e.details["held_out"] == {"text": STORE_WINDOWS}
+
+
+def show_wrong_on_the_unit_page(store_path, texts, patterns, held: HeldOutText, vocab) -> None:
+    """A wrong explanation of the unit, saved: its panel names the fresh text and shows, in its
+    most-wrong table, the held-out tokens the score found."""
+    from neurodash.app.panels.explanation import panel
+
+    e = scored(texts, "wrong", "another unit's patterns", patterns, vocab, held_out=held.record())
+    Explanations.beside(store_path).save([e])
+    said = " ".join(strings(panel(texts.ref, store_path)))
+    assert f"fresh text: {STORE_TOKENS:,} corpus tokens after the store's" in said
+    assert "planted.heldout.duckdb" in said
+    wrong = e.most_wrong()
+    assert wrong and all(w.token in said for w in wrong)
+
+
+def strings(component) -> list[str]:
+    """Every string in a Dash component tree."""
+    if isinstance(component, str):
+        return [component]
+    children = getattr(component, "children", None)
+    if children is None:
+        return []
+    if not isinstance(children, (list, tuple)):
+        children = [children]
+    return [t for c in children for t in strings(c)]
