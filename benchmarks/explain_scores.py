@@ -86,6 +86,11 @@ def report(source_id: str, g: pd.DataFrame) -> None:
         f"  held-out tokens per unit: median {g['n_scored'].median():.0f}; units that fire strongly on them: "
         f"{(g['n_firing'] > 0).mean():.0%} (median {g['n_firing'].median():.0f} such tokens)"
     )
+    firing = g[g["n_firing"] > 0]["correlation"].dropna()
+    print(
+        f"  over the {len(firing)} units that do: correlation quartiles "
+        f"{firing.quantile([0.25, 0.5, 0.75]).round(2).tolist()}, >= 0.5: {(firing >= 0.5).mean():.0%}"
+    )
     for metric in POLY_METRICS:
         if metric in g and g[metric].notna().sum() > 10:
             both = g[["correlation", metric]].dropna()
