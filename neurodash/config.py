@@ -228,7 +228,6 @@ class TrainSAEConfig:
     sae: SAEHyperparams = field(default_factory=SAEHyperparams)
 
     def __post_init__(self):
-        _at_least(self, 0, "skip_tokens")
         _at_least(self, 1, "tokens", "batch_size", "eval_tokens")
         check_device_name(self.device)
         if self.ctx < 2:
