@@ -107,6 +107,10 @@ def explain_store(
         refs = select_units(store, units, layers)
         held = HeldOutText()
         if fresh_tokens is not None:
+            if any(store.source(r.source_id).kind == HEAD for r in refs):
+                raise NeurodashError(
+                    "attention heads are scored on the store's own windows: pass --no-fresh for them"
+                )
             layers_of = {store.source(r.source_id).layer for r in refs}
             held = fresh_heldout(store_path, sorted(layers_of), fresh_tokens, progress=progress is not None)
         record = held.record()

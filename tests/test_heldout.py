@@ -20,6 +20,7 @@ import pytest
 import torch
 from tiny_llama import STORE_CTX, STORE_TOKENS, examples_config
 
+from neurodash.errors import NeurodashError
 from neurodash.explain import PATTERN, score, scored
 from neurodash.explain_run import _unit_texts, explain_store
 from neurodash.heldout import FRESH, STORE_WINDOWS, HeldOutText, fresh_heldout, heldout_path
@@ -134,6 +135,12 @@ def test_a_matching_heldout_store_is_used_again_and_another_is_built(main_store,
     assert both.n_tokens == STORE_CTX * 4
     with Store(out) as store:
         assert {s.source_id for s in store.sources()} == {"L0.mlp", "L1.mlp", "L1.sae"}
+
+
+def test_heads_are_refused_on_fresh_text_with_one_line(main_store):
+    with pytest.raises(NeurodashError, match="attention heads are scored on the store's own windows"):
+        explain_store(main_store, units=["L0H1"], fresh_tokens=HELD_TOKENS)
+    assert not Explanations.beside(main_store).path.exists()
 
 
 # --- the controls, on neurons planted in a tiny Llama --------------------------------------------
