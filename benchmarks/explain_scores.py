@@ -1,8 +1,10 @@
 """The pattern explainer's scores over a store: neurons against SAE features, the shuffled control,
 and how scores relate to the polysemanticity scores.
 
-    python benchmarks/explain_scores.py STORE [--layers 15] [--explain]
+    python benchmarks/explain_scores.py STORE [--layers 15] [--explain] [--heldout-tokens 8192 | --no-fresh]
 
+Scores are on fresh held-out text (the held-out store beside STORE, ``neurodash.heldout``, built if
+needed), or with ``--no-fresh`` on the held-out windows of the store's own examples.
 With ``--explain``, first runs ``explain_store`` (``--redo``) on the layers and prints its time. Then,
 per source: the held-out correlation's quartiles and mean, the share of units at 0.5 or more, mean
 precision and recall of "fires strongly"; the shuffled control (each unit scored with the patterns
@@ -22,6 +24,7 @@ import pandas as pd
 
 from neurodash.explain import PATTERN, score
 from neurodash.explain_run import _unit_texts, explain_store
+from neurodash.heldout import DEFAULT_TOKENS, HeldOutText, fresh_heldout
 from neurodash.storage import Store
 from neurodash.storage.explanations import Explanations
 from neurodash.units import UnitRef
@@ -35,11 +38,16 @@ def main() -> None:
     p.add_argument("--layers", default="15")
     p.add_argument("--explain", action="store_true")
     p.add_argument("--shuffled", type=int, default=400, help="units per source in the shuffled control")
+    p.add_argument("--heldout-tokens", type=int, default=DEFAULT_TOKENS)
+    p.add_argument("--no-fresh", action="store_true", help="score on the store's own held-out windows")
     args = p.parse_args()
     layers = tuple(int(x) for x in args.layers.split(","))
+    fresh = None if args.no_fresh else args.heldout_tokens
     if args.explain:
-        summary = explain_store(args.store, layers=layers, redo=True)
+        summary = explain_store(args.store, layers=layers, redo=True, fresh_tokens=fresh)
         print(f"explained {summary.done} units in {summary.seconds:.1f} s")
+    held = HeldOutText() if fresh is None else fresh_heldout(args.store, layers, fresh, progress=False)
+    print(f"held-out text: {held.record()}")
     explained = Explanations.beside(args.store).all(PATTERN)
     frame = pd.DataFrame(
         [
@@ -50,6 +58,8 @@ def main() -> None:
                 "precision": e.precision,
                 "recall": e.recall,
                 "n_patterns": len(e.details.get("patterns", [])),
+                "n_scored": e.n_scored,
+                "n_firing": e.details.get("n_firing", 0),
             }
             for e in explained
         ]
@@ -61,7 +71,7 @@ def main() -> None:
             if group["layer"].iloc[0] not in layers:
                 continue
             report(source_id, group)
-            shuffled(store, explained, source_id, args.shuffled)
+            shuffled(store, explained, source_id, args.shuffled, held)
 
 
 def report(source_id: str, g: pd.DataFrame) -> None:
@@ -72,6 +82,15 @@ def report(source_id: str, g: pd.DataFrame) -> None:
         f">= 0.5: {(c >= 0.5).mean():.0%}; precision {g['precision'].mean():.2f}, recall {g['recall'].mean():.2f}; "
         f"patterns per unit {g['n_patterns'].mean():.1f}"
     )
+    print(
+        f"  held-out tokens per unit: median {g['n_scored'].median():.0f}; units that fire strongly on them: "
+        f"{(g['n_firing'] > 0).mean():.0%} (median {g['n_firing'].median():.0f} such tokens)"
+    )
+    firing = g[g["n_firing"] > 0]["correlation"].dropna()
+    print(
+        f"  over the {len(firing)} units that do: correlation quartiles "
+        f"{firing.quantile([0.25, 0.5, 0.75]).round(2).tolist()}, >= 0.5: {(firing >= 0.5).mean():.0%}"
+    )
     for metric in POLY_METRICS:
         if metric in g and g[metric].notna().sum() > 10:
             both = g[["correlation", metric]].dropna()
@@ -79,12 +98,12 @@ def report(source_id: str, g: pd.DataFrame) -> None:
             print(f"  Spearman(correlation, {metric}) = {rho:+.2f} over {len(both)} units")
 
 
-def shuffled(store: Store, explained, source_id: str, n: int) -> None:
+def shuffled(store: Store, explained, source_id: str, n: int, held: HeldOutText) -> None:
     """Each of ``n`` units scored with another unit's patterns."""
     mine = [e for e in explained if e.ref.source_id == source_id]
     rng = random.Random(0)
     chosen = rng.sample(mine, min(n, len(mine)))
-    texts = {t.ref: t for t in _unit_texts(store, [e.ref for e in chosen])}
+    texts = {t.ref: t for t in _unit_texts(store, [e.ref for e in chosen], held)}
     vocab = store.vocab
     values = []
     for e in chosen:

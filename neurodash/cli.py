@@ -48,6 +48,7 @@ DEMO_TOKENS = PrecomputeConfig.tokens
 DEMO_SAE_LAYER = 15  # a middle layer: its SAE's features decompose that layer's neurons
 DEMO_SAE_TOKENS = 200_000
 DEMO_SAE_WIDTH = 4096
+DEMO_HELDOUT_TOKENS: int | None = 8192  # explanations scored on fresh text: layer 15's held-out pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -224,7 +225,7 @@ def add_model_and_corpus_args(p: argparse.ArgumentParser, config: type = Precomp
 def add_precompute_args(p: argparse.ArgumentParser) -> None:
     add_model_and_corpus_args(p)
     config_option(p, PrecomputeConfig, "layers", type=str)
-    for name in ("tokens", "ctx"):
+    for name in ("tokens", "skip_tokens", "ctx"):
         config_option(p, PrecomputeConfig, name)
     p.add_argument("--no-shuffle", action="store_true", help="read documents in order, not a sample")
     config_option(p, PrecomputeConfig, "sample_seed")
@@ -349,6 +350,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
         text_column=args.text_column,
         layers=parse_layers(args.layers) if args.layers else None,
         tokens=args.tokens,
+        skip_tokens=args.skip_tokens,
         shuffle=not args.no_shuffle,
         sample_seed=args.sample_seed,
         ctx=args.ctx,
@@ -435,8 +437,9 @@ def _note_short_corpus(path: Path, cfg: PrecomputeConfig) -> None:
     with Store(path) as store:
         n_tokens = int(store.meta.get("n_tokens") or 0)
     if n_tokens < (cfg.tokens // cfg.ctx) * cfg.ctx:
+        after = f" after the {cfg.skip_tokens:,} of --skip-tokens" if cfg.skip_tokens >= cfg.ctx else ""
         print(
-            f"note: the corpus holds {n_tokens:,} tokens ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
+            f"note: the corpus holds {n_tokens:,} tokens{after} ({n_tokens // cfg.ctx:,} windows of --ctx {cfg.ctx}), "
             f"fewer than --tokens {cfg.tokens:,}: all of it was read",
             file=sys.stderr,
         )
@@ -493,12 +496,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def explain_demo(store: Path) -> None:
-    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done)."""
+    """Pattern explanations of the SAE layer's neurons and features (once: a run skips those done),
+    scored on fresh held-out text (``DEMO_HELDOUT_TOKENS`` after the store's; None: its own windows)."""
     from neurodash.cli_explain import progress_bar
     from neurodash.explain_run import explain_store
 
     with progress_bar() as progress:
-        summary = explain_store(store, layers=(DEMO_SAE_LAYER,), progress=progress)
+        summary = explain_store(
+            store, layers=(DEMO_SAE_LAYER,), progress=progress, fresh_tokens=DEMO_HELDOUT_TOKENS
+        )
     if summary.done:
         print(f"explained {summary.done} units of layer {DEMO_SAE_LAYER} in {summary.seconds:.0f} s")
 

@@ -2,11 +2,17 @@
 
     neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo]
         [--explainer URL --explainer-model NAME [--timeout 60]] [--out FILE]
+        [--heldout-tokens 8192 | --no-fresh]
 
 The offline pattern explainer by default; with ``--explainer``, an OpenAI-compatible endpoint (its
 key from ``$NEURODASH_LLM_API_KEY`` or ``$OPENAI_API_KEY``). Every input is checked before anything
 runs: bad input prints one line and exits with status 2. Finished units are kept when the run is
 interrupted or the endpoint fails, and a second run goes on from there.
+
+Explanations are scored on fresh held-out text: ``--heldout-tokens`` corpus tokens after the store's,
+run through its model into ``STORE.heldout.duckdb`` beside it (built once, used again while it
+matches; ``neurodash.heldout``). ``--no-fresh`` scores on the held-out windows of the store's own
+examples instead, for a store whose model or corpus is not at hand.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neurodash.errors import NeurodashError
+from neurodash.heldout import DEFAULT_TOKENS
 
 if TYPE_CHECKING:
     from neurodash.explain_run import Progress
@@ -41,6 +48,19 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, help="the explanations file (default: STORE.explanations.duckdb beside it)"
     )
+    p.add_argument(
+        "--heldout-tokens",
+        type=int,
+        default=DEFAULT_TOKENS,
+        metavar="N",
+        help="score on N fresh corpus tokens after the store's, run through its model into "
+        f"STORE.heldout.duckdb (default {DEFAULT_TOKENS})",
+    )
+    p.add_argument(
+        "--no-fresh",
+        action="store_true",
+        help="score on the store's own held-out windows (no model run: for a store whose model cannot load)",
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -52,7 +72,14 @@ def cmd_explain(args: argparse.Namespace) -> None:
     layers = parse_layers(args.layers) if args.layers else ()
     with progress_bar() as progress:
         summary = explain_store(
-            args.store, split_list(args.units), layers, explainer, args.out, args.redo, progress=progress
+            args.store,
+            split_list(args.units),
+            layers,
+            explainer,
+            args.out,
+            args.redo,
+            progress=progress,
+            fresh_tokens=None if args.no_fresh else args.heldout_tokens,
         )
     kept = f"{summary.done} units explained by {summary.explainer} in {summary.seconds:.1f} s"
     if summary.skipped:

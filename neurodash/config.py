@@ -121,6 +121,9 @@ class PrecomputeConfig:
     text_column: str = _text_column()
     layers: tuple[int, ...] | None = option(None, "e.g. 0-29 or 0,15,29 (default: every layer)")
     tokens: int = option(65_536, "corpus tokens to read")
+    skip_tokens: int = option(
+        0, "corpus tokens to pass over first (whole windows): text disjoint from a store of --tokens N"
+    )
     shuffle: bool = option(
         True, "sample documents (pieces of long ones) across the whole corpus; off: read them in order"
     )
@@ -152,6 +155,7 @@ class PrecomputeConfig:
     )
 
     def __post_init__(self):
+        _at_least(self, 0, "skip_tokens")
         _at_least(self, 1, "tokens", "batch_size", "n_logits", "n_neighbors", "context_dims", "block_batches")
         _at_least(self, 2, "ctx")
         check_device_name(self.device)

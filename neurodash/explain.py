@@ -15,7 +15,9 @@ matching its patterns, for a text one by matching the tokens it quotes (``quoted
 ``correlation`` is Pearson's r with the true activations (OpenAI's correlation scoring),
 ``precision``/``recall`` those of "fires strongly" (delphi's detection). The explainer sees the
 top examples of even rank; the held-out windows are the others (top of odd rank, the quantile
-samples and the bottom ones, firing and quiet alike), their tokens that no shown window covers.
+samples and the bottom ones, firing and quiet alike), their tokens that no shown window covers;
+or, better, a held-out store's windows of the unit (``with_held_out``: ``neurodash.heldout``, corpus
+text after the store's, which the explainer's store never read).
 """
 
 from __future__ import annotations
@@ -367,6 +369,14 @@ def split_windows(ref: UnitRef, max_act: float, windows: Sequence[Window]) -> Un
             continue
         held.extend(_untaken_runs(w, taken.setdefault(w.seq_id, set())))
     return UnitTexts(ref, max_act, shown, tuple(held))
+
+
+def with_held_out(texts: UnitTexts, windows: Sequence[Window]) -> UnitTexts:
+    """``texts`` scored on other held-out ``windows`` (a held-out store's, text the explainer's store
+    never read): every one of them, one window per stretch of a sequence (overlaps counted once)."""
+    taken: dict[int, set[int]] = {}
+    held = [run for w in windows for run in _untaken_runs(w, taken.setdefault(w.seq_id, set()))]
+    return UnitTexts(texts.ref, texts.max_act, texts.shown, tuple(held))
 
 
 def _untaken_runs(w: Window, taken: set[int]) -> list[Window]:

@@ -8,10 +8,17 @@ Units are read a batch at a time (one query per batch), explained, scored and sa
 interrupted run (Ctrl-C, an endpoint that stops answering) keeps every unit it finished; a second run
 skips the units the explainer has done already (``redo`` does them again). Without units or layers,
 every neuron and SAE feature of the store is explained; attention heads only when named.
+
+With ``fresh_tokens``, units are scored on fresh held-out text: that many corpus tokens after the
+store's, run through its model into a held-out store beside it (``neurodash.heldout``); without, on
+the held-out windows of the store's own examples. Each explanation records which
+(``details["held_out"]``), and a second run redoes the units scored on other text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from neurodash.errors import NeurodashError
-from neurodash.explain import PATTERN, Explanation, UnitTexts, explain_unit, split_windows
+from neurodash.explain import PATTERN, Explanation, UnitTexts, explain_unit, split_windows, with_held_out
+from neurodash.heldout import HeldOutText, fresh_heldout
 from neurodash.storage import Store
 from neurodash.storage.explanations import Explanations, unit_windows
 from neurodash.units import HEAD, UnitRef, parse_ref
@@ -88,6 +96,7 @@ def explain_store(
     redo: bool = False,
     batch: int = BATCH,
     progress: Progress | None = None,
+    fresh_tokens: int | None = None,
 ) -> ExplainSummary:
     """Explain and score units (see the module's docstring); ``out`` is the explanations file
     (default: beside the store)."""
@@ -96,7 +105,16 @@ def explain_store(
     began = time.perf_counter()
     with Store(store_path) as store:
         refs = select_units(store, units, layers)
-        done_before = set() if redo else file.explained(explainer.name) & set(refs)
+        held = HeldOutText()
+        if fresh_tokens is not None:
+            if any(store.source(r.source_id).kind == HEAD for r in refs):
+                raise NeurodashError(
+                    "attention heads are scored on the store's own windows: pass --no-fresh for them"
+                )
+            layers_of = {store.source(r.source_id).layer for r in refs}
+            held = fresh_heldout(store_path, sorted(layers_of), fresh_tokens, progress=progress is not None)
+        record = held.record()
+        done_before = set() if redo else file.explained(explainer.name, record) & set(refs)
         todo = [r for r in refs if r not in done_before]
         vocab = store.vocab
         done = 0
@@ -106,8 +124,9 @@ def explain_store(
             for chunk in _batches(todo, batch):
                 finished: list[Explanation] = []
                 try:
-                    for texts in _unit_texts(store, chunk):
-                        finished.append(explainer.explain(texts, vocab))
+                    for texts in _unit_texts(store, chunk, held):
+                        e = explainer.explain(texts, vocab)
+                        finished.append(dataclasses.replace(e, details={**e.details, "held_out": record}))
                 finally:
                     file.save(finished)  # what was finished, even when the batch stopped half way
                     done += len(finished)
@@ -127,14 +146,23 @@ def _batches(refs: list[UnitRef], size: int) -> Iterator[list[UnitRef]]:
         yield refs[i : i + size]
 
 
-def _unit_texts(store: Store, refs: Sequence[UnitRef]) -> Iterator[UnitTexts]:
-    """Each unit's shown and held-out windows (one query per source in ``refs``); a unit without
-    examples gets empty ones (and no score)."""
+def _unit_texts(
+    store: Store, refs: Sequence[UnitRef], held: HeldOutText | None = None
+) -> Iterator[UnitTexts]:
+    """Each unit's shown and held-out windows (one query per source in ``refs``, and one in the
+    held-out store, if any); a unit without examples gets empty ones (and no score)."""
     by_source: dict[str, list[int]] = {}
     for r in refs:
         by_source.setdefault(r.source_id, []).append(r.unit)
-    for source_id, indices in by_source.items():
-        found = unit_windows(store, source_id, indices)
-        for unit in indices:
-            max_act, windows = found.get(unit, (0.0, []))
-            yield split_windows(UnitRef(source_id, unit), max_act, windows)
+    with Store(held.path) if held and held.path else contextlib.nullcontext() as fresh:
+        for source_id, indices in by_source.items():
+            found = unit_windows(store, source_id, indices)
+            fresh_found = unit_windows(fresh, source_id, indices) if fresh else {}
+            if fresh:
+                fresh.source(source_id)  # one line where the held-out store lacks it
+            for unit in indices:
+                max_act, windows = found.get(unit, (0.0, []))
+                texts = split_windows(UnitRef(source_id, unit), max_act, windows)
+                if fresh:
+                    texts = with_held_out(texts, fresh_found.get(unit, (0.0, []))[1])
+                yield texts

@@ -294,24 +294,34 @@ class Batch:
 
 
 def pack_windows(
-    dataset, tokenizer, ctx: int, batch_size: int, text_column: str = "text", max_tokens: int | None = None
+    dataset,
+    tokenizer,
+    ctx: int,
+    batch_size: int,
+    text_column: str = "text",
+    max_tokens: int | None = None,
+    skip_tokens: int = 0,
 ) -> Iterator[Batch]:
     """Tokenize documents and pack them into windows of ``ctx`` tokens, each starting with BOS.
 
     Documents are joined with EOS (BOS if there is none) as a separator; a window's first token
     is BOS (when the tokenizer has one), the rest come from the stream. The last partial window
-    is dropped.
+    is dropped. ``skip_tokens`` passes over the windows that ``max_tokens=skip_tokens`` would
+    read (``skip_tokens // ctx``): the windows after them follow on in the stream, disjoint from
+    them, and keep their place in it as ``seq_id``.
     """
     bos = tokenizer.bos_token_id
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     body = ctx - (bos is not None)
     if body < 1:
         raise NeurodashError(f"--ctx {ctx} is too short")
+    skipped = skip_tokens // ctx
     max_windows = None if max_tokens is None else max(1, max_tokens // ctx)
     stream = _token_stream(dataset, tokenizer, text_column, separator)
     windows = _windows(stream, body, bos)
-    seq_id = 0
-    for chunk in _chunks(itertools.islice(windows, max_windows), batch_size):
+    seq_id = skipped
+    stop = None if max_windows is None else skipped + max_windows
+    for chunk in _chunks(itertools.islice(windows, skipped, stop), batch_size):
         ids, docs, starts = zip(*chunk)
         n = len(ids)
         yield Batch(
@@ -321,6 +331,11 @@ def pack_windows(
             starts=torch.tensor(starts),
         )
         seq_id += n
+    if seq_id == skipped and skipped:
+        raise NeurodashError(
+            f"the corpus holds no window of --ctx {ctx} tokens after the {skipped * ctx:,} tokens "
+            f"--skip-tokens {skip_tokens:,} passes over"
+        )
     if seq_id == 0:
         raise NeurodashError(
             f"the corpus is shorter than one window of --ctx {ctx} tokens"

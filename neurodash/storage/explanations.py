@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from neurodash import paths
 from neurodash.explain import MAX_DISTANCE, Explanation, Window
+from neurodash.heldout import STORE_WINDOWS
 from neurodash.storage import owned
 from neurodash.storage.reader import Store
 from neurodash.storage.schema import EXPLANATIONS
@@ -80,15 +81,17 @@ class Explanations(owned.OwnedFile):
         where = "WHERE explainer = ?" if explainer else ""
         return self._select(f"{where} ORDER BY source_id, unit, explainer", [explainer] if explainer else [])
 
-    def explained(self, explainer: str) -> set[UnitRef]:
-        """The units that ``explainer`` has explained already."""
+    def explained(self, explainer: str, held_out: dict | None = None) -> set[UnitRef]:
+        """The units that ``explainer`` has explained already (and scored on the held-out text
+        ``held_out`` records, where given; an explanation that records none was scored on
+        ``STORE_WINDOWS``)."""
         if not self.path.exists():
             return set()
         with self._connect(read_only=True) as con:
             rows = con.execute(
-                "SELECT source_id, unit FROM explanations WHERE explainer = ?", [explainer]
+                "SELECT source_id, unit, details FROM explanations WHERE explainer = ?", [explainer]
             ).fetchall()
-        return {UnitRef(s, u) for s, u in rows}
+        return {UnitRef(s, u) for s, u, d in rows if held_out is None or _held_out(d) == held_out}
 
     def _select(self, where: str, params: list) -> list[Explanation]:
         if not self.path.exists():
@@ -99,6 +102,10 @@ class Explanations(owned.OwnedFile):
             Explanation(UnitRef(s, u), ex, text, c, p, r, n, json.loads(d or "{}"), at)
             for s, u, ex, text, c, p, r, n, d, at in rows
         ]
+
+
+def _held_out(details: str | None) -> dict:
+    return json.loads(details or "{}").get("held_out") or {"text": STORE_WINDOWS}
 
 
 @functools.lru_cache(maxsize=1024)

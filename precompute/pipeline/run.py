@@ -97,7 +97,13 @@ class PreparedPass:
     def batches(self) -> Iterator[Batch]:
         cfg = self.cfg
         return pack_windows(
-            self.dataset, self.model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens
+            self.dataset,
+            self.model.tokenizer,
+            cfg.ctx,
+            cfg.batch_size,
+            cfg.text_column,
+            cfg.tokens,
+            cfg.skip_tokens,
         )
 
     def flush(self) -> None:

@@ -170,7 +170,9 @@ def stream(
     """
     if batches is None:
         assert dataset is not None, "a pass reads the corpus's windows or the batches given"
-        batches = pack_windows(dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens)
+        batches = pack_windows(
+            dataset, model.tokenizer, cfg.ctx, cfg.batch_size, cfg.text_column, cfg.tokens, cfg.skip_tokens
+        )
     total = (cfg.tokens // cfg.ctx) * cfg.ctx
     clock = PhaseClock(cfg.device)
     n_tokens = 0

@@ -4,6 +4,7 @@ units kept when a run stops; the LLM explainer against ``transformers serve`` wi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -15,8 +16,10 @@ from cli_helpers import assert_failed
 from llm_server import CANNED, serving
 from transformers_serve import transformers_serving
 
+from neurodash.config import PrecomputeConfig
 from neurodash.explain import PATTERN
 from neurodash.explain_run import explain_store
+from neurodash.heldout import heldout_path
 from neurodash.storage.explanations import Explanations
 from neurodash.units import UnitRef
 
@@ -53,14 +56,14 @@ def store(small_store, tmp_path):
 
 
 def test_explain_writes_every_neuron_and_feature_then_skips_them(store):
-    code, err = neurodash("explain", store)
+    code, err = neurodash("explain", store, "--no-fresh")  # a hand-built store: no model to run
     assert code == 0, err
     got = Explanations.beside(store).all(PATTERN)
     assert {e.ref.source_id for e in got} == {"L0.mlp", "L1.mlp", "L1.sae.res"}
     assert len(got) == 6 + 6 + 4
     scored = [e for e in got if e.correlation is not None]
     assert scored and all(-1 <= e.correlation <= 1 and e.n_scored > 0 for e in scored)
-    assert neurodash("explain", store, "--layers", "1")[0] == 0
+    assert neurodash("explain", store, "--layers", "1", "--no-fresh")[0] == 0
     again = explain_store(store, layers=(1,))
     assert (again.done, again.skipped) == (0, 10)
     assert explain_store(store, units=["L1N2"], redo=True).done == 1
@@ -109,7 +112,9 @@ def _closed_port() -> int:
 
 def test_an_unreachable_endpoint_is_one_line(store):
     url = f"http://127.0.0.1:{_closed_port()}/v1"
-    code, err = neurodash("explain", store, "--units", "L0N0", "--explainer", url, "--explainer-model", "m")
+    code, err = neurodash(
+        "explain", store, "--units", "L0N0", "--explainer", url, "--explainer-model", "m", "--no-fresh"
+    )
     assert_one_line(code, err, "cannot reach the explainer")
 
 
@@ -117,7 +122,7 @@ def test_a_malformed_answer_mid_run_is_one_line_and_keeps_the_finished_units(sto
     with serving(good_answers=2) as (url, chat):
         broken = url.replace("/v1", "/broken/v1")
         code, err = neurodash(
-            "explain", store, "--layers", "0", "--explainer", broken, "--explainer-model", "m"
+            "explain", store, "--layers", "0", "--explainer", broken, "--explainer-model", "m", "--no-fresh"
         )
     assert_failed_line = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(assert_failed_line) == 1 and "without a chat completion" in err, err
@@ -131,7 +136,15 @@ def test_the_llm_explainer_against_transformers_serve(store, embedded_model_dir,
     """``transformers serve`` with the embedded model, offline: explanations stored and scored, and a
     timeout is one line."""
     with transformers_serving(embedded_model_dir, tmp_path) as served:
-        explain = ("explain", store, "--explainer", served.url, "--explainer-model", served.model)
+        explain = (
+            "explain",
+            store,
+            "--explainer",
+            served.url,
+            "--explainer-model",
+            served.model,
+            "--no-fresh",
+        )
         code, err = neurodash(*explain, "--units", "L0N0,L1F1", "--timeout", "600")
         assert code == 0, err
         assert served.chat_requests() == 2
@@ -144,13 +157,39 @@ def test_the_llm_explainer_against_transformers_serve(store, embedded_model_dir,
         assert_one_line(code, err, "did not answer within 0.01 s")
 
 
-def test_the_demo_explains_its_sae_layer_once(store, monkeypatch, capsys):
+def test_the_demo_explains_its_sae_layer_once_on_fresh_text(
+    tiny_pipeline_store, tmp_path, monkeypatch, capsys
+):
     import neurodash.cli as cli
 
+    store = tmp_path / "tiny.duckdb"
+    store.symlink_to(tiny_pipeline_store)
     monkeypatch.setattr(cli, "DEMO_SAE_LAYER", 1)
+    monkeypatch.setattr(cli, "DEMO_HELDOUT_TOKENS", 256)
     cli.explain_demo(store)
-    assert "explained 10 units of layer 1" in capsys.readouterr().out
+    assert "explained 72 units of layer 1" in capsys.readouterr().out
     got = Explanations.beside(store).all(PATTERN)
-    assert {e.ref.source_id for e in got} == {"L1.mlp", "L1.sae.res"}
+    assert {e.ref.source_id for e in got} == {"L1.mlp", "L1.sae"}
+    assert all(e.details["held_out"]["text"] == "fresh" for e in got)
+    assert heldout_path(store).is_file()
     cli.explain_demo(store)  # a second run has nothing left to do
     assert "explained" not in capsys.readouterr().out
+
+
+def test_fresh_text_needs_the_stores_model_and_corpus(store, tiny_model_dir, tmp_path):
+    """A store that does not record its precompute, a --heldout-tokens below one window, and a corpus
+    with no window left after the store's: one line each, nothing written."""
+    from precompute import run_precompute
+
+    written = (Explanations.beside(store).path, heldout_path(store))
+    assert_one_line(*neurodash("explain", store), "--no-fresh", *written)
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 40)
+    whole = tmp_path / "whole.duckdb"
+    cfg = PrecomputeConfig(
+        out=whole, model=str(tiny_model_dir), dataset=str(corpus), layers=(0,), tokens=10**6, ctx=32
+    )
+    run_precompute(dataclasses.replace(cfg, heads=False, scores=False), progress=False)
+    written = (Explanations.beside(whole).path, heldout_path(whole))
+    assert_one_line(*neurodash("explain", whole, "--heldout-tokens", "8"), "less than one window", *written)
+    assert_one_line(*neurodash("explain", whole), "no window of --ctx 32 tokens after the", *written)

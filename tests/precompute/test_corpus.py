@@ -81,6 +81,18 @@ def test_max_tokens_keeps_whole_windows(docs, tokenizer):
         assert torch.cat([b.tokens for b in batches]).tolist() == windows[:n]
 
 
+def test_skip_tokens_reads_the_windows_after_a_run_of_that_many_tokens(docs, tokenizer):
+    windows, doc_ids, _ = packed_by_hand(docs, tokenizer, 16)
+    for skip, n in ((16 * 3, 2), (16 * 3 + 15, 2), (5, 1)):  # whole windows, as --tokens counts them
+        batches = list(pack_windows(docs, tokenizer, 16, 2, max_tokens=16 * n, skip_tokens=skip))
+        first = skip // 16
+        assert torch.cat([b.tokens for b in batches]).tolist() == windows[first : first + n]
+        assert torch.cat([b.doc_ids for b in batches]).tolist() == doc_ids[first : first + n]
+        assert torch.cat([b.seq_ids for b in batches]).tolist() == list(range(first, first + n))
+    with pytest.raises(NeurodashError, match="^the corpus holds no window of --ctx 16 tokens after the "):
+        list(pack_windows(docs, tokenizer, 16, 2, skip_tokens=16 * len(windows)))
+
+
 def test_another_text_column(docs, tokenizer):
     renamed = [{"body": d["text"]} for d in docs]
     got = torch.cat([b.tokens for b in pack_windows(renamed, tokenizer, 16, 8, text_column="body")])

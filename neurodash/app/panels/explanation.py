@@ -11,6 +11,7 @@ from dash import html
 
 from neurodash.app.render import widgets
 from neurodash.explain import Explanation, WrongToken
+from neurodash.heldout import FRESH
 from neurodash.storage.explanations import Explanations
 from neurodash.units import UnitRef
 
@@ -47,14 +48,25 @@ def _one(e: Explanation) -> html.Div:
                 ]
             ),
             html.P(
-                "Scored by simulating the explanation on held-out text: Pearson correlation with the true "
-                "activations; precision and recall of “fires at half its max or more”.",
+                f"Scored by simulating the explanation on {_held_out(e)}: Pearson correlation with the "
+                "true activations; precision and recall of “fires at half its max or more”.",
                 className="nd-muted",
             ),
             _most_wrong(e.most_wrong()),
         ],
         className="nd-explanation",
     )
+
+
+def _held_out(e: Explanation) -> str:
+    """The held-out text the explanation was scored on, in words."""
+    held = e.details.get("held_out") or {}
+    if held.get("text") == FRESH:
+        return (
+            f"fresh text: {held.get('tokens', 0):,} corpus tokens after the store's, never shown to the "
+            f"explainer ({held.get('file')})"
+        )
+    return "held-out windows of the store's own examples (not shown to the explainer)"
 
 
 def _text(text: str) -> list:
