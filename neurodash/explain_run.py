@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from neurodash.errors import NeurodashError
 from neurodash.explain import PATTERN, Explanation, UnitTexts, explain_unit, split_windows
@@ -33,6 +33,13 @@ class Explainer(Protocol):
     def name(self) -> str: ...
 
     def explain(self, texts: UnitTexts, vocab: Sequence[str]) -> Explanation: ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """An explainer that works on a whole batch of units first (the model steps run them together)."""
+
+    def prepare(self, store: Store, batch: Sequence[UnitTexts]) -> None: ...
 
 
 class PatternExplainer:
@@ -106,7 +113,10 @@ def explain_store(
             for chunk in _batches(todo, batch):
                 finished: list[Explanation] = []
                 try:
-                    for texts in _unit_texts(store, chunk):
+                    batch_texts = list(_unit_texts(store, chunk))
+                    if isinstance(explainer, Prepares):
+                        explainer.prepare(store, batch_texts)
+                    for texts in batch_texts:
                         finished.append(explainer.explain(texts, vocab))
                 finally:
                     file.save(finished)  # what was finished, even when the batch stopped half way
