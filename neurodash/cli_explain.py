@@ -1,12 +1,18 @@
 """``neurodash explain``: scored explanations of a store's units, written beside it.
 
-    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo]
+    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo] [--no-model | --model-steps]
         [--explainer URL --explainer-model NAME [--timeout 60]] [--out FILE]
 
 The offline pattern explainer by default; with ``--explainer``, an OpenAI-compatible endpoint (its
 key from ``$NEURODASH_LLM_API_KEY`` or ``$OPENAI_API_KEY``). Every input is checked before anything
 runs: bad input prints one line and exits with status 2. Finished units are kept when the run is
 interrupted or the endpoint fails, and a second run goes on from there.
+
+The pattern explainer adds the model steps (``precompute.n2g``: truncation and replacement on the
+store's model, explainer ``pattern+n2g``) when the store's model loads offline (the embedded model,
+a local folder); otherwise it explains from the store alone (``pattern``) and says why in its last
+line. ``--model-steps`` asks for them: a model that cannot load is then one line, exit status 2;
+``--no-model`` skips them.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
+from neurodash.units import HEAD
 
 if TYPE_CHECKING:
     from neurodash.explain_run import Progress
     from neurodash.llm_explain import LLMExplainer
+    from precompute.n2g import N2GExplainer
 
 
 def add_explain_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +46,15 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--explainer-model", metavar="NAME", help="the model the endpoint serves")
     p.add_argument("--timeout", default="60", help="seconds to wait for the endpoint's answer (default 60)")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument(
+        "--no-model", action="store_true", help="explain from the store alone, without the model steps"
+    )
+    steps.add_argument(
+        "--model-steps",
+        action="store_true",
+        help="require the model steps (truncation, replacement): fail if the store's model cannot load",
+    )
     p.add_argument("--redo", action="store_true", help="explain units the explainer has explained before")
     p.add_argument(
         "--out", type=Path, help="the explanations file (default: STORE.explanations.duckdb beside it)"
@@ -48,8 +66,10 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from neurodash.export import split_list
     from neurodash.units import parse_layers
 
-    explainer = _explainer(args)
+    explainer, notice = _explainer(args), ""
     layers = parse_layers(args.layers) if args.layers else ()
+    if explainer is None and not args.no_model:
+        explainer, notice = _model_steps(args.store, args.model_steps)
     with progress_bar() as progress:
         summary = explain_store(
             args.store, split_list(args.units), layers, explainer, args.out, args.redo, progress=progress
@@ -57,6 +77,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     kept = f"{summary.done} units explained by {summary.explainer} in {summary.seconds:.1f} s"
     if summary.skipped:
         kept += f" ({summary.skipped} done before, kept; --redo does them again)"
+    kept += notice
     if summary.interrupted:
         print(f"interrupted: kept {kept} in {summary.path}", file=sys.stderr)
         raise SystemExit(130)
@@ -83,7 +104,34 @@ def progress_bar() -> Iterator[Progress]:
             bar.close()
 
 
+def _model_steps(store_path: Path, required: bool) -> tuple[N2GExplainer | None, str]:
+    """The pattern explainer with the model steps, or (not ``required``) None and why not."""
+    from neurodash.storage import Store
+
+    with Store(store_path) as store:
+        models = [s.model for s in store.sources() if s.kind != HEAD]
+    if not models:
+        return None, ""
+    if not required and not _loads_offline(models[0]):
+        return None, f"; no model steps: model {models[0]!r} is not local (--model-steps to try it)"
+    from precompute.n2g import load_n2g
+
+    try:
+        return load_n2g(store_path), ""
+    except NeurodashError as e:
+        if required:
+            raise
+        return None, f"; no model steps: {e}"
+
+
+def _loads_offline(model: str) -> bool:
+    """The embedded model, or a local model folder."""
+    return model == DEFAULT_MODEL or (Path(model).expanduser() / "config.json").is_file()
+
+
 def _explainer(args: argparse.Namespace) -> LLMExplainer | None:
+    if args.explainer and args.model_steps:
+        raise NeurodashError("--model-steps is for the pattern explainer, not --explainer")
     if not args.explainer:
         if args.explainer_model:
             raise NeurodashError("--explainer-model needs --explainer URL")

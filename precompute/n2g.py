@@ -4,11 +4,12 @@ For each of a unit's few strongest shown examples (the context that ends at its 
 *trigger*, with BOS in front as the pipeline runs every window), the model is run to:
 
 - **truncate** from the left: the shortest context ending at the trigger (BOS kept in front) that
-  keeps at least ``KEEP`` (half, as N2G's pruning) of the activation on the full context. Half is
-  the explainer's own "fires strongly" (``neurodash.explain.FIRES``): a truncated top example still
-  fires strongly. The candidate lengths (``LADDER``: 0, 1, 2, 3, 4, 6, 8, 12, 16, ... tokens before
-  the trigger, then the full context) run as right-padded sequences, the activation read at each
-  one's last real token: the model is causal, so padding after a token cannot change it.
+  keeps at least ``KEEP`` (half, as N2G's pruning) of the activation on the full context (the
+  store's: the pipeline ran exactly that context). Half is the explainer's own "fires strongly"
+  (``neurodash.explain.FIRES``): a truncated top example still fires strongly. The candidate
+  lengths (``LADDER``: 0, 1, 2, 3, 4, 6, 8, 12, 16 tokens before the trigger, then 24, 32, 48, ...
+  only for the examples the short ones fail) run as right-padded sequences, the activation read at
+  each one's last real token: the model is causal, so padding after a token cannot change it.
 - **replace**: each of the ``REPLACE_SPAN`` tokens before the trigger inside the truncated context,
   one at a time, by a neutral token (``neutral_token``: N2G uses the padding token; ours is the
   document separator ``<|im_end|>``, which cuts context rather than removing one token, so a plain
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +33,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
 from neurodash.explain import PATTERN_N2G, Evidence, Explanation, UnitTexts, explain_unit
 from neurodash.storage import Store
@@ -47,6 +46,7 @@ DROP = 0.5  # a replaced token is important when the activation loses more than 
 REPLACE_SPAN = 8  # tokens before the trigger that are replaced (the patterns use the first 3)
 EXAMPLES = 3  # a unit's strongest shown examples that are run
 LADDER = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+SHORT = 16  # the lengths up to this one run first, for every example; the longer ones where they fail
 BATCH_TOKENS = 4096  # padded tokens per forward
 
 
@@ -65,13 +65,15 @@ class UnitReader(Protocol):
 
 @dataclass(frozen=True)
 class Example:
-    """A unit's example: the tokens before its max token (``before``, BOS left out) and that token."""
+    """A unit's example: the tokens before its max token (``before``, BOS left out), that token, and
+    the unit's activation there as the store keeps it (the pipeline ran exactly this context)."""
 
     unit: int
     seq_id: int
     pos: int
     before: tuple[int, ...]
     trigger: int
+    activation: float
 
 
 # --- the two steps -----------------------------------------------------------------------------
@@ -80,38 +82,40 @@ class Example:
 def gather_evidence(reader: UnitReader, examples: Sequence[Example]) -> list[Evidence | None]:
     """Truncate, then replace, every example (see the module's docstring); None for an example on
     which the unit does not fire (activation <= 0 on the full context)."""
-    ladders = [_ladder(len(x.before)) for x in examples]
-    runs = [(x, n) for x, ns in zip(examples, ladders) for n in ns]
-    acts = run_last(
-        reader, [_context(reader, _last(x.before, n), x.trigger) for x, n in runs], [x.unit for x, _ in runs]
-    )
-    truncations, at = [], 0
-    for ns in ladders:
-        truncations.append(_truncate(ns, acts[at : at + len(ns)]))
-        at += len(ns)
-    return _replace(reader, examples, truncations)
+    return replace_step(reader, examples, truncate_step(reader, examples))
 
 
 @dataclass(frozen=True)
-class _Truncation:
+class Truncation:
     length: int  # tokens kept before the trigger
     activation: float  # with them
     full: float  # with the whole context
 
 
-def _truncate(lengths: list[int], acts: np.ndarray) -> _Truncation:
-    """The shortest length that keeps ``KEEP`` of the full context's activation (the last)."""
-    full = float(acts[-1])
-    k = (
-        next((i for i, a in enumerate(acts) if a >= KEEP * full), len(acts) - 1)
-        if full > 0
-        else len(acts) - 1
-    )
-    return _Truncation(lengths[k], float(acts[k]), full)
+def truncate_step(reader: UnitReader, examples: Sequence[Example]) -> list[Truncation]:
+    """Each example's shortest context (of the ``LADDER`` lengths) that keeps ``KEEP`` of the full
+    context's activation (the store's); the full context where none does or the unit does not fire.
+    The short lengths (up to ``SHORT``) run first, the longer ones only for the examples they fail."""
+    found: dict[int, Truncation] = {}
+    for short in (True, False):
+        todo = [
+            (i, n)
+            for i, x in enumerate(examples)
+            if i not in found and x.activation > 0
+            for n in LADDER
+            if n < len(x.before) and (n <= SHORT) == short
+        ]
+        contexts = [_context(reader, _last(examples[i].before, n), examples[i].trigger) for i, n in todo]
+        acts = run_last(reader, contexts, [examples[i].unit for i, _ in todo])
+        for (i, n), a in zip(todo, acts):  # in rising length per example
+            if i not in found and a >= KEEP * examples[i].activation:
+                found[i] = Truncation(n, float(a), examples[i].activation)
+    full = [Truncation(len(x.before), x.activation, x.activation) for x in examples]
+    return [found.get(i, full[i]) for i in range(len(examples))]
 
 
-def _replace(
-    reader: UnitReader, examples: Sequence[Example], truncations: list[_Truncation]
+def replace_step(
+    reader: UnitReader, examples: Sequence[Example], truncations: Sequence[Truncation]
 ) -> list[Evidence | None]:
     """Replace each of the ``REPLACE_SPAN`` tokens before each trigger in its truncated context."""
     variants, units = [], []
@@ -140,11 +144,6 @@ def _replace(
 
 def _last(before: tuple[int, ...], n: int) -> tuple[int, ...]:
     return before[len(before) - n :]
-
-
-def _ladder(n: int) -> list[int]:
-    """The context lengths tried for an example with ``n`` tokens before its trigger, the full last."""
-    return [k for k in LADDER if k < n] + [n]
 
 
 def _blank(ctx: tuple[int, ...], d: int, neutral: int) -> tuple[int, ...]:
@@ -261,13 +260,9 @@ def strongest_examples(texts: UnitTexts, full: dict[int, tuple[int, ...]], bos: 
         pos = w.start + int(np.argmax(w.acts))
         ids = full[w.seq_id][: pos + 1]
         first = 1 if bos is not None and ids and ids[0] == bos else 0
-        out.append(Example(texts.ref.unit, w.seq_id, pos, tuple(ids[first:-1]), ids[-1]))
+        act = float(max(w.acts))
+        out.append(Example(texts.ref.unit, w.seq_id, pos, tuple(ids[first:-1]), ids[-1], act))
     return out
-
-
-def model_is_local(name: str) -> bool:
-    """Whether a store's model loads offline: the embedded one, or a local model folder."""
-    return name == DEFAULT_MODEL or (Path(name).expanduser() / "config.json").is_file()
 
 
 def load_n2g(store_path: str, device: str = "cpu") -> N2GExplainer:
