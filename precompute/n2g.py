@@ -24,6 +24,7 @@ unit's layer; neurons read the hook, SAE features encode it at the read position
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -246,8 +247,12 @@ class N2GExplainer:
             raise NeurodashError(f"no SAE loaded for {source.source_id}")
         return ModelReader(self.model, source.hook, self.saes[source.source_id])
 
+    def evidence(self, ref: UnitRef) -> list[Evidence]:
+        """What the steps found on ``ref``'s examples in the batch last prepared."""
+        return self._evidence.get(ref, [])
+
     def explain(self, texts: UnitTexts, vocab: Sequence[str]) -> Explanation:
-        return explain_unit(texts, vocab, self._evidence.get(texts.ref, []))
+        return explain_unit(texts, vocab, self.evidence(texts.ref))
 
 
 def strongest_examples(texts: UnitTexts, full: dict[int, tuple[int, ...]], bos: int | None) -> list[Example]:
@@ -265,7 +270,7 @@ def strongest_examples(texts: UnitTexts, full: dict[int, tuple[int, ...]], bos: 
     return out
 
 
-def load_n2g(store_path: str, device: str = "cpu") -> N2GExplainer:
+def load_n2g(store_path: str | os.PathLike, device: str = "cpu") -> N2GExplainer:
     """The store's model and SAEs, loaded for the model steps; one line if they cannot load."""
     from precompute.live.cache import cached_model, cached_sae
     from precompute.live.maximize import sae_spec

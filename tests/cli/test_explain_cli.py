@@ -15,7 +15,7 @@ from cli_helpers import assert_failed
 from llm_server import CANNED, serving
 from transformers_serve import transformers_serving
 
-from neurodash.explain import PATTERN
+from neurodash.explain import PATTERN, PATTERN_N2G
 from neurodash.explain_run import explain_store
 from neurodash.storage.explanations import Explanations
 from neurodash.units import UnitRef
@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def neurodash(*args: str | Path) -> tuple[int, str]:
     """Run the CLI as a user does: its exit status and stderr (no traceback allowed)."""
+    done = _run(*args)
+    return done.returncode, done.stderr
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "neurodash", *map(str, args)],
@@ -34,7 +39,7 @@ def neurodash(*args: str | Path) -> tuple[int, str]:
         text=True,
     )
     assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stderr
+    return done
 
 
 def assert_one_line(code: int, err: str, fragment: str, *paths: Path) -> None:
@@ -154,3 +159,34 @@ def test_the_demo_explains_its_sae_layer_once(store, monkeypatch, capsys):
     assert {e.ref.source_id for e in got} == {"L1.mlp", "L1.sae.res"}
     cli.explain_demo(store)  # a second run has nothing left to do
     assert "explained" not in capsys.readouterr().out
+
+
+def test_without_a_local_model_the_store_alone_explains_and_says_so(store):
+    done = _run("explain", store, "--units", "L0N0")
+    assert done.returncode == 0, done.stderr
+    assert "no model steps: model 'test' is not local" in done.stdout
+    assert [e.explainer for e in Explanations.beside(store).all()] == [PATTERN]
+    quiet = _run("explain", store, "--units", "L0N1", "--no-model")
+    assert quiet.returncode == 0 and "model steps" not in quiet.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--model-steps",), "cannot load model"),
+        (("--model-steps", "--explainer", "http://x/v1", "--explainer-model", "m"), "--model-steps is for"),
+    ],
+)
+def test_model_steps_asked_for_and_impossible_is_one_line(store, args, fragment):
+    code, err = neurodash("explain", store, "--units", "L0N0", *args)
+    assert_one_line(code, err, fragment, Explanations.beside(store).path)
+
+
+def test_a_store_whose_model_loads_gets_the_model_steps(tiny_store, tmp_path):
+    link = tmp_path / "tiny.duckdb"
+    link.symlink_to(tiny_store)
+    done = _run("explain", link, "--layers", "1", "--units", "L1N0,L1N1")
+    assert done.returncode == 0, done.stderr
+    assert "explained by pattern+n2g" in done.stdout
+    got = Explanations.beside(link).all()
+    assert {e.explainer for e in got} == {PATTERN_N2G} and len(got) == 2
