@@ -107,6 +107,7 @@ class Evidence:
         return {
             "seq_id": self.seq_id,
             "pos": self.pos,
+            "trigger": self.trigger,
             "kept_length": len(self.context),
             "kept": round(self.kept, 4),
             "important": [list(i) for i in self.important],
