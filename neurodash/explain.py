@@ -10,9 +10,9 @@ Without a model it cannot truncate or replace context as N2G does; the precision
 examples' other tokens (the same trigger where the unit stays quiet) is what stands in for them.
 With a model, ``precompute.n2g`` runs those steps and hands their ``Evidence`` over as plain data:
 each example's required tokens become one more candidate (the trigger with all of them at their
-distances), and each replaced context becomes one more row for the precision test (the context
-with the replaced token blanked, the activation the model gave), so that a pattern which ignores a
-token the unit needs loses precision; the greedy choice is the same.
+distances), and each replacement that silenced the unit becomes one more row for the precision
+test (the context with the replaced token blanked, the unit quiet there), so that a pattern which
+ignores a token the unit needs loses precision; the greedy choice is the same.
 
 Scores come from simulation on held-out windows (``score``): a simulator predicts the unit's
 activation at every held-out token from the explanation alone, for a pattern explanation by
@@ -88,13 +88,20 @@ class Evidence:
     important: tuple[tuple[int, int], ...]
 
     def counterfactuals(self) -> list[Window]:
-        """Each replaced context as a one-token window: the trigger, the kept context before it with
-        the replaced token blanked (-1, as no token: no pattern is grown from it), the activation."""
+        """Each replacement that silenced the unit as a one-token window: the trigger, the kept context
+        before it with the replaced token blanked (-1, as no token: no pattern is grown from it), and
+        the example's activation scaled by what the replacement kept of the truncated context's (a
+        truncated context keeps only part of it by design). A harmless replacement adds no row: it
+        would only repeat the example's own context, inflating the support of whatever it holds."""
         out = []
-        for d, act in enumerate(self.replaced, start=1):
+        needed = {d for d, _ in self.important}
+        for d, replaced in enumerate(self.replaced, start=1):
+            if d not in needed:
+                continue
             ctx = list(self.context[-MAX_DISTANCE:])
             if d <= len(ctx):
                 ctx[-d] = -1
+            act = replaced / self.kept if self.kept > 0 else 0.0
             out.append(Window(-1, -1, tuple(ctx), (self.trigger,), (act,), "n2g"))
         return out
 
