@@ -1,6 +1,6 @@
 """``neurodash explain``: scored explanations of a store's units, written beside it.
 
-    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo] [--no-model | --model-steps]
+    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo] [--model-steps]
         [--explainer URL --explainer-model NAME [--timeout 60]] [--out FILE]
 
 The offline pattern explainer by default; with ``--explainer``, an OpenAI-compatible endpoint (its
@@ -8,11 +8,10 @@ key from ``$NEURODASH_LLM_API_KEY`` or ``$OPENAI_API_KEY``). Every input is chec
 runs: bad input prints one line and exits with status 2. Finished units are kept when the run is
 interrupted or the endpoint fails, and a second run goes on from there.
 
-The pattern explainer adds the model steps (``precompute.n2g``: truncation and replacement on the
-store's model, explainer ``pattern+n2g``) when the store's model loads offline (the embedded model,
-a local folder); otherwise it explains from the store alone (``pattern``) and says why in its last
-line. ``--model-steps`` asks for them: a model that cannot load is then one line, exit status 2;
-``--no-model`` skips them.
+With ``--model-steps``, the pattern explainer adds N2G's model steps (``precompute.n2g``: truncation
+and replacement on the store's model and SAEs, explainer ``pattern+n2g``); a model or SAE that
+cannot load is one line, exit status 2. They are asked for, not the default: on CPU they cost
+seconds a unit where the store alone costs milliseconds (README, "Explanations").
 """
 
 from __future__ import annotations
@@ -24,14 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
-from neurodash.units import HEAD
 
 if TYPE_CHECKING:
-    from neurodash.explain_run import Progress
+    from neurodash.explain_run import Explainer, Progress
     from neurodash.llm_explain import LLMExplainer
-    from precompute.n2g import N2GExplainer
 
 
 def add_explain_args(p: argparse.ArgumentParser) -> None:
@@ -46,14 +42,10 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--explainer-model", metavar="NAME", help="the model the endpoint serves")
     p.add_argument("--timeout", default="60", help="seconds to wait for the endpoint's answer (default 60)")
-    steps = p.add_mutually_exclusive_group()
-    steps.add_argument(
-        "--no-model", action="store_true", help="explain from the store alone, without the model steps"
-    )
-    steps.add_argument(
+    p.add_argument(
         "--model-steps",
         action="store_true",
-        help="require the model steps (truncation, replacement): fail if the store's model cannot load",
+        help="add N2G's truncation and replacement on the store's model (slow: seconds a unit on CPU)",
     )
     p.add_argument("--redo", action="store_true", help="explain units the explainer has explained before")
     p.add_argument(
@@ -66,10 +58,12 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from neurodash.export import split_list
     from neurodash.units import parse_layers
 
-    explainer, notice = _explainer(args), ""
+    explainer: Explainer | None = _explainer(args)
     layers = parse_layers(args.layers) if args.layers else ()
-    if explainer is None and not args.no_model:
-        explainer, notice = _model_steps(args.store, args.model_steps)
+    if args.model_steps:
+        from precompute.n2g import load_n2g
+
+        explainer = load_n2g(args.store)
     with progress_bar() as progress:
         summary = explain_store(
             args.store, split_list(args.units), layers, explainer, args.out, args.redo, progress=progress
@@ -77,7 +71,6 @@ def cmd_explain(args: argparse.Namespace) -> None:
     kept = f"{summary.done} units explained by {summary.explainer} in {summary.seconds:.1f} s"
     if summary.skipped:
         kept += f" ({summary.skipped} done before, kept; --redo does them again)"
-    kept += notice
     if summary.interrupted:
         print(f"interrupted: kept {kept} in {summary.path}", file=sys.stderr)
         raise SystemExit(130)
@@ -102,31 +95,6 @@ def progress_bar() -> Iterator[Progress]:
     finally:
         for bar in bars:
             bar.close()
-
-
-def _model_steps(store_path: Path, required: bool) -> tuple[N2GExplainer | None, str]:
-    """The pattern explainer with the model steps, or (not ``required``) None and why not."""
-    from neurodash.storage import Store
-
-    with Store(store_path) as store:
-        models = [s.model for s in store.sources() if s.kind != HEAD]
-    if not models:
-        return None, ""
-    if not required and not _loads_offline(models[0]):
-        return None, f"; no model steps: model {models[0]!r} is not local (--model-steps to try it)"
-    from precompute.n2g import load_n2g
-
-    try:
-        return load_n2g(store_path), ""
-    except NeurodashError as e:
-        if required:
-            raise
-        return None, f"; no model steps: {e}"
-
-
-def _loads_offline(model: str) -> bool:
-    """The embedded model, or a local model folder."""
-    return model == DEFAULT_MODEL or (Path(model).expanduser() / "config.json").is_file()
 
 
 def _explainer(args: argparse.Namespace) -> LLMExplainer | None:

@@ -161,15 +161,6 @@ def test_the_demo_explains_its_sae_layer_once(store, monkeypatch, capsys):
     assert "explained" not in capsys.readouterr().out
 
 
-def test_without_a_local_model_the_store_alone_explains_and_says_so(store):
-    done = _run("explain", store, "--units", "L0N0")
-    assert done.returncode == 0, done.stderr
-    assert "no model steps: model 'test' is not local" in done.stdout
-    assert [e.explainer for e in Explanations.beside(store).all()] == [PATTERN]
-    quiet = _run("explain", store, "--units", "L0N1", "--no-model")
-    assert quiet.returncode == 0 and "model steps" not in quiet.stdout
-
-
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -182,10 +173,10 @@ def test_model_steps_asked_for_and_impossible_is_one_line(store, args, fragment)
     assert_one_line(code, err, fragment, Explanations.beside(store).path)
 
 
-def test_a_store_whose_model_loads_gets_the_model_steps(tiny_store, tmp_path):
+def test_model_steps_on_a_store_whose_model_loads(tiny_store, tmp_path):
     link = tmp_path / "tiny.duckdb"
     link.symlink_to(tiny_store)
-    done = _run("explain", link, "--layers", "1", "--units", "L1N0,L1N1")
+    done = _run("explain", link, "--units", "L1N0,L1N1", "--model-steps")
     assert done.returncode == 0, done.stderr
     assert "explained by pattern+n2g" in done.stdout
     got = Explanations.beside(link).all()
