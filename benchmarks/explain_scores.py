@@ -118,6 +118,7 @@ def compare_n2g(store_path: Path, layers: tuple[int, ...], n: int) -> None:
         f"{s.source_id}/{u}" for s in sources for u in sorted(rng.sample(range(s.n_units), min(n, s.n_units)))
     ]
     out = Path(store_path).with_suffix(".n2g-bench.duckdb")
+    out.unlink(missing_ok=True)  # both explainers on exactly these units
     plain = explain_store(store_path, units=units, out=out, redo=True)
     began = time.perf_counter()
     with_model = explain_store(
