@@ -2,6 +2,7 @@
 and how scores relate to the polysemanticity scores.
 
     python benchmarks/explain_scores.py STORE [--layers 15] [--explain] [--heldout-tokens 8192 | --no-fresh]
+        [--n2g 200]
 
 Scores are on fresh held-out text (the held-out store beside STORE, ``neurodash.heldout``, built if
 needed), or with ``--no-fresh`` on the held-out windows of the store's own examples.
@@ -10,6 +11,11 @@ per source: the held-out correlation's quartiles and mean, the share of units at
 precision and recall of "fires strongly"; the shuffled control (each unit scored with the patterns
 of another unit of the same source, drawn at random); and Spearman's rank correlation of the
 explanation's correlation with each polysemanticity score in the store.
+
+With ``--n2g N``: N neurons and N features per layer, drawn at random, explained both from the store
+alone (``pattern``) and with the model steps (``pattern+n2g``, ``precompute.n2g``); the time per unit
+of each, and both explainers' scores on the same units side by side, with how many units the model
+steps raise or lower by more than 0.05.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neurodash.explain import PATTERN, score
+from neurodash.explain import PATTERN, PATTERN_N2G, score
 from neurodash.explain_run import _unit_texts, explain_store
 from neurodash.heldout import DEFAULT_TOKENS, HeldOutText, fresh_heldout
 from neurodash.storage import Store
@@ -40,9 +46,13 @@ def main() -> None:
     p.add_argument("--shuffled", type=int, default=400, help="units per source in the shuffled control")
     p.add_argument("--heldout-tokens", type=int, default=DEFAULT_TOKENS)
     p.add_argument("--no-fresh", action="store_true", help="score on the store's own held-out windows")
+    p.add_argument("--n2g", type=int, default=0, help="compare with the model steps on N units per source")
     args = p.parse_args()
     layers = tuple(int(x) for x in args.layers.split(","))
     fresh = None if args.no_fresh else args.heldout_tokens
+    if args.n2g:
+        compare_n2g(args.store, layers, args.n2g, fresh)
+        return
     if args.explain:
         summary = explain_store(args.store, layers=layers, redo=True, fresh_tokens=fresh)
         print(f"explained {summary.done} units in {summary.seconds:.1f} s")
@@ -115,6 +125,54 @@ def shuffled(store: Store, explained, source_id: str, n: int, held: HeldOutText)
     print(
         f"  shuffled control: mean {v.mean():+.3f}, |r| >= 0.2: {(np.abs(v) >= 0.2).mean():.1%} ({len(v)} units)"
     )
+
+
+def compare_n2g(store_path: Path, layers: tuple[int, ...], n: int, fresh: int | None) -> None:
+    """The store-only explainer against the one with the model steps, on the same sampled units."""
+    from precompute.n2g import load_n2g
+
+    with Store(store_path) as store:
+        sources = [s for s in store.sources() if s.layer in layers and s.kind != "head"]
+    rng = random.Random(0)
+    units = [
+        f"{s.source_id}/{u}" for s in sources for u in sorted(rng.sample(range(s.n_units), min(n, s.n_units)))
+    ]
+    out = Path(store_path).with_suffix(".n2g-bench.duckdb")
+    out.unlink(missing_ok=True)  # both explainers on exactly these units
+    plain = explain_store(store_path, units=units, out=out, redo=True, fresh_tokens=fresh)
+    began = time.perf_counter()
+    with_model = explain_store(
+        store_path, units=units, explainer=load_n2g(str(store_path)), out=out, redo=True, fresh_tokens=fresh
+    )
+    load = time.perf_counter() - began - with_model.seconds
+    print(
+        f"{len(units)} units: pattern {plain.seconds / len(units) * 1000:.0f} ms/unit, pattern+n2g "
+        f"{with_model.seconds / len(units):.2f} s/unit (model and SAE loaded in {load:.0f} s)"
+    )
+    file = Explanations(out)
+    rows = [
+        {
+            "explainer": e.explainer,
+            "source_id": e.ref.source_id,
+            "unit": e.ref.unit,
+            "correlation": e.correlation,
+            "precision": e.precision,
+            "recall": e.recall,
+            "n_patterns": len(e.details.get("patterns", [])),
+        }
+        for e in file.all()
+    ]
+    frame = pd.DataFrame(rows)
+    for (source_id, explainer), g in frame.groupby(["source_id", "explainer"]):
+        report(f"{source_id} {explainer}", g)
+    wide = frame.pivot_table(index=["source_id", "unit"], columns="explainer", values="correlation")
+    for source_id, g in wide.groupby(level=0):
+        d = (g[PATTERN_N2G] - g[PATTERN]).dropna()
+        print(
+            f"{source_id}: model steps minus store alone, correlation: mean {d.mean():+.3f}, median "
+            f"{d.median():+.3f}; raised > 0.05 on {(d > 0.05).mean():.0%}, lowered on {(d < -0.05).mean():.0%} "
+            f"({len(d)} units)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``neurodash explain``: scored explanations of a store's units, written beside it.
 
-    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo]
+    neurodash explain STORE [--units L15N3,L15F7] [--layers 15] [--redo] [--model-steps]
         [--explainer URL --explainer-model NAME [--timeout 60]] [--out FILE]
         [--heldout-tokens 8192 | --no-fresh]
 
@@ -13,6 +13,11 @@ Explanations are scored on fresh held-out text: ``--heldout-tokens`` corpus toke
 run through its model into ``STORE.heldout.duckdb`` beside it (built once, used again while it
 matches; ``neurodash.heldout``). ``--no-fresh`` scores on the held-out windows of the store's own
 examples instead, for a store whose model or corpus is not at hand.
+
+With ``--model-steps``, the pattern explainer adds N2G's model steps (``precompute.n2g``: truncation
+and replacement on the store's model and SAEs, explainer ``pattern+n2g``); a model or SAE that
+cannot load is one line, exit status 2. They are asked for, not the default: on CPU they cost
+seconds a unit where the store alone costs milliseconds (README, "Explanations").
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from neurodash.errors import NeurodashError
 from neurodash.heldout import DEFAULT_TOKENS
 
 if TYPE_CHECKING:
-    from neurodash.explain_run import Progress
+    from neurodash.explain_run import Explainer, Progress
     from neurodash.llm_explain import LLMExplainer
 
 
@@ -44,6 +49,11 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--explainer-model", metavar="NAME", help="the model the endpoint serves")
     p.add_argument("--timeout", default="60", help="seconds to wait for the endpoint's answer (default 60)")
+    p.add_argument(
+        "--model-steps",
+        action="store_true",
+        help="add N2G's truncation and replacement on the store's model (slow: seconds a unit on CPU)",
+    )
     p.add_argument("--redo", action="store_true", help="explain units the explainer has explained before")
     p.add_argument(
         "--out", type=Path, help="the explanations file (default: STORE.explanations.duckdb beside it)"
@@ -68,8 +78,12 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from neurodash.export import split_list
     from neurodash.units import parse_layers
 
-    explainer = _explainer(args)
+    explainer: Explainer | None = _explainer(args)
     layers = parse_layers(args.layers) if args.layers else ()
+    if args.model_steps:
+        from precompute.n2g import load_n2g
+
+        explainer = load_n2g(args.store)
     with progress_bar() as progress:
         summary = explain_store(
             args.store,
@@ -111,6 +125,8 @@ def progress_bar() -> Iterator[Progress]:
 
 
 def _explainer(args: argparse.Namespace) -> LLMExplainer | None:
+    if args.explainer and args.model_steps:
+        raise NeurodashError("--model-steps is for the pattern explainer, not --explainer")
     if not args.explainer:
         if args.explainer_model:
             raise NeurodashError("--explainer-model needs --explainer URL")

@@ -8,6 +8,11 @@ trigger token alone (`` import``), the trigger after a token that must precede i
 ``A``, up to ``MAX_DISTANCE`` places before), or any token after one (the token after ``(``).
 Without a model it cannot truncate or replace context as N2G does; the precision test over the
 examples' other tokens (the same trigger where the unit stays quiet) is what stands in for them.
+With a model, ``precompute.n2g`` runs those steps and hands their ``Evidence`` over as plain data:
+each example's required tokens become one more candidate (the trigger with all of them at their
+distances), and each replacement that silenced the unit becomes one more row for the precision
+test (the context with the replaced token blanked, the unit quiet there), so that a pattern which
+ignores a token the unit needs loses precision; the greedy choice is the same.
 
 Scores come from simulation on held-out windows (``score``): a simulator predicts the unit's
 activation at every held-out token from the explanation alone, for a pattern explanation by
@@ -40,6 +45,7 @@ MOST_WRONG = 8  # held-out tokens kept in ``details`` where the simulation was m
 CONTEXT_SHOWN = 8  # tokens before a most-wrong token kept with it
 
 PATTERN = "pattern"  # the offline explainer's name in the explanations file
+PATTERN_N2G = "pattern+n2g"  # the same with the model's truncation and replacement evidence
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,57 @@ class UnitTexts:
     max_act: float
     shown: tuple[Window, ...]
     held_out: tuple[Window, ...]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the model steps (``precompute.n2g``) found on one example of a unit: its trigger (the max
+    token), the ``context`` before it that the truncation kept (BOS left out), the activation on the
+    full context and the fraction of it kept, and per replaced distance (1: the token right before the
+    trigger) the activation with that token replaced by a neutral one; ``important`` are the
+    (distance, token) whose replacement lost more than the threshold."""
+
+    seq_id: int
+    pos: int
+    trigger: int
+    context: tuple[int, ...]
+    activation: float
+    kept: float
+    replaced: tuple[float, ...]
+    important: tuple[tuple[int, int], ...]
+
+    def counterfactuals(self) -> list[Window]:
+        """Each replacement that silenced the unit as a one-token window: the trigger, the kept context
+        before it with the replaced token blanked (-1, as no token: no pattern is grown from it), and
+        the example's activation scaled by what the replacement kept of the truncated context's (a
+        truncated context keeps only part of it by design). A harmless replacement adds no row: it
+        would only repeat the example's own context, inflating the support of whatever it holds."""
+        out = []
+        needed = {d for d, _ in self.important}
+        for d, replaced in enumerate(self.replaced, start=1):
+            if d not in needed:
+                continue
+            ctx = list(self.context[-MAX_DISTANCE:])
+            if d <= len(ctx):
+                ctx[-d] = -1
+            act = replaced / self.kept if self.kept > 0 else 0.0
+            out.append(Window(-1, -1, tuple(ctx), (self.trigger,), (act,), "n2g"))
+        return out
+
+    def candidate(self) -> Pattern | None:
+        """The trigger with every important token within ``MAX_DISTANCE`` at its distance."""
+        before = tuple((d, frozenset((t,))) for d, t in sorted(self.important) if d <= MAX_DISTANCE)
+        return Pattern(frozenset((self.trigger,)), before) if before else None
+
+    def to_json(self) -> dict:
+        return {
+            "seq_id": self.seq_id,
+            "pos": self.pos,
+            "trigger": self.trigger,
+            "kept_length": len(self.context),
+            "kept": round(self.kept, 4),
+            "important": [list(i) for i in self.important],
+        }
 
 
 @dataclass(frozen=True)
@@ -140,17 +197,22 @@ class Explanation:
 # --- the pattern explainer -------------------------------------------------------------------
 
 
-def explain_patterns(windows: Sequence[Window], max_act: float) -> list[Pattern]:
+def explain_patterns(
+    windows: Sequence[Window], max_act: float, evidence: Sequence[Evidence] = ()
+) -> list[Pattern]:
     """The few patterns that cover the tokens where the unit fires strongly in ``windows``, most
-    precisely among all their tokens (see the module's docstring); strongest coverage first."""
+    precisely among all their tokens (see the module's docstring); strongest coverage first. With the
+    model steps' ``evidence``, their candidates and counterfactual rows join in."""
     if max_act <= 0 or not windows:
         return []
+    windows = [*windows, *(w for e in evidence for w in e.counterfactuals())]
     grid, acts = _token_grid(windows)
     frac = acts / max_act
     strong = frac >= FIRES
     if not strong.any():
         return []
     candidates = _candidates(grid[strong])
+    candidates += [c for c in dict.fromkeys(e.candidate() for e in evidence) if c and c not in candidates]
     masks = np.stack([_grid_matches(grid, c) for c in candidates])
     matched = masks.sum(axis=1)
     precision = (masks & strong).sum(axis=1) / np.maximum(matched, 1)
@@ -332,10 +394,16 @@ def scored(
     )
 
 
-def explain_unit(texts: UnitTexts, vocab: Sequence[str]) -> Explanation:
-    """The pattern explainer's scored explanation of one unit."""
-    patterns = explain_patterns(texts.shown, texts.max_act)
-    return scored(texts, PATTERN, describe(patterns, vocab), patterns, vocab)
+def explain_unit(
+    texts: UnitTexts, vocab: Sequence[str], evidence: Sequence[Evidence] | None = None
+) -> Explanation:
+    """The pattern explainer's scored explanation of one unit; with the model steps' ``evidence``
+    (even none found), explainer ``PATTERN_N2G``."""
+    patterns = explain_patterns(texts.shown, texts.max_act, evidence or ())
+    text = describe(patterns, vocab)
+    if evidence is None:
+        return scored(texts, PATTERN, text, patterns, vocab)
+    return scored(texts, PATTERN_N2G, text, patterns, vocab, n2g=[e.to_json() for e in evidence])
 
 
 # --- text explanations (an LLM's) ------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from neurodash.errors import NeurodashError
 from neurodash.explain import PATTERN, Explanation, UnitTexts, explain_unit, split_windows, with_held_out
@@ -41,6 +41,13 @@ class Explainer(Protocol):
     def name(self) -> str: ...
 
     def explain(self, texts: UnitTexts, vocab: Sequence[str]) -> Explanation: ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """An explainer that works on a whole batch of units first (the model steps run them together)."""
+
+    def prepare(self, store: Store, batch: Sequence[UnitTexts]) -> None: ...
 
 
 class PatternExplainer:
@@ -124,7 +131,10 @@ def explain_store(
             for chunk in _batches(todo, batch):
                 finished: list[Explanation] = []
                 try:
-                    for texts in _unit_texts(store, chunk, held):
+                    batch_texts = list(_unit_texts(store, chunk, held))
+                    if isinstance(explainer, Prepares):
+                        explainer.prepare(store, batch_texts)
+                    for texts in batch_texts:
                         e = explainer.explain(texts, vocab)
                         finished.append(dataclasses.replace(e, details={**e.details, "held_out": record}))
                 finally:

@@ -6,6 +6,7 @@ import numpy as np
 
 from neurodash.explain import (
     PATTERN,
+    Evidence,
     Explanation,
     Pattern,
     Window,
@@ -72,3 +73,17 @@ def test_explanations_are_saved_replaced_and_read_back(tmp_path):
     assert got[0].patterns() == [Pattern(frozenset({2}))]
     assert file.explained(PATTERN) == {REF}
     assert len(file.all()) == 2
+
+
+def test_the_model_steps_evidence_makes_a_needed_token_part_of_the_pattern():
+    """Every shown `B` follows `A`: alone, the simplest pattern (`B`) wins the tie; the evidence that
+    replacing `A` silences the unit adds a quiet row for `B` without `A`, and `B` after `A` wins."""
+    shown = [Window(i, 0, (), (3, 1, 2, 3), (0.0, 0.0, 1.0, 0.0), rank=2 * i) for i in range(3)]
+    assert describe(explain_patterns(shown, 1.0), VOCAB) == "`B`"
+    e = Evidence(
+        0, 2, trigger=2, context=(3, 1), activation=1.0, kept=0.5, replaced=(0.05, 0.5), important=((1, 1),)
+    )
+    assert e.candidate() == Pattern(frozenset({2}), ((1, frozenset({1})),))
+    (row,) = e.counterfactuals()  # only the replacement that silenced it, scaled by what truncation kept
+    assert (row.context, row.token_ids, row.acts) == ((3, -1), (2,), (0.1,))
+    assert describe(explain_patterns(shown, 1.0, [e]), VOCAB) == "`B` after `A`"

@@ -3,8 +3,8 @@ scored explanations, one per unit and explainer (table ``explanations`` of ``sch
 its ``embeddings`` table has its own module). Every call opens the file, works in one transaction and
 closes it, as the other app-owned files do.
 
-Also the one query that reads what the explainers need from a store: units' windows with the tokens
-before them (``unit_windows``).
+Also the queries that read what the explainers need from a store: units' windows with the tokens
+before them (``unit_windows``), and whole sequences for the model steps (``sequences``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -129,3 +129,12 @@ def unit_windows(store: Store, source_id: str, units: Sequence[int]) -> dict[int
         entry = found.setdefault(unit, (float(max_act), []))
         entry[1].append(Window(seq_id, start, tuple(context), tuple(token_ids), tuple(acts), bucket, rank))
     return found
+
+
+def sequences(store: Store, seq_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+    """The stored sequences' token ids (BOS first, as the pipeline ran them), one query for all."""
+    rows = store.sql(
+        "SELECT seq_id, token_ids FROM sequences WHERE seq_id IN (SELECT unnest(?::BIGINT[]))",
+        [sorted(seq_ids)],
+    ).fetchall()
+    return {seq_id: tuple(ids) for seq_id, ids in rows}

@@ -12,6 +12,7 @@ slot:
 
 ``planted_texts`` reads a unit the way a store keeps it: its strongest windows over a random corpus
 are shown to the explainer, and held-out sequences of the same corpus (never shown) score it.
+``PlantedReader`` reads the neurons for the model steps (``precompute.n2g``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from neurodash.explain import MAX_DISTANCE, UnitTexts, Window
 from neurodash.units import UnitRef
 from precompute.ground_truth.attention import BOS, Layout, one_hot_model, set_previous_token_head
 
-A, B, C, E, F = 1, 2, 3, 5, 6
+A, B, C, D, E, F = 1, 2, 3, 4, 5, 6  # D is planted in no neuron: the neutral token of the model steps
 AFTER, ALONE, EITHER = 0, 1, 2
 D_MLP = 4
 HOOK = "blocks.0.mlp.hook_post"
@@ -111,3 +113,17 @@ def _window(
         bucket,
         rank,
     )
+
+
+@dataclass(frozen=True)
+class PlantedReader:
+    """The planted neurons as ``precompute.n2g.UnitReader``: BOS in front, ``D`` the neutral token."""
+
+    model: HookedTransformer
+    bos: int = BOS
+    neutral: int = D
+
+    @torch.inference_mode()
+    def read(self, tokens: Tensor, last: Tensor, units: Tensor) -> Tensor:
+        _, cache = self.model.run_with_cache(tokens, names_filter=lambda name: name == HOOK, stop_at_layer=1)
+        return cache[HOOK][torch.arange(len(last)), last, units]

@@ -17,7 +17,7 @@ from llm_server import CANNED, serving
 from transformers_serve import transformers_serving
 
 from neurodash.config import PrecomputeConfig
-from neurodash.explain import PATTERN
+from neurodash.explain import PATTERN, PATTERN_N2G
 from neurodash.explain_run import explain_store
 from neurodash.heldout import heldout_path
 from neurodash.storage.explanations import Explanations
@@ -28,6 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def neurodash(*args: str | Path) -> tuple[int, str]:
     """Run the CLI as a user does: its exit status and stderr (no traceback allowed)."""
+    done = _run(*args)
+    return done.returncode, done.stderr
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "neurodash", *map(str, args)],
@@ -37,7 +42,7 @@ def neurodash(*args: str | Path) -> tuple[int, str]:
         text=True,
     )
     assert "Traceback" not in done.stderr, done.stderr
-    return done.returncode, done.stderr
+    return done
 
 
 def assert_one_line(code: int, err: str, fragment: str, *paths: Path) -> None:
@@ -193,3 +198,25 @@ def test_fresh_text_needs_the_stores_model_and_corpus(store, tiny_model_dir, tmp
     written = (Explanations.beside(whole).path, heldout_path(whole))
     assert_one_line(*neurodash("explain", whole, "--heldout-tokens", "8"), "less than one window", *written)
     assert_one_line(*neurodash("explain", whole), "no window of --ctx 32 tokens after the", *written)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--model-steps",), "cannot load model"),
+        (("--model-steps", "--explainer", "http://x/v1", "--explainer-model", "m"), "--model-steps is for"),
+    ],
+)
+def test_model_steps_asked_for_and_impossible_is_one_line(store, args, fragment):
+    code, err = neurodash("explain", store, "--units", "L0N0", "--no-fresh", *args)
+    assert_one_line(code, err, fragment, Explanations.beside(store).path)
+
+
+def test_model_steps_on_a_store_whose_model_loads(tiny_store, tmp_path):
+    link = tmp_path / "tiny.duckdb"
+    link.symlink_to(tiny_store)
+    done = _run("explain", link, "--units", "L1N0,L1N1", "--model-steps")
+    assert done.returncode == 0, done.stderr
+    assert "explained by pattern+n2g" in done.stdout
+    got = Explanations.beside(link).all()
+    assert {e.explainer for e in got} == {PATTERN_N2G} and len(got) == 2
