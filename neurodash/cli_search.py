@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neurodash.meaning import EmbedReport
 
 LIMIT = 20  # as neurodash.meaning.LIMIT (not imported here: the parser loads no storage)
 
@@ -33,9 +37,19 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from neurodash.export import split_list
+
+    report = embed_with_progress(args.store, split_list(args.sources) or None, args.file)
+    print(
+        f"wrote {report.path}: {report.embedded:,} texts embedded, {report.unchanged:,} unchanged "
+        f"({report.seconds:.0f} s)"
+    )
+
+
+def embed_with_progress(store: Path, sources: list[str] | None, file: Path | None = None) -> EmbedReport:
+    """``embed_store`` with a progress bar on stderr."""
     from tqdm.auto import tqdm
 
-    from neurodash.export import split_list
     from neurodash.meaning import embed_store
 
     bar = tqdm(total=0, desc="embedding", unit="text", file=sys.stderr)
@@ -45,13 +59,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
         bar.update(done - bar.n)
 
     try:
-        report = embed_store(args.store, split_list(args.sources) or None, args.file, progress)
+        return embed_store(store, sources, file, progress)
     finally:
         bar.close()
-    print(
-        f"wrote {report.path}: {report.embedded:,} texts embedded, {report.unchanged:,} unchanged "
-        f"({report.seconds:.0f} s)"
-    )
 
 
 def cmd_search(args: argparse.Namespace) -> None:

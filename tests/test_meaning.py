@@ -118,3 +118,18 @@ def test_a_missing_store_and_an_unknown_source_are_refused(meaning_store, tmp_pa
         search_by_meaning(tmp_path / "none.duckdb", "closing brackets")
     with pytest.raises(NeurodashError, match="no source 'L9.mlp'"):
         embed_store(meaning_store, sources=["L9.mlp"])
+
+
+def test_the_files_duckdb_scan_and_the_in_memory_matrix_rank_alike(meaning_store):
+    from neurodash.meaning import search_index
+    from precompute.embed import cached_embedder
+
+    embeddings = Embeddings.beside(meaning_store)
+    for query in ("closing brackets", "numbers in a list"):
+        vector = cached_embedder().embed_one(query)
+        in_file = embeddings.search(vector, "all-MiniLM-L6-v2", limit=10)
+        in_memory = search_index(embeddings.path).reader().search(vector, "all-MiniLM-L6-v2", limit=10)
+        assert [(h.ref, h.text_kind, h.text) for h in in_file] == [
+            (h.ref, h.text_kind, h.text) for h in in_memory
+        ]
+        assert [h.similarity for h in in_file] == pytest.approx([h.similarity for h in in_memory], abs=1e-5)
