@@ -137,7 +137,6 @@ def embed_store(
     texts += [t for t in embeddings.explanation_texts() if not sources or t.ref.source_id in known]
     stored = embeddings.stored_texts(EMBEDDING_MODEL)
     todo = [t for t in texts if stored.get((t.ref, t.kind)) != t.text]
-    embedder = cached_embedder()
     done = 0
 
     def batch_done(n: int) -> None:
@@ -147,11 +146,13 @@ def embed_store(
             progress(done, len(todo))
 
     batch_done(0)
-    with torch_threads(bulk_threads()):
-        for first in range(0, len(todo), CHUNK):
-            chunk = todo[first : first + CHUNK]
-            vectors = embedder.embed([t.text for t in chunk], progress=batch_done)
-            embeddings.save(chunk, vectors, EMBEDDING_MODEL)
+    if todo:  # else no model to load
+        embedder = cached_embedder()
+        with torch_threads(bulk_threads()):
+            for first in range(0, len(todo), CHUNK):
+                chunk = todo[first : first + CHUNK]
+                vectors = embedder.embed([t.text for t in chunk], progress=batch_done)
+                embeddings.save(chunk, vectors, EMBEDDING_MODEL)
     return EmbedReport(len(todo), len(texts) - len(todo), time.perf_counter() - started, embeddings.path)
 
 
