@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     )
 
 
-def embed_with_progress(store: Path, sources: list[str] | None, file: Path | None = None) -> EmbedReport:
+def embed_with_progress(store: Path, sources: Sequence[str] | None, file: Path | None = None) -> EmbedReport:
     """``embed_store`` with a progress bar on stderr."""
     from tqdm.auto import tqdm
 
