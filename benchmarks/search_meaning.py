@@ -1,6 +1,8 @@
-"""Search by meaning on a store: the time to embed every unit, and a query's server-side latency.
+"""Search by meaning on a store: the time to embed every unit, and a query's latency, server-side and
+over HTTP.
 
     python benchmarks/search_meaning.py [--store demo.duckdb] [--sample 400] [--queries 30] [--all]
+    python benchmarks/search_meaning.py --embedded [--store demo.duckdb] [--queries 30]
 
 1. Every unit's examples text is built from the store (one query over the top examples).
 2. The sentence-embedding model loads, then embeds a random sample of ``--sample`` of those texts (or
@@ -10,16 +12,26 @@
    is timed as the server runs it (``search_by_meaning``: embed the query, compare it with every
    vector of the in-memory copy of the file, join the texts and explanations), with its two parts
    apart; and the copy itself, made at the first search after the file changed. Target: under 200 ms.
+4. The same queries over HTTP: ``neurodash serve`` on a free port, the query box's callback posted as
+   the browser posts it (the table of units back), p50 / p95 from post to answer.
 
-Nothing is written beside the store: the vectors go to a temporary folder (beside a link to the
-store). Speeds are of this machine at the time of the run: compare them side by side.
+With ``--embedded``, steps 1-2 are skipped and steps 3-4 search the store's own embeddings (``neurodash
+embed STORE`` made them); otherwise nothing is written beside the store: the vectors go to a
+temporary folder (beside a link to the store). Speeds are of this machine at the time of the run:
+compare them side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import os
 import random
+import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +39,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neurodash import paths
-from neurodash.meaning import examples_texts, search_by_meaning, search_index
-from neurodash.storage import Store
-from neurodash.storage.embeddings import EMBEDDING_MODEL, Embeddings
-from neurodash.storage.schema import EMBEDDING_DIM
-from precompute.embed import cached_embedder
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from load import HOST, SERVERS, free_port, wait_until_up  # noqa: E402
+
+from neurodash import paths  # noqa: E402
+from neurodash.app import ids  # noqa: E402
+from neurodash.meaning import examples_texts, search_by_meaning, search_index  # noqa: E402
+from neurodash.storage import Store  # noqa: E402
+from neurodash.storage.embeddings import EMBEDDING_MODEL, Embeddings  # noqa: E402
+from neurodash.storage.schema import EMBEDDING_DIM  # noqa: E402
+from precompute.embed import cached_embedder  # noqa: E402
 
 QUERIES = [
     "closing brackets",
@@ -51,6 +69,14 @@ QUERIES = [
 def main() -> None:
     args = parse_args()
     store_path = Path(args.store or paths.demo_store_path())
+    if args.embedded:
+        embeddings = Embeddings.beside(store_path)
+        print(
+            f"searching the {embeddings.count(EMBEDDING_MODEL):,} vectors of {embeddings.path} (load {load()})"
+        )
+        time_queries(store_path, embeddings, args.queries)
+        time_http(store_path, args.queries)
+        return
     with tempfile.TemporaryDirectory() as folder:
         linked = Path(folder) / store_path.name
         linked.symlink_to(store_path.resolve())
@@ -63,6 +89,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=400, help="texts embedded to time (default 400)")
     p.add_argument("--all", action="store_true", help="embed every unit, not a sample")
     p.add_argument("--queries", type=int, default=30, help="queries timed (default 30)")
+    p.add_argument("--embedded", action="store_true", help="search the store's own embeddings (no embedding)")
     return p.parse_args()
 
 
@@ -96,6 +123,7 @@ def run(store: Path, args: argparse.Namespace) -> None:
     embeddings.save(rest, random_unit_vectors(len(rest)), EMBEDDING_MODEL)
     print(f"searching {embeddings.count(EMBEDDING_MODEL):,} vectors ({len(rest):,} of them random)")
     time_queries(store, embeddings, args.queries)
+    time_http(store, args.queries)
     show(store, "closing brackets")
 
 
@@ -132,6 +160,51 @@ def time_queries(store: Path, embeddings: Embeddings, n: int) -> None:
         ("  DuckDB search", scan),
     ):
         print(f"{name:20s} p50 {ms(statistics.median(times))}  p95 {ms(percentile(times, 95))}")
+
+
+def time_http(store: Path, n: int) -> None:
+    """p50 / p95 of ``n`` queries posted to ``neurodash serve`` as the query box posts them."""
+    port = free_port()
+    argv = shlex.split(SERVERS["serve"].format(store=shlex.quote(str(store)), port=port))
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(port, server)
+        first = post_query(port, "warm up")  # the server warms its encoder at start-up, in a thread
+        times = [post_query(port, QUERIES[i % len(QUERIES)]) for i in range(n)]
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(
+        f"over HTTP (neurodash serve, loopback): first query {ms(first)}, then p50 {ms(statistics.median(times))}"
+        f"  p95 {ms(percentile(times, 95))}"
+    )
+
+
+def post_query(port: int, query: str) -> float:
+    """Seconds from posting the query box's callback to its answer (the table of units)."""
+    body = json.dumps(
+        {
+            "output": f"{ids.MEANING_RESULTS}.children",
+            "outputs": {"id": ids.MEANING_RESULTS, "property": "children"},
+            "inputs": [{"id": ids.MEANING_INPUT, "property": "value", "value": query}],
+            "changedPropIds": [f"{ids.MEANING_INPUT}.value"],
+            "parsedChangedPropsIds": [f"{ids.MEANING_INPUT}.value"],
+        }
+    ).encode()
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    started = time.perf_counter()
+    conn.request("POST", "/_dash-update-component", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    text = response.read().decode()
+    seconds = time.perf_counter() - started
+    if response.status != 200 or "nd-meaning-row" not in text:
+        raise SystemExit(f"the query {query!r} answered {response.status}: {text[:300]}")
+    return seconds
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def show(store: Path, query: str) -> None:

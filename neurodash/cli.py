@@ -489,6 +489,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         )
         run_precompute(precompute_config(demo_args, store, overwrite=True))
     explain_demo(store)
+    embed_demo(store)
     if not args.no_serve:
         from neurodash.app import serve
 
@@ -507,6 +508,20 @@ def explain_demo(store: Path) -> None:
         )
     if summary.done:
         print(f"explained {summary.done} units of layer {DEMO_SAE_LAYER} in {summary.seconds:.0f} s")
+
+
+def embed_demo(store: Path) -> None:
+    """Embed, for search by meaning, what the demo explains (the SAE layer's neurons and features) and
+    every head (once: a run skips what is embedded already)."""
+    from neurodash.cli_search import embed_with_progress
+    from neurodash.storage import Store
+    from neurodash.units import HEAD
+
+    with Store(store) as s:
+        sources = [x.source_id for x in s.sources() if x.layer == DEMO_SAE_LAYER or x.kind == HEAD]
+    report = embed_with_progress(store, sources)
+    if report.embedded:
+        print(f"embedded {report.embedded} texts for search by meaning in {report.seconds:.0f} s")
 
 
 def demo_sae() -> Path:

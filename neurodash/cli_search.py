@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neurodash.meaning import EmbedReport
 
 LIMIT = 20  # as neurodash.meaning.LIMIT (not imported here: the parser loads no storage)
 
@@ -33,9 +38,19 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from neurodash.export import split_list
+
+    report = embed_with_progress(args.store, split_list(args.sources) or None, args.file)
+    print(
+        f"wrote {report.path}: {report.embedded:,} texts embedded, {report.unchanged:,} unchanged "
+        f"({report.seconds:.0f} s)"
+    )
+
+
+def embed_with_progress(store: Path, sources: Sequence[str] | None, file: Path | None = None) -> EmbedReport:
+    """``embed_store`` with a progress bar on stderr."""
     from tqdm.auto import tqdm
 
-    from neurodash.export import split_list
     from neurodash.meaning import embed_store
 
     bar = tqdm(total=0, desc="embedding", unit="text", file=sys.stderr)
@@ -45,13 +60,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
         bar.update(done - bar.n)
 
     try:
-        report = embed_store(args.store, split_list(args.sources) or None, args.file, progress)
+        return embed_store(store, sources, file, progress)
     finally:
         bar.close()
-    print(
-        f"wrote {report.path}: {report.embedded:,} texts embedded, {report.unchanged:,} unchanged "
-        f"({report.seconds:.0f} s)"
-    )
 
 
 def cmd_search(args: argparse.Namespace) -> None:

