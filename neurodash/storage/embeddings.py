@@ -163,7 +163,7 @@ class Embeddings(owned.OwnedFile):
             con.unregister("_nd_vectors")
 
     def search(self, vector: np.ndarray, model: str, limit: int = 20) -> list[MeaningHit]:
-        """The ``limit`` units whose texts are nearest the unit vector ``vector`` (cosine), best first;
+        """The ``limit`` units whose texts are nearest ``vector`` (cosine), best first;
         each with its best-matching text and its best explanation. Opens the file, scans it with
         DuckDB: the app and the CLI search a ``SearchIndex`` instead."""
         with self._connect(read_only=True) as con:
@@ -273,7 +273,7 @@ class EmbeddingsReader:
     def search(self, vector: np.ndarray, model: str, limit: int = 20) -> list[MeaningHit]:
         """See ``Embeddings.search``."""
         n_rows = int(limit) * len(TEXT_KINDS)
-        query = np.asarray(vector, dtype=np.float32)
+        query = unit_vectors(np.asarray(vector, dtype=np.float32)[None])[0]  # stored vectors are unit vectors
         if self._matrices is None:
             rows = self._con.execute(_SEARCH, [query.tolist(), model, int(limit), n_rows]).fetchall()
         elif model not in self._matrices:
