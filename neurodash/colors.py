@@ -3,6 +3,7 @@ background as opaque as its activation is strong (|act| / the unit's largest |ac
 
 The dashboard's figures and values, and the HTML report, colour with these functions; the dashboard's
 token rows are drawn in the browser (``app/assets/neurodash.js``), which reads ``SCALE`` from the page.
+Every Plotly figure (the dashboard's, the circuit lab's) starts from ``figure_layout``.
 """
 
 from __future__ import annotations
@@ -37,3 +38,19 @@ def token_background(act: float, max_abs: float) -> str | None:
     None where it is too faint to show."""
     alpha = min(abs(act) / max_abs, 1.0) if max_abs > 0 else 0.0
     return rgba(POSITIVE if act > 0 else NEGATIVE, alpha) if alpha >= MIN_ALPHA else None
+
+
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+
+
+def figure_layout(**extra) -> dict:
+    """The layout every figure starts from (font, margins, no background, no legend), with ``extra``."""
+    base = {
+        "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+        "font": {"family": FONT, "size": 12},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "showlegend": False,
+        "hoverlabel": {"font": {"family": FONT}},
+    }
+    return base | extra

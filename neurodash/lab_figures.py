@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from neurodash.colors import figure_layout
 from neurodash.lab_run import LabRun
 
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 DIVERGING = [[0.0, "#1e6ec8"], [0.5, "#f7f7f7"], [1.0, "#f07814"]]  # blue - white - orange (colors.py)
 SEQUENTIAL = [[0.0, "#f7f7f7"], [1.0, "#f07814"]]
 Figure = dict[str, Any]
@@ -32,16 +32,7 @@ def token_label(token: str, width: int = 16) -> str:
 
 
 def _layout(height: int, **extra: Any) -> dict[str, Any]:
-    base = {
-        "height": height,
-        "margin": {"l": 60, "r": 10, "t": 30, "b": 50},
-        "font": {"family": FONT, "size": 12},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "rgba(0,0,0,0)",
-        "showlegend": False,
-        "hoverlabel": {"font": {"family": FONT}},
-    }
-    return base | extra
+    return figure_layout(**({"height": height, "margin": {"l": 60, "r": 10, "t": 30, "b": 50}} | extra))
 
 
 def _position_axis(tokens: Sequence[str], title: str = "position (token)") -> dict[str, Any]:

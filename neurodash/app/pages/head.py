@@ -215,31 +215,13 @@ def pattern_panel(examples: list[Example], rows: dict[tuple[str, int], Attention
 def example_sections(
     examples: list[Example], rows: dict[tuple[str, int], AttentionRow]
 ) -> list[html.Details]:
-    groups: dict[str, list[Example]] = {}
-    for e in examples:
-        groups.setdefault(e.bucket, []).append(e)
-    return [
-        html.Details(
-            [
-                html.Summary(
-                    [
-                        highlights.bucket_title(bucket).replace("activations", "output norms"),
-                        html.Span(f"{len(group)}", className="nd-count"),
-                    ]
-                ),
-                html.Div(
-                    [
-                        highlights.attention_example_row(e, rows.get((e.bucket, e.rank)), add_button=True)
-                        for e in group
-                    ],
-                    className="nd-examples",
-                ),
-            ],
-            open=bucket == "top",
-            className="nd-section",
-        )
-        for bucket, group in groups.items()
-    ]
+    """The head's examples by bucket, each drawn with its attention row; the top section open."""
+    return highlights.example_sections(
+        examples,
+        row=lambda e: highlights.attention_example_row(e, rows.get((e.bucket, e.rank)), add_button=True),
+        title=lambda bucket: highlights.bucket_title(bucket).replace("activations", "output norms"),
+        opened=lambda bucket, _: bucket == "top",
+    )
 
 
 def show_example(choice: str | None, holder: object) -> dict:

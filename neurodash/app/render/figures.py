@@ -11,10 +11,9 @@ import numpy as np
 from dash import dcc
 
 from neurodash.app.render.formats import fraction_text, metric_title
-from neurodash.colors import ATTENTION, NEGATIVE, POSITIVE, rgba
+from neurodash.colors import ATTENTION, NEGATIVE, POSITIVE, figure_layout, rgba
 from neurodash.units import HEAD, NEURON, SAE_FEATURE, AttentionRow, LogitEffect, UnitStats
 
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 GRAPH_CONFIG: dcc.Graph.Config = {"displayModeBar": False, "responsive": True}
 
 
@@ -27,19 +26,6 @@ def token_label(token: str, width: int = 32) -> str:
     """A vocabulary token for a chart axis: quoted, escapes visible, shortened, Plotly-escaped."""
     shown = repr(token)
     return plotly_text(shown if len(shown) <= width else shown[: width - 1] + "…")
-
-
-def figure_layout(**extra) -> dict:
-    """The layout every figure starts from (font, margins, no background, no legend), with ``extra``."""
-    base = {
-        "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
-        "font": {"family": FONT, "size": 12},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "rgba(0,0,0,0)",
-        "showlegend": False,
-        "hoverlabel": {"font": {"family": FONT}},
-    }
-    return base | extra
 
 
 def histogram_figure(stats: UnitStats) -> dict:

@@ -4,7 +4,7 @@ arcs. Tokens travel as JSON in ``data-*`` attributes; ``assets/neurodash.js`` bu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -101,19 +101,29 @@ def bucket_title(bucket: str) -> str:
 
 
 def example_sections(
-    examples: Sequence[Example], max_abs: float, add_buttons: bool = False
+    examples: Sequence[Example],
+    max_abs: float = 1.0,
+    add_buttons: bool = False,
+    row: Callable[[Example], html.Div] | None = None,
+    title: Callable[[str], str] = bucket_title,
+    opened: Callable[[str, int], bool] = lambda bucket, n_groups: (
+        bucket in ("top", "bottom") or n_groups <= 2
+    ),
 ) -> list[html.Details]:
-    """One collapsible section per bucket, in the given (store) order: top, quantiles, bottom."""
+    """One collapsible section per bucket, in the given (store) order: top, quantiles, bottom. Each
+    example is drawn by ``row`` (default ``example_row`` with ``max_abs``), each section titled by
+    ``title(bucket)`` and open where ``opened(bucket, number of sections)``."""
+    draw = row or (lambda e: example_row(e, max_abs, add_buttons))
     groups: dict[str, list[Example]] = {}
     for e in examples:
         groups.setdefault(e.bucket, []).append(e)
     return [
         html.Details(
             [
-                html.Summary([bucket_title(bucket), html.Span(f"{len(group)}", className="nd-count")]),
-                html.Div([example_row(e, max_abs, add_buttons) for e in group], className="nd-examples"),
+                html.Summary([title(bucket), html.Span(f"{len(group)}", className="nd-count")]),
+                html.Div([draw(e) for e in group], className="nd-examples"),
             ],
-            open=bucket in ("top", "bottom") or len(groups) <= 2,
+            open=opened(bucket, len(groups)),
             className="nd-section",
         )
         for bucket, group in groups.items()
