@@ -155,7 +155,8 @@ def _run_sae_lens(
         store_batch_size_prompts=cfg.batch_size,
         n_batches_in_buffer=math.ceil(MIX_BATCHES * cfg.sae.batch_tokens / cfg.ctx),  # its unit: ctx tokens
         exclude_special_tokens=[bos] if bos is not None else False,
-        autocast_lm=_bf16_lm(cfg),
+        autocast_lm=_bf16(cfg.bf16_lm, cfg.device),
+        autocast=_bf16(cfg.bf16_sae, cfg.device),
         output_path=str(out),
     )
     torch.manual_seed(cfg.sae.seed)
@@ -173,12 +174,13 @@ def _run_sae_lens(
         _runner_class()(runner_cfg, override_dataset=dataset, override_model=model.bridge, bar=bar).run()
 
 
-def _bf16_lm(cfg: TrainSAEConfig) -> bool:
-    """bf16 for the model's forward pass on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX):
-    several times faster there; elsewhere bf16 is emulated and slower."""
-    if cfg.bf16_lm is not None:
-        return cfg.bf16_lm
-    if cfg.device.startswith("cuda"):
+def _bf16(setting: bool | None, device: str) -> bool:
+    """bf16 autocast (the model's forward pass, the SAE's training steps) as ``setting`` says; by
+    default on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX): markedly faster there;
+    elsewhere bf16 is emulated and slower. The held-out metrics are computed in fp32 all the same."""
+    if setting is not None:
+        return setting
+    if device.startswith("cuda"):
         return True
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
