@@ -9,14 +9,13 @@ and its examples (top, quantile-sampled, bottom), which ``neurodash.heldout`` re
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from neurodash.config import PrecomputeConfig
 from neurodash.storage import StoreWriter, check_writable
 from precompute.device import check_device
 from precompute.pipeline import tables
-from precompute.pipeline.run import _config_dict, _vocab, prepare
+from precompute.pipeline.run import _vocab, prepare, write_meta
 from precompute.pipeline.shard import WHOLE, shard_batches
 from precompute.pipeline.stream import stream
 
@@ -42,12 +41,5 @@ def run_heldout(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             writer.add_source(source)
             writer.append("units", tables.units_table(source.source_id, result, cfg.examples.hist_bins))
             writer.append("examples", tables.examples_table(source.source_id, result, cfg.examples))
-        writer.set_meta(
-            model=cfg.model,
-            dataset=cfg.dataset,
-            ctx=cfg.ctx,
-            n_tokens=n_tokens,
-            phase_seconds=json.dumps({k: round(v, 3) for k, v in seconds.items()}),
-            config=json.dumps({**_config_dict(cfg), "sampling": run.sampling, "held_out": True}),
-        )
+        write_meta(writer, cfg, run.sampling, n_tokens, seconds, held_out=True)
         return writer.commit()

@@ -181,13 +181,26 @@ def write_store(
     phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
     phase_seconds |= clock.seconds
     phase_seconds["insert"] = writer.insert_seconds - inserted_before
+    write_meta(writer, cfg, run.sampling, n_tokens, phase_seconds)
+
+
+def write_meta(
+    writer: StoreWriter,
+    cfg: PrecomputeConfig,
+    sampling: dict[str, object],
+    n_tokens: int,
+    phase_seconds: dict[str, float],
+    **config: object,
+) -> None:
+    """The store's meta: the run's model, corpus, settings (``cfg``, the corpus's ``sampling``, then
+    ``config``), the tokens read and the seconds of each phase."""
     writer.set_meta(
         model=cfg.model,
         dataset=cfg.dataset,
         ctx=cfg.ctx,
         n_tokens=n_tokens,
         phase_seconds=json.dumps({k: round(v, 3) for k, v in phase_seconds.items()}),
-        config=json.dumps({**_config_dict(cfg), "sampling": run.sampling}),
+        config=json.dumps({**_config_dict(cfg), "sampling": sampling, **config}),
     )
 
 
