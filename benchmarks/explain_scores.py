@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neurodash.explain import PATTERN, PATTERN_N2G, score
+from neurodash.explain import PATTERN, PATTERN_N2G, Explanation, score
 from neurodash.explain_run import _unit_texts, explain_store
 from neurodash.heldout import DEFAULT_TOKENS, HeldOutText, fresh_heldout
 from neurodash.storage import Store
@@ -59,9 +59,23 @@ def main() -> None:
     held = HeldOutText() if fresh is None else fresh_heldout(args.store, layers, fresh, progress=False)
     print(f"held-out text: {held.record()}")
     explained = Explanations.beside(args.store).all(PATTERN)
-    frame = pd.DataFrame(
+    frame = explanations_frame(explained)
+    with Store(args.store) as store:
+        units = store.units_frame()
+        frame = frame.merge(units, on=["source_id", "unit"], how="left")
+        for source_id, group in frame.groupby("source_id"):
+            if group["layer"].iloc[0] not in layers:
+                continue
+            report(source_id, group)
+            shuffled(store, explained, source_id, args.shuffled, held)
+
+
+def explanations_frame(explained: list[Explanation]) -> pd.DataFrame:
+    """One row per explanation: its unit, explainer, scores and sizes."""
+    return pd.DataFrame(
         [
             {
+                "explainer": e.explainer,
                 "source_id": e.ref.source_id,
                 "unit": e.ref.unit,
                 "correlation": e.correlation,
@@ -74,14 +88,6 @@ def main() -> None:
             for e in explained
         ]
     )
-    with Store(args.store) as store:
-        units = store.units_frame()
-        frame = frame.merge(units, on=["source_id", "unit"], how="left")
-        for source_id, group in frame.groupby("source_id"):
-            if group["layer"].iloc[0] not in layers:
-                continue
-            report(source_id, group)
-            shuffled(store, explained, source_id, args.shuffled, held)
 
 
 def report(source_id: str, g: pd.DataFrame) -> None:
@@ -149,20 +155,7 @@ def compare_n2g(store_path: Path, layers: tuple[int, ...], n: int, fresh: int | 
         f"{len(units)} units: pattern {plain.seconds / len(units) * 1000:.0f} ms/unit, pattern+n2g "
         f"{with_model.seconds / len(units):.2f} s/unit (model and SAE loaded in {load:.0f} s)"
     )
-    file = Explanations(out)
-    rows = [
-        {
-            "explainer": e.explainer,
-            "source_id": e.ref.source_id,
-            "unit": e.ref.unit,
-            "correlation": e.correlation,
-            "precision": e.precision,
-            "recall": e.recall,
-            "n_patterns": len(e.details.get("patterns", [])),
-        }
-        for e in file.all()
-    ]
-    frame = pd.DataFrame(rows)
+    frame = explanations_frame(Explanations(out).all())
     for (source_id, explainer), g in frame.groupby(["source_id", "explainer"]):
         report(f"{source_id} {explainer}", g)
     wide = frame.pivot_table(index=["source_id", "unit"], columns="explainer", values="correlation")
