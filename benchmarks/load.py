@@ -35,8 +35,11 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import psutil
@@ -215,13 +218,29 @@ def warm_up(port: int, units: list[str]) -> None:
     client(port, units[:1], time.monotonic() + 30, 0, Results())
 
 
-def run_server(name: str, command: str, store: Path, units: list[str], args: argparse.Namespace) -> dict:
+@contextmanager
+def served(
+    store: Path, command: str = SERVERS["serve"], log: IO[bytes] | int = subprocess.DEVNULL
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``command`` serving ``store`` on a free port, its output to ``log``: yields the port, once the
+    server answers, and the process; stops it (killed after 10 s) on leaving."""
     port = free_port()
     argv = shlex.split(command.format(store=shlex.quote(str(store)), port=port))
-    log = tempfile.TemporaryFile()
     server = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(port, server)
+        yield port, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run_server(name: str, command: str, store: Path, units: list[str], args: argparse.Namespace) -> dict:
+    log = tempfile.TemporaryFile()
+    with served(store, command, log) as (port, server):
         process = psutil.Process(server.pid)
         time.sleep(1)
         start_rss = tree_rss(process)
@@ -244,14 +263,8 @@ def run_server(name: str, command: str, store: Path, units: list[str], args: arg
         print(f"  load done; waiting {args.settle:.0f} s for memory to settle", file=sys.stderr)
         time.sleep(args.settle)
         settled = tree_rss(process)
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.seek(0)
-        tail = log.read().decode(errors="replace")[-2000:]
+    log.seek(0)
+    tail = log.read().decode(errors="replace")[-2000:]
     return {
         "name": name,
         "results": results,

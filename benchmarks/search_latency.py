@@ -16,10 +16,7 @@ import argparse
 import http.client
 import json
 import random
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from load import HOST, SERVERS, free_port, pick_store, wait_until_up  # noqa: E402
+from load import HOST, pick_store, served  # noqa: E402
 
 from neurodash.storage import Store  # noqa: E402
 
@@ -96,12 +93,7 @@ def main() -> int:
     args = parser.parse_args()
     store = pick_store(args.store)
     tokens = peak_tokens(store, args.n, args.seed)
-    port = free_port()
-    argv = shlex.split(SERVERS["serve"].format(store=shlex.quote(str(store)), port=port))
-    log = tempfile.TemporaryFile()
-    server = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(port, server)
+    with served(store) as (port, _):
         time.sleep(args.wait)
         first_ms, found = search(port, "6")
         times: dict[str, list[float]] = {"exact": [], "substring": []}
@@ -109,9 +101,6 @@ def main() -> int:
             times["exact"].append(search(port, token)[0])
             times["substring"].append(search(port, token.strip()[:3] or token, substring=True)[0])
         six_ms, found = search(port, "6")
-    finally:
-        server.terminate()
-        server.wait(10)
     print(f"store {store}: {len(tokens)} tokens, served by `neurodash serve`, over loopback HTTP")
     when = (
         f"{args.wait:g} s after the server first answered" if args.wait else "as soon as the server answered"

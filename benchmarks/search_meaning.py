@@ -28,9 +28,7 @@ import http.client
 import json
 import os
 import random
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from load import HOST, SERVERS, free_port, wait_until_up  # noqa: E402
+from load import HOST, served  # noqa: E402
 
 from neurodash import paths  # noqa: E402
 from neurodash.app import ids  # noqa: E402
@@ -164,17 +162,9 @@ def time_queries(store: Path, embeddings: Embeddings, n: int) -> None:
 
 def time_http(store: Path, n: int) -> None:
     """p50 / p95 of ``n`` queries posted to ``neurodash serve`` as the query box posts them."""
-    port = free_port()
-    argv = shlex.split(SERVERS["serve"].format(store=shlex.quote(str(store)), port=port))
-    log = tempfile.TemporaryFile()
-    server = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(port, server)
+    with served(store) as (port, _):
         first = post_query(port, "warm up")  # the server warms its encoder at start-up, in a thread
         times = [post_query(port, QUERIES[i % len(QUERIES)]) for i in range(n)]
-    finally:
-        server.terminate()
-        server.wait(10)
     print(
         f"over HTTP (neurodash serve, loopback): first query {ms(first)}, then p50 {ms(statistics.median(times))}"
         f"  p95 {ms(percentile(times, 95))}"
