@@ -67,18 +67,23 @@ def example_tokens(example: Example, max_abs: float) -> html.Div:
 def example_row(example: Example, max_abs: float, add_button: bool = False) -> html.Div:
     """Value and tokens; with ``add_button``, a "+" that adds the example to a curated set."""
     value = example.value
+    return _example_div(
+        example,
+        html.Span(
+            f"{value:+.3f}",
+            className="nd-value",
+            style={"color": value_color(value)},
+            title=f"sequence {example.seq_id}, token {example.pos}",
+        ),
+        example_tokens(example, max_abs),
+        add_button,
+    )
+
+
+def _example_div(example: Example, value: html.Span, tokens: Component, add_button: bool) -> html.Div:
+    """An example's row: the "+" button (with ``add_button``), its value, its tokens."""
     return html.Div(
-        [
-            *([add_example_button(example)] if add_button else []),
-            html.Span(
-                f"{value:+.3f}",
-                className="nd-value",
-                style={"color": value_color(value)},
-                title=f"sequence {example.seq_id}, token {example.pos}",
-            ),
-            example_tokens(example, max_abs),
-        ],
-        className="nd-example",
+        [*([add_example_button(example)] if add_button else []), value, tokens], className="nd-example"
     )
 
 
@@ -143,18 +148,16 @@ def attention_example_row(example: Example, row: AttentionRow | None, add_button
     before = (
         f", {row.before:.1%} of its attention before the window" if row and row.before is not None else ""
     )
-    return html.Div(
-        [
-            *([add_example_button(example)] if add_button else []),
-            html.Span(
-                f"{value:.3f}",
-                className="nd-value",
-                style={"color": rgba(ATTENTION)},
-                title=f"output norm at the query; sequence {example.seq_id}, token {example.pos}{before}",
-            ),
-            tokens,
-        ],
-        className="nd-example",
+    return _example_div(
+        example,
+        html.Span(
+            f"{value:.3f}",
+            className="nd-value",
+            style={"color": rgba(ATTENTION)},
+            title=f"output norm at the query; sequence {example.seq_id}, token {example.pos}{before}",
+        ),
+        tokens,
+        add_button,
     )
 
 
