@@ -133,22 +133,12 @@ def probe_store(tmp_path_factory) -> Path:
 def trained_sae(tiny_model_dir, docs_jsonl, tmp_path_factory):
     """A TopK SAE (96 features, k 8) trained by ``train_sae`` on the tiny Llama's last MLP over 4096
     tokens of python-docs, with its held-out metrics; read only."""
-    from tiny_llama import SAE_HOOK
+    from tiny_llama import tiny_sae_config
 
-    from precompute.sae import SAEHyperparams, TrainSAEConfig, train_sae
+    from precompute.sae import train_sae
 
-    cfg = TrainSAEConfig(
-        out=tmp_path_factory.mktemp("sae") / "tiny-sae",
-        hook=SAE_HOOK,
-        model=str(tiny_model_dir),
-        dataset=str(docs_jsonl),
-        tokens=4096,
-        ctx=64,
-        batch_size=8,
-        eval_tokens=1024,
-        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
-    )
-    return train_sae(cfg, progress=False)
+    out = tmp_path_factory.mktemp("sae") / "tiny-sae"
+    return train_sae(tiny_sae_config(out, tiny_model_dir, docs_jsonl), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,25 @@ def save_untrained_sae(
     return folder
 
 
+def tiny_sae_config(out: Path, model_dir: Path, dataset: Path, **overrides):
+    """The tests' ``train_sae`` settings: a TopK SAE (96 features, k 8) on ``SAE_HOOK`` over 4096
+    tokens in windows of 64, its metrics on 1024 held-out tokens; ``overrides`` replace fields."""
+    from precompute.sae import SAEHyperparams, TrainSAEConfig
+
+    settings = dict(
+        out=out,
+        hook=SAE_HOOK,
+        model=str(model_dir),
+        dataset=str(dataset),
+        tokens=4096,
+        ctx=64,
+        batch_size=8,
+        eval_tokens=1024,
+        sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
+    )
+    return TrainSAEConfig(**(settings | overrides))
+
+
 def write_pipeline_store(
     out: Path, model_dir: Path, dataset: Path, sae: Path, dtype: str = "float32"
 ) -> Path:

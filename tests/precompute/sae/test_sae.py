@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_llama import save_untrained_sae
+from tiny_llama import save_untrained_sae, tiny_sae_config
 
 from neurodash.errors import NeurodashError
 from precompute.models import load_model
@@ -119,19 +119,8 @@ def test_bf16_training_steps_train_as_well_as_fp32(tiny_model_dir, docs_jsonl, t
     only: the same seed reaches about the same held-out quality, and the weights stay fp32."""
 
     def trained(bf16: bool, run: int = 0):
-        cfg = TrainSAEConfig(
-            out=tmp_path / f"bf16-{bf16}-{run}",
-            hook=HOOK,
-            model=str(tiny_model_dir),
-            dataset=str(docs_jsonl),
-            tokens=4096,
-            ctx=64,
-            batch_size=8,
-            eval_tokens=1024,
-            bf16_lm=False,
-            bf16_sae=bf16,
-            sae=SAEHyperparams(d_sae=96, k=8, batch_tokens=256),
-        )
+        out = tmp_path / f"bf16-{bf16}-{run}"
+        cfg = tiny_sae_config(out, tiny_model_dir, docs_jsonl, bf16_lm=False, bf16_sae=bf16)
         return train_sae(cfg, progress=False)
 
     fp32, bf16 = trained(False), trained(True)
