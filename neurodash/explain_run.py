@@ -167,9 +167,10 @@ def _unit_texts(
     with Store(held.path) if held and held.path else contextlib.nullcontext() as fresh:
         for source_id, indices in by_source.items():
             found = unit_windows(store, source_id, indices)
-            fresh_found = unit_windows(fresh, source_id, indices) if fresh else {}
+            fresh_found = {}
             if fresh:
                 fresh.source(source_id)  # one line where the held-out store lacks it
+                fresh_found = unit_windows(fresh, source_id, indices)
             for unit in indices:
                 max_act, windows = found.get(unit, (0.0, []))
                 texts = split_windows(UnitRef(source_id, unit), max_act, windows)

@@ -3,7 +3,7 @@
     held = fresh_heldout("demo.duckdb", layers=(15,), tokens=8192)   # -> demo.heldout.duckdb
 
 The store's own precompute settings (model, corpus and its sample, ctx, dtype, SAEs, examples kept)
-are read from its meta, and the pass (``precompute.run_precompute``) reads the ``tokens`` that
+are read from its meta, and a lean pass (``precompute.pipeline.heldout.run_heldout``) reads the ``tokens`` that
 follow the store's windows in the same corpus stream (``--skip-tokens``: the windows are disjoint),
 for the explained layers only (their neurons and SAEs; no heads, no scores), into a small store
 beside it. Each unit's windows there (strongest, quantile-sampled and quietest, firing and not) are
@@ -95,7 +95,6 @@ def heldout_config(store: Store, layers: Sequence[int], tokens: int, out: Path) 
         raise NeurodashError(f"--heldout-tokens {tokens} is less than one window of the store's {ctx} tokens")
     fields = {f.name for f in dataclasses.fields(PrecomputeConfig)}
     kept = {k: v for k, v in main.items() if k in fields and k in _MATCHED + ("batch_size", "block_batches")}
-    examples = {k: v for k, v in (main.get("examples") or {}).items()}
     try:
         return PrecomputeConfig(
             **{
@@ -105,7 +104,7 @@ def heldout_config(store: Store, layers: Sequence[int], tokens: int, out: Path) 
                 "tokens": tokens,
                 "skip_tokens": int(main.get("skip_tokens") or 0) + main_tokens,
                 "saes": _saes_on(main.get("saes") or [], layers),
-                "examples": AccumulatorConfig(**examples),
+                "examples": AccumulatorConfig(**(main.get("examples") or {})),
                 "heads": False,
                 "scores": False,
                 "overwrite": True,
