@@ -32,6 +32,11 @@ from torch import Tensor
 from neurodash.config import AccumulatorConfig
 from precompute.pipeline.exact import ExactSum
 
+try:  # the CPU's one-pass update (numba); without it, torch's operations do the same
+    from precompute.pipeline import fused as fused_kernels
+except ImportError:  # pragma: no cover - numba is a dependency of the pipeline
+    fused_kernels = None
+
 _MASK32 = 0xFFFFFFFF
 NO_KEY = 1 << 30  # larger than any 30-bit key: an empty sample slot
 
@@ -173,20 +178,16 @@ def _scratch(name: str, like: Tensor, dtype: torch.dtype = torch.float32) -> Ten
     return buf
 
 
-def _replace_evicted(slots: dict[str, Tensor], evicted: Tensor, incoming: dict[str, Tensor]) -> None:
-    """Write entrants into the slots they evict, in place.
+def _fill(slots: dict[str, Tensor], at: tuple[Tensor, ...], incoming: dict[str, Tensor]) -> None:
+    """Write entrants into the slots ``at`` (units, slots), in place, one entry of ``incoming`` each.
 
-    ``evicted`` [u, k] marks the slots to free; ``incoming`` holds one entry per freed slot, grouped
-    by unit in ascending unit order (``nonzero`` order), so the two line up one to one. A slot
-    array first met here (a value copied at the example's token) is created, zero-filled.
+    A slot array first met here (a value copied at the example's token) is created, zero-filled.
     """
-    eu, ek = evicted.nonzero(as_tuple=True)
     for name, value in incoming.items():
         if name not in slots:
-            slots[name] = torch.zeros(
-                (*evicted.shape, *value.shape[1:]), dtype=value.dtype, device=value.device
-            )
-        slots[name][eu, ek] = value
+            shape = (*slots["seq"].shape, *value.shape[1:])
+            slots[name] = torch.zeros(shape, dtype=value.dtype, device=value.device)
+        slots[name][at] = value
 
 
 class _Extremes:
@@ -195,8 +196,8 @@ class _Extremes:
     Slots are unordered while streaming (only entrants are written); ``sorted()`` ranks them.
     """
 
-    def __init__(self, n_units: int, k: int, window: int, device: torch.device):
-        self.k = k
+    def __init__(self, n_units: int, k: int, window: int, device: torch.device, fused: bool):
+        self.k, self.fused = k, fused
         self.slots = {
             "val": torch.full((n_units, k), -torch.inf, device=device),
             "seq": torch.full((n_units, k), -1, dtype=torch.long, device=device),
@@ -211,19 +212,27 @@ class _Extremes:
         k, vals = self.k, self.slots["val"]
         held = rank_key(vals, self.slots["seq"])
         candidates = rank_key(score.T, seq_ids.to(vals.device)[None, :].expand(vals.shape[0], -1))
-        # Only a batch holding a candidate above some unit's k-th example needs the merge.
-        if k == 0 or not bool((candidates.max(1).values > held.min(1).values).any()):
-            return
-        idx = torch.cat([held, candidates], 1).topk(k, dim=1).indices
-        chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
-        chosen.scatter_(1, idx, True)
-        fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
+        if self.fused:
+            assert fused_kernels is not None
+            occupant = torch.empty_like(held)
+            fused_kernels.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
+            at = (occupant >= 0).nonzero(as_tuple=True)
+            fb, fu = occupant[at], at[0]
+        else:
+            # Only a batch holding a candidate above some unit's k-th example needs the merge.
+            if k == 0 or not bool((candidates.max(1).values > held.min(1).values).any()):
+                return
+            idx = torch.cat([held, candidates], 1).topk(k, dim=1).indices
+            chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
+            chosen.scatter_(1, idx, True)
+            fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
+            at = (~chosen[:, :k]).nonzero(as_tuple=True)  # the slots they take, in the same order
         pos = locate(fb, fu)
         start, windows = windows_at(fb, fu, pos)
         incoming = {"val": score[fb, fu], "seq": seq_ids[fb], "pos": pos, "start": start, "win": windows}
         if at_token is not None:
             incoming |= at_token(fb, fu, pos)
-        _replace_evicted(self.slots, ~chosen[:, :k], incoming)
+        _fill(self.slots, at, incoming)
 
     def sorted(self) -> Examples:
         order = rank_key(self.slots["val"], self.slots["seq"]).argsort(dim=1, descending=True, stable=True)
@@ -289,12 +298,24 @@ def state_bytes(n_units: int, ctx: int, cfg: AccumulatorConfig, context_dims: in
 class UnitAccumulator:
     """All streaming state of one source's units. See the module docstring."""
 
-    def __init__(self, n_units: int, ctx: int, cfg: AccumulatorConfig, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        n_units: int,
+        ctx: int,
+        cfg: AccumulatorConfig,
+        device: str | torch.device = "cpu",
+        fused: bool | None = None,
+    ):
+        """``fused``: read each batch once with the CPU kernels of ``precompute.pipeline.fused``
+        (default: on the CPU, where numba is installed); off, torch's operations give the same state."""
         self.cfg, self.n_units, self.device = cfg, n_units, torch.device(device)
+        if fused is None:
+            fused = self.device.type == "cpu" and fused_kernels is not None
+        self.fused = fused
         self.window = min(cfg.window, ctx)
         dev, u, r = self.device, n_units, cfg.sample_size
-        self.top = _Extremes(u, cfg.top_k, self.window, dev)
-        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev)
+        self.top = _Extremes(u, cfg.top_k, self.window, dev, fused)
+        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev, fused)
         self.sample = {  # a uniform sample of firing tokens: the r smallest keys per unit
             "key": torch.full((u, r), NO_KEY, dtype=torch.int32, device=dev),
             "val": torch.zeros((u, r), device=dev),
@@ -331,25 +352,10 @@ class UnitAccumulator:
         ``result()`` returns them beside the example's other slots. ``at_unit`` likewise maps names to
         per-token, per-unit values ``[batch, pos, units, ...]`` (a head's attention row), copied for
         the example's own unit.
-
-        ``acts`` is changed in place while the batch is read and restored before returning; the
-        reductions run on the whole contiguous tensor, which is ~10x faster than on a slice.
         """
         acts = acts.to(self.device, torch.float32).contiguous()
         seq_ids = seq_ids.to(self.device)
         ctx = ctx or acts.shape[1]
-        saved = acts[:, :first].clone()
-        acts[:, :first] = -torch.inf
-        smax = acts.amax(1)
-        acts[:, :first] = torch.inf
-        smin = acts.amin(1)
-        acts[:, :first] = 0.0  # adds nothing to the sums; taken out of the histogram's zero bin
-        self.max = torch.maximum(self.max, smax.amax(0))
-        self.min = torch.minimum(self.min, smin.amin(0))
-        self._update_moments(acts, first)
-        self._update_hist(acts, first)
-        candidates = self._sample_candidates(acts, seq_ids, first, ctx)
-        acts[:, :first] = saved
         t, w, before = acts.shape[1], self.window, self.cfg.window_before
 
         def rows(b: Tensor, u: Tensor, positions: Tensor) -> Tensor:
@@ -368,11 +374,76 @@ class UnitAccumulator:
             }
 
         copy = copied if per_token or per_unit else None
-        body = torch.arange(first, t, device=self.device)[None, :]
-        self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at, copy)
-        self.bottom.update(-smin, lambda b, u: rows(b, u, body).argmin(1) + first, seq_ids, windows_at)
-        if candidates is not None:
-            self._merge_sample(*candidates, acts, seq_ids, windows_at, copy)
+        if self.fused:
+            smax, smin, locate_max, locate_min, entered = self._scan(acts, seq_ids, first, ctx)
+            self._fill_sample(entered, acts, seq_ids, windows_at, copy)
+        else:
+            smax, smin, candidates = self._reduce(acts, seq_ids, first, ctx)
+            body = torch.arange(first, t, device=self.device)[None, :]
+
+            def locate_max(b: Tensor, u: Tensor) -> Tensor:
+                return rows(b, u, body).argmax(1) + first
+
+            def locate_min(b: Tensor, u: Tensor) -> Tensor:
+                return rows(b, u, body).argmin(1) + first
+
+            if candidates is not None:
+                self._merge_sample(*candidates, acts, seq_ids, windows_at, copy)
+        self.top.update(smax, locate_max, seq_ids, windows_at, copy)
+        self.bottom.update(-smin, locate_min, seq_ids, windows_at)
+
+    def _reduce(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int):
+        """torch's reading of the batch: statistics and histogram updated; returns each sequence's max
+        and min and the sample's candidates. ``acts`` is changed in place and restored before returning:
+        the reductions run on the whole contiguous tensor, ~10x faster than on a slice."""
+        saved = acts[:, :first].clone()
+        acts[:, :first] = -torch.inf
+        smax = acts.amax(1)
+        acts[:, :first] = torch.inf
+        smin = acts.amin(1)
+        acts[:, :first] = 0.0  # adds nothing to the sums; taken out of the histogram's zero bin
+        self.max = torch.maximum(self.max, smax.amax(0))
+        self.min = torch.minimum(self.min, smin.amin(0))
+        self._update_moments(acts, first)
+        self._update_hist(acts, first)
+        candidates = self._sample_candidates(acts, seq_ids, first, ctx)
+        acts[:, :first] = saved
+        return smax, smin, candidates
+
+    def _scan(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int):
+        """The CPU's one pass over the batch (``fused.scan``): updates the statistics, the histogram
+        and the sample's keys; returns each sequence's max and min, locators of their tokens, and
+        the token each sample slot took (-1: kept)."""
+        assert fused_kernels is not None
+        b, t, u = acts.shape
+        token_keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t), self.cfg.seed).int()
+        smax, smin = torch.empty((b, u)), torch.empty((b, u))
+        pmax, pmin = torch.empty((b, u), dtype=torch.long), torch.empty((b, u), dtype=torch.long)
+        sums = torch.empty((4, u), dtype=torch.float64)
+        entered = torch.empty_like(self.sample["seq"])
+        gpos = _global_pos(self.sample, self.ctx)
+        fused_kernels.scan(
+            acts.numpy(), first, token_keys.numpy(), self.salts.numpy(), seq_ids.numpy(), ctx,
+            self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
+            smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),
+        )  # fmt: skip
+        self.max = torch.maximum(self.max, smax.amax(0))
+        self.min = torch.minimum(self.min, smin.amin(0))
+        self.moments.add(sums)
+        self.count += b * (t - first)
+        return smax, smin, lambda b, u: pmax[b, u], lambda b, u: pmin[b, u], entered
+
+    def _fill_sample(self, entered: Tensor, acts: Tensor, seq_ids: Tensor, windows_at, copy=None) -> None:
+        """Copy the values of the tokens that ``_scan`` placed in the sample (their keys are in)."""
+        at = (entered >= 0).nonzero(as_tuple=True)
+        token = entered[at]
+        bi, ti, ui = token // acts.shape[1], token % acts.shape[1], at[0]
+        start, windows = windows_at(bi, ui, ti)
+        incoming = {"val": acts[bi, ti, ui], "seq": seq_ids[bi], "pos": ti, "start": start, "win": windows}
+        if copy is not None:
+            incoming |= copy(bi, ui, ti)
+        _fill(self.sample, at, incoming)
+        self.sample_bound = self.sample["key"].max(1).values
 
     def _update_moments(self, a: Tensor, first: int) -> None:
         a2 = torch.mul(a, a, out=_scratch("a2", a))
@@ -448,7 +519,7 @@ class UnitAccumulator:
         }
         if copy is not None:
             incoming |= copy(bi[c], ui[c], ti[c])
-        _replace_evicted(state, ~chosen[: u * r].view(u, r), incoming)
+        _fill(state, (~chosen[: u * r].view(u, r)).nonzero(as_tuple=True), incoming)
         self.sample_bound = state["key"].max(1).values
 
     def flush(self) -> None:

@@ -1,0 +1,168 @@
+"""One pass over a batch's activations on the CPU (numba): what ``UnitAccumulator.update`` otherwise
+reads a dozen times with separate torch operations.
+
+``scan`` gives, per unit, each sequence's max and min with their first positions, the batch's sums
+of the first four powers (float64, added in token order: deterministic), and updates the histogram
+(widening a unit's bins exactly, as ``rebinned``, when a value falls outside them) and the quantile
+sample (a firing token whose key ranks before the unit's worst kept one takes its slot). ``enter``
+picks the top/bottom entrants per unit from precomputed rank keys. Both record which slots changed
+hands so that the caller copies the entrants' windows with a few gathers.
+
+Units are split in blocks across threads; every unit is read and written by one thread, in token
+order, so the results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+BLOCK = 64  # units per parallel task: wide enough to vectorise the inner loop over units
+
+
+@njit(cache=True, nogil=True)
+def _rebin(hist, u, h, ratio):
+    """Unit ``u``'s bins widened by ``ratio`` (a power of two): bin k moves to floor(k / ratio)."""
+    moved = np.zeros(2 * h, dtype=hist.dtype)
+    for c in range(2 * h):
+        j = int(math.floor((c - h) / ratio)) + h
+        moved[min(max(j, 0), 2 * h - 1)] += hist[c, u]
+    for c in range(2 * h):
+        hist[c, u] = moved[c]
+
+
+@njit(cache=True, nogil=True)
+def _needed_width(extent, h):
+    """The smallest power of two ``w`` with ``extent < h * w`` (``UnitAccumulator._update_hist``)."""
+    return 2.0 ** (math.floor(math.log2(extent / h)) + 1.0)
+
+
+@njit(cache=True, nogil=True)
+def _worst(keys, gpos, u):
+    """Unit ``u``'s sample slot ranked last by (key, token)."""
+    j = 0
+    for i in range(1, keys.shape[1]):
+        if keys[u, i] > keys[u, j] or (keys[u, i] == keys[u, j] and gpos[u, i] > gpos[u, j]):
+            j = i
+    return j
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def scan(
+    acts, first, token_keys, salts, seq_ids, ctx,  # in
+    width, hist, skeys, sgpos,  # updated in place
+    smax, pmax, smin, pmin, sums, soccupant,  # out
+):  # fmt: skip
+    """``acts`` [b, t, u] float32; ``token_keys`` [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b].
+    ``width`` [u] float64 and ``hist`` [2h, u] int64: the histogram; ``skeys`` [u, r] int32 and
+    ``sgpos`` [u, r] int64: the sample's keys and tokens. Out: ``smax``/``smin`` [b, u] float32 and
+    their positions ``pmax``/``pmin`` [b, u] int64, ``sums`` [4, u] float64, ``soccupant`` [u, r]
+    int64: the token (b * t + pos) now in a sample slot, -1 where it kept its occupant.
+
+    Per block of units, each row of the batch goes through loops the compiler vectorises (extremes,
+    sums, bins) into block-local arrays; the rare events (a unit's bins widen, a token enters the
+    sample) are flagged there and handled one unit at a time."""
+    n_b, n_t, n_u = acts.shape
+    h = hist.shape[0] // 2
+    for blk in prange((n_u + BLOCK - 1) // BLOCK):
+        u0, u1 = blk * BLOCK, min(n_u, (blk + 1) * BLOCK)
+        n = u1 - u0
+        s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        counts = np.zeros((n, 2 * h), dtype=np.int64)
+        cols = np.empty(n, dtype=np.int64)
+        inv, limit = np.empty(n, dtype=np.float32), np.empty(n)
+        salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int64)
+        for i in range(n):
+            u = u0 + i
+            inv[i] = np.float32(1.0 / width[u]) if width[u] > 0 else np.float32(1.0)
+            limit[i] = h * width[u]
+            bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+            soccupant[u, :] = -1
+        for b in range(n_b):
+            mx, mn = np.full(n, -np.inf, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
+            px, pn = np.full(n, first, dtype=np.int64), np.full(n, first, dtype=np.int64)
+            for t in range(first, n_t):
+                row = acts[b, t, u0:u1]
+                key = token_keys[b, t]
+                wide, enters = 0, 0
+                # Loops over few arrays each: the compiler vectorises them (its alias checks stay few).
+                for i in range(n):
+                    up = row[i] > mx[i]
+                    mx[i] = row[i] if up else mx[i]
+                    px[i] = t if up else px[i]
+                for i in range(n):
+                    down = row[i] < mn[i]
+                    mn[i] = row[i] if down else mn[i]
+                    pn[i] = t if down else pn[i]
+                for i in range(n):
+                    x = np.float64(row[i])
+                    s0[i] += x
+                    s1[i] += x * x
+                for i in range(n):
+                    x2 = np.float64(row[i]) * np.float64(row[i])
+                    s2[i] += x2 * np.float64(row[i])
+                    s3[i] += x2 * x2
+                for i in range(n):
+                    x = np.float64(row[i])
+                    wide += (x != 0) & (abs(x) >= limit[i])
+                    enters += (row[i] > 0) & ((key ^ salt[i]) < bound[i])
+                if wide:  # widen the bins of the units that need it, exactly (``rebinned``)
+                    for i in range(n):
+                        x = np.float64(row[i])
+                        if x != 0 and abs(x) >= limit[i]:
+                            _widen(hist, counts, width, u0, i, _needed_width(abs(x), h))
+                            inv[i], limit[i] = np.float32(1.0 / width[u0 + i]), h * width[u0 + i]
+                for i in range(n):
+                    cols[i] = int(math.ceil(row[i] * inv[i])) + h - 1
+                for i in range(n):
+                    counts[i, cols[i]] += 1
+                if enters:  # the token takes the sample slot of the unit's worst-ranked one
+                    g = seq_ids[b] * ctx + t
+                    for i in range(n):
+                        u = u0 + i
+                        if row[i] > 0 and (key ^ salt[i]) < bound[i]:
+                            j = _worst(skeys, sgpos, u)
+                            k = key ^ salt[i]
+                            if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
+                                skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
+                                bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+            smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
+        sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3
+        for i in range(n):
+            hist[:, u0 + i] += counts[i]
+
+
+@njit(cache=True, nogil=True)
+def _widen(hist, counts, width, u0, i, new):
+    """Unit ``u0 + i``'s bins widened to ``new``: its block-local ``counts`` join ``hist`` first."""
+    u = u0 + i
+    hist[:, u] += counts[i]
+    counts[i, :] = 0
+    if width[u] > 0:
+        _rebin(hist, u, hist.shape[0] // 2, new / width[u])
+    width[u] = new
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def enter(held, candidates, occupant):
+    """Per unit, the k best of ``held`` [u, k] and ``candidates`` [u, b] (int64 rank keys, larger is
+    better): an entering candidate takes the slot of the worst held one. ``held`` is updated;
+    ``occupant`` [u, k] gets the candidate's index, -1 where the slot kept its example."""
+    n_u, k = held.shape
+    for u in prange(n_u):
+        occupant[u, :] = -1
+        if k == 0:
+            continue
+        worst = 0
+        for i in range(1, k):
+            if held[u, i] < held[u, worst]:
+                worst = i
+        for c in range(candidates.shape[1]):
+            if candidates[u, c] > held[u, worst]:
+                held[u, worst], occupant[u, worst] = candidates[u, c], c
+                worst = 0
+                for i in range(1, k):
+                    if held[u, i] < held[u, worst]:
+                        worst = i
