@@ -173,7 +173,7 @@ def heads_overhead(args) -> dict[str, float]:
     from precompute.corpus import load_corpus, pack_windows
     from precompute.models import load_model
     from precompute.pipeline.run import heads, neurons
-    from precompute.pipeline.stream import one_thread_for_heads
+    from precompute.pipeline.stream import SourceUpdater
 
     cfg = config(args, dtype="float32")
     model = load_model(cfg.model, cfg.device)
@@ -193,19 +193,8 @@ def heads_overhead(args) -> dict[str, float]:
         return out
 
     def update(acts, batch) -> None:
-        tokens = batch.tokens.to(cfg.device)
-        for t in one_thread_for_heads(tracked):  # as the pass runs them
-            if t.encode is None or t.attention is None or t.pattern_hook is None:
-                raise RuntimeError("a head source without its norm or statistics")
-            pattern = acts[t.pattern_hook]
-            t.attention.update(pattern, tokens, first)
-            t.acc.update(
-                t.encode(acts[t.hook]),
-                batch.seq_ids,
-                first=first,
-                ctx=cfg.ctx,
-                at_unit={"attn": pattern.transpose(1, 2)},
-            )
+        with SourceUpdater(tracked, cfg.device) as updater:  # as the pass runs them
+            updater(acts, batch.seq_ids, batch.tokens.to(cfg.device), first, cfg.ctx, {})
 
     batches = list(
         pack_windows(load_corpus(), model.tokenizer, cfg.ctx, cfg.batch_size, max_tokens=cfg.tokens)

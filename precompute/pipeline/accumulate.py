@@ -22,6 +22,7 @@ and merged, or stopped and resumed, keeps the same state as one uninterrupted pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,8 +197,8 @@ class _Extremes:
     Slots are unordered while streaming (only entrants are written); ``sorted()`` ranks them.
     """
 
-    def __init__(self, n_units: int, k: int, window: int, device: torch.device, fused: bool):
-        self.k, self.fused = k, fused
+    def __init__(self, n_units: int, k: int, window: int, device: torch.device, enter: Callable | None):
+        self.k, self.enter = k, enter  # ``fused.enter`` (or its serial twin), None: torch's topk
         self.slots = {
             "val": torch.full((n_units, k), -torch.inf, device=device),
             "seq": torch.full((n_units, k), -1, dtype=torch.long, device=device),
@@ -212,10 +213,9 @@ class _Extremes:
         k, vals = self.k, self.slots["val"]
         held = rank_key(vals, self.slots["seq"])
         candidates = rank_key(score.T, seq_ids.to(vals.device)[None, :].expand(vals.shape[0], -1))
-        if self.fused:
-            assert fused_kernels is not None
+        if self.enter is not None:
             occupant = torch.empty_like(held)
-            fused_kernels.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
+            self.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
             at = (occupant >= 0).nonzero(as_tuple=True)
             fb, fu = occupant[at], at[0]
         else:
@@ -312,10 +312,17 @@ class UnitAccumulator:
         if fused is None:
             fused = self.device.type == "cpu" and fused_kernels is not None
         self.fused = fused
+        scan, enter = None, None
+        if fused:  # few units: one block, read in the caller's thread (several sources may share the CPU)
+            assert fused_kernels is not None
+            small = n_units <= fused_kernels.BLOCK
+            scan = fused_kernels.scan_serial if small else fused_kernels.scan
+            enter = fused_kernels.enter_serial if small else fused_kernels.enter
+        self._scan_kernel = scan
         self.window = min(cfg.window, ctx)
         dev, u, r = self.device, n_units, cfg.sample_size
-        self.top = _Extremes(u, cfg.top_k, self.window, dev, fused)
-        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev, fused)
+        self.top = _Extremes(u, cfg.top_k, self.window, dev, enter)
+        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev, enter)
         self.sample = {  # a uniform sample of firing tokens: the r smallest keys per unit
             "key": torch.full((u, r), NO_KEY, dtype=torch.int32, device=dev),
             "val": torch.zeros((u, r), device=dev),
@@ -414,7 +421,7 @@ class UnitAccumulator:
         """The CPU's one pass over the batch (``fused.scan``): updates the statistics, the histogram
         and the sample's keys; returns each sequence's max and min, locators of their tokens, and
         the token each sample slot took (-1: kept)."""
-        assert fused_kernels is not None
+        assert self._scan_kernel is not None
         b, t, u = acts.shape
         token_keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t), self.cfg.seed).int()
         smax, smin = torch.empty((b, u)), torch.empty((b, u))
@@ -422,7 +429,7 @@ class UnitAccumulator:
         sums = torch.empty((4, u), dtype=torch.float64)
         entered = torch.empty_like(self.sample["seq"])
         gpos = _global_pos(self.sample, self.ctx)
-        fused_kernels.scan(
+        self._scan_kernel(
             acts.numpy(), first, token_keys.numpy(), self.salts.numpy(), seq_ids.numpy(), ctx,
             self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
             smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),

@@ -61,77 +61,110 @@ def scan(
     their positions ``pmax``/``pmin`` [b, u] int64, ``sums`` [4, u] float64, ``soccupant`` [u, r]
     int64: the token (b * t + pos) now in a sample slot, -1 where it kept its occupant.
 
-    Per block of units, each row of the batch goes through loops the compiler vectorises (extremes,
-    sums, bins) into block-local arrays; the rare events (a unit's bins widen, a token enters the
-    sample) are flagged there and handled one unit at a time."""
+    Blocks of ``BLOCK`` units go to the threads (``scan_serial``: one after another, for sources too
+    small to share, read from threads of the caller's own)."""
+    for blk in prange((acts.shape[2] + BLOCK - 1) // BLOCK):
+        _scan_block(
+            blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
+            smax, pmax, smin, pmin, sums, soccupant,
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def scan_serial(
+    acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
+    smax, pmax, smin, pmin, sums, soccupant,
+):  # fmt: skip
+    """``scan`` in the calling thread."""
+    for blk in range((acts.shape[2] + BLOCK - 1) // BLOCK):
+        _scan_block(
+            blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
+            smax, pmax, smin, pmin, sums, soccupant,
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _scan_block(
+    blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
+    smax, pmax, smin, pmin, sums, soccupant,
+):  # fmt: skip
+    """``scan`` of units ``blk * BLOCK`` on. Each row of the batch goes through loops the compiler
+    vectorises (extremes, sums, bins) into block-local arrays; the rare events (a unit's bins widen,
+    a token enters the sample) are flagged there and handled one unit at a time."""
     n_b, n_t, n_u = acts.shape
     h = hist.shape[0] // 2
-    for blk in prange((n_u + BLOCK - 1) // BLOCK):
-        u0, u1 = blk * BLOCK, min(n_u, (blk + 1) * BLOCK)
-        n = u1 - u0
-        s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-        counts = np.zeros((n, 2 * h), dtype=np.int64)
-        cols = np.empty(n, dtype=np.int64)
-        inv, limit = np.empty(n, dtype=np.float32), np.empty(n)
-        salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int64)
-        for i in range(n):
-            u = u0 + i
-            inv[i] = np.float32(1.0 / width[u]) if width[u] > 0 else np.float32(1.0)
-            limit[i] = h * width[u]
-            bound[i] = skeys[u, _worst(skeys, sgpos, u)]
-            soccupant[u, :] = -1
-        for b in range(n_b):
-            mx, mn = np.full(n, -np.inf, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
-            px, pn = np.full(n, first, dtype=np.int64), np.full(n, first, dtype=np.int64)
-            for t in range(first, n_t):
-                row = acts[b, t, u0:u1]
-                key = token_keys[b, t]
-                wide, enters = 0, 0
-                # Loops over few arrays each: the compiler vectorises them (its alias checks stay few).
+    u0, u1 = blk * BLOCK, min(n_u, (blk + 1) * BLOCK)
+    n = u1 - u0
+    s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    counts = np.zeros((n, 2 * h), dtype=np.int32)
+    cols = np.empty(n, dtype=np.int32)
+    inv, limit = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int32)
+    for i in range(n):
+        u = u0 + i
+        inv[i], limit[i] = _scale(width[u], h)
+        bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+        soccupant[u, :] = -1
+    for b in range(n_b):
+        mx, mn = np.full(n, -np.inf, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
+        px, pn = np.full(n, first, dtype=np.int64), np.full(n, first, dtype=np.int64)
+        for t in range(first, n_t):
+            row = acts[b, t, u0:u1]
+            key = token_keys[b, t]
+            # Loops over few arrays each: the compiler vectorises them (its alias checks stay few).
+            for i in range(n):
+                up = row[i] > mx[i]
+                mx[i] = row[i] if up else mx[i]
+                px[i] = t if up else px[i]
+            for i in range(n):
+                down = row[i] < mn[i]
+                mn[i] = row[i] if down else mn[i]
+                pn[i] = t if down else pn[i]
+            for i in range(n):
+                x = np.float64(row[i])
+                s0[i] += x
+                s1[i] += x * x
+            for i in range(n):
+                x2 = np.float64(row[i]) * np.float64(row[i])
+                s2[i] += x2 * np.float64(row[i])
+                s3[i] += x2 * x2
+            wide, enters = 0, 0
+            for i in range(n):
+                a = row[i]
+                wide |= abs(a) >= limit[i]
+                enters |= (a > 0) & ((key ^ salt[i]) < bound[i])
+                cols[i] = np.int32(np.ceil(a * inv[i])) + (h - 1)
+            if wide:  # widen the bins of the units that need it, exactly (``rebinned``)
                 for i in range(n):
-                    up = row[i] > mx[i]
-                    mx[i] = row[i] if up else mx[i]
-                    px[i] = t if up else px[i]
+                    if abs(row[i]) >= limit[i]:
+                        _widen(hist, counts, width, u0, i, _needed_width(abs(np.float64(row[i])), h))
+                        inv[i], limit[i] = _scale(width[u0 + i], h)
+                        cols[i] = np.int32(np.ceil(row[i] * inv[i])) + (h - 1)
+            for i in range(n):
+                counts[i, cols[i]] += 1
+            if enters:  # the token takes the sample slot of the unit's worst-ranked one
+                g = seq_ids[b] * ctx + t
                 for i in range(n):
-                    down = row[i] < mn[i]
-                    mn[i] = row[i] if down else mn[i]
-                    pn[i] = t if down else pn[i]
-                for i in range(n):
-                    x = np.float64(row[i])
-                    s0[i] += x
-                    s1[i] += x * x
-                for i in range(n):
-                    x2 = np.float64(row[i]) * np.float64(row[i])
-                    s2[i] += x2 * np.float64(row[i])
-                    s3[i] += x2 * x2
-                for i in range(n):
-                    x = np.float64(row[i])
-                    wide += (x != 0) & (abs(x) >= limit[i])
-                    enters += (row[i] > 0) & ((key ^ salt[i]) < bound[i])
-                if wide:  # widen the bins of the units that need it, exactly (``rebinned``)
-                    for i in range(n):
-                        x = np.float64(row[i])
-                        if x != 0 and abs(x) >= limit[i]:
-                            _widen(hist, counts, width, u0, i, _needed_width(abs(x), h))
-                            inv[i], limit[i] = np.float32(1.0 / width[u0 + i]), h * width[u0 + i]
-                for i in range(n):
-                    cols[i] = int(math.ceil(row[i] * inv[i])) + h - 1
-                for i in range(n):
-                    counts[i, cols[i]] += 1
-                if enters:  # the token takes the sample slot of the unit's worst-ranked one
-                    g = seq_ids[b] * ctx + t
-                    for i in range(n):
-                        u = u0 + i
-                        if row[i] > 0 and (key ^ salt[i]) < bound[i]:
-                            j = _worst(skeys, sgpos, u)
-                            k = key ^ salt[i]
-                            if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
-                                skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
-                                bound[i] = skeys[u, _worst(skeys, sgpos, u)]
-            smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
-        sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3
-        for i in range(n):
-            hist[:, u0 + i] += counts[i]
+                    u = u0 + i
+                    if row[i] > 0 and (key ^ salt[i]) < bound[i]:
+                        j = _worst(skeys, sgpos, u)
+                        k = key ^ salt[i]
+                        if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
+                            skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
+                            bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+        smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
+    sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3
+    for i in range(n):
+        hist[:, u0 + i] += counts[i]
+
+
+@njit(cache=True, nogil=True)
+def _scale(width, h):
+    """A unit's ``1 / width`` (1 while unset), and the smallest |a| that widens its bins: ``h * width``,
+    or the smallest float32 above 0 while unset (every non-zero value sets the width)."""
+    if width == 0:
+        return np.float32(1.0), np.float32(1e-45)
+    return np.float32(1.0 / width), np.float32(h * width)  # a power of two: exact (inf past float32)
 
 
 @njit(cache=True, nogil=True)
@@ -150,19 +183,31 @@ def enter(held, candidates, occupant):
     """Per unit, the k best of ``held`` [u, k] and ``candidates`` [u, b] (int64 rank keys, larger is
     better): an entering candidate takes the slot of the worst held one. ``held`` is updated;
     ``occupant`` [u, k] gets the candidate's index, -1 where the slot kept its example."""
-    n_u, k = held.shape
-    for u in prange(n_u):
-        occupant[u, :] = -1
-        if k == 0:
-            continue
-        worst = 0
-        for i in range(1, k):
-            if held[u, i] < held[u, worst]:
-                worst = i
-        for c in range(candidates.shape[1]):
-            if candidates[u, c] > held[u, worst]:
-                held[u, worst], occupant[u, worst] = candidates[u, c], c
-                worst = 0
-                for i in range(1, k):
-                    if held[u, i] < held[u, worst]:
-                        worst = i
+    for u in prange(held.shape[0]):
+        _enter_unit(u, held, candidates, occupant)
+
+
+@njit(cache=True, nogil=True)
+def enter_serial(held, candidates, occupant):
+    """``enter`` in the calling thread."""
+    for u in range(held.shape[0]):
+        _enter_unit(u, held, candidates, occupant)
+
+
+@njit(cache=True, nogil=True)
+def _enter_unit(u, held, candidates, occupant):
+    k = held.shape[1]
+    occupant[u, :] = -1
+    if k == 0:
+        return
+    worst = 0
+    for i in range(1, k):
+        if held[u, i] < held[u, worst]:
+            worst = i
+    for c in range(candidates.shape[1]):
+        if candidates[u, c] > held[u, worst]:
+            held[u, worst], occupant[u, worst] = candidates[u, c], c
+            worst = 0
+            for i in range(1, k):
+                if held[u, i] < held[u, worst]:
+                    worst = i

@@ -5,8 +5,10 @@ source updates its units' state from the activations it needs; the windows go to
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -124,11 +126,79 @@ class Contexts:
                 self.counts[hook] += int(other[f"{hook}.count"])
 
 
-def one_thread_for_heads(tracked: list[Tracked]) -> Iterator[Tracked]:
-    """Each source in turn, a layer's heads with torch's intra-op threads off (``one_thread``)."""
-    for t in tracked:
-        with one_thread() if t.attention is not None else contextlib.nullcontext():
-            yield t
+def update_source(
+    t: Tracked,
+    acts: dict[str, Tensor],
+    seq_ids: Tensor,
+    tokens: Tensor,
+    first: int,
+    ctx: int,
+    at_token: dict[str, dict[str, Tensor]],
+) -> None:
+    """One source's state after one batch: its units' activations (an SAE encodes its hook's), what
+    drives an SAE on tracked neurons, a layer's heads' attention statistics and rows."""
+    unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
+    if t.bridge is not None:  # an SAE on tracked neurons: what drives them
+        x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
+        t.bridge.update(x, a)
+    at_unit = None
+    if t.attention is not None and t.pattern_hook is not None:  # a layer's heads
+        pattern = acts[t.pattern_hook]
+        t.attention.update(pattern, tokens, first)
+        at_unit = {"attn": pattern.transpose(1, 2)}  # [batch, query, head, key]
+    t.acc.update(
+        unit_acts,
+        seq_ids,
+        first=first,
+        ctx=ctx,
+        at_token=at_token.get(t.context_hook) if t.context_hook else None,
+        at_unit=at_unit,
+    )
+
+
+class SourceUpdater:
+    """Updates every source after a batch: the large ones (neurons, SAE features) one after another,
+    each on all of torch's threads; the layers' heads, whose tensors are small (a layer's pattern is
+    ~1M floats), side by side on CPU threads of their own, each with one torch thread (``one_thread``:
+    waking torch's threads for such tensors costs more than it saves). Sources are independent, so
+    the order they finish in changes nothing."""
+
+    def __init__(self, tracked: list[Tracked], device: str):
+        self.large = [t for t in tracked if t.attention is None]
+        self.heads = [t for t in tracked if t.attention is not None]
+        workers = torch.get_num_threads() if device == "cpu" and len(self.heads) > 1 else 0
+        self.pool = (
+            ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers else None
+        )
+
+    def __call__(
+        self, acts: dict[str, Tensor], seq_ids: Tensor, tokens: Tensor, first: int, ctx: int, at_token
+    ) -> None:
+        for t in self.large:
+            update_source(t, acts, seq_ids, tokens, first, ctx, at_token)
+        with one_thread():
+            if self.pool is None:
+                for t in self.heads:
+                    update_source(t, acts, seq_ids, tokens, first, ctx, at_token)
+            else:
+                run = functools.partial(
+                    update_source,
+                    acts=acts,
+                    seq_ids=seq_ids,
+                    tokens=tokens,
+                    first=first,
+                    ctx=ctx,
+                    at_token=at_token,
+                )
+                for _ in self.pool.map(run, self.heads):  # raises what a thread raised
+                    pass
+
+    def __enter__(self) -> SourceUpdater:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 class PhaseClock:
@@ -176,7 +246,10 @@ def stream(
     total = (cfg.tokens // cfg.ctx) * cfg.ctx
     clock = PhaseClock(cfg.device)
     n_tokens = 0
-    with tqdm(total=total, unit="tok", unit_scale=True, desc="precompute", disable=not progress) as bar:
+    with (
+        tqdm(total=total, unit="tok", unit_scale=True, desc="precompute", disable=not progress) as bar,
+        SourceUpdater(tracked, cfg.device) as update,
+    ):
         while (batch := clock.measure("tokenize", next, batches, None)) is not None:
             acts = clock.measure("forward", model.activations, batch.tokens, hooks)
             with clock.phase("accumulate"):
@@ -187,24 +260,7 @@ def stream(
                     at_token = {
                         h: {"rep": contexts.project(h, acts[h], first), "tok": tokens} for h in context_hooks
                     }
-                for t in one_thread_for_heads(tracked):
-                    unit_acts = acts[t.hook] if t.encode is None else t.encode(acts[t.hook])
-                    if t.bridge is not None:  # an SAE on tracked neurons: what drives them
-                        x, a = acts[t.hook][:, first:].flatten(0, 1), unit_acts[:, first:].flatten(0, 1)
-                        t.bridge.update(x, a)
-                    at_unit = None
-                    if t.attention is not None and t.pattern_hook is not None:  # a layer's heads
-                        pattern = acts[t.pattern_hook]
-                        t.attention.update(pattern, tokens, first)
-                        at_unit = {"attn": pattern.transpose(1, 2)}  # [batch, query, head, key]
-                    t.acc.update(
-                        unit_acts,
-                        batch.seq_ids,
-                        first=first,
-                        ctx=cfg.ctx,
-                        at_token=at_token.get(t.context_hook) if t.context_hook else None,
-                        at_unit=at_unit,
-                    )
+                update(acts, batch.seq_ids, tokens, first, cfg.ctx, at_token)
             with clock.phase("write"):
                 writer.append(
                     "sequences",

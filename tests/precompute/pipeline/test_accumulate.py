@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from neurodash.config import AccumulatorConfig
+from precompute.pipeline import fused as fused_kernels
 from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, UnitAccumulator, token_hash, unit_salts
 from precompute.pipeline.tables import examples_table
 
@@ -31,10 +32,10 @@ def acts() -> np.ndarray:
 
 
 def accumulate(acts: np.ndarray, fused: bool) -> AccumulatorResult:
-    acc = UnitAccumulator(U, T, CFG, fused=fused)
-    for s in range(0, N_SEQ, BATCH):
+    acc = UnitAccumulator(acts.shape[2], T, CFG, fused=fused)
+    for s in range(0, len(acts), BATCH):
         batch = torch.from_numpy(acts[s : s + BATCH].copy())
-        acc.update(batch, torch.arange(s, min(s + BATCH, N_SEQ)), first=FIRST, ctx=T)
+        acc.update(batch, torch.arange(s, min(s + BATCH, len(acts))), first=FIRST, ctx=T)
         assert torch.equal(batch, torch.from_numpy(acts[s : s + BATCH])), "update must restore its input"
     return acc.result()
 
@@ -45,8 +46,7 @@ def result(acts, request) -> AccumulatorResult:
     return accumulate(acts, request.param)
 
 
-def test_the_one_pass_kernels_keep_the_same_state_as_torch(acts):
-    fused, plain = accumulate(acts, True), accumulate(acts, False)
+def assert_same_state(fused: AccumulatorResult, plain: AccumulatorResult) -> None:
     for name in ("max", "min", "density", "sample_keys"):
         np.testing.assert_array_equal(getattr(fused, name), getattr(plain, name))
     np.testing.assert_array_equal(fused.hist.counts, plain.hist.counts)
@@ -59,6 +59,21 @@ def test_the_one_pass_kernels_keep_the_same_state_as_torch(acts):
     # The sums differ in rounding only: float64 in token order against float32 per batch.
     for m in ("mean", "std", "skew", "kurtosis"):
         np.testing.assert_allclose(getattr(fused.moments, m), getattr(plain.moments, m), rtol=1e-5, atol=1e-6)
+
+
+def test_the_one_pass_kernels_keep_the_same_state_as_torch(acts):
+    assert_same_state(accumulate(acts, True), accumulate(acts, False))
+
+
+def test_the_parallel_kernels_keep_the_same_state_as_torch():
+    """More units than one block (``fused.BLOCK``): the blocks go to threads, the last one partial."""
+    g = np.random.default_rng(1)
+    n_units = 2 * fused_kernels.BLOCK + 21
+    x = (g.standard_normal((N_SEQ, T, n_units)) * g.random(n_units) * 4).astype(np.float32)
+    x[..., ::3] = np.maximum(x[..., ::3] - 1, 0)  # sparse units
+    x[5:, :, 7] *= 300  # a unit whose bins widen late
+    x[:, 0, :] = 50.0
+    assert_same_state(accumulate(x, True), accumulate(x, False))
 
 
 def window_of(acts: np.ndarray, seq: int, pos: int, unit: int) -> tuple[int, np.ndarray]:
