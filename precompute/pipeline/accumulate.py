@@ -22,8 +22,8 @@ and merged, or stopped and resumed, keeps the same state as one uninterrupted pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from torch import Tensor
 
 from neurodash.config import AccumulatorConfig
 from precompute.pipeline.exact import ExactSum
+
+if TYPE_CHECKING:
+    from precompute.pipeline.fused import Kernels
 
 try:  # the CPU's one-pass update (numba); without it, torch's operations do the same
     from precompute.pipeline import fused as fused_kernels
@@ -197,8 +200,8 @@ class _Extremes:
     Slots are unordered while streaming (only entrants are written); ``sorted()`` ranks them.
     """
 
-    def __init__(self, n_units: int, k: int, window: int, device: torch.device, enter: Callable | None):
-        self.k, self.enter = k, enter  # ``fused.enter`` (or its serial twin), None: torch's topk
+    def __init__(self, n_units: int, k: int, window: int, device: torch.device, kernels: Kernels | None):
+        self.k, self.kernels = k, kernels  # None: torch's operations
         self.slots = {
             "val": torch.full((n_units, k), -torch.inf, device=device),
             "seq": torch.full((n_units, k), -1, dtype=torch.long, device=device),
@@ -213,26 +216,46 @@ class _Extremes:
         k, vals = self.k, self.slots["val"]
         held = rank_key(vals, self.slots["seq"])
         candidates = rank_key(score.T, seq_ids.to(vals.device)[None, :].expand(vals.shape[0], -1))
-        if self.enter is not None:
-            occupant = torch.empty_like(held)
-            self.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
-            at = (occupant >= 0).nonzero(as_tuple=True)
-            fb, fu = occupant[at], at[0]
-        else:
-            # Only a batch holding a candidate above some unit's k-th example needs the merge.
-            if k == 0 or not bool((candidates.max(1).values > held.min(1).values).any()):
-                return
-            idx = torch.cat([held, candidates], 1).topk(k, dim=1).indices
-            chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
-            chosen.scatter_(1, idx, True)
-            fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
-            at = (~chosen[:, :k]).nonzero(as_tuple=True)  # the slots they take, in the same order
+        # Only a batch holding a candidate above some unit's k-th example needs the merge.
+        if k == 0 or not bool((candidates.max(1).values > held.min(1).values).any()):
+            return
+        idx = torch.cat([held, candidates], 1).topk(k, dim=1).indices
+        chosen = torch.zeros((vals.shape[0], k + score.shape[0]), dtype=torch.bool, device=vals.device)
+        chosen.scatter_(1, idx, True)
+        fu, fb = chosen[:, k:].nonzero(as_tuple=True)  # entrants, grouped by unit
+        at = (~chosen[:, :k]).nonzero(as_tuple=True)  # the slots they take, in the same order
         pos = locate(fb, fu)
         start, windows = windows_at(fb, fu, pos)
         incoming = {"val": score[fb, fu], "seq": seq_ids[fb], "pos": pos, "start": start, "win": windows}
         if at_token is not None:
             incoming |= at_token(fb, fu, pos)
         _fill(self.slots, at, incoming)
+
+    def update_fused(
+        self,
+        score: Tensor,
+        positions: Tensor,
+        acts: Tensor,
+        sign: float,
+        seq_ids: Tensor,
+        before: int,
+        at_token=None,
+    ) -> None:
+        """``update`` through the CPU kernels: ``score`` [b, u] is ``sign`` times ``acts`` at
+        ``positions`` (``fused.scan``'s extremes); ``enter`` picks the entrants, ``place`` writes them."""
+        assert self.kernels is not None
+        held = rank_key(self.slots["val"], self.slots["seq"])
+        occupant = torch.empty_like(held)
+        candidates = rank_key(score.T, seq_ids[None, :].expand(held.shape[0], -1))
+        self.kernels.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
+        occ_t = positions.T.gather(1, occupant.clamp(min=0))
+        slots = [self.slots[name].numpy() for name in ("val", "seq", "pos", "start", "win")]
+        self.kernels.place(
+            occupant.numpy(), occ_t.numpy(), acts.numpy(), sign, seq_ids.numpy(), before, *slots
+        )
+        if at_token is not None:
+            at = (occupant >= 0).nonzero(as_tuple=True)
+            _fill(self.slots, at, at_token(occupant[at], at[0], occ_t[at]))
 
     def sorted(self) -> Examples:
         order = rank_key(self.slots["val"], self.slots["seq"]).argsort(dim=1, descending=True, stable=True)
@@ -312,17 +335,15 @@ class UnitAccumulator:
         if fused is None:
             fused = self.device.type == "cpu" and fused_kernels is not None
         self.fused = fused
-        scan, enter = None, None
+        kernels = None
         if fused:  # few units: one block, read in the caller's thread (several sources may share the CPU)
             assert fused_kernels is not None
-            small = n_units <= fused_kernels.BLOCK
-            scan = fused_kernels.scan_serial if small else fused_kernels.scan
-            enter = fused_kernels.enter_serial if small else fused_kernels.enter
-        self._scan_kernel = scan
+            kernels = fused_kernels.SERIAL if n_units <= fused_kernels.BLOCK else fused_kernels.PARALLEL
+        self.kernels = kernels
         self.window = min(cfg.window, ctx)
         dev, u, r = self.device, n_units, cfg.sample_size
-        self.top = _Extremes(u, cfg.top_k, self.window, dev, enter)
-        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev, enter)
+        self.top = _Extremes(u, cfg.top_k, self.window, dev, kernels)
+        self.bottom = _Extremes(u, cfg.bottom_k, self.window, dev, kernels)
         self.sample = {  # a uniform sample of firing tokens: the r smallest keys per unit
             "key": torch.full((u, r), NO_KEY, dtype=torch.int32, device=dev),
             "val": torch.zeros((u, r), device=dev),
@@ -363,6 +384,37 @@ class UnitAccumulator:
         acts = acts.to(self.device, torch.float32).contiguous()
         seq_ids = seq_ids.to(self.device)
         ctx = ctx or acts.shape[1]
+        per_token, per_unit = at_token or {}, at_unit or {}
+
+        def copied(b: Tensor, u: Tensor, pos: Tensor) -> dict[str, Tensor]:
+            return {name: v[b, pos] for name, v in per_token.items()} | {
+                name: v[b, pos, u] for name, v in per_unit.items()
+            }
+
+        copy = copied if per_token or per_unit else None
+        if self.fused:
+            self._update_fused(acts, seq_ids, first, ctx, copy)
+        else:
+            self._update_torch(acts, seq_ids, first, ctx, copy)
+
+    def _update_fused(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int, copy) -> None:
+        """The CPU's way: one pass over the batch (``fused.scan``), then the entrants placed."""
+        before = self.cfg.window_before
+        smax, smin, pmax, pmin, entered = self._scan(acts, seq_ids, first, ctx)
+        self.top.update_fused(smax, pmax, acts, 1.0, seq_ids, before, copy)
+        self.bottom.update_fused(-smin, pmin, acts, -1.0, seq_ids, before)
+        assert self.kernels is not None
+        token = entered.clamp(min=0)
+        occ_b, occ_t = torch.where(entered >= 0, token // acts.shape[1], -1), token % acts.shape[1]
+        slots = [self.sample[name].numpy() for name in ("val", "seq", "pos", "start", "win")]
+        self.kernels.place(occ_b.numpy(), occ_t.numpy(), acts.numpy(), 1.0, seq_ids.numpy(), before, *slots)
+        if copy is not None:
+            at = (entered >= 0).nonzero(as_tuple=True)
+            _fill(self.sample, at, copy(occ_b[at], at[0], occ_t[at]))
+        self.sample_bound = self.sample["key"].max(1).values
+
+    def _update_torch(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int, copy) -> None:
+        """torch's way (any device): reductions over the batch, then gathers for the entrants."""
         t, w, before = acts.shape[1], self.window, self.cfg.window_before
 
         def rows(b: Tensor, u: Tensor, positions: Tensor) -> Tensor:
@@ -373,31 +425,12 @@ class UnitAccumulator:
             start = (pos - before).clamp(0, t - w)
             return start, rows(b, u, start[:, None] + torch.arange(w, device=self.device))
 
-        per_token, per_unit = at_token or {}, at_unit or {}
-
-        def copied(b: Tensor, u: Tensor, pos: Tensor) -> dict[str, Tensor]:
-            return {name: v[b, pos] for name, v in per_token.items()} | {
-                name: v[b, pos, u] for name, v in per_unit.items()
-            }
-
-        copy = copied if per_token or per_unit else None
-        if self.fused:
-            smax, smin, locate_max, locate_min, entered = self._scan(acts, seq_ids, first, ctx)
-            self._fill_sample(entered, acts, seq_ids, windows_at, copy)
-        else:
-            smax, smin, candidates = self._reduce(acts, seq_ids, first, ctx)
-            body = torch.arange(first, t, device=self.device)[None, :]
-
-            def locate_max(b: Tensor, u: Tensor) -> Tensor:
-                return rows(b, u, body).argmax(1) + first
-
-            def locate_min(b: Tensor, u: Tensor) -> Tensor:
-                return rows(b, u, body).argmin(1) + first
-
-            if candidates is not None:
-                self._merge_sample(*candidates, acts, seq_ids, windows_at, copy)
-        self.top.update(smax, locate_max, seq_ids, windows_at, copy)
-        self.bottom.update(-smin, locate_min, seq_ids, windows_at)
+        smax, smin, candidates = self._reduce(acts, seq_ids, first, ctx)
+        body = torch.arange(first, t, device=self.device)[None, :]
+        if candidates is not None:
+            self._merge_sample(*candidates, acts, seq_ids, windows_at, copy)
+        self.top.update(smax, lambda b, u: rows(b, u, body).argmax(1) + first, seq_ids, windows_at, copy)
+        self.bottom.update(-smin, lambda b, u: rows(b, u, body).argmin(1) + first, seq_ids, windows_at)
 
     def _reduce(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int):
         """torch's reading of the batch: statistics and histogram updated; returns each sequence's max
@@ -421,7 +454,7 @@ class UnitAccumulator:
         """The CPU's one pass over the batch (``fused.scan``): updates the statistics, the histogram
         and the sample's keys; returns each sequence's max and min, locators of their tokens, and
         the token each sample slot took (-1: kept)."""
-        assert self._scan_kernel is not None
+        assert self.kernels is not None
         b, t, u = acts.shape
         token_keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t), self.cfg.seed).int()
         smax, smin = torch.empty((b, u)), torch.empty((b, u))
@@ -429,7 +462,7 @@ class UnitAccumulator:
         sums = torch.empty((4, u), dtype=torch.float64)
         entered = torch.empty_like(self.sample["seq"])
         gpos = _global_pos(self.sample, self.ctx)
-        self._scan_kernel(
+        self.kernels.scan(
             acts.numpy(), first, token_keys.numpy(), self.salts.numpy(), seq_ids.numpy(), ctx,
             self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
             smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),
@@ -438,19 +471,7 @@ class UnitAccumulator:
         self.min = torch.minimum(self.min, smin.amin(0))
         self.moments.add(sums)
         self.count += b * (t - first)
-        return smax, smin, lambda b, u: pmax[b, u], lambda b, u: pmin[b, u], entered
-
-    def _fill_sample(self, entered: Tensor, acts: Tensor, seq_ids: Tensor, windows_at, copy=None) -> None:
-        """Copy the values of the tokens that ``_scan`` placed in the sample (their keys are in)."""
-        at = (entered >= 0).nonzero(as_tuple=True)
-        token = entered[at]
-        bi, ti, ui = token // acts.shape[1], token % acts.shape[1], at[0]
-        start, windows = windows_at(bi, ui, ti)
-        incoming = {"val": acts[bi, ti, ui], "seq": seq_ids[bi], "pos": ti, "start": start, "win": windows}
-        if copy is not None:
-            incoming |= copy(bi, ui, ti)
-        _fill(self.sample, at, incoming)
-        self.sample_bound = self.sample["key"].max(1).values
+        return smax, smin, pmax, pmin, entered
 
     def _update_moments(self, a: Tensor, first: int) -> None:
         a2 = torch.mul(a, a, out=_scratch("a2", a))

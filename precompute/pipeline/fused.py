@@ -15,6 +15,8 @@ order, so the results do not depend on the number of threads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -211,3 +213,48 @@ def _enter_unit(u, held, candidates, occupant):
             for i in range(1, k):
                 if held[u, i] < held[u, worst]:
                     worst = i
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def place(occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
+    """Write each entrant into its slot: slot (u, j) with ``occ_b[u, j] >= 0`` takes token
+    ``occ_t[u, j]`` of sequence ``occ_b[u, j]``: its value (times ``sign``), sequence id, position,
+    and the window of ``win.shape[2]`` values around it, starting ``before`` tokens earlier where the
+    sequence allows (``start``). Slot arrays are ``[u, k]`` (``win``: ``[u, k, window]``)."""
+    for u in prange(acts.shape[2]):
+        _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win)
+
+
+@njit(cache=True, nogil=True)
+def place_serial(occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
+    """``place`` in the calling thread."""
+    for u in range(acts.shape[2]):
+        _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win)
+
+
+@njit(cache=True, nogil=True)
+def _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
+    n_t, w = acts.shape[1], win.shape[2]
+    for j in range(occ_b.shape[1]):
+        b = occ_b[u, j]
+        if b < 0:
+            continue
+        t = occ_t[u, j]
+        s = min(max(t - before, 0), n_t - w)
+        val[u, j] = sign * acts[b, t, u]
+        seq[u, j], pos[u, j], start[u, j] = seq_ids[b], t, s
+        for i in range(w):
+            win[u, j, i] = acts[b, s + i, u]
+
+
+class Kernels(NamedTuple):
+    """The kernels one source uses: ``PARALLEL`` (its units split across numba's threads) or
+    ``SERIAL`` (in the caller's thread: small sources, updated side by side from threads of their own)."""
+
+    scan: Callable
+    enter: Callable
+    place: Callable
+
+
+PARALLEL = Kernels(scan, enter, place)
+SERIAL = Kernels(scan_serial, enter_serial, place_serial)
