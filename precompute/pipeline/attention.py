@@ -25,6 +25,11 @@ from torch import Tensor
 
 from precompute.pipeline.exact import ExactSum
 
+try:  # the CPU's one-pass statistics (numba); without it, torch's operations do the same
+    from precompute.pipeline import fused as fused_kernels
+except ImportError:  # pragma: no cover - numba is a dependency of the pipeline
+    fused_kernels = None
+
 ACTIVATION = "z_norm"  # sources.config["activation"]: what a head's scalar activation is
 CORPUS_METRICS = ("attn_bos", "attn_previous", "attn_distance", "attn_same_token", "attn_entropy")
 
@@ -61,8 +66,13 @@ def one_thread() -> Iterator[None]:
 class AttentionStats:
     """Running sums (exact, on the device) of each head's corpus attention statistics."""
 
-    def __init__(self, n_heads: int, device: str | torch.device):
+    def __init__(self, n_heads: int, device: str | torch.device, fused: bool | None = None):
+        """``fused``: read each batch's rows once with ``fused.attention_sums`` (default: on the CPU,
+        where numba is installed); off, torch's products give the same sums (to float rounding)."""
         self.sums = ExactSum((len(CORPUS_METRICS), n_heads), device)
+        if fused is None:
+            fused = torch.device(device).type == "cpu" and fused_kernels is not None
+        self.fused = fused
         self.count = 0
 
     @torch.inference_mode()
@@ -74,9 +84,18 @@ class AttentionStats:
         key-weighted sum (the distance is ``q * sum - sum_k k p``: rows are causal); one with the
         batch's same-token weights (built once, shared by its layers) the attention to the same token;
         the previous token is the first subdiagonal. Rows are added up in float64 (``ExactSum``: exactly
-        across blocks of batches)."""
+        across blocks of batches). ``fused``: ``fused.attention_sums`` reads each row once instead."""
         p = pattern.float()
         b, h, n_q, n_k = p.shape
+        if self.fused:  # one pass over the rows, in numba
+            assert fused_kernels is not None
+            p = p.contiguous()
+            sums = torch.zeros((len(CORPUS_METRICS), h), dtype=torch.float64)
+            t = tokens.to(torch.int32).numpy()
+            fused_kernels.attention_sums(p.numpy(), p.view(torch.int32).numpy(), t, first, sums.numpy())
+            self.sums.add(sums)
+            self.count += b * (n_q - first)
+            return
         rows = (p.reshape(-1, n_k) @ _key_weights(n_k, p.device)).view(b, h, n_q, 3)[:, :, first:].double()
         q = torch.arange(first, n_q, device=p.device, dtype=torch.float64)
         distance = q * rows[..., 1] - rows[..., 2]

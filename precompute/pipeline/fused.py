@@ -24,7 +24,7 @@ from numba import njit, prange
 BLOCK = 64  # units per parallel task: wide enough to vectorise the inner loop over units
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rebin(hist, u, h, ratio):
     """Unit ``u``'s bins widened by ``ratio`` (a power of two): bin k moves to floor(k / ratio)."""
     moved = np.zeros(2 * h, dtype=hist.dtype)
@@ -35,13 +35,13 @@ def _rebin(hist, u, h, ratio):
         hist[c, u] = moved[c]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _needed_width(extent, h):
     """The smallest power of two ``w`` with ``extent < h * w`` (``UnitAccumulator._update_hist``)."""
     return 2.0 ** (math.floor(math.log2(extent / h)) + 1.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _worst(keys, gpos, u):
     """Unit ``u``'s sample slot ranked last by (key, token)."""
     j = 0
@@ -51,7 +51,7 @@ def _worst(keys, gpos, u):
     return j
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def scan(
     acts, first, token_keys, salts, seq_ids, ctx,  # in
     width, hist, skeys, sgpos,  # updated in place
@@ -72,7 +72,7 @@ def scan(
         )  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def scan_serial(
     acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
     smax, pmax, smin, pmin, sums, soccupant,
@@ -85,7 +85,7 @@ def scan_serial(
         )  # fmt: skip
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _scan_block(
     blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
     smax, pmax, smin, pmin, sums, soccupant,
@@ -160,7 +160,7 @@ def _scan_block(
         hist[:, u0 + i] += counts[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _scale(width, h):
     """A unit's ``1 / width`` (1 while unset), and the smallest |a| that widens its bins: ``h * width``,
     or the smallest float32 above 0 while unset (every non-zero value sets the width)."""
@@ -169,7 +169,7 @@ def _scale(width, h):
     return np.float32(1.0 / width), np.float32(h * width)  # a power of two: exact (inf past float32)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _widen(hist, counts, width, u0, i, new):
     """Unit ``u0 + i``'s bins widened to ``new``: its block-local ``counts`` join ``hist`` first."""
     u = u0 + i
@@ -180,7 +180,7 @@ def _widen(hist, counts, width, u0, i, new):
     width[u] = new
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def enter(held, candidates, occupant):
     """Per unit, the k best of ``held`` [u, k] and ``candidates`` [u, b] (int64 rank keys, larger is
     better): an entering candidate takes the slot of the worst held one. ``held`` is updated;
@@ -189,14 +189,14 @@ def enter(held, candidates, occupant):
         _enter_unit(u, held, candidates, occupant)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def enter_serial(held, candidates, occupant):
     """``enter`` in the calling thread."""
     for u in range(held.shape[0]):
         _enter_unit(u, held, candidates, occupant)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _enter_unit(u, held, candidates, occupant):
     k = held.shape[1]
     occupant[u, :] = -1
@@ -215,7 +215,7 @@ def _enter_unit(u, held, candidates, occupant):
                     worst = i
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def place(occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
     """Write each entrant into its slot: slot (u, j) with ``occ_b[u, j] >= 0`` takes token
     ``occ_t[u, j]`` of sequence ``occ_b[u, j]``: its value (times ``sign``), sequence id, position,
@@ -225,14 +225,14 @@ def place(occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
         _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def place_serial(occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
     """``place`` in the calling thread."""
     for u in range(acts.shape[2]):
         _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, start, win):
     n_t, w = acts.shape[1], win.shape[2]
     for j in range(occ_b.shape[1]):
@@ -245,6 +245,55 @@ def _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, sta
         seq[u, j], pos[u, j], start[u, j] = seq_ids[b], t, s
         for i in range(w):
             win[u, j, i] = acts[b, s + i, u]
+
+
+# Sums along a row may be added in vector lanes (reassociated): the same order on every run of one
+# machine, so a run's statistics do not change between runs, shards or resumes.
+_REASSOC = {"reassoc", "nsz", "contract"}
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=_REASSOC, error_model="numpy")
+def _log_of_bits(bits):
+    """log(x) of a positive normal float32 given its bits (``view(np.int32)``), in float64 to ~1e-11:
+    x = m 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172,
+    by its series. Plain arithmetic, so the compiler vectorises it (a call to log it would not)."""
+    e = np.float64(((bits >> 23) & 0xFF) - 127)
+    m = 1.0 + np.float64(bits & 0x7FFFFF) * 2.0**-23
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    series = 1.0 + s2 * (1 / 3 + s2 * (1 / 5 + s2 * (1 / 7 + s2 * (1 / 9 + s2 * (1 / 11 + s2 / 13)))))
+    return e * _LN2 + 2.0 * s * series
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
+def attention_sums(pattern, bits, tokens, first, out):
+    """A batch's head statistics added to ``out`` [5, heads] (float64, in row order): per query row
+    q >= ``first`` of ``pattern`` [b, head, q, k] (float32; ``bits``: the same memory as int32), its
+    attention to key 0, to key q - 1, the mean distance sum_k (q - k) p, to earlier keys holding the
+    token at q (``tokens`` [b, q]), and the entropy -sum p log p over keys k <= q (causal rows)."""
+    n_b, n_h, n_q, n_k = pattern.shape
+    for b in range(n_b):
+        for h in range(n_h):
+            for q in range(first, n_q):
+                row, row_bits, tq = pattern[b, h, q], bits[b, h, q], tokens[b, q]
+                total, weighted, same, entropy = 0.0, 0.0, 0.0, 0.0
+                for k in range(n_k):
+                    x = np.float64(row[k])
+                    total += x
+                    weighted += k * x
+                    same += x if (k < q) & (tokens[b, k] == tq) else 0.0
+                for k in range(min(q + 1, n_k)):  # below the smallest normal float, p log p is ~0
+                    entropy -= np.float64(row[k]) * _log_of_bits(max(row_bits[k], 0x800000))
+                out[0, h] += row[0]
+                out[1, h] += row[q - 1] if q >= 1 else 0.0
+                out[2, h] += q * total - weighted
+                out[3, h] += same
+                out[4, h] += entropy
 
 
 class Kernels(NamedTuple):

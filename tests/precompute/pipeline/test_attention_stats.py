@@ -5,6 +5,7 @@ gets its own."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from precompute.pipeline.attention import CORPUS_METRICS, AttentionStats, one_thread
@@ -36,9 +37,10 @@ def brute(patterns: list[np.ndarray], tokens: list[np.ndarray]) -> dict[str, np.
     return {m: v / n for m, v in sums.items()}
 
 
-def test_statistics_equal_plain_loops_across_layers_and_batches():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
+def test_statistics_equal_plain_loops_across_layers_and_batches(fused):
     rng = np.random.default_rng(0)
-    layers = [AttentionStats(H, "cpu") for _ in range(3)]
+    layers = [AttentionStats(H, "cpu", fused) for _ in range(3)]
     seen: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in layers]
     tokens = torch.from_numpy(rng.integers(0, 4, size=(B, CTX)))  # few ids: many repeats
     for batch in range(3):
