@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from neurodash.storage.connect import connect
 from neurodash.storage.schema import STORE
 from neurodash.units import Source
 
+_QUEUED = 4  # statements waiting for the writer's thread at most
+
 
 class StoreWriter:
     """Write a new store; ``commit()`` renames it into place, anything else leaves no trace.
@@ -44,10 +48,14 @@ class StoreWriter:
         self._remove_partial()  # a killed run's leftovers
         self.con = connect(self.partial)
         _WRITING.add(self.partial)
+        self.committed = False
+        self.insert_seconds = 0.0  # the writer thread's time in inserts (what a run reports; ``flush`` first)
+        # Every statement runs on one thread of the writer's own, in order, while the caller goes on
+        # (DuckDB lets go of the GIL): a run computes its next table while the last one is inserted.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="neurodash-writer")
+        self._queued: deque[Future] = deque()
         self.con.execute(STORE.ddl)
         self.set_meta(schema_version=STORE.version)
-        self.committed = False
-        self.insert_seconds = 0.0  # wall time spent in ``append`` (what a run reports as its inserts)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -58,10 +66,11 @@ class StoreWriter:
 
     def set_meta(self, **items: object) -> None:
         for key, value in items.items():
-            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(value)])
+            self._submit(self.con.execute, "INSERT INTO meta VALUES (?, ?)", [key, str(value)])
 
     def add_source(self, s: Source) -> None:
-        self.con.execute(
+        self._submit(
+            self.con.execute,
             "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 s.source_id,
@@ -78,22 +87,40 @@ class StoreWriter:
         )
 
     def append(self, table: str, columns: dict[str, Sequence | np.ndarray] | pa.Table) -> None:
-        """Bulk-append columns (in the table's column order) through Arrow."""
+        """Bulk-append columns (in the table's column order) through Arrow, on the writer's thread:
+        the arrays must not change after this call."""
         if table not in STORE.tables and table not in STORE.optional_tables:
             raise ValueError(f"unknown table {table!r}")
-        started = time.perf_counter()
         data = (
             pa.table({k: _arrow_column(v) for k, v in columns.items()})
             if isinstance(columns, dict)
             else columns
         )
         if data.num_rows:
-            self.con.register("_incoming", data)
-            self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
-            self.con.unregister("_incoming")
+            self._submit(self._insert, table, data)
+
+    def _insert(self, table: str, data: pa.Table) -> None:
+        started = time.perf_counter()
+        self.con.register("_incoming", data)
+        self.con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+        self.con.unregister("_incoming")
         self.insert_seconds += time.perf_counter() - started
 
+    def _submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Queue a statement; wait while more than ``_QUEUED`` are (their tables take memory). An
+        error of a queued statement is raised here, or by ``flush``."""
+        self._queued.append(self._thread.submit(fn, *args))
+        while len(self._queued) > _QUEUED or (self._queued and self._queued[0].done()):
+            self._queued.popleft().result()
+
+    def flush(self) -> None:
+        """Wait for every queued statement (raising the first error)."""
+        while self._queued:
+            self._queued.popleft().result()
+
     def commit(self) -> Path:
+        self.flush()
+        self._thread.shutdown()
         self.con.execute("CHECKPOINT")
         self.con.close()
         _WRITING.discard(self.partial)
@@ -102,6 +129,8 @@ class StoreWriter:
         return self.path
 
     def abort(self) -> None:
+        self._thread.shutdown(cancel_futures=True)  # waits for the statement under way
+        self._queued.clear()
         try:
             self.con.close()
         finally:

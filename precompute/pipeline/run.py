@@ -178,9 +178,10 @@ def write_store(
             _write_probe_scores(
                 writer, attention or _bridge_attention(model), run.layers, unembed.weights_key
             )
-    phase_seconds["tables"] = time.perf_counter() - tables_started  # computed (and mostly inserted)
+    writer.flush()
+    phase_seconds["tables"] = time.perf_counter() - tables_started  # computed and inserted
     phase_seconds |= clock.seconds
-    phase_seconds["insert"] = writer.insert_seconds - inserted_before
+    phase_seconds["insert"] = writer.insert_seconds - inserted_before  # beside the computing, on a thread
     write_meta(writer, cfg, run.sampling, n_tokens, phase_seconds)
 
 

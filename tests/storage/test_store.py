@@ -194,6 +194,36 @@ def test_an_existing_store_needs_overwrite(store_path):
         StoreWriter(store_path)
 
 
+def test_a_failed_insert_on_the_writer_thread_is_raised_and_leaves_nothing(tmp_path):
+    """Inserts run on the writer's thread: one that fails (here a unit id DuckDB cannot hold in its
+    INTEGER column) is raised by a later call, ``commit`` at the latest, and the partial file goes."""
+    path = tmp_path / "s.duckdb"
+    with pytest.raises(duckdb.ConversionException), StoreWriter(path) as w:
+        write_every_table(w)
+        row = {
+            "source_id": ["L0.mlp"],
+            "unit": np.array([2**40]),
+            "sign": ["+"],
+            "rank": [0],
+            "token_id": [2],
+        }
+        w.append("logits", {**row, "value": np.array([1.5], np.float32)})
+        w.commit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_thread_keeps_the_order_of_statements(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with StoreWriter(path) as w:
+        write_every_table(w)
+        for i in range(20):  # more than the queue holds: the caller waits, the order stays
+            w.set_meta(counter=i)
+        w.commit()
+    with duckdb.connect(str(path), read_only=True) as con:
+        values = [int(v) for (v,) in con.execute("SELECT value FROM meta WHERE key = 'counter'").fetchall()]
+    assert values == list(range(20))
+
+
 def test_unknown_table(tmp_path):
     with StoreWriter(tmp_path / "s.duckdb") as w, pytest.raises(ValueError, match="unknown table"):
         w.append("intruder", {"a": [1]})

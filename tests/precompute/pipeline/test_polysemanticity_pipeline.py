@@ -127,6 +127,7 @@ def test_stored_scores_equal_brute_force(store, mlp_inputs, layer):
 def test_a_store_without_clusters_opens_and_reads_them_empty(tmp_path):
     path = tmp_path / "old.duckdb"
     with StoreWriter(path) as w:
+        w.flush()  # its queued statements first: the connection is the writer thread's meanwhile
         w.con.execute("DROP TABLE clusters")
         w.commit()
     with duckdb.connect(str(path), read_only=True) as con:
