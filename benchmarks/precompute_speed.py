@@ -2,7 +2,7 @@
 
     python benchmarks/precompute_speed.py [--tokens 16384] [--layers 0-29] [--device cpu]
 
-Prints (1) the bare forward pass over the corpus's windows, (2) the streaming pass of
+Prints (1) the bare forward pass over the corpus's windows (before and after the run, their mean), (2) the streaming pass of
 precompute over the same windows (forward with the exact hooks cached + every unit's state
 updated), (3) the whole precompute run including loading and writing the store, its weights cache
 empty (cold; ``--warm``: then again, warm), each as a ratio to (1); (4) the added cost of SAE features tracked in the same pass (``--sae``, default the demo's
@@ -278,13 +278,15 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NEURODASH_WEIGHTS_CACHE"] = str(Path(tmp) / "weights")  # empty: the run below is cold
-        bare = bare_forward_seconds(
-            args.model, args.tokens, args.ctx, args.batch_size, args.device, args.dtype
-        )
+        forward = (args.model, args.tokens, args.ctx, args.batch_size, args.device, args.dtype)
+        bare_before = bare_forward_seconds(*forward)
         phases, total = precompute_seconds(args, args.tokens, Path(tmp) / "bench.duckdb")
+        bare_after = bare_forward_seconds(*forward)  # the machine's speed drifts: the mean of both
+        bare = (bare_before + bare_after) / 2
+        print(f"  bare forward before / after the run     {bare_before:.2f} s / {bare_after:.2f} s")
         stream = phases["forward"] + phases["accumulate"]
         rows = [
-            ("bare forward (pre-tokenized)", bare),
+            ("bare forward (pre-tokenized, mean)", bare),
             ("precompute: forward, caching hooks", phases["forward"]),
             ("precompute: update every unit", phases["accumulate"]),
             ("precompute: pass (forward + update)", stream),
