@@ -50,6 +50,11 @@ class ExactSum:
         self.block += x.to(self.block.device, torch.float64)
         self._dirty = True
 
+    def block_to_add(self) -> Tensor:
+        """The current block's float64 sum, for a kernel to add to in place (like ``add``)."""
+        self._dirty = True
+        return self.block
+
     @torch.inference_mode()
     def flush(self) -> None:
         """Add the block's sum exactly to the total, and start a new block."""

@@ -307,3 +307,32 @@ class Kernels(NamedTuple):
 
 PARALLEL = Kernels(scan, enter, place)
 SERIAL = Kernels(scan_serial, enter_serial, place_serial)
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def bridge_sums(neurons, by_token, token_features, token_values, by_feature, feature_tokens, feature_values, up, plain, strong):  # fmt: skip
+    """``polysemanticity.attribution_sums`` (plain and strong) of one batch, added to ``plain`` and
+    ``strong`` [n_features, n_neurons] (float64), reading only the active features, given both ways:
+    token t's are ``token_features[by_token[t]:by_token[t + 1]]`` (activations ``token_values``),
+    feature f's tokens ``feature_tokens[by_feature[f]:by_feature[f + 1]]`` (``feature_values``).
+    ``neurons`` [t, n_neurons] float32, ``up`` [n_features, n_neurons] the decoder's positive part.
+    First each token's ratio (its activation over what its features write), then each feature's sums,
+    in token order whatever the threads."""
+    n_t, n_n = neurons.shape
+    ratio = np.empty((n_t, n_n), dtype=np.float32)
+    for t in prange(n_t):
+        written = np.zeros(n_n, dtype=np.float32)
+        for p in range(by_token[t], by_token[t + 1]):
+            f, a = token_features[p], token_values[p]
+            for i in range(n_n):
+                written[i] += a * up[f, i]
+        for i in range(n_n):
+            x = max(neurons[t, i], np.float32(0.0))
+            ratio[t, i] = x / written[i] if written[i] > 0 else np.float32(0.0)
+    for f in prange(plain.shape[0]):
+        for p in range(by_feature[f], by_feature[f + 1]):
+            t, a = feature_tokens[p], np.float64(feature_values[p])
+            for i in range(n_n):
+                share = a * ratio[t, i]
+                plain[f, i] += share
+                strong[f, i] += share * max(neurons[t, i], np.float32(0.0))

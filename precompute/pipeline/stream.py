@@ -21,7 +21,7 @@ from neurodash.config import PrecomputeConfig
 from neurodash.units import Source
 from precompute.corpus import Batch, pack_windows
 from precompute.models import LoadedModel
-from precompute.pipeline.accumulate import UnitAccumulator
+from precompute.pipeline.accumulate import UnitAccumulator, fused_kernels
 from precompute.pipeline.attention import AttentionStats, one_thread
 from precompute.pipeline.exact import ExactSum
 from precompute.pipeline.polysemanticity import attribution_sums, projection
@@ -68,9 +68,30 @@ class NeuronBridge:
         )
 
     def update(self, neurons: Tensor, features: Tensor) -> None:
+        """Add a batch's tokens (``[t, n_neurons]``, ``[t, n_features]``). On the CPU, through the
+        active features alone (``fused.bridge_sums``: an SAE's features are sparse); else two
+        products each for the plain and the strong sums."""
         x, a = neurons.float(), features.float()
+        if x.device.type == "cpu" and fused_kernels is not None:
+            by_token, token_features, token_values = _sparse_rows(a)
+            by_feature, feature_tokens, feature_values = _sparse_rows(a.T)
+            up = self.decoder_up.float().contiguous()
+            fused_kernels.bridge_sums(
+                x.contiguous().numpy(), by_token.numpy(), token_features.numpy(), token_values.numpy(),
+                by_feature.numpy(), feature_tokens.numpy(), feature_values.numpy(), up.numpy(),
+                self.attribution.block_to_add().numpy(), self.strong.block_to_add().numpy(),
+            )  # fmt: skip
+            return
         self.attribution.add(attribution_sums(x, a, self.decoder_up))
         self.strong.add(attribution_sums(x, a, self.decoder_up, strong=True))
+
+
+def _sparse_rows(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``m``'s non-zeros row by row (CSR): row r's columns and values are ``[starts[r]:starts[r + 1]]``."""
+    rows, cols = m.nonzero(as_tuple=True)
+    starts = torch.zeros(m.shape[0] + 1, dtype=torch.long)
+    starts[1:] = torch.bincount(rows, minlength=m.shape[0]).cumsum(0)
+    return starts, cols.contiguous(), m[rows, cols].contiguous()
 
 
 class Contexts:

@@ -8,6 +8,7 @@ import torch
 
 from precompute.pipeline.polysemanticity import (
     attributed_mass,
+    attribution_sums,
     diversity,
     effective_number,
     evidence,
@@ -53,6 +54,32 @@ def test_attributed_mass_splits_each_token_among_the_features_that_push_the_neur
 def test_activation_no_feature_explains_is_left_unattributed():
     mass = attributed_mass(torch.tensor([[3.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0], [1.0]]))
     assert mass.sum() == 0 and feature_shares(mass.numpy()).tolist() == [[0.0, 0.0]]
+
+
+def test_the_cpu_bridge_kernel_adds_what_the_dense_products_give():
+    """``NeuronBridge.update`` on the CPU reads only the active features (``fused.bridge_sums``);
+    its sums equal ``attribution_sums``' two dense products, over two batches, including a token
+    that no feature explains and a feature that never fires."""
+    from precompute.pipeline.stream import NeuronBridge
+
+    g = torch.Generator().manual_seed(0)
+    n_tokens, n_features, n_neurons = 50, 40, 70
+    up = torch.randn(n_features, n_neurons, generator=g).clamp(min=0)
+    bridge, want_plain, want_strong = NeuronBridge.on(up), 0, 0
+    for _ in range(2):
+        features = torch.rand(n_tokens, n_features, generator=g)
+        features = torch.where(features > 0.85, features, 0.0)  # sparse, as an SAE's
+        features[3] = 0.0  # a token no feature explains
+        features[:, 7] = 0.0  # a feature that never fires
+        neurons = torch.randn(n_tokens, n_neurons, generator=g)
+        bridge.update(neurons, features)
+        want_plain = want_plain + attribution_sums(neurons, features, up).double()
+        want_strong = want_strong + attribution_sums(neurons, features, up, strong=True).double()
+    bridge.attribution.flush()
+    bridge.strong.flush()
+    torch.testing.assert_close(bridge.attribution.value(), want_plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bridge.strong.value(), want_strong, rtol=1e-5, atol=1e-6)
+    assert bridge.attribution.value()[7].abs().sum() == 0
 
 
 def digit_like_units(n_top: int = 20, n_sample: int = 20, dims: int = 32) -> dict[str, np.ndarray]:
