@@ -192,26 +192,25 @@ def heads_overhead(args) -> dict[str, float]:
         seconds[name] += time.perf_counter() - started
         return out
 
-    def update(acts, batch) -> None:
-        with SourceUpdater(tracked, cfg.device) as updater:  # as the pass runs them
-            updater(acts, batch.seq_ids, batch.tokens.to(cfg.device), first, cfg.ctx, {})
-
     batches = list(
         pack_windows(load_corpus(), model.tokenizer, cfg.ctx, cfg.batch_size, max_tokens=cfg.tokens)
     )
     model.forward(batches[0].tokens)  # warm-up
-    for i, batch in enumerate(batches):
-        runs = [
-            ("bare", model.forward, (batch.tokens,)),
-            ("neurons", model.activations, (batch.tokens, neuron_hooks)),
-            ("with heads", model.activations, (batch.tokens, all_hooks)),
-        ]
-        acts = None
-        for name, run, run_args in runs[i % 3 :] + runs[: i % 3]:
-            out = timed(name, run, *run_args)
-            if name == "with heads":
-                acts = out
-        timed("update heads", update, acts, batch)
+    with SourceUpdater(tracked, cfg.device) as update:  # as the pass runs them
+        for i, batch in enumerate(batches):
+            runs = [
+                ("bare", model.forward, (batch.tokens,)),
+                ("neurons", model.activations, (batch.tokens, neuron_hooks)),
+                ("with heads", model.activations, (batch.tokens, all_hooks)),
+            ]
+            acts = None
+            for name, run, run_args in runs[i % 3 :] + runs[: i % 3]:
+                out = timed(name, run, *run_args)
+                if name == "with heads":
+                    acts = out
+            timed(
+                "update heads", update, acts, batch.seq_ids, batch.tokens.to(cfg.device), first, cfg.ctx, {}
+            )
     return seconds
 
 
