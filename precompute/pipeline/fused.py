@@ -52,45 +52,33 @@ def _worst(keys, gpos, u):
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def scan(
-    acts, first, token_keys, salts, seq_ids, ctx,  # in
-    width, hist, skeys, sgpos,  # updated in place
-    smax, pmax, smin, pmin, sums, soccupant,  # out
-):  # fmt: skip
-    """``acts`` [b, t, u] float32; ``token_keys`` [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b].
-    ``width`` [u] float64 and ``hist`` [2h, u] int64: the histogram; ``skeys`` [u, r] int32 and
-    ``sgpos`` [u, r] int64: the sample's keys and tokens. Out: ``smax``/``smin`` [b, u] float32 and
-    their positions ``pmax``/``pmin`` [b, u] int64, ``sums`` [4, u] float64, ``soccupant`` [u, r]
-    int64: the token (b * t + pos) now in a sample slot, -1 where it kept its occupant.
-
-    Blocks of ``BLOCK`` units go to the threads (``scan_serial``: one after another, for sources too
-    small to share, read from threads of the caller's own)."""
-    for blk in prange((acts.shape[2] + BLOCK - 1) // BLOCK):
-        _scan_block(
-            blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
-            smax, pmax, smin, pmin, sums, soccupant,
-        )  # fmt: skip
+def scan(*args):
+    """``_scan_block``'s blocks of ``BLOCK`` units, spread over numba's threads."""
+    for blk in prange((args[0].shape[2] + BLOCK - 1) // BLOCK):
+        _scan_block(blk, *args)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def scan_serial(
-    acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
-    smax, pmax, smin, pmin, sums, soccupant,
-):  # fmt: skip
-    """``scan`` in the calling thread."""
-    for blk in range((acts.shape[2] + BLOCK - 1) // BLOCK):
-        _scan_block(
-            blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
-            smax, pmax, smin, pmin, sums, soccupant,
-        )  # fmt: skip
+def scan_serial(*args):
+    """``scan`` in the calling thread: for sources too small to share, updated from threads of their own."""
+    for blk in range((args[0].shape[2] + BLOCK - 1) // BLOCK):
+        _scan_block(blk, *args)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scan_block(
-    blk, acts, first, token_keys, salts, seq_ids, ctx, width, hist, skeys, sgpos,
-    smax, pmax, smin, pmin, sums, soccupant,
+    blk, acts, first, token_keys, salts, seq_ids, ctx,  # in
+    width, hist, skeys, sgpos,  # updated in place
+    smax, pmax, smin, pmin, sums, soccupant,  # out
 ):  # fmt: skip
-    """``scan`` of units ``blk * BLOCK`` on. Each row of the batch goes through loops the compiler
+    """One pass over a batch for units ``blk * BLOCK`` on: ``acts`` [b, t, u] float32; ``token_keys``
+    [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b]. ``width`` [u] float64 and ``hist`` [2h, u]
+    int64: the histogram; ``skeys`` [u, r] int32 and ``sgpos`` [u, r] int64: the sample's keys and
+    tokens. Out: ``smax``/``smin`` [b, u] float32 and their positions ``pmax``/``pmin`` [b, u] int64,
+    ``sums`` [4, u] float64, ``soccupant`` [u, r] int64: the token (b * t + pos) now in a sample slot,
+    -1 where it kept its occupant.
+
+    Each row of the batch goes through loops the compiler
     vectorises (extremes, sums, bins) into block-local arrays; the rare events (a unit's bins widen,
     a token enters the sample) are flagged there and handled one unit at a time."""
     n_b, n_t, n_u = acts.shape
