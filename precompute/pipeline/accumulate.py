@@ -411,7 +411,8 @@ class UnitAccumulator:
         if copy is not None:
             at = (entered >= 0).nonzero(as_tuple=True)
             _fill(self.sample, at, copy(occ_b[at], at[0], occ_t[at]))
-        self.sample_bound = self.sample["key"].max(1).values
+        if self.sample["key"].shape[1]:
+            self.sample_bound = self.sample["key"].max(1).values
 
     def _update_torch(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int, copy) -> None:
         """torch's way (any device): reductions over the batch, then gathers for the entrants."""
@@ -467,6 +468,8 @@ class UnitAccumulator:
             self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
             smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),
         )  # fmt: skip
+        if not bool(torch.isfinite(sums).all()):
+            raise ValueError("activations that are not finite (NaN or inf): the run stops")
         self.max = torch.maximum(self.max, smax.amax(0))
         self.min = torch.minimum(self.min, smin.amin(0))
         self.moments.add(sums)
@@ -491,8 +494,11 @@ class UnitAccumulator:
         grow = needed > self.bin_width
         if bool(grow.any()):
             self._rebin(torch.where(grow, needed, self.bin_width))
-        inv_width = torch.where(self.bin_width > 0, 1 / self.bin_width, 1.0).float()
-        scaled = torch.mul(a, inv_width, out=_scratch("scaled", a))  # exact: powers of two
+        inv_width = torch.where(self.bin_width > 0, 1 / self.bin_width, 1.0)
+        if bool((inv_width < 2.0**127).all()):  # float32 holds every inverse
+            scaled = torch.mul(a, inv_width.float(), out=_scratch("scaled", a))  # exact: powers of two
+        else:  # bins narrower than 2**-127 (a unit of float32 subnormals): in float64
+            scaled = a.double() * inv_width
         scaled.ceil_().add_(h - 1)  # in [0, 2h - 1]: |a| <= extent < h * width
         idx = _scratch("idx", a, torch.long).copy_(scaled).view(-1, self.n_units)
         self.hist.scatter_add_(0, idx, self._ones.expand_as(idx))

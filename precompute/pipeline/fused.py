@@ -88,12 +88,12 @@ def _scan_block(
     s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     counts = np.zeros((n, 2 * h), dtype=np.int32)
     cols = np.empty(n, dtype=np.int32)
-    inv, limit = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    inv, limit = np.empty(n), np.empty(n, dtype=np.float32)
     salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int32)
     for i in range(n):
         u = u0 + i
         inv[i], limit[i] = _scale(width[u], h)
-        bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+        bound[i] = skeys[u, _worst(skeys, sgpos, u)] if skeys.shape[1] else -1  # -1: no sample kept
         soccupant[u, :] = -1
     for b in range(n_b):
         mx, mn = np.full(n, -np.inf, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
@@ -123,13 +123,13 @@ def _scan_block(
                 a = row[i]
                 wide |= abs(a) >= limit[i]
                 enters |= (a > 0) & ((key ^ salt[i]) < bound[i])
-                cols[i] = np.int32(np.ceil(a * inv[i])) + (h - 1)
+                cols[i] = _column(a, inv[i], h)
             if wide:  # widen the bins of the units that need it, exactly (``rebinned``)
                 for i in range(n):
                     if abs(row[i]) >= limit[i]:
                         _widen(hist, counts, width, u0, i, _needed_width(abs(np.float64(row[i])), h))
                         inv[i], limit[i] = _scale(width[u0 + i], h)
-                        cols[i] = np.int32(np.ceil(row[i] * inv[i])) + (h - 1)
+                        cols[i] = _column(row[i], inv[i], h)
             for i in range(n):
                 counts[i, cols[i]] += 1
             if enters:  # the token takes the sample slot of the unit's worst-ranked one
@@ -150,11 +150,22 @@ def _scan_block(
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scale(width, h):
-    """A unit's ``1 / width`` (1 while unset), and the smallest |a| that widens its bins: ``h * width``,
-    or the smallest float32 above 0 while unset (every non-zero value sets the width)."""
+    """A unit's ``1 / width`` (1 while unset; float64: widths of tiny units pass float32's range), and
+    the smallest |a| that widens its bins: ``h * width`` (at least 2**-149: the smallest float32 above
+    0 is 2**-149, and its width 2**-155), or that float while unset (every non-zero value sets it)."""
     if width == 0:
-        return np.float32(1.0), np.float32(1e-45)
-    return np.float32(1.0 / width), np.float32(h * width)  # a power of two: exact (inf past float32)
+        return 1.0, np.float32(1e-45)
+    return 1.0 / width, np.float32(h * width)  # powers of two: exact (inf past float32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _column(a, inv, h):
+    """The histogram column of value ``a`` (exact: ``inv`` is a power of two), kept in the histogram
+    even for a value that is not finite (the run then stops: its sums are not finite either)."""
+    k = np.ceil(np.float64(a) * inv)  # the bin (k - 1, k] in widths: k in [1 - h, h] once widened
+    k = k if k >= 1 - h else 1 - h  # (NaN fails both tests: bin 1 - h)
+    k = k if k <= h else h
+    return np.int32(k) + (h - 1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -316,7 +327,7 @@ def bridge_sums(neurons, by_token, token_features, token_values, by_feature, fea
                 written[i] += a * up[f, i]
         for i in range(n_n):
             x = max(neurons[t, i], np.float32(0.0))
-            ratio[t, i] = x / written[i] if written[i] > 0 else np.float32(0.0)
+            ratio[t, i] = x / max(written[i], np.float32(1e-30)) if written[i] > 0 else np.float32(0.0)
     for f in prange(plain.shape[0]):
         for p in range(by_feature[f], by_feature[f + 1]):
             t, a = feature_tokens[p], np.float64(feature_values[p])

@@ -187,7 +187,10 @@ class SourceUpdater:
     def __init__(self, tracked: list[Tracked], device: str):
         self.large = [t for t in tracked if t.attention is None]
         self.heads = [t for t in tracked if t.attention is not None]
-        workers = torch.get_num_threads() if device == "cpu" and len(self.heads) > 1 else 0
+        # Side by side only through the serial CPU kernels: torch's path shares scratch buffers, and
+        # numba's parallel kernels may not be called from several threads at once.
+        serial = fused_kernels is not None and all(t.acc.kernels is fused_kernels.SERIAL for t in self.heads)
+        workers = torch.get_num_threads() if device == "cpu" and len(self.heads) > 1 and serial else 0
         self.pool = (
             ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers else None
         )

@@ -184,3 +184,36 @@ def test_keep_bos_counts_the_first_position():
     acc.update(x.clone(), torch.arange(2), first=0)
     res = acc.result()
     assert res.moments.count == 12 and res.max[0] == 9.0 and res.top.pos[0][0] == 0
+
+
+def test_no_quantile_sample_and_tiny_units_keep_the_same_state_as_torch():
+    """``per_group=0`` keeps no sample; a unit whose values are ~1e-39 (float32's subnormals) gets bins
+    narrower than 2**-126, whose inverse float32 cannot hold: the kernels bin it in float64."""
+    cfg = AccumulatorConfig(top_k=3, bottom_k=2, quantile_groups=2, per_group=0, window=4, window_before=2)
+    g = np.random.default_rng(2)
+    x = g.standard_normal((9, 10, 5)).astype(np.float32)
+    x[..., 4] *= np.float32(1e-39)
+    results = []
+    for fused in (True, False):
+        acc = UnitAccumulator(5, 10, cfg, fused=fused)
+        for s in range(0, 9, 3):
+            acc.update(torch.from_numpy(x[s : s + 3].copy()), torch.arange(s, s + 3), first=1, ctx=10)
+        results.append(acc.result())
+    fused, plain = results
+    assert fused.sample.val.shape == (5, 0)
+    np.testing.assert_array_equal(fused.top.val, plain.top.val)
+    np.testing.assert_array_equal(fused.hist.counts[:4], plain.hist.counts[:4])
+    a = x[:, 1:, 4].reshape(-1).astype(np.float64)
+    w, h = fused.hist.bin_width[4], cfg.hist_bins
+    assert 0 < w < 2.0**-126 and np.abs(a).max() < h * w
+    np.testing.assert_array_equal(
+        fused.hist.counts[4], np.bincount((np.ceil(a / w) - 1 + h).astype(int), minlength=2 * h)
+    )
+
+
+def test_activations_that_are_not_finite_stop_the_run():
+    acc = UnitAccumulator(U, T, CFG, fused=True)
+    x = torch.zeros(2, T, U)
+    x[1, 4, 2] = torch.nan
+    with pytest.raises(ValueError, match="not finite"):
+        acc.update(x, torch.arange(2), first=FIRST, ctx=T)
