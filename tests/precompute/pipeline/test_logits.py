@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from precompute.models import load_model
-from precompute.pipeline.tables import logit_block, logits_table
+from precompute.pipeline.tables import logit_block, logits_table, top_effects
 
 K = 7
 
@@ -47,3 +47,18 @@ def test_block_size_keeps_the_product_under_budget():
     assert logit_block(262_144) == 256  # a 262k vocabulary: 256 units x vocab x 4 bytes = 256 MiB
     assert logit_block(49_152, budget=4 * 49_152 * 3 + 1) == 3
     assert logit_block(10**9) == 1
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_top_effects_on_the_cpu_break_ties_as_a_stable_sort(k):
+    """Rows of small integers (ties everywhere), in two chunks: the CPU's one-read kernel picks
+    what a stable sort of each row does, values and token ids, for k up to the row's length."""
+    rows = torch.randint(-3, 4, (9, 40), generator=torch.Generator().manual_seed(k)).float()
+    up_vals, up_ids, down_vals, down_ids = top_effects([rows[:4], rows[4:]], k)
+    x = rows.numpy()
+    for got_ids, got_vals, order in ((up_ids, up_vals, -x), (down_ids, down_vals, x)):
+        want = np.argsort(order, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(got_ids.numpy(), want)
+        np.testing.assert_array_equal(got_vals.numpy(), np.take_along_axis(x, want, 1))
+    with pytest.raises(ValueError, match="top 41 of 40"):
+        top_effects([rows], 41)
