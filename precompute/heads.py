@@ -294,25 +294,28 @@ class BridgeAttention:
 
     @torch.inference_mode()
     def ov_logit_diagonal(
-        self, layer: int, unembed: Tensor, block: int = 4096
+        self, layer: int, unembed: Tensor, block: int = 1024
     ) -> Float[Tensor, "head d_vocab"]:
         """The OV circuit's direct logit effect on each token of what it reads: for every token t,
         ``X_t W_V^h W_O^h W_U[:, t]`` with ``X_t`` the token's embedding through the layer's input norm
         (as for ``copying``) and ``unembed`` W_U with the final norm's scale folded in: the logit the
         head adds to t when it attends to a position holding t, all of it on t. On the device, in
-        blocks of tokens; the ``[head, d_vocab]`` result stays there."""
+        blocks of tokens (small enough to stay in cache); the ``[head, d_vocab]`` result stays there."""
         norm: Callable[[Tensor], Tensor] = self.bridge.blocks[layer].ln1
         embed = self.loaded.embedding_matrix()
         W_V, W_O = self._W_V[layer].float(), self._W_O[layer].float()  # [kv_head, ...], [head, ...]
-        group = self.n_heads // W_V.shape[0]  # grouped-query attention: read once per kv head
+        n_kv, d_model, d_head = W_V.shape
+        group = self.n_heads // n_kv  # grouped-query attention: each kv head's read serves `group` heads
+        read_all = W_V.permute(1, 0, 2).reshape(d_model, n_kv * d_head)
+        write_all = W_O.permute(2, 0, 1).reshape(d_model, self.n_heads * d_head)
         blocks = []
         for start in range(0, unembed.shape[1], block):
-            ids = torch.arange(start, min(start + block, unembed.shape[1]), device=embed.device)
-            reads = torch.einsum("kd,gde->gke", norm(embed[ids]).float(), W_V)  # [kv_head, k, d_head]
-            writes = torch.einsum("hed,dk->hke", W_O, unembed[:, ids].float())  # [head, k, d_head]
-            per_kv = writes.reshape(W_V.shape[0], group, *writes.shape[1:]) * reads[:, None]
-            blocks.append(per_kv.sum(-1).flatten(0, 1))
-        return torch.cat(blocks, dim=1)
+            stop = min(start + block, unembed.shape[1])
+            reads = norm(embed[start:stop]).float() @ read_all  # [k, kv_head * d_head]
+            writes = unembed[:, start:stop].float().T @ write_all  # [k, head * d_head]
+            per_head = writes.view(-1, n_kv, group, d_head) * reads.view(-1, n_kv, 1, d_head)
+            blocks.append(per_head.sum(-1).flatten(1))
+        return torch.cat(blocks).T.contiguous()
 
     @cached_property
     def _unembed(self) -> Float[Tensor, "d_model d_vocab"]:
