@@ -31,7 +31,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from neurodash.config import AccumulatorConfig
+from neurodash.errors import NeurodashError
 from precompute.pipeline.exact import ExactSum
+
+class NotFinite(NeurodashError):
+    """A unit's activations hold NaN or inf (a model that overflows in a low precision, or broken weights)."""
+
 
 if TYPE_CHECKING:
     from precompute.pipeline.fused import Kernels
@@ -328,10 +333,12 @@ class UnitAccumulator:
         cfg: AccumulatorConfig,
         device: str | torch.device = "cpu",
         fused: bool | None = None,
+        name: str = "units",
     ):
         """``fused``: read each batch once with the CPU kernels of ``precompute.pipeline.fused``
-        (default: on the CPU, where numba is installed); off, torch's operations give the same state."""
-        self.cfg, self.n_units, self.device = cfg, n_units, torch.device(device)
+        (default: on the CPU, where numba is installed); off, torch's operations give the same state.
+        ``name``: the source's, for errors."""
+        self.cfg, self.n_units, self.device, self.name = cfg, n_units, torch.device(device), name
         if fused is None:
             fused = self.device.type == "cpu" and fused_kernels is not None
         self.fused = fused
@@ -469,7 +476,7 @@ class UnitAccumulator:
             smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),
         )  # fmt: skip
         if not bool(torch.isfinite(sums).all()):
-            raise ValueError("activations that are not finite (NaN or inf): the run stops")
+            raise self._not_finite()
         self.max = torch.maximum(self.max, smax.amax(0))
         self.min = torch.minimum(self.min, smin.amin(0))
         self.moments.add(sums)
@@ -490,6 +497,8 @@ class UnitAccumulator:
         """
         h = self.cfg.hist_bins
         extent = torch.maximum(self.max.abs(), self.min.abs()).double()  # already includes this batch
+        if not bool(torch.isfinite(extent).all()):  # max and min hold any NaN or inf
+            raise self._not_finite()
         needed = torch.where(extent > 0, torch.exp2(torch.floor(torch.log2(extent / h)) + 1), 0.0)
         grow = needed > self.bin_width
         if bool(grow.any()):
@@ -611,6 +620,12 @@ class UnitAccumulator:
         theirs = rebinned(other["hist"].to(dev), other["bin_width"].to(dev), width)
         self.hist = rebinned(self.hist, self.bin_width, width) + theirs
         self.bin_width = width
+
+    def _not_finite(self) -> NotFinite:
+        return NotFinite(
+            f"{self.name}: activations that are not finite (NaN or inf), so the run stops; a model that "
+            "overflows in bfloat16 or float16 runs in --dtype float32"
+        )
 
     def result(self) -> AccumulatorResult:
         """Final statistics and examples as numpy arrays."""

@@ -243,7 +243,7 @@ def neurons(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> Tracked:
         n_tokens=0,
         config=_config_dict(cfg),
     )
-    acc = UnitAccumulator(model.d_mlp, cfg.ctx, cfg.examples, cfg.device)
+    acc = UnitAccumulator(model.d_mlp, cfg.ctx, cfg.examples, cfg.device, name=source.source_id)
     return Tracked(source, source.hook, model.mlp_out_directions(layer), acc)
 
 
@@ -285,7 +285,7 @@ def heads(model: LoadedModel, layer: int, cfg: PrecomputeConfig) -> Tracked:
         n_tokens=0,
         config={**_config_dict(cfg), "activation": ACTIVATION},
     )
-    acc = UnitAccumulator(n_heads, cfg.ctx, cfg.examples, cfg.device)
+    acc = UnitAccumulator(n_heads, cfg.ctx, cfg.examples, cfg.device, name=source.source_id)
     no_directions = torch.zeros((n_heads, 0))  # a head writes a subspace: see ``_write_heads``
     return Tracked(
         source,
@@ -325,7 +325,7 @@ def features(model: LoadedModel, cfg: PrecomputeConfig, saes: list[LoadedSAE] | 
             sae=sae.name,
             config={**_config_dict(cfg), "sae_metrics": _sae_metrics(spec)},
         )
-        acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device)
+        acc = UnitAccumulator(sae.d_sae, cfg.ctx, cfg.examples, cfg.device, name=source.source_id)
         directions = sae.residual_directions(model)
         tracked.append(Tracked(source, sae.hook, directions, acc, sae.encode, sae.decoder_directions()))
     if len({t.source.source_id for t in tracked}) < len(tracked):

@@ -195,6 +195,27 @@ def test_dtype(tiny_model_dir, docs_jsonl, tmp_path, dtype):
     assert written(tmp_path) == []
 
 
+# --- a model whose activations are not finite (overflow, broken weights) ----------------------
+def test_activations_that_are_not_finite(tiny_model_dir, docs_jsonl, tmp_path):
+    """A NaN weight in layer 0's MLP: its neurons' activations are NaN from the first batch."""
+    import shutil
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    model = LlamaForCausalLM.from_pretrained(broken)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = torch.nan
+    model.save_pretrained(broken)
+    out = tmp_path / "runs" / "s.duckdb"
+    out.parent.mkdir()
+    code, err = neurodash(*precompute(broken, out, "--dataset", docs_jsonl))
+    assert_one_line(code, err, "L0.mlp: activations that are not finite (NaN or inf)", out)
+    assert written(out.parent) == []
+
+
 # --- --tokens beyond the corpus: accepted, said, and the store keeps the real count ------------
 def test_tokens_beyond_the_corpus(tiny_model_dir, docs_jsonl, tmp_path):
     out = tmp_path / "s.duckdb"

@@ -8,7 +8,14 @@ import torch
 
 from neurodash.config import AccumulatorConfig
 from precompute.pipeline import fused as fused_kernels
-from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, UnitAccumulator, token_hash, unit_salts
+from precompute.pipeline.accumulate import (
+    NO_KEY,
+    AccumulatorResult,
+    NotFinite,
+    UnitAccumulator,
+    token_hash,
+    unit_salts,
+)
 from precompute.pipeline.tables import examples_table
 
 CFG = AccumulatorConfig(
@@ -211,9 +218,12 @@ def test_no_quantile_sample_and_tiny_units_keep_the_same_state_as_torch():
     )
 
 
-def test_activations_that_are_not_finite_stop_the_run():
-    acc = UnitAccumulator(U, T, CFG, fused=True)
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bad", [torch.nan, torch.inf])
+def test_activations_that_are_not_finite_stop_the_run(fused, bad):
+    """One line naming the source (the CLI's exit 2), at the batch that holds them, on both paths."""
+    acc = UnitAccumulator(U, T, CFG, fused=fused, name="L3.mlp")
     x = torch.zeros(2, T, U)
-    x[1, 4, 2] = torch.nan
-    with pytest.raises(ValueError, match="not finite"):
+    x[1, 4, 2] = bad
+    with pytest.raises(NotFinite, match=r"^L3\.mlp: activations that are not finite"):
         acc.update(x, torch.arange(2), first=FIRST, ctx=T)
