@@ -34,10 +34,6 @@ from neurodash.config import AccumulatorConfig
 from neurodash.errors import NeurodashError
 from precompute.pipeline.exact import ExactSum
 
-class NotFinite(NeurodashError):
-    """A unit's activations hold NaN or inf (a model that overflows in a low precision, or broken weights)."""
-
-
 if TYPE_CHECKING:
     from precompute.pipeline.fused import Kernels
 
@@ -48,6 +44,10 @@ except ImportError:  # pragma: no cover - numba is a dependency of the pipeline
 
 _MASK32 = 0xFFFFFFFF
 NO_KEY = 1 << 30  # larger than any 30-bit key: an empty sample slot
+
+
+class NotFinite(NeurodashError):
+    """A unit's activations hold NaN or inf (a model that overflows in a low precision, or broken weights)."""
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,37 @@ hands so that the caller copies the entrants' windows with a few gathers.
 
 Units are split in blocks across threads; every unit is read and written by one thread, in token
 order, so the results do not depend on the number of threads.
+
+Beside the pass: ``attention_sums`` (a layer's head statistics), ``bridge_sums`` (the SAE's
+neuron-feature bridge over its active features) and ``extremes`` (the top and bottom logit effects
+of each unit, one read of each row).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+
+# numba's thread pool follows OMP_NUM_THREADS as torch's does (torchrun sets it to 1 for each rank):
+# a pool larger than a rank's share of the cores leaves OpenMP workers spinning on cores the other
+# ranks need (two ranks on 2 cores ran 4-7x slower). Read when numba is imported: here, first.
+if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+from numba import config, njit, prange, set_num_threads  # noqa: E402
 
 BLOCK = 64  # units per parallel task: wide enough to vectorise the inner loop over units
+
+
+def use_threads(n: int) -> None:
+    """The parallel kernels called from this thread run on ``n`` threads (at most numba's pool): as
+    many as torch's, which a torchrun rank gets from OMP_NUM_THREADS (1 by default). More would
+    oversubscribe the cores, and numba's OpenMP threads spin while they wait."""
+    set_num_threads(max(1, min(n, config.NUMBA_NUM_THREADS)))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

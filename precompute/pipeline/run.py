@@ -32,7 +32,7 @@ from neurodash.units import HEAD, NEURON, SAE_FEATURE, Source, head_source_id, n
 from precompute.corpus import Batch, corpus_documents, pack_windows
 from precompute.device import check_device, format_bytes, memory_available
 from precompute.models import LoadedModel, layer_of, load_model, mlp_hook, mlp_input_hook
-from precompute.pipeline import tables, weights_cache
+from precompute.pipeline import fused, tables, weights_cache
 from precompute.pipeline.accumulate import AccumulatorResult, UnitAccumulator, state_bytes
 from precompute.pipeline.attention import ACTIVATION, AttentionStats, pattern_hook, z_hook, z_norm
 from precompute.pipeline.polysemanticity import (
@@ -121,6 +121,7 @@ class PreparedPass:
 
 def prepare(cfg: PrecomputeConfig, corpus: bool = True) -> PreparedPass:
     """Load the corpus (unless ``corpus`` is False), the model and SAEs; set up every source to track."""
+    fused.use_threads(torch.get_num_threads())
     dataset, sampling = (
         corpus_documents(cfg.dataset, cfg.split, cfg.text_column, cfg.shuffle, cfg.sample_seed)
         if corpus

@@ -229,7 +229,7 @@ def _extremes(effects: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ``topk`` of each sign."""
     if k > effects.shape[1]:
         raise ValueError(f"top {k} of {effects.shape[1]} tokens")
-    if effects.device.type == "cpu" and effects.dtype in (torch.float32, torch.float64):
+    if k > 0 and effects.device.type == "cpu" and effects.dtype in (torch.float32, torch.float64):
         return tuple(map(torch.from_numpy, fused.extremes(effects.detach().numpy(), k)))  # type: ignore[return-value]
     up_vals, up_ids = effects.topk(k, dim=1)
     down_vals, down_ids = effects.topk(k, dim=1, largest=False)  # as (-effects).topk, without its copy

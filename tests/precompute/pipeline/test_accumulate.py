@@ -227,3 +227,34 @@ def test_activations_that_are_not_finite_stop_the_run(fused, bad):
     x[1, 4, 2] = bad
     with pytest.raises(NotFinite, match=r"^L3\.mlp: activations that are not finite"):
         acc.update(x, torch.arange(2), first=FIRST, ctx=T)
+
+
+def test_the_kernels_threads_follow_torchs():
+    """numba's pool takes OMP_NUM_THREADS, as torch does (torchrun gives each rank 1: a larger pool
+    spins on the other ranks' cores), and a run's kernels use as many threads as torch has."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numba
+
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    code = "import precompute.pipeline.fused, numba; print(numba.config.NUMBA_NUM_THREADS)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "1"
+    before = numba.get_num_threads()
+    try:
+        fused_kernels.use_threads(1)
+        assert numba.get_num_threads() == 1
+        fused_kernels.use_threads(10_000)
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba.set_num_threads(before)
