@@ -40,7 +40,7 @@ def use_threads(n: int) -> None:
     """The parallel kernels called from this thread run on ``n`` threads (at most numba's pool): as
     many as torch's, which a torchrun rank gets from OMP_NUM_THREADS (1 by default). More would
     oversubscribe the cores, and numba's OpenMP threads spin while they wait."""
-    set_num_threads(max(1, min(n, config.NUMBA_NUM_THREADS)))
+    set_num_threads(max(1, min(n, config.NUMBA_NUM_THREADS)))  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
