@@ -34,7 +34,7 @@ from neurodash.units import Source
 _QUEUED = 4  # statements waiting for the writer's thread at most
 # DuckDB checkpoints its write-ahead log into the file every 16 MiB by default: a run's hundreds of
 # small inserts then rewrite the tables' last row groups again and again (a run of every layer spent
-# 9 of its 13 s of inserts there). The writer checkpoints once, at ``commit``, or every 1 GiB of log.
+# 9 of its 13 s of inserts there). The writer checkpoints once, at ``commit``, or every 1 GB of log.
 _CHECKPOINT_EVERY = "1GB"
 
 

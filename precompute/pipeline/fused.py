@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,8 +29,9 @@ import numpy as np
 # numba's thread pool follows OMP_NUM_THREADS as torch's does (torchrun sets it to 1 for each rank):
 # a pool larger than a rank's share of the cores leaves OpenMP workers spinning on cores the other
 # ranks need (two ranks on 2 cores ran 4-7x slower). Read when numba is imported: here, first.
-if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+_omp = os.environ.get("OMP_NUM_THREADS", "")
+if _omp.isdigit() and int(_omp) > 0 and "numba" not in sys.modules:  # once numba runs, it is fixed
+    os.environ.setdefault("NUMBA_NUM_THREADS", _omp)
 
 from numba import config, njit, prange, set_num_threads  # noqa: E402
 
@@ -363,26 +365,34 @@ _CHUNK = 64  # values of a row that ``extremes`` tests at once
 def extremes(rows, k):
     """Each row's ``k`` largest and ``k`` smallest values of ``rows`` [n, m] with their columns, in one
     read of the row (``torch.topk`` twice reads it twice, and sorts): ``(up_vals, up_ids, down_vals,
-    down_ids)``, [n, k] each, strongest first, ties to the lower column (a stable sort's order)."""
+    down_ids)``, [n, k] each, strongest first, ties to the lower column (a stable sort's order), and
+    ``nan`` [n]: the rows that hold a NaN (whose lists mean nothing). 1 <= k <= m."""
     n, m = rows.shape
+    if k < 1 or k > m:
+        raise ValueError("extremes: k must be in 1..m")
     up_vals, down_vals = np.empty((n, k), dtype=rows.dtype), np.empty((n, k), dtype=rows.dtype)
     up_ids, down_ids = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.int64)
+    nan = np.zeros(n, dtype=np.bool_)
     for r in prange(n):
         row, uv, ui, dv, di = rows[r], up_vals[r], up_ids[r], down_vals[r], down_ids[r]
         for j in range(k):
+            nan[r] |= row[j] != row[j]
             _insert(uv, ui, j, row[j], j, 1.0)
             _insert(dv, di, j, row[j], j, -1.0)
         for start in range(k, m, _CHUNK):  # most chunks hold no entrant: one vectorised test each
-            stop = min(start + _CHUNK, m)
-            if row[start:stop].max() <= uv[k - 1] and row[start:stop].min() >= dv[k - 1]:
+            stop, top, bottom, outside = min(start + _CHUNK, m), uv[k - 1], dv[k - 1], False
+            for j in range(start, stop):
+                outside |= not (bottom <= row[j] <= top)  # NaN too
+            if not outside:
                 continue
             for j in range(start, stop):
                 x = row[j]
+                nan[r] |= x != x
                 if x > uv[k - 1]:
                     _insert(uv, ui, k - 1, x, j, 1.0)
                 if x < dv[k - 1]:
                     _insert(dv, di, k - 1, x, j, -1.0)
-    return up_vals, up_ids, down_vals, down_ids
+    return up_vals, up_ids, down_vals, down_ids, nan
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")

@@ -381,11 +381,8 @@ def _logit_effects(directions: Tensor, unembed: Unembedding, k: int) -> dict[str
         unembed.weights_key,
         directions,
         k,
-        tables.LOGIT_BLOCK_BYTES,
-        tables.logit_block,
-        tables.logit_arrays,
-        tables.effect_arrays,
-        tables.top_effects,
+        tables,  # the code that computes them: every function it calls, in these two modules
+        fused,
     )
     return weights_cache.cached_arrays(key, lambda: tables.logit_arrays(directions, unembed.matrix, k))
 
@@ -396,9 +393,7 @@ def _ov_logit_effects(
     """A layer's heads' OV logit effects (``BridgeAttention.ov_logit_diagonal``), cached likewise."""
     from precompute import heads
 
-    key = weights_cache.fingerprint(
-        "ov", unembed.weights_key, layer, k, heads, tables.effect_arrays, tables.top_effects
-    )
+    key = weights_cache.fingerprint("ov", unembed.weights_key, layer, k, heads, tables, fused)
     return weights_cache.cached_arrays(
         key, lambda: tables.effect_arrays([attention.ov_logit_diagonal(layer, unembed.matrix)], k)
     )

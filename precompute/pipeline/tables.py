@@ -18,7 +18,7 @@ from torch import Tensor
 
 from neurodash.config import AccumulatorConfig
 from precompute.pipeline import fused
-from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, Examples, hist_edges
+from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, Examples, NotFinite, hist_edges
 from precompute.pipeline.polysemanticity import bimodality, combined, example_scores, kept_examples
 
 Columns = dict[str, Sequence | np.ndarray]  # what StoreWriter.append takes
@@ -226,13 +226,21 @@ def top_effects(chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor, Tenso
 
 def _extremes(effects: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``top_effects`` of one chunk: on the CPU one read of each row (``fused.extremes``), elsewhere
-    ``topk`` of each sign."""
+    ``topk`` of each sign. Effects that are NaN (weights that hold NaN) stop the run: ``NotFinite``."""
     if k > effects.shape[1]:
         raise ValueError(f"top {k} of {effects.shape[1]} tokens")
     if k > 0 and effects.device.type == "cpu" and effects.dtype in (torch.float32, torch.float64):
-        return tuple(map(torch.from_numpy, fused.extremes(effects.detach().numpy(), k)))  # type: ignore[return-value]
-    up_vals, up_ids = effects.topk(k, dim=1)
-    down_vals, down_ids = effects.topk(k, dim=1, largest=False)  # as (-effects).topk, without its copy
+        *found, nan = fused.extremes(effects.detach().numpy(), k)
+        nan = bool(nan.any())
+        up_vals, up_ids, down_vals, down_ids = map(torch.from_numpy, found)
+    else:
+        up_vals, up_ids = effects.topk(k, dim=1)
+        down_vals, down_ids = effects.topk(k, dim=1, largest=False)  # as (-effects).topk, without its copy
+        nan = bool(up_vals.isnan().any())  # topk ranks NaN above everything
+    if nan:
+        raise NotFinite(
+            "logit effects that are NaN: the unembedding or the units' output directions hold NaN"
+        )
     return up_vals, up_ids, down_vals, down_ids
 
 

@@ -231,7 +231,8 @@ def test_activations_that_are_not_finite_stop_the_run(fused, bad):
 
 def test_the_kernels_threads_follow_torchs():
     """numba's pool takes OMP_NUM_THREADS, as torch does (torchrun gives each rank 1: a larger pool
-    spins on the other ranks' cores), and a run's kernels use as many threads as torch has."""
+    spins on the other ranks' cores), and ``use_threads`` (what ``prepare`` calls with torch's
+    count) sets the kernels' threads, within the pool."""
     import os
     import subprocess
     import sys

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from precompute.models import load_model
+from precompute.pipeline.accumulate import NotFinite
 from precompute.pipeline.tables import logit_block, logits_table, top_effects
 
 K = 7
@@ -49,16 +50,28 @@ def test_block_size_keeps_the_product_under_budget():
     assert logit_block(10**9) == 1
 
 
-@pytest.mark.parametrize("k", [1, 3, 40])
-def test_top_effects_on_the_cpu_break_ties_as_a_stable_sort(k):
-    """Rows of small integers (ties everywhere), in two chunks: the CPU's one-read kernel picks
-    what a stable sort of each row does, values and token ids, for k up to the row's length."""
-    rows = torch.randint(-3, 4, (9, 40), generator=torch.Generator().manual_seed(k)).float()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 64, 65, 300])
+def test_top_effects_on_the_cpu_break_ties_as_a_stable_sort(k, dtype):
+    """Rows of small integers (ties everywhere, across the kernel's chunks of 64 columns), in two
+    chunks of rows: the CPU's one-read kernel picks what a stable sort of each row does, values and
+    token ids, for k up to the row's length."""
+    rows = torch.randint(-3, 4, (9, 300), generator=torch.Generator().manual_seed(k)).to(dtype)
+    rows[2, 100:] = 5  # a row whose later chunks all tie with its top
     up_vals, up_ids, down_vals, down_ids = top_effects([rows[:4], rows[4:]], k)
     x = rows.numpy()
     for got_ids, got_vals, order in ((up_ids, up_vals, -x), (down_ids, down_vals, x)):
         want = np.argsort(order, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(got_ids.numpy(), want)
         np.testing.assert_array_equal(got_vals.numpy(), np.take_along_axis(x, want, 1))
-    with pytest.raises(ValueError, match="top 41 of 40"):
-        top_effects([rows], 41)
+    with pytest.raises(ValueError, match="top 301 of 300"):
+        top_effects([rows], 301)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the kernel; torch's topk
+@pytest.mark.parametrize("column", [0, 200])  # among the first k; in a later chunk
+def test_logit_effects_that_are_nan_stop_the_run(dtype, column):
+    rows = torch.randn(3, 300).to(dtype)
+    rows[1, column] = torch.nan
+    with pytest.raises(NotFinite, match="logit effects that are NaN"):
+        top_effects([rows], K)
