@@ -11,7 +11,7 @@ from app_screenshot import free_port
 from browser_helpers import wait_for_path
 from selenium.webdriver.common.keys import Keys
 
-from neurodash.app import create_app
+from neurodash.app import create_app, ids
 from neurodash.meaning import examples_texts, search_by_meaning
 from neurodash.storage import Store
 
@@ -37,6 +37,9 @@ def test_a_query_in_words_lists_the_nearest_units(dash_duo, meaning_store):
     assert hrefs == expected and hrefs[0] == f"/unit/{own.ref}"
     dash_duo.find_elements(f"{ROWS} a")[0].click()
     wait_for_path(dash_duo, f"/unit/{own.ref}")
+    # the unit's page drawn (its permalink and examples): no request still under way when the server stops
+    dash_duo.wait_for_contains_text(f"#{ids.PERMALINK}", f"/unit/{own.ref}")
+    dash_duo.wait_for_element(".nd-examples")
     assert dash_duo.get_logs() == []
 
 
