@@ -65,9 +65,8 @@ def config(args, **overrides):
 
 
 def compile_kernels(args, out: Path) -> float:
-    """A tiny run first (one layer, two batches, with the SAEs; the weights cache off, so the cold run
-    below stays cold): the CPU kernels compile once a machine (and after a change to ``fused.py``),
-    outside every figure. Its seconds."""
+    """A tiny run first (one layer, two batches, with the SAEs): the CPU kernels compile once a machine
+    (and after a change to ``fused.py``), outside every figure. Its seconds."""
     from precompute import parse_layers, run_precompute
 
     layer = parse_layers(args.layers)[0]
@@ -79,15 +78,8 @@ def compile_kernels(args, out: Path) -> float:
         overwrite=True,
         saes=tuple(args.sae),
     )
-    cache, os.environ["NEURODASH_WEIGHTS_CACHE"] = os.environ.get("NEURODASH_WEIGHTS_CACHE"), "0"
     started = time.perf_counter()
-    try:
-        run_precompute(cfg, progress=False)
-    finally:
-        if cache is None:
-            del os.environ["NEURODASH_WEIGHTS_CACHE"]
-        else:
-            os.environ["NEURODASH_WEIGHTS_CACHE"] = cache
+    run_precompute(cfg, progress=False)
     return time.perf_counter() - started
 
 
@@ -304,6 +296,7 @@ def main() -> None:
         print_scoring_overhead(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["NEURODASH_WEIGHTS_CACHE"] = "0"  # off for the warm-up, so the cold run below stays cold
         warm_up = compile_kernels(args, Path(tmp) / "warm-up.duckdb")
         print(f"  a tiny run first, its kernels compiled where they were not: {warm_up:.1f} s (in no figure)")
         os.environ["NEURODASH_WEIGHTS_CACHE"] = str(Path(tmp) / "weights")  # empty: the run below is cold

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
 import numpy as np
 import pytest
 import torch
@@ -233,13 +239,6 @@ def test_the_kernels_threads_follow_torchs():
     """numba's pool takes OMP_NUM_THREADS, as torch does (torchrun gives each rank 1: a larger pool
     spins on the other ranks' cores), and ``use_threads`` (what ``prepare`` calls with torch's
     count) sets the kernels' threads, within the pool."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import numba
-
     root = Path(__file__).resolve().parents[3]
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     code = "import precompute.pipeline.fused, numba; print(numba.config.NUMBA_NUM_THREADS)"
