@@ -33,9 +33,10 @@ _omp = os.environ.get("OMP_NUM_THREADS", "")
 if _omp.isdigit() and int(_omp) > 0 and "numba" not in sys.modules:  # once numba runs, it is fixed
     os.environ.setdefault("NUMBA_NUM_THREADS", _omp)
 
-from numba import config, njit, prange, set_num_threads  # noqa: E402
+from numba import config, get_num_threads, njit, prange, set_num_threads  # noqa: E402
 
-BLOCK = 64  # units per parallel task: wide enough to vectorise the inner loop over units
+BLOCK = 64  # the fewest units per parallel task: enough to vectorise the inner loop over units
+MAX_BLOCK = 256  # the most: a thread's block-local state stays in its cache
 
 
 def use_threads(n: int) -> None:
@@ -72,27 +73,45 @@ def _worst(keys, gpos, u):
     return j
 
 
+def block_size(n_units: int, threads: int) -> int:
+    """Units per block of ``scan``: as many blocks per thread as keep a block within ``MAX_BLOCK``
+    units (at least ``BLOCK``), a multiple of 16 (a vector of float32)."""
+    per_thread = -(-n_units // threads)
+    blocks = threads * -(-per_thread // MAX_BLOCK)
+    return max(BLOCK, -(-n_units // (16 * blocks)) * 16)
+
+
+def scan(*args) -> None:
+    """``_scan_block``'s blocks of units (``block_size``), spread over numba's threads."""
+    _scan_blocks(block_size(args[0].shape[2], get_num_threads()), *args)
+
+
+def scan_serial(*args) -> None:
+    """``scan`` in the calling thread: for sources too small to share, updated from threads of their own."""
+    _scan_blocks_serial(block_size(args[0].shape[2], 1), *args)
+
+
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def scan(*args):
-    """``_scan_block``'s blocks of ``BLOCK`` units, spread over numba's threads."""
-    for blk in prange((args[0].shape[2] + BLOCK - 1) // BLOCK):
-        _scan_block(blk, *args)
+def _scan_blocks(size, *args):
+    n_u = args[0].shape[2]
+    for blk in prange((n_u + size - 1) // size):
+        _scan_block(blk * size, min(n_u, (blk + 1) * size), *args)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def scan_serial(*args):
-    """``scan`` in the calling thread: for sources too small to share, updated from threads of their own."""
-    for blk in range((args[0].shape[2] + BLOCK - 1) // BLOCK):
-        _scan_block(blk, *args)
+def _scan_blocks_serial(size, *args):
+    n_u = args[0].shape[2]
+    for blk in range((n_u + size - 1) // size):
+        _scan_block(blk * size, min(n_u, (blk + 1) * size), *args)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scan_block(
-    blk, acts, first, token_keys, salts, seq_ids, ctx,  # in
+    u0, u1, acts, first, token_keys, salts, seq_ids, ctx,  # in
     width, hist, skeys, sgpos,  # updated in place
     smax, pmax, smin, pmin, sums, soccupant,  # out
 ):  # fmt: skip
-    """One pass over a batch for units ``blk * BLOCK`` on: ``acts`` [b, t, u] float32; ``token_keys``
+    """One pass over a batch for units ``u0`` to ``u1``: ``acts`` [b, t, u] float32; ``token_keys``
     [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b]. ``width`` [u] float64 and ``hist`` [2h, u]
     int64: the histogram; ``skeys`` [u, r] int32 and ``sgpos`` [u, r] int64: the sample's keys and
     tokens. Out: ``smax``/``smin`` [b, u] float32 and their positions ``pmax``/``pmin`` [b, u] int64,
@@ -104,10 +123,9 @@ def _scan_block(
     a token enters the sample) are flagged there and handled one unit at a time."""
     n_b, n_t, n_u = acts.shape
     h = hist.shape[0] // 2
-    u0, u1 = blk * BLOCK, min(n_u, (blk + 1) * BLOCK)
     n = u1 - u0
     s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-    counts = np.zeros((n, 2 * h), dtype=np.int32)
+    counts = np.zeros((2 * h, n), dtype=np.int32)  # bins by unit, as ``hist``: added to it row by row
     cols = np.empty(n, dtype=np.int32)
     inv, limit = np.empty(n), np.empty(n, dtype=np.float32)
     salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int32)
@@ -152,7 +170,7 @@ def _scan_block(
                         inv[i], limit[i] = _scale(width[u0 + i], h)
                         cols[i] = _column(row[i], inv[i], h)
             for i in range(n):
-                counts[i, cols[i]] += 1
+                counts[cols[i], i] += 1
             if enters:  # the token takes the sample slot of the unit's worst-ranked one
                 g = seq_ids[b] * ctx + t
                 for i in range(n):
@@ -165,8 +183,9 @@ def _scan_block(
                             bound[i] = skeys[u, _worst(skeys, sgpos, u)]
         smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
     sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3
-    for i in range(n):
-        hist[:, u0 + i] += counts[i]
+    for c in range(2 * h):
+        for i in range(n):
+            hist[c, u0 + i] += counts[c, i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -193,8 +212,8 @@ def _column(a, inv, h):
 def _widen(hist, counts, width, u0, i, new):
     """Unit ``u0 + i``'s bins widened to ``new``: its block-local ``counts`` join ``hist`` first."""
     u = u0 + i
-    hist[:, u] += counts[i]
-    counts[i, :] = 0
+    hist[:, u] += counts[:, i]
+    counts[:, i] = 0
     if width[u] > 0:
         _rebin(hist, u, hist.shape[0] // 2, new / width[u])
     width[u] = new

@@ -78,15 +78,51 @@ def test_the_one_pass_kernels_keep_the_same_state_as_torch(acts):
     assert_same_state(accumulate(acts, True), accumulate(acts, False))
 
 
-def test_the_parallel_kernels_keep_the_same_state_as_torch():
-    """More units than one block (``fused.BLOCK``): the blocks go to threads, the last one partial."""
+@pytest.fixture(scope="module")
+def wide_acts() -> np.ndarray:
+    """More units than the largest block (``fused.MAX_BLOCK``): several blocks a thread, the last partial."""
     g = np.random.default_rng(1)
-    n_units = 2 * fused_kernels.BLOCK + 21
+    n_units = 2 * fused_kernels.MAX_BLOCK + 21
     x = (g.standard_normal((N_SEQ, T, n_units)) * g.random(n_units) * 4).astype(np.float32)
     x[..., ::3] = np.maximum(x[..., ::3] - 1, 0)  # sparse units
     x[5:, :, 7] *= 300  # a unit whose bins widen late
+    x[5:, :, 400] *= 300  # and one in a later block
     x[:, 0, :] = 50.0
-    assert_same_state(accumulate(x, True), accumulate(x, False))
+    return x
+
+
+def test_the_parallel_kernels_keep_the_same_state_as_torch(wide_acts):
+    assert_same_state(accumulate(wide_acts, True), accumulate(wide_acts, False))
+
+
+def test_the_kernels_state_does_not_depend_on_the_threads(wide_acts, monkeypatch):
+    """Blocks are sized by the thread count (``fused.block_size``); each unit is still read by one
+    thread in token order, so every value, the float64 sums included, is the same bit for bit, for
+    any number of threads and any block size."""
+    n_units = wide_acts.shape[2]
+    assert len({fused_kernels.block_size(n_units, t) for t in (1, 2, 5)}) == 3
+    before = numba.get_num_threads()
+    runs = []
+    try:
+        for threads, sized_for in [(1, 1), (numba.config.NUMBA_NUM_THREADS, 2), (1, 5)]:
+            numba.set_num_threads(threads)
+            monkeypatch.setattr(fused_kernels, "get_num_threads", lambda: sized_for)
+            runs.append(accumulate(wide_acts, True))
+    finally:
+        numba.set_num_threads(before)
+    for other in runs[1:]:
+        assert_same_state(runs[0], other)
+        for m in ("mean", "std", "skew", "kurtosis"):
+            np.testing.assert_array_equal(getattr(runs[0].moments, m), getattr(other.moments, m))
+
+
+def test_blocks_split_the_units_evenly_over_the_threads():
+    for n_units, threads in [(1536, 1), (1536, 2), (1536, 4), (1536, 16), (24576, 2), (9, 1), (533, 3)]:
+        size = fused_kernels.block_size(n_units, threads)
+        blocks = -(-n_units // size)
+        assert size % 16 == 0 and fused_kernels.BLOCK <= size
+        assert size <= fused_kernels.MAX_BLOCK or blocks == 1
+        assert blocks == 1 or blocks % threads == 0 or blocks < threads
 
 
 def window_of(acts: np.ndarray, seq: int, pos: int, unit: int) -> tuple[int, np.ndarray]:
