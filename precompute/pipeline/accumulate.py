@@ -249,11 +249,16 @@ class _Extremes:
         """``update`` through the CPU kernels: ``score`` [b, u] is ``sign`` times ``acts`` at
         ``positions`` (``fused.scan``'s extremes); ``enter`` picks the entrants, ``place`` writes them."""
         assert self.kernels is not None
-        held = rank_key(self.slots["val"], self.slots["seq"])
-        occupant = torch.empty_like(held)
-        candidates = rank_key(score.T, seq_ids[None, :].expand(held.shape[0], -1))
-        self.kernels.enter(held.numpy(), candidates.contiguous().numpy(), occupant.numpy())
-        occ_t = positions.T.gather(1, occupant.clamp(min=0))
+        occupant, occ_t = torch.empty_like(self.slots["seq"]), torch.empty_like(self.slots["seq"])
+        self.kernels.enter(
+            self.slots["val"].numpy().view(np.int32),
+            self.slots["seq"].numpy(),
+            score.contiguous().numpy().view(np.int32),
+            positions.numpy(),
+            seq_ids.numpy(),
+            occupant.numpy(),
+            occ_t.numpy(),
+        )
         slots = [self.slots[name].numpy() for name in ("val", "seq", "pos", "start", "win")]
         self.kernels.place(
             occupant.numpy(), occ_t.numpy(), acts.numpy(), sign, seq_ids.numpy(), before, *slots

@@ -220,37 +220,51 @@ def _widen(hist, counts, width, u0, i, new):
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def enter(held, candidates, occupant):
-    """Per unit, the k best of ``held`` [u, k] and ``candidates`` [u, b] (int64 rank keys, larger is
-    better): an entering candidate takes the slot of the worst held one. ``held`` is updated;
-    ``occupant`` [u, k] gets the candidate's index, -1 where the slot kept its example."""
-    for u in prange(held.shape[0]):
-        _enter_unit(u, held, candidates, occupant)
+def enter(val_bits, seq, score_bits, positions, seq_ids, occupant, occ_t):
+    """Per unit, the k best by ``rank_key`` of its slots (``val_bits`` [u, k], float32 values seen as
+    int32, and ``seq`` [u, k]) and a batch's candidates (``score_bits`` [b, u] likewise, found at
+    ``positions`` [b, u] of sequences ``seq_ids`` [b]): an entering candidate takes the slot of the
+    worst held one. ``occupant`` [u, k] gets its batch row, -1 where the slot kept its example, and
+    ``occ_t`` [u, k] its position. The slots are not changed (``place`` writes the entrants)."""
+    for u in prange(val_bits.shape[0]):
+        _enter_unit(u, val_bits, seq, score_bits, positions, seq_ids, occupant, occ_t)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def enter_serial(held, candidates, occupant):
+def enter_serial(val_bits, seq, score_bits, positions, seq_ids, occupant, occ_t):
     """``enter`` in the calling thread."""
-    for u in range(held.shape[0]):
-        _enter_unit(u, held, candidates, occupant)
+    for u in range(val_bits.shape[0]):
+        _enter_unit(u, val_bits, seq, score_bits, positions, seq_ids, occupant, occ_t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rank_key(bits, seq):
+    """``accumulate.rank_key`` of one example: its value's bits, order-preserving, then the earlier sequence."""
+    ordered = np.int64(bits if bits >= 0 else bits ^ 0x7FFFFFFF)
+    return (ordered << 32) + (0xFFFFFFFE - seq)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _enter_unit(u, held, candidates, occupant):
-    k = held.shape[1]
+def _enter_unit(u, val_bits, seq, score_bits, positions, seq_ids, occupant, occ_t):
+    k = val_bits.shape[1]
     occupant[u, :] = -1
+    occ_t[u, :] = 0
     if k == 0:
         return
+    held = np.empty(k, dtype=np.int64)
+    for i in range(k):
+        held[i] = _rank_key(val_bits[u, i], seq[u, i])
     worst = 0
     for i in range(1, k):
-        if held[u, i] < held[u, worst]:
+        if held[i] < held[worst]:
             worst = i
-    for c in range(candidates.shape[1]):
-        if candidates[u, c] > held[u, worst]:
-            held[u, worst], occupant[u, worst] = candidates[u, c], c
+    for c in range(score_bits.shape[0]):
+        key = _rank_key(score_bits[c, u], seq_ids[c])
+        if key > held[worst]:
+            held[worst], occupant[u, worst], occ_t[u, worst] = key, c, positions[c, u]
             worst = 0
             for i in range(1, k):
-                if held[u, i] < held[u, worst]:
+                if held[i] < held[worst]:
                     worst = i
 
 

@@ -19,6 +19,7 @@ from precompute.pipeline.accumulate import (
     AccumulatorResult,
     NotFinite,
     UnitAccumulator,
+    rank_key,
     token_hash,
     unit_salts,
 )
@@ -294,3 +295,15 @@ def test_the_kernels_threads_follow_torchs():
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
     finally:
         numba.set_num_threads(before)
+
+
+def test_the_kernels_rank_examples_as_rank_key_does():
+    """``fused._rank_key`` (what ``enter`` orders slots and candidates by) is ``rank_key``: signed
+    zeros, infinities, subnormals, ties broken by the earlier sequence, empty slots (seq -1)."""
+    tiny = np.float32(1e-45)
+    vals = np.array([0.0, -0.0, np.inf, -np.inf, tiny, -tiny, 1.5, -1.5, 3e38, -3e38], dtype=np.float32)
+    seqs = np.array([-1, 0, 1, 2**32 - 2])
+    val, seq = (a.ravel() for a in np.meshgrid(vals, seqs))
+    expected = rank_key(torch.from_numpy(val), torch.from_numpy(seq)).numpy()
+    got = [fused_kernels._rank_key(b, s) for b, s in zip(val.view(np.int32), seq, strict=True)]
+    np.testing.assert_array_equal(got, expected)
