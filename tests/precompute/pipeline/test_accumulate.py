@@ -107,7 +107,7 @@ def test_the_kernels_state_does_not_depend_on_the_threads(wide_acts, monkeypatch
     try:
         for threads, sized_for in [(1, 1), (numba.config.NUMBA_NUM_THREADS, 2), (1, 5)]:
             numba.set_num_threads(threads)
-            monkeypatch.setattr(fused_kernels, "get_num_threads", lambda: sized_for)
+            monkeypatch.setattr(fused_kernels, "get_num_threads", lambda n=sized_for: n)
             runs.append(accumulate(wide_acts, True))
     finally:
         numba.set_num_threads(before)
