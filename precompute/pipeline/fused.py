@@ -437,3 +437,116 @@ def _insert(vals, ids, last, x, j, sign):
         vals[i], ids[i] = vals[i - 1], ids[i - 1]
         i -= 1
     vals[i], ids[i] = x, j
+
+
+SCREEN_REL = np.float32(2.0**-8 / (1 - 2.0**-8) * (1 + 2.0**-12))  # of |approx|: a bfloat16 result's
+# rounding, at most (widened by 2**-12 of itself: more than float32's rounding of the bounds here)
+_SCREEN_CHUNK = 16  # columns of a row that ``screened_extremes`` tests at once
+_SCREEN_ROWS = 16  # rows per parallel task of ``screened_extremes`` (its scratch is per task)
+_TIE = np.float32(2.0**-20)  # thresholds widened by this much of themselves: float32 rounding of the
+# exact values cannot tie across them
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
+def screened_extremes(approx, norms, margin, w, ut, k):
+    """``extremes`` of the products ``w @ ut.T`` ([n, d] by [m, d]), read from ``approx`` [n, m]
+    (bfloat16, as its uint16 bits): products known to within ``margin[r] * norms[j] + SCREEN_REL *
+    |approx[r, j]|`` (float32). One read of each row finds the columns whose bounds reach its top or
+    bottom ``k``; of those, the most promising are computed exactly (float64 dot products, rounded to
+    float32) until no other can enter. The lists equal what ``extremes`` gives on the exact products
+    (ties to the lower column). Returns ``(up_vals, up_ids, down_vals, down_ids, taken)``; ``taken``
+    [n]: how many products of each row were computed exactly."""
+    n, m = approx.shape
+    if k < 1 or k > m:
+        raise ValueError("screened_extremes: k must be in 1..m")
+    up_vals, down_vals = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.float32)
+    up_ids, down_ids = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.int64)
+    taken = np.zeros(n, dtype=np.int64)
+    for task in prange((n + _SCREEN_ROWS - 1) // _SCREEN_ROWS):
+        bits = np.empty(_SCREEN_CHUNK, dtype=np.uint32)  # a chunk of the row as float32, through its bits
+        vals = bits.view(np.float32)
+        up_j, up_hi = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float32)
+        down_j, down_lo = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float32)
+        lows, highs = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.float32)
+        for r in range(task * _SCREEN_ROWS, min(n, (task + 1) * _SCREEN_ROWS)):
+            row, mr = approx[r], margin[r]
+            lows[:], highs[:] = -np.inf, np.inf  # the k largest lower bounds, the k smallest upper ones
+            n_up = n_down = 0
+            for start in range(0, m, _SCREEN_CHUNK):  # most chunks hold no candidate: one test each
+                stop, hit = min(start + _SCREEN_CHUNK, m), False
+                for j in range(start, stop):
+                    bits[j - start] = np.uint32(row[j]) << 16
+                top, bottom = _widened(lows[k - 1], -1.0), _widened(highs[k - 1], 1.0)
+                for j in range(start, stop):
+                    v = vals[j - start]
+                    e = mr * norms[j] + SCREEN_REL * abs(v)
+                    hit |= (v + e >= top) | (v - e <= bottom)
+                if not hit:
+                    continue
+                for j in range(start, stop):
+                    v = vals[j - start]
+                    e = mr * norms[j] + SCREEN_REL * abs(v)
+                    if v - e > lows[k - 1]:
+                        _insert_value(lows, v - e, 1.0)
+                    if v + e < highs[k - 1]:
+                        _insert_value(highs, v + e, -1.0)
+                    if v + e >= _widened(lows[k - 1], -1.0):
+                        up_j[n_up], up_hi[n_up] = j, v + e
+                        n_up += 1
+                    if v - e <= _widened(highs[k - 1], 1.0):
+                        down_j[n_down], down_lo[n_down] = j, -(v - e)
+                        n_down += 1
+            top, bottom = _widened(lows[k - 1], -1.0), _widened(highs[k - 1], 1.0)
+            taken[r] = _exact_best(w[r], ut, up_j[:n_up], up_hi[:n_up], top, 1.0, up_vals[r], up_ids[r])
+            taken[r] += _exact_best(
+                w[r], ut, down_j[:n_down], down_lo[:n_down], -bottom, -1.0, down_vals[r], down_ids[r]
+            )
+    return up_vals, up_ids, down_vals, down_ids, taken
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
+def _exact_best(w, ut, cols, bound, floor, sign, out_vals, out_ids):
+    """The k best of ``cols`` by ``sign`` times their exact product ``w . ut[j]`` (float32, ties to
+    the lower column) into ``out_vals``/``out_ids``: columns whose ``bound`` (on sign times the
+    product) reaches ``floor`` are computed, best bound first, until the next bound is below the k-th
+    (by more than float32 can tie). Returns how many were computed."""
+    k = out_vals.shape[0]
+    out_vals[:], out_ids[:] = -sign * np.inf, ut.shape[0]
+    done = 0
+    for c in np.argsort(-bound):
+        if bound[c] < floor or (done >= k and _widened(bound[c], 1.0) < sign * out_vals[k - 1]):
+            break
+        x, j = np.float32(_dot(w, ut[cols[c]])), cols[c]
+        done += 1
+        i = k
+        while i > 0 and (sign * x > sign * out_vals[i - 1] or (x == out_vals[i - 1] and j < out_ids[i - 1])):
+            i -= 1
+        if i < k:
+            out_vals[i + 1 :], out_ids[i + 1 :] = out_vals[i : k - 1].copy(), out_ids[i : k - 1].copy()
+            out_vals[i], out_ids[i] = x, j
+    return done
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=_REASSOC, error_model="numpy")
+def _widened(x, direction):
+    """``x`` moved by ``_TIE`` of itself (and 1e-30) in ``direction``: past float32's ties."""
+    return x + direction * (abs(x) * _TIE + np.float32(1e-30))
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _insert_value(vals, x, sign):
+    """``_insert`` without the columns."""
+    i = vals.shape[0] - 1
+    while i > 0 and sign * x > sign * vals[i - 1]:
+        vals[i] = vals[i - 1]
+        i -= 1
+    vals[i] = x
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
+def _dot(a, b):
+    """sum(a * b) of two float32 vectors in float64 (each product exact)."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += np.float64(a[i]) * np.float64(b[i])
+    return total

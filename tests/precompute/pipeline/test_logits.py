@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from precompute.models import load_model
+from precompute.pipeline import tables
 from precompute.pipeline.accumulate import NotFinite
-from precompute.pipeline.tables import logit_block, logits_table, top_effects
+from precompute.pipeline.tables import logit_block, logits_table, screened_logit_arrays, top_effects
 
 K = 7
 
@@ -29,8 +30,12 @@ def brute_force(directions: torch.Tensor, unembed: torch.Tensor, k: int) -> dict
     return {"token_id": ids.reshape(-1), "value": np.take_along_axis(effects[:, None], ids, 2).reshape(-1)}
 
 
+@pytest.mark.parametrize("screened", [True, False], ids=["bf16-screened", "float32"])
 @pytest.mark.parametrize("block", [1, 5, 17, None])
-def test_blocks_of_units_equal_brute_force(tiny, block):
+def test_blocks_of_units_equal_brute_force(tiny, block, screened, monkeypatch):
+    """Both ways: the float32 product, and the bfloat16 screen with exact products of the tokens it
+    keeps (where the CPU computes in bfloat16 natively; forced here either way)."""
+    monkeypatch.setattr(tables, "screens", lambda unembed: screened)
     unembed = tiny.unembed()
     for layer in range(tiny.n_layers):
         directions = tiny.mlp_out_directions(layer)
@@ -75,3 +80,45 @@ def test_logit_effects_that_are_nan_stop_the_run(dtype, column):
     rows[1, column] = torch.nan
     with pytest.raises(NotFinite, match="logit effects that are NaN"):
         top_effects([rows], K)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_the_screen_breaks_ties_as_a_stable_sort_of_the_exact_products(k):
+    """Small integers (exact in bfloat16, products exact): ties everywhere, across the screen's
+    chunks of columns. The screen keeps what a stable sort of each row of exact products does."""
+    g = torch.Generator().manual_seed(k)
+    directions = torch.randint(-2, 3, (37, 16), generator=g).float()
+    directions[5] = 0.0  # a unit whose every effect ties
+    unembed = torch.randint(-2, 3, (16, 40), generator=g).float()
+    got = screened_logit_arrays(directions, unembed, k, block=8)
+    exact = (directions.double() @ unembed.double()).numpy()
+    for sign, order in ((0, -exact), (1, exact)):
+        want = np.argsort(order, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(got["token_id"][:, sign], want)
+        np.testing.assert_array_equal(got["value"][:, sign], np.take_along_axis(exact, want, 1))
+
+
+def test_the_screen_equals_brute_force_on_the_real_models_scale():
+    """Rows and tokens like the default model's (d 576, a 4096-token slice), random: the screened
+    lists are those of the exact products, rounded to float32, ties to the lower token."""
+    g = torch.Generator().manual_seed(0)
+    directions = torch.randn((300, 576), generator=g) * torch.rand((300, 1), generator=g)
+    unembed = torch.randn((576, 4096), generator=g) * torch.rand((1, 4096), generator=g) * 3
+    got = screened_logit_arrays(directions, unembed, K, block=128)
+    exact = (directions.double() @ unembed.double()).numpy().astype(np.float32)
+    for sign, order in ((0, -exact), (1, exact)):
+        want = np.argsort(order, axis=1, kind="stable")[:, :K]
+        np.testing.assert_array_equal(got["token_id"][:, sign], want)
+        np.testing.assert_array_equal(got["value"][:, sign], np.take_along_axis(exact, want, 1))
+
+
+@pytest.mark.parametrize("bad", [torch.nan, torch.inf])
+def test_the_screen_stops_on_weights_that_are_not_finite(bad):
+    directions, unembed = torch.randn(4, 16), torch.randn(16, 50)
+    directions[2, 3] = bad
+    with pytest.raises(NotFinite, match="logit effects that are not finite"):
+        screened_logit_arrays(directions, unembed, K, block=2)
+    directions[2, 3] = 0.0
+    unembed[7, 11] = bad
+    with pytest.raises(NotFinite, match="logit effects that are not finite"):
+        screened_logit_arrays(directions, unembed, K, block=2)
