@@ -297,7 +297,7 @@ def _sums_in_float32() -> bool:
 def screened_logit_arrays(directions: Tensor, unembed: Tensor, k: int, block: int) -> dict[str, np.ndarray]:
     """``logit_arrays`` from a bfloat16 product (3.6x faster than float32's on a CPU with AMX; the
     whole 1.8x): per unit, the tokens whose error bounds let them reach its top or bottom ``k`` are
-    computed again exactly (``fused.screened_extremes``): the same lists, values correctly rounded."""
+    computed again exactly (``fused.screened_extremes``): the same lists, values from float64 products."""
     if k > unembed.shape[1]:
         raise ValueError(f"top {k} of {unembed.shape[1]} tokens")
     low, rows, norms = _screen_weights(unembed)
