@@ -5,15 +5,16 @@ reads a dozen times with separate torch operations.
 of the first four powers (float64, added in token order: deterministic), and updates the histogram
 (widening a unit's bins exactly, as ``rebinned``, when a value falls outside them) and the quantile
 sample (a firing token whose key ranks before the unit's worst kept one takes its slot). ``enter``
-picks the top/bottom entrants per unit from precomputed rank keys. Both record which slots changed
-hands so that the caller copies the entrants' windows with a few gathers.
+picks the top/bottom entrants per unit by their rank keys, and ``place`` writes them with their
+windows.
 
 Units are split in blocks across threads; every unit is read and written by one thread, in token
 order, so the results do not depend on the number of threads.
 
 Beside the pass: ``attention_sums`` (a layer's head statistics), ``bridge_sums`` (the SAE's
-neuron-feature bridge over its active features) and ``extremes`` (the top and bottom logit effects
-of each unit, one read of each row).
+neuron-feature bridge over its active features), ``extremes`` (the top and bottom logit effects
+of each unit, one read of each row) and ``screened_extremes`` (the same from a bfloat16 product,
+with the few tokens that can matter computed exactly).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def block_size(n_units: int, threads: int) -> int:
     """Units per block of ``scan``: as many blocks per thread as keep a block within ``MAX_BLOCK``
     units (at least ``BLOCK``), a multiple of 16 (a vector of float32)."""
     per_thread = -(-n_units // threads)
-    blocks = threads * -(-per_thread // MAX_BLOCK)
+    blocks = threads * max(1, -(-per_thread // MAX_BLOCK))
     return max(BLOCK, -(-n_units // (16 * blocks)) * 16)
 
 
@@ -448,28 +449,31 @@ _TIE = np.float32(2.0**-20)  # thresholds widened by this much of themselves: fl
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
-def screened_extremes(approx, norms, margin, w, ut, k):
-    """``extremes`` of the products ``w @ ut.T`` ([n, d] by [m, d]), read from ``approx`` [n, m]
-    (bfloat16, as its uint16 bits): products known to within ``margin[r] * norms[j] + SCREEN_REL *
-    |approx[r, j]|`` (float32). One read of each row finds the columns whose bounds reach its top or
-    bottom ``k``; of those, the most promising are computed exactly (float64 dot products, rounded to
-    float32) until no other can enter. The lists equal what ``extremes`` gives on the exact products
-    (ties to the lower column). Returns ``(up_vals, up_ids, down_vals, down_ids, taken)``; ``taken``
-    [n]: how many products of each row were computed exactly."""
+def screened_extremes(approx, norms, margin, floor, w, ut, k):
+    """``extremes`` of the products ``w @ ut.T`` ([n, d] by [m, d], float32), read from ``approx``
+    [n, m] (bfloat16, as its uint16 bits): products known to within ``margin[r] * norms[j] + floor +
+    SCREEN_REL * |approx[r, j]|`` (float32). One read of each row finds the columns whose bounds reach
+    its top or bottom ``k``; of those, the most promising are computed exactly (float64 dot products,
+    rounded to float32) until no other can enter. The lists equal what ``extremes`` gives on the exact
+    products (ties to the lower column): ``(up_vals, up_ids, down_vals, down_ids)``, [n, k] each."""
     n, m = approx.shape
-    if k < 1 or k > m:
-        raise ValueError("screened_extremes: k must be in 1..m")
+    if k < 1 or k > m or w.shape[1] != ut.shape[1] or ut.shape[0] != m or norms.shape[0] != m:
+        raise ValueError("screened_extremes: k must be in 1..m, and the shapes must match")
     up_vals, down_vals = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.float32)
     up_ids, down_ids = np.empty((n, k), dtype=np.int64), np.empty((n, k), dtype=np.int64)
-    taken = np.zeros(n, dtype=np.int64)
     for task in prange((n + _SCREEN_ROWS - 1) // _SCREEN_ROWS):
         bits = np.empty(_SCREEN_CHUNK, dtype=np.uint32)  # a chunk of the row as float32, through its bits
         vals = bits.view(np.float32)
         up_j, up_hi = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float32)
         down_j, down_lo = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.float32)
         lows, highs = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.float32)
+        unused = np.empty(k, dtype=np.int64)  # ``_insert``'s columns, not needed for the bounds
         for r in range(task * _SCREEN_ROWS, min(n, (task + 1) * _SCREEN_ROWS)):
             row, mr = approx[r], margin[r]
+            if mr == 0:  # a zero direction: every product is exactly 0, the lowest columns win
+                up_vals[r], down_vals[r] = 0.0, 0.0
+                up_ids[r], down_ids[r] = np.arange(k), np.arange(k)
+                continue
             lows[:], highs[:] = -np.inf, np.inf  # the k largest lower bounds, the k smallest upper ones
             n_up = n_down = 0
             for start in range(0, m, _SCREEN_CHUNK):  # most chunks hold no candidate: one test each
@@ -479,17 +483,17 @@ def screened_extremes(approx, norms, margin, w, ut, k):
                 top, bottom = _widened(lows[k - 1], -1.0), _widened(highs[k - 1], 1.0)
                 for j in range(start, stop):
                     v = vals[j - start]
-                    e = mr * norms[j] + SCREEN_REL * abs(v)
+                    e = mr * norms[j] + floor + SCREEN_REL * abs(v)
                     hit |= (v + e >= top) | (v - e <= bottom)
                 if not hit:
                     continue
                 for j in range(start, stop):
                     v = vals[j - start]
-                    e = mr * norms[j] + SCREEN_REL * abs(v)
+                    e = mr * norms[j] + floor + SCREEN_REL * abs(v)
                     if v - e > lows[k - 1]:
-                        _insert_value(lows, v - e, 1.0)
+                        _insert(lows, unused, k - 1, v - e, 0, 1.0)
                     if v + e < highs[k - 1]:
-                        _insert_value(highs, v + e, -1.0)
+                        _insert(highs, unused, k - 1, v + e, 0, -1.0)
                     if v + e >= _widened(lows[k - 1], -1.0):
                         up_j[n_up], up_hi[n_up] = j, v + e
                         n_up += 1
@@ -497,11 +501,9 @@ def screened_extremes(approx, norms, margin, w, ut, k):
                         down_j[n_down], down_lo[n_down] = j, -(v - e)
                         n_down += 1
             top, bottom = _widened(lows[k - 1], -1.0), _widened(highs[k - 1], 1.0)
-            taken[r] = _exact_best(w[r], ut, up_j[:n_up], up_hi[:n_up], top, 1.0, up_vals[r], up_ids[r])
-            taken[r] += _exact_best(
-                w[r], ut, down_j[:n_down], down_lo[:n_down], -bottom, -1.0, down_vals[r], down_ids[r]
-            )
-    return up_vals, up_ids, down_vals, down_ids, taken
+            _exact_best(w[r], ut, up_j[:n_up], up_hi[:n_up], top, 1.0, up_vals[r], up_ids[r])
+            _exact_best(w[r], ut, down_j[:n_down], down_lo[:n_down], -bottom, -1.0, down_vals[r], down_ids[r])
+    return up_vals, up_ids, down_vals, down_ids
 
 
 @njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
@@ -509,7 +511,7 @@ def _exact_best(w, ut, cols, bound, floor, sign, out_vals, out_ids):
     """The k best of ``cols`` by ``sign`` times their exact product ``w . ut[j]`` (float32, ties to
     the lower column) into ``out_vals``/``out_ids``: columns whose ``bound`` (on sign times the
     product) reaches ``floor`` are computed, best bound first, until the next bound is below the k-th
-    (by more than float32 can tie). Returns how many were computed."""
+    (by more than float32 can tie)."""
     k = out_vals.shape[0]
     out_vals[:], out_ids[:] = -sign * np.inf, ut.shape[0]
     done = 0
@@ -518,29 +520,20 @@ def _exact_best(w, ut, cols, bound, floor, sign, out_vals, out_ids):
             break
         x, j = np.float32(_dot(w, ut[cols[c]])), cols[c]
         done += 1
-        i = k
+        i = k - 1  # out_vals[i] falls out; x moves up past the entries it ranks before
+        if not (sign * x > sign * out_vals[i] or (x == out_vals[i] and j < out_ids[i])):
+            continue
         while i > 0 and (sign * x > sign * out_vals[i - 1] or (x == out_vals[i - 1] and j < out_ids[i - 1])):
+            out_vals[i], out_ids[i] = out_vals[i - 1], out_ids[i - 1]
             i -= 1
-        if i < k:
-            out_vals[i + 1 :], out_ids[i + 1 :] = out_vals[i : k - 1].copy(), out_ids[i : k - 1].copy()
-            out_vals[i], out_ids[i] = x, j
-    return done
+        out_vals[i], out_ids[i] = x, j
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=_REASSOC, error_model="numpy")
 def _widened(x, direction):
-    """``x`` moved by ``_TIE`` of itself (and 1e-30) in ``direction``: past float32's ties."""
-    return x + direction * (abs(x) * _TIE + np.float32(1e-30))
-
-
-@njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _insert_value(vals, x, sign):
-    """``_insert`` without the columns."""
-    i = vals.shape[0] - 1
-    while i > 0 and sign * x > sign * vals[i - 1]:
-        vals[i] = vals[i - 1]
-        i -= 1
-    vals[i] = x
+    """``x`` moved by ``_TIE`` of itself (and 1e-30) up (``direction`` 1) or down (-1): past float32's ties."""
+    step = abs(x) * _TIE + np.float32(1e-30)
+    return x + step if direction > 0 else x - step
 
 
 @njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")

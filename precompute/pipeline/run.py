@@ -381,6 +381,7 @@ def _logit_effects(directions: Tensor, unembed: Unembedding, k: int) -> dict[str
         unembed.weights_key,
         directions,
         k,
+        tables.screens(unembed.matrix),  # screened in bfloat16: values from float64 products
         tables,  # the code that computes them: every function it calls, in these two modules
         fused,
     )

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -251,24 +252,33 @@ def logit_arrays(
     """``logits_table``'s values and token ids, ``[units, sign, k]`` each (``effects_columns``)."""
     block = block or logit_block(unembed.shape[1])
     directions = directions.to(unembed.device, unembed.dtype)
-    if screens(unembed):
+    if (
+        screens(unembed)
+        and 0 < k <= unembed.shape[1]
+        and directions.shape[0]
+        and _in_range(directions, unembed)
+    ):
         return screened_logit_arrays(directions, unembed, k, block)
     chunks = (directions[i : i + block] @ unembed for i in range(0, directions.shape[0], block))
     return effect_arrays(chunks, k)
 
 
-# The screen's error bounds: bfloat16 inputs are each within u = 2**-8 of themselves, so a product
-# of bfloat16 vectors summed in float32 is within (2u + u**2 + gamma_d (1 + u)**2) |w| |u| of the
-# exact one (Cauchy-Schwarz; gamma_d = d 2**-24 / (1 - d 2**-24) bounds float32's summing of d terms),
-# and rounding that sum to bfloat16 moves it by at most u / (1 - u) of the result (``fused.SCREEN_REL``).
+# The screen's error bounds. bfloat16 inputs are each within u = 2**-8 of themselves (normal floats:
+# ``_in_range``), so a product of bfloat16 vectors summed in float32 is within
+# (2u + u**2 + gamma_d (1 + u)**2) |w| |u| of the exact one (Cauchy-Schwarz; gamma_d = d 2**-24 /
+# (1 - d 2**-24) bounds float32's summing of d terms, in any order), give or take (d + 2) 2**-126
+# where products, sums or the result fall below float32's normal range (oneDNN flushes them to 0);
+# and rounding the sum to bfloat16 moves it by at most u / (1 - u) of the result (``fused.SCREEN_REL``).
 _U = 2.0**-8
+_TINY = 2.0**-126  # float32's smallest normal number
 
 
 def screen_margin(d_model: int) -> float:
-    """The bound's factor on |w| |u| for vectors of ``d_model`` (and 1e-12 for the float64 dot),
-    widened by 2**-12 of itself: more than float32's rounding of the bounds (``fused.SCREEN_REL``)."""
+    """The bound's factor on |w| |u| for vectors of ``d_model`` (with the float64 dot's own error,
+    gamma_d of float64), widened by 2**-12 of itself: more than float32's rounding of the bounds."""
     gamma = d_model * 2.0**-24 / (1 - d_model * 2.0**-24)
-    return (2 * _U + _U**2 + gamma * (1 + _U) ** 2 + 1e-12) * (1 + 2.0**-12)
+    gamma64 = d_model * 2.0**-53 / (1 - d_model * 2.0**-53)
+    return (2 * _U + _U**2 + gamma * (1 + _U) ** 2 + gamma64) * (1 + 2.0**-12)
 
 
 def screens(unembed: Tensor) -> bool:
@@ -286,47 +296,69 @@ def screens(unembed: Tensor) -> bool:
 @functools.cache
 def _sums_in_float32() -> bool:
     """Whether a product of bfloat16 matrices sums in float32 and rounds its result to nearest, as
-    the screen's bounds assume (oneDNN's does): 512 terms of 1 + 2**-7 sum to 516 exactly (in
-    bfloat16, whose step there is 2, they would not), and 1 + 7 * 2**-9 rounds up to 1 + 2**-6."""
-    ones = torch.ones((1, 512), dtype=torch.bfloat16)
-    column = torch.full((512, 1), 1 + 2**-7, dtype=torch.bfloat16)
-    pair = torch.tensor([[1.0, 7 * 2**-9]], dtype=torch.bfloat16) @ torch.ones((2, 1), dtype=torch.bfloat16)
-    return float((ones @ column).item()) == 516.0 and float(pair.item()) == 1 + 2**-6
+    the screen's bounds assume (oneDNN's does), at a shape that takes the kernels of the real ones:
+    1024 terms of 1 + 2**-7 sum to 1032 exactly (in bfloat16, whose step there is 8, they would
+    not), and 1 + 7 * 2**-9 rounds up to 1 + 2**-6 (truncating would give 1 + 2**-7)."""
+    ones = torch.ones((128, 1024), dtype=torch.bfloat16)
+    columns = torch.zeros((1024, 1024), dtype=torch.bfloat16)
+    columns[:, 0] = 1 + 2**-7
+    columns[0, 1], columns[1, 1] = 1.0, 7 * 2**-9
+    sums = (ones @ columns).float()
+    return bool((sums[:, 0] == 1032.0).all()) and bool((sums[:, 1] == 1 + 2**-6).all())
+
+
+def _in_range(directions: Tensor, unembed: Tensor) -> bool:
+    """Whether the screen's bounds hold for these weights: no float32 subnormals (bfloat16 rounds
+    them coarsely, oneDNN reads them as 0), and products far from overflowing."""
+    *_, norms, normal = _screen_weights(unembed)
+    largest = float(directions.double().norm(dim=1).max()) * float(norms.max())
+    return normal and not _has_subnormals(directions) and largest < 2.0**100
+
+
+def _has_subnormals(x: Tensor) -> bool:
+    magnitude = x.abs()
+    return bool(((magnitude > 0) & (magnitude < _TINY)).any())
 
 
 def screened_logit_arrays(directions: Tensor, unembed: Tensor, k: int, block: int) -> dict[str, np.ndarray]:
-    """``logit_arrays`` from a bfloat16 product (3.6x faster than float32's on a CPU with AMX; the
-    whole 1.8x): per unit, the tokens whose error bounds let them reach its top or bottom ``k`` are
-    computed again exactly (``fused.screened_extremes``): the same lists, values from float64 products."""
+    """``logit_arrays`` from a bfloat16 product: per unit, the tokens whose error bounds let them
+    reach its top or bottom ``k`` are computed again exactly (``fused.screened_extremes``): the same
+    lists, values from float64 products. Weights that are not finite stop the run (``NotFinite``)."""
     if k > unembed.shape[1]:
         raise ValueError(f"top {k} of {unembed.shape[1]} tokens")
-    low, rows, norms = _screen_weights(unembed)
+    low, rows, norms, _ = _screen_weights(unembed)
     if not (bool(torch.isfinite(directions).all()) and np.isfinite(norms).all()):
         raise NotFinite(
             "logit effects that are not finite: the unembedding or the units' output directions hold NaN or inf"
         )
+    floor = np.float32((directions.shape[1] + 2) * _TINY * 2)
     parts = []
     for i in range(0, directions.shape[0], block):
         w = directions[i : i + block].contiguous()
         approx = (w.bfloat16() @ low).view(torch.uint16)
         margin = (screen_margin(w.shape[1]) * w.double().norm(dim=1)).float()
-        parts.append(fused.screened_extremes(approx.numpy(), norms, margin.numpy(), w.numpy(), rows, k)[:4])
+        parts.append(
+            fused.screened_extremes(approx.numpy(), norms, margin.numpy(), floor, w.numpy(), rows, k)
+        )
     up_vals, up_ids, down_vals, down_ids = (np.concatenate(column) for column in zip(*parts, strict=True))
     return {"value": np.stack([up_vals, down_vals], 1), "token_id": np.stack([up_ids, down_ids], 1)}
 
 
-_SCREEN_WEIGHTS: list[tuple[Tensor, int, tuple[Tensor, np.ndarray, np.ndarray]]] = []
+_SCREEN_WEIGHTS: dict[str, tuple[Tensor, np.ndarray, np.ndarray, bool]] = {}
 
 
-def _screen_weights(unembed: Tensor) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """W_U in bfloat16, its columns as rows ([vocab, d], float32) and their norms (float32): made
-    once for the run's every source (the last unembedding is kept, while it is not changed)."""
-    if _SCREEN_WEIGHTS and _SCREEN_WEIGHTS[0][0] is unembed and _SCREEN_WEIGHTS[0][1] == unembed._version:
-        return _SCREEN_WEIGHTS[0][2]
-    norms = (unembed.double().norm(dim=0) * (1 + 2.0**-12)).float()  # rounded: widened first
-    prepared = (unembed.bfloat16(), unembed.T.contiguous().numpy(), norms.numpy())
-    _SCREEN_WEIGHTS[:] = [(unembed, unembed._version, prepared)]
-    return prepared
+def _screen_weights(unembed: Tensor) -> tuple[Tensor, np.ndarray, np.ndarray, bool]:
+    """W_U in bfloat16, its columns as rows ([vocab, d], float32), their norms (float32, rounded up)
+    and whether it holds no subnormals: made once for every source of a run, and forgotten with the
+    unembedding (or when it changes)."""
+    key = f"{id(unembed)}:{unembed._version}"
+    if key not in _SCREEN_WEIGHTS:
+        _SCREEN_WEIGHTS.clear()
+        norms = (unembed.double().norm(dim=0) * (1 + 2.0**-12)).float()  # widened before rounding
+        rows = unembed.T.contiguous().numpy()
+        _SCREEN_WEIGHTS[key] = (unembed.bfloat16(), rows, norms.numpy(), not _has_subnormals(unembed))
+        weakref.finalize(unembed, _SCREEN_WEIGHTS.pop, key, None)
+    return _SCREEN_WEIGHTS[key]
 
 
 def effect_arrays(chunks: Iterable[Tensor], k: int) -> dict[str, np.ndarray]:

@@ -307,3 +307,7 @@ def test_the_kernels_rank_examples_as_rank_key_does():
     expected = rank_key(torch.from_numpy(val), torch.from_numpy(seq)).numpy()
     got = [fused_kernels._rank_key(b, s) for b, s in zip(val.view(np.int32), seq, strict=True)]
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_source_without_units_has_blocks_too():
+    assert fused_kernels.block_size(0, 2) == fused_kernels.BLOCK

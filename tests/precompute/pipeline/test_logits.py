@@ -122,3 +122,44 @@ def test_the_screen_stops_on_weights_that_are_not_finite(bad):
     unembed[7, 11] = bad
     with pytest.raises(NotFinite, match="logit effects that are not finite"):
         screened_logit_arrays(directions, unembed, K, block=2)
+
+
+def exact_lists(directions: torch.Tensor, unembed: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [units, sign, k] and values of the exact products rounded to float32, ties to the lower id."""
+    exact = (directions.double() @ unembed.double()).numpy().astype(np.float32)
+    ids = np.stack(
+        [np.argsort(-exact, 1, kind="stable")[:, :k], np.argsort(exact, 1, kind="stable")[:, :k]], 1
+    )
+    return ids, np.take_along_axis(exact[:, None], ids, 2)
+
+
+@pytest.mark.parametrize("where", ["directions", "unembed", "overflow"])
+def test_weights_outside_the_screens_bounds_take_the_float32_product(where):
+    """The screen's bounds assume normal floats far from overflow: a row of float32 subnormals facing
+    large tokens (oneDNN reads them as 0), or products near float32's largest, take the plain product."""
+    g = torch.Generator().manual_seed(1)
+    directions, unembed = torch.randn((64, 576), generator=g), torch.randn((576, 1000), generator=g)
+    if where == "directions":
+        directions[7] *= 1e-39
+        unembed *= 1e9
+    elif where == "unembed":
+        unembed[:, 3] *= 1e-39
+        directions *= 1e9
+    else:
+        directions, unembed = directions * 1e18, unembed * 1e18
+    assert not tables._in_range(directions, unembed)
+    got = tables.logit_arrays(directions, unembed, K)
+    ids, values = exact_lists(directions, unembed, K)
+    np.testing.assert_array_equal(got["token_id"][[7, 0, 1]], ids[[7, 0, 1]])
+    np.testing.assert_allclose(got["value"], values, rtol=1e-5)
+
+
+def test_the_screen_gives_a_zero_direction_its_lowest_tokens():
+    """Every effect of a zero direction (a dead unit) is exactly 0: the lowest token ids, on both sides."""
+    directions, unembed = torch.randn((5, 32)), torch.randn((32, 300))
+    directions[3] = 0.0
+    got = screened_logit_arrays(directions, unembed, K, block=4)
+    np.testing.assert_array_equal(got["token_id"][3], [np.arange(K), np.arange(K)])
+    np.testing.assert_array_equal(got["value"][3], 0.0)
+    ids, _ = exact_lists(directions, unembed, K)
+    np.testing.assert_array_equal(got["token_id"], ids)
