@@ -26,7 +26,7 @@ from torch import Tensor
 from neurodash import paths
 from neurodash.config import DEFAULT_MODEL
 from neurodash.errors import NeurodashError
-from precompute.device import check_device
+from precompute.device import check_device, keep_freed_memory
 from precompute.hub import hub_reachable, looks_like_path
 
 if TYPE_CHECKING:  # imported where a model loads: importing TransformerLens takes seconds
@@ -193,6 +193,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "flo
     ``dtype`` (``float32`` or ``bfloat16``): what its weights and forward pass run in; what
     ``activations`` returns is float32 either way."""
     check_device(device)
+    keep_freed_memory()
     path = Path(name).expanduser()
     if name in EMBEDDED:
         folder = embedded_model_folder(name)
