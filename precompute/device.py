@@ -65,9 +65,9 @@ def keep_freed_memory() -> bool:
     """Let glibc keep up to 512 MiB of the memory this process frees for its next allocations. A
     forward pass on the CPU allocates and frees ~200 MB of activations a batch; returned to the
     system each time, they came back as 50-70k page faults a batch: ~5% of the default model's
-    forward (three alternating pairs of processes). Allocations up to 32 MiB now come from the heap, whose free top is trimmed past 512 MiB
-    (peak memory +7% in a 16k-token precompute); larger ones are mapped and unmapped as before.
-    Whether it was set (glibc only)."""
+    forward (three alternating pairs of processes). Allocations up to 32 MiB now come from the heap,
+    whose free top is trimmed past 512 MiB (peak memory +7% in a 16k-token precompute); larger ones
+    are mapped and unmapped as before. Whether it was set (glibc only)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")

@@ -483,13 +483,13 @@ def screened_extremes(approx, norms, margin, floor, w, ut, k):
                 top, bottom = _widened(lows[k - 1], -1.0), _widened(highs[k - 1], 1.0)
                 for j in range(start, stop):
                     v = vals[j - start]
-                    e = mr * norms[j] + floor + SCREEN_REL * abs(v)
+                    e = _slack(v, norms[j], mr, floor)
                     hit |= (v + e >= top) | (v - e <= bottom)
                 if not hit:
                     continue
                 for j in range(start, stop):
                     v = vals[j - start]
-                    e = mr * norms[j] + floor + SCREEN_REL * abs(v)
+                    e = _slack(v, norms[j], mr, floor)
                     if v - e > lows[k - 1]:
                         _insert(lows, unused, k - 1, v - e, 0, 1.0)
                     if v + e < highs[k - 1]:
@@ -504,6 +504,12 @@ def screened_extremes(approx, norms, margin, floor, w, ut, k):
             _exact_best(w[r], ut, up_j[:n_up], up_hi[:n_up], top, 1.0, up_vals[r], up_ids[r])
             _exact_best(w[r], ut, down_j[:n_down], down_lo[:n_down], -bottom, -1.0, down_vals[r], down_ids[r])
     return up_vals, up_ids, down_vals, down_ids
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=_REASSOC, error_model="numpy")
+def _slack(v, norm, mr, floor):
+    """How far the exact product may be from its bfloat16 approximation ``v`` (``screened_extremes``)."""
+    return mr * norm + floor + SCREEN_REL * abs(v)
 
 
 @njit(cache=True, nogil=True, fastmath=_REASSOC, error_model="numpy")
