@@ -119,22 +119,28 @@ def _scan_block(
     ``sums`` [4, u] float64, ``soccupant`` [u, r] int64: the token (b * t + pos) now in a sample slot,
     -1 where it kept its occupant.
 
-    Each row of the batch goes through loops the compiler
-    vectorises (extremes, sums, bins) into block-local arrays; the rare events (a unit's bins widen,
-    a token enters the sample) are flagged there and handled one unit at a time."""
+    A first read of the block finds each unit's largest |a|, so its bins widen at most once, before
+    any is counted (the same bins as widening value by value: ``rebinned`` is exact). Then each row
+    goes through loops the compiler vectorises (extremes, sums, bins) into block-local arrays; a
+    token that enters the sample is flagged there and handled for its units alone."""
     n_b, n_t, n_u = acts.shape
     h = hist.shape[0] // 2
     n = u1 - u0
     s0, s1, s2, s3 = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     counts = np.zeros((2 * h, n), dtype=np.int32)  # bins by unit, as ``hist``: added to it row by row
     cols = np.empty(n, dtype=np.int32)
-    inv, limit = np.empty(n), np.empty(n, dtype=np.float32)
+    inv = np.empty(n)
     salt, bound = salts[u0:u1].copy(), np.empty(n, dtype=np.int32)
+    worst = np.zeros(n, dtype=np.int64)  # each unit's sample slot ranked last, and its key: ``bound``
+    enter, lanes = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
     for i in range(n):
         u = u0 + i
-        inv[i], limit[i] = _scale(width[u], h)
-        bound[i] = skeys[u, _worst(skeys, sgpos, u)] if skeys.shape[1] else -1  # -1: no sample kept
+        worst[i] = _worst(skeys, sgpos, u) if skeys.shape[1] else 0
+        bound[i] = skeys[u, worst[i]] if skeys.shape[1] else -1  # -1: no sample kept
         soccupant[u, :] = -1
+    _widen_once(acts, first, u0, u1, width, hist)
+    for i in range(n):
+        inv[i] = _scale(width[u0 + i], h)[0]
     for b in range(n_b):
         mx, mn = np.full(n, -np.inf, dtype=np.float32), np.full(n, np.inf, dtype=np.float32)
         px, pn = np.full(n, first, dtype=np.int64), np.full(n, first, dtype=np.int64)
@@ -158,30 +164,28 @@ def _scan_block(
                 x2 = np.float64(row[i]) * np.float64(row[i])
                 s2[i] += x2 * np.float64(row[i])
                 s3[i] += x2 * x2
-            wide, enters = 0, 0
+            enters = 0
             for i in range(n):
                 a = row[i]
-                wide |= abs(a) >= limit[i]
                 enters |= (a > 0) & ((key ^ salt[i]) < bound[i])
                 cols[i] = _column(a, inv[i], h)
-            if wide:  # widen the bins of the units that need it, exactly (``rebinned``)
-                for i in range(n):
-                    if abs(row[i]) >= limit[i]:
-                        _widen(hist, counts, width, u0, i, _needed_width(abs(np.float64(row[i])), h))
-                        inv[i], limit[i] = _scale(width[u0 + i], h)
-                        cols[i] = _column(row[i], inv[i], h)
             for i in range(n):
                 counts[cols[i], i] += 1
-            if enters:  # the token takes the sample slot of the unit's worst-ranked one
-                g = seq_ids[b] * ctx + t
+            if enters:  # the token takes the sample slot of its units' worst-ranked one
                 for i in range(n):
-                    u = u0 + i
-                    if row[i] > 0 and (key ^ salt[i]) < bound[i]:
-                        j = _worst(skeys, sgpos, u)
-                        k = key ^ salt[i]
-                        if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
-                            skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
-                            bound[i] = skeys[u, _worst(skeys, sgpos, u)]
+                    enter[i] = (row[i] > 0) & ((key ^ salt[i]) < bound[i])
+                m = 0
+                for i in range(n):  # the entering units, without a branch per unit (early on, half enter)
+                    lanes[m] = i
+                    m += enter[i]
+                g = seq_ids[b] * ctx + t
+                for e in range(m):
+                    i = lanes[e]
+                    u, j, k = u0 + i, worst[i], key ^ salt[i]
+                    if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
+                        skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
+                        worst[i] = _worst(skeys, sgpos, u)
+                        bound[i] = skeys[u, worst[i]]
         smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
     sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3
     for c in range(2 * h):
@@ -210,14 +214,26 @@ def _column(a, inv, h):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _widen(hist, counts, width, u0, i, new):
-    """Unit ``u0 + i``'s bins widened to ``new``: its block-local ``counts`` join ``hist`` first."""
-    u = u0 + i
-    hist[:, u] += counts[:, i]
-    counts[:, i] = 0
-    if width[u] > 0:
-        _rebin(hist, u, hist.shape[0] // 2, new / width[u])
-    width[u] = new
+def _widen_once(acts, first, u0, u1, width, hist):
+    """The bins of units ``u0`` to ``u1`` widened, where the batch needs it, to hold its largest |a|
+    (as ``UnitAccumulator._update_hist``). One vectorised read of the block, which also brings it
+    into the cache for the pass that follows."""
+    n_b, n_t, _ = acts.shape
+    n, h = u1 - u0, hist.shape[0] // 2
+    big = np.zeros(n, dtype=np.float32)
+    for b in range(n_b):
+        for t in range(first, n_t):
+            row = acts[b, t, u0:u1]
+            for i in range(n):
+                x = abs(row[i])
+                big[i] = x if x > big[i] else big[i]  # NaN widens nothing (the run then stops)
+    for i in range(n):
+        u = u0 + i
+        if big[i] >= _scale(width[u], h)[1]:
+            new = _needed_width(np.float64(big[i]), h)
+            if width[u] > 0:
+                _rebin(hist, u, h, new / width[u])
+            width[u] = new
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
