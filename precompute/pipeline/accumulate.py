@@ -193,10 +193,39 @@ def _fill(slots: dict[str, Tensor], at: tuple[Tensor, ...], incoming: dict[str, 
     A slot array first met here (a value copied at the example's token) is created, zero-filled.
     """
     for name, value in incoming.items():
-        if name not in slots:
-            shape = (*slots["seq"].shape, *value.shape[1:])
-            slots[name] = torch.zeros(shape, dtype=value.dtype, device=value.device)
-        slots[name][at] = value
+        _slot_array(slots, name, value.shape[1:], value)[at] = value
+
+
+def _slot_array(slots: dict[str, Tensor], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """``slots[name]`` ([u, k, *shape]), created zero-filled (as ``like``'s dtype) when first met."""
+    if name not in slots:
+        slots[name] = torch.zeros((*slots["seq"].shape, *shape), dtype=like.dtype, device=like.device)
+    return slots[name]
+
+
+def _copy_at(
+    slots: dict[str, Tensor],
+    occ_b: Tensor,
+    occ_t: Tensor,
+    per_token: dict[str, Tensor],
+    per_unit: dict[str, Tensor],
+) -> None:
+    """``_fill`` through ``fused.take``: each entrant's slot (``occ_b`` >= 0: its batch row, ``occ_t``
+    its position) gets ``per_token``'s values at its token ([b, t, ...]) and ``per_unit``'s for its
+    own unit ([b, t, u, ...])."""
+    assert fused_kernels is not None
+
+    def bits(t: Tensor) -> np.ndarray:  # numba copies 2-byte floats as int16 (the same bits)
+        a = t.numpy()
+        return a.view(np.int16) if a.dtype == np.float16 else a
+
+    b, t = occ_b.numpy(), occ_t.numpy()
+    for own, values in ((False, per_token), (True, per_unit)):
+        for name, v in values.items():
+            lead = 3 if own else 2  # [b, t, u] or [b, t]
+            dst = _slot_array(slots, name, v.shape[lead:], v)
+            src = v.reshape(*v.shape[:lead], *([] if own else [1]), -1)  # [b, t, u or 1, d]
+            fused_kernels.take(b, t, bits(src), own, bits(dst.view(*dst.shape[:2], -1)))
 
 
 class _Extremes:
@@ -244,10 +273,12 @@ class _Extremes:
         sign: float,
         seq_ids: Tensor,
         before: int,
-        at_token=None,
+        per_token: dict[str, Tensor] | None = None,
+        per_unit: dict[str, Tensor] | None = None,
     ) -> None:
         """``update`` through the CPU kernels: ``score`` [b, u] is ``sign`` times ``acts`` at
-        ``positions`` (``fused.scan``'s extremes); ``enter`` picks the entrants, ``place`` writes them."""
+        ``positions`` (``fused.scan``'s extremes); ``enter`` picks the entrants, ``place`` writes them,
+        ``_copy_at`` what they copy at their tokens."""
         assert self.kernels is not None
         occupant, occ_t = torch.empty_like(self.slots["seq"]), torch.empty_like(self.slots["seq"])
         self.kernels.enter(
@@ -263,9 +294,7 @@ class _Extremes:
         self.kernels.place(
             occupant.numpy(), occ_t.numpy(), acts.numpy(), sign, seq_ids.numpy(), before, *slots
         )
-        if at_token is not None:
-            at = (occupant >= 0).nonzero(as_tuple=True)
-            _fill(self.slots, at, at_token(occupant[at], at[0], occ_t[at]))
+        _copy_at(self.slots, occupant, occ_t, per_token or {}, per_unit or {})
 
     def sorted(self) -> Examples:
         order = rank_key(self.slots["val"], self.slots["seq"]).argsort(dim=1, descending=True, stable=True)
@@ -403,28 +432,29 @@ class UnitAccumulator:
                 name: v[b, pos, u] for name, v in per_unit.items()
             }
 
-        copy = copied if per_token or per_unit else None
         if self.fused:
-            self._update_fused(acts, seq_ids, first, ctx, copy)
+            self._update_fused(acts, seq_ids, first, ctx, per_token, per_unit)
         else:
-            self._update_torch(acts, seq_ids, first, ctx, copy)
+            self._update_torch(acts, seq_ids, first, ctx, copied if per_token or per_unit else None)
 
-    def _update_fused(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int, copy) -> None:
+    def _update_fused(
+        self,
+        acts: Tensor,
+        seq_ids: Tensor,
+        first: int,
+        ctx: int,
+        per_token: dict[str, Tensor],
+        per_unit: dict[str, Tensor],
+    ) -> None:
         """The CPU's way: one pass over the batch (``fused.scan``), then the entrants placed."""
         before = self.cfg.window_before
-        smax, smin, pmax, pmin, entered = self._scan(acts, seq_ids, first, ctx)
-        self.top.update_fused(smax, pmax, acts, 1.0, seq_ids, before, copy)
+        smax, smin, pmax, pmin, occ_b, occ_t = self._scan(acts, seq_ids, first, ctx)
+        self.top.update_fused(smax, pmax, acts, 1.0, seq_ids, before, per_token, per_unit)
         self.bottom.update_fused(-smin, pmin, acts, -1.0, seq_ids, before)
         assert self.kernels is not None
-        token = entered.clamp(min=0)
-        occ_b, occ_t = torch.where(entered >= 0, token // acts.shape[1], -1), token % acts.shape[1]
         slots = [self.sample[name].numpy() for name in ("val", "seq", "pos", "start", "win")]
         self.kernels.place(occ_b.numpy(), occ_t.numpy(), acts.numpy(), 1.0, seq_ids.numpy(), before, *slots)
-        if copy is not None:
-            at = (entered >= 0).nonzero(as_tuple=True)
-            _fill(self.sample, at, copy(occ_b[at], at[0], occ_t[at]))
-        if self.sample["key"].shape[1]:
-            self.sample_bound = self.sample["key"].max(1).values
+        _copy_at(self.sample, occ_b, occ_t, per_token, per_unit)
 
     def _update_torch(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int, copy) -> None:
         """torch's way (any device): reductions over the batch, then gathers for the entrants."""
@@ -466,19 +496,19 @@ class UnitAccumulator:
     def _scan(self, acts: Tensor, seq_ids: Tensor, first: int, ctx: int):
         """The CPU's one pass over the batch (``fused.scan``): updates the statistics, the histogram
         and the sample's keys; returns each sequence's max and min, locators of their tokens, and
-        the token each sample slot took (-1: kept)."""
+        the batch row (-1: kept) and position of the token each sample slot took."""
         assert self.kernels is not None
         b, t, u = acts.shape
         token_keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t), self.cfg.seed).int()
         smax, smin = torch.empty((b, u)), torch.empty((b, u))
         pmax, pmin = torch.empty((b, u), dtype=torch.long), torch.empty((b, u), dtype=torch.long)
         sums = torch.empty((4, u), dtype=torch.float64)
-        entered = torch.empty_like(self.sample["seq"])
+        occ_b, occ_t = torch.empty_like(self.sample["seq"]), torch.empty_like(self.sample["seq"])
         gpos = _global_pos(self.sample, self.ctx)
         self.kernels.scan(
             acts.numpy(), first, token_keys.numpy(), self.salts.numpy(), seq_ids.numpy(), ctx,
             self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
-            smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), entered.numpy(),
+            smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), occ_b.numpy(), occ_t.numpy(),
         )  # fmt: skip
         if not bool(torch.isfinite(sums).all()):
             raise self._not_finite()
@@ -486,7 +516,7 @@ class UnitAccumulator:
         self.min = torch.minimum(self.min, smin.amin(0))
         self.moments.add(sums)
         self.count += b * (t - first)
-        return smax, smin, pmax, pmin, entered
+        return smax, smin, pmax, pmin, occ_b, occ_t
 
     def _update_moments(self, a: Tensor, first: int) -> None:
         a2 = torch.mul(a, a, out=_scratch("a2", a))

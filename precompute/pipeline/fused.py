@@ -110,14 +110,14 @@ def _scan_blocks_serial(size, *args):
 def _scan_block(
     u0, u1, acts, first, token_keys, salts, seq_ids, ctx,  # in
     width, hist, skeys, sgpos,  # updated in place
-    smax, pmax, smin, pmin, sums, soccupant,  # out
+    smax, pmax, smin, pmin, sums, occ_b, occ_t,  # out
 ):  # fmt: skip
     """One pass over a batch for units ``u0`` to ``u1``: ``acts`` [b, t, u] float32; ``token_keys``
     [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b]. ``width`` [u] float64 and ``hist`` [2h, u]
     int64: the histogram; ``skeys`` [u, r] int32 and ``sgpos`` [u, r] int64: the sample's keys and
     tokens. Out: ``smax``/``smin`` [b, u] float32 and their positions ``pmax``/``pmin`` [b, u] int64,
-    ``sums`` [4, u] float64, ``soccupant`` [u, r] int64: the token (b * t + pos) now in a sample slot,
-    -1 where it kept its occupant.
+    ``sums`` [4, u] float64, ``occ_b`` and ``occ_t`` [u, r] int64: the batch row and position of the
+    token now in a sample slot (``occ_b`` -1 where the slot kept its occupant).
 
     A first read of the block finds each unit's largest |a|, so its bins widen at most once, before
     any is counted (the same bins as widening value by value: ``rebinned`` is exact). Then each row
@@ -137,7 +137,7 @@ def _scan_block(
         u = u0 + i
         worst[i] = _worst(skeys, sgpos, u) if skeys.shape[1] else 0
         bound[i] = skeys[u, worst[i]] if skeys.shape[1] else -1  # -1: no sample kept
-        soccupant[u, :] = -1
+        occ_b[u, :], occ_t[u, :] = -1, 0
     _widen_once(acts, first, u0, u1, width, hist)
     for i in range(n):
         inv[i] = _scale(width[u0 + i], h)[0]
@@ -183,7 +183,7 @@ def _scan_block(
                     i = lanes[e]
                     u, j, k = u0 + i, worst[i], key ^ salt[i]
                     if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
-                        skeys[u, j], sgpos[u, j], soccupant[u, j] = k, g, b * n_t + t
+                        skeys[u, j], sgpos[u, j], occ_b[u, j], occ_t[u, j] = k, g, b, t
                         worst[i] = _worst(skeys, sgpos, u)
                         bound[i] = skeys[u, worst[i]]
         smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
@@ -315,6 +315,19 @@ def _place_unit(u, occ_b, occ_t, acts, sign, seq_ids, before, val, seq, pos, sta
         seq[u, j], pos[u, j], start[u, j] = seq_ids[b], t, s
         for i in range(w):
             win[u, j, i] = acts[b, s + i, u]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def take(occ_b, occ_t, src, own_unit, dst):
+    """What entrants copy at their tokens: slot (u, j) with ``occ_b[u, j] >= 0`` gets
+    ``src[occ_b[u, j], occ_t[u, j], u if own_unit else 0]`` (``src`` [b, t, u or 1, d] in any
+    strides, ``dst`` [u, k, d]), values copied as they are. In the calling thread: entrants are few."""
+    for u in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            b, t = occ_b[u, j], occ_t[u, j]
+            if b >= 0:
+                for c in range(dst.shape[2]):  # element by element: no array views made per entrant
+                    dst[u, j, c] = src[b, t, u if own_unit else 0, c]
 
 
 # Sums along a row may be added in vector lanes (reassociated): the same order on every run of one

@@ -236,6 +236,41 @@ def test_keep_bos_counts_the_first_position():
     assert res.moments.count == 12 and res.max[0] == 9.0 and res.top.pos[0][0] == 0
 
 
+def test_values_copied_at_the_entrants_tokens_match_torch(acts):
+    """What top and sampled examples copy at their token: per token (a half-precision
+    representation, the token id) and per unit (a head's attention row, read through a transposed
+    view, as the pass hands it over). The kernels' ``take`` against torch's gathers."""
+    g = np.random.default_rng(3)
+    rep = torch.from_numpy(g.standard_normal((N_SEQ, T, 6)).astype(np.float16))
+    tok = torch.from_numpy(g.integers(0, 1000, (N_SEQ, T)).astype(np.int32))
+    rows = torch.from_numpy(g.random((N_SEQ, U, T, 7)).astype(np.float32))  # [b, unit, q, key]
+    results = []
+    for fused in (True, False):
+        acc = UnitAccumulator(U, T, CFG, fused=fused)
+        for s in range(0, N_SEQ, BATCH):
+            batch = slice(s, s + BATCH)
+            acc.update(
+                torch.from_numpy(acts[batch].copy()),
+                torch.arange(s, min(s + BATCH, N_SEQ)),
+                first=FIRST,
+                ctx=T,
+                at_token={"rep": rep[batch], "tok": tok[batch]},
+                at_unit={"attn": rows[batch].transpose(1, 2)},
+            )
+        results.append(acc.result())
+    for part in ("top", "sample"):
+        mine, theirs = (getattr(r, part) for r in results)
+        for field in ("tok", "rep", "attn"):
+            assert getattr(mine, field) is not None
+            np.testing.assert_array_equal(
+                getattr(mine, field), getattr(theirs, field), err_msg=f"{part}.{field}"
+            )
+        entered = mine.seq >= 0
+        b, t, u = mine.seq[entered], mine.pos[entered], np.nonzero(entered)[0]
+        np.testing.assert_array_equal(mine.tok[entered], tok.numpy()[b, t])
+        np.testing.assert_array_equal(mine.attn[entered], rows.numpy()[b, u, t])
+
+
 def test_no_quantile_sample_and_tiny_units_keep_the_same_state_as_torch():
     """``per_group=0`` keeps no sample; a unit whose values are ~1e-39 (float32's subnormals) gets bins
     narrower than 2**-126, whose inverse float32 cannot hold: the kernels bin it in float64."""
