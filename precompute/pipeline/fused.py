@@ -358,14 +358,15 @@ def attention_sums(pattern, bits, tokens, first, out):
     """A batch's head statistics added to ``out`` [5, heads] (float64, in row order): per query row
     q >= ``first`` of ``pattern`` [b, head, q, k] (float32; ``bits``: the same memory as int32), its
     attention to key 0, to key q - 1, the mean distance sum_k (q - k) p, to earlier keys holding the
-    token at q (``tokens`` [b, q]), and the entropy -sum p log p over keys k <= q (causal rows)."""
+    token at q (``tokens`` [b, q]), and the entropy -sum p log p. Rows are causal: only keys k <= q
+    are read (the later ones hold exact zeros, which would add nothing)."""
     n_b, n_h, n_q, n_k = pattern.shape
     for b in range(n_b):
         for h in range(n_h):
             for q in range(first, n_q):
                 row, row_bits, tq = pattern[b, h, q], bits[b, h, q], tokens[b, q]
                 total, weighted, same, entropy = 0.0, 0.0, 0.0, 0.0
-                for k in range(n_k):
+                for k in range(min(q + 1, n_k)):  # causal rows: the later keys hold exact zeros
                     x = np.float64(row[k])
                     total += x
                     weighted += k * x
