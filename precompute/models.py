@@ -115,16 +115,41 @@ class LoadedModel:
     ) -> dict[str, Float[Tensor, "batch pos d"]]:
         """Run the model once, caching exactly ``hooks``, and stop at the input of the block after
         the last layer needed, or of the final norm: the unembedding (a fifth of the forward pass
-        of the default model) never runs. Float32, whatever the model's dtype."""
-        wanted = set(hooks)
+        of the default model) never runs. Float32, whatever the model's dtype.
+
+        The hooks go straight onto the bridge's hook points (what ``run_with_cache`` does, less its
+        walk over every hook and alias: ~30 ms a call on the default model) and leave with them."""
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
         last = max(layer_of(h) for h in hooks)
         stop_at = f"blocks.{last + 1}.hook_in" if last + 1 < self.n_layers else "ln_final.hook_in"
-        stops = [(stop_at, _stop_here)] if stop_at in self.bridge.hook_dict else []
-        with self.bridge.hooks(fwd_hooks=stops):  # run_with_cache returns at the stop, cache kept
-            _, cache = self.bridge.run_with_cache(
-                tokens.to(self.device), names_filter=lambda name: name in wanted
-            )
+        cache: dict[str, Tensor] = {}
+
+        def keep(name: str):
+            def hook(tensor: Tensor | tuple[Tensor, ...], hook: HookPoint) -> None:
+                cache[name] = tensor[0] if isinstance(tensor, tuple) else tensor  # as run_with_cache
+
+            return hook
+
+        added = [(self._hook_points[h], keep(h)) for h in dict.fromkeys(hooks)]
+        if stop_at in self._hook_points:
+            added.append((self._hook_points[stop_at], _stop_here))
+        try:
+            for point, fn in added:
+                point.add_hook(fn, level=_ACTIVATIONS_LEVEL)
+            self.bridge(tokens.to(self.device))
+        except StopAtLayerException:
+            pass
+        finally:
+            for point, _ in added:
+                point.remove_hooks("fwd", level=_ACTIVATIONS_LEVEL)
         return {h: cache[h].float() for h in hooks}
+
+    @cached_property
+    def _hook_points(self) -> dict[str, HookPoint]:
+        """The bridge's hook points by name, looked up once: ``bridge.hook_dict`` rebuilds its
+        aliases on every access."""
+        return dict(self.bridge.hook_dict)
 
     @torch.inference_mode()
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Tensor:
@@ -162,6 +187,9 @@ class LoadedModel:
         W_U = self.bridge.W_U.detach().float()
         scale = _norm_weight(self.bridge.ln_final)
         return W_U if scale is None else scale.float()[:, None] * W_U
+
+
+_ACTIVATIONS_LEVEL = -31_337  # the context level of ``activations``' hooks: removed by it alone
 
 
 def _stop_here(tensor: Tensor, hook: HookPoint) -> None:
