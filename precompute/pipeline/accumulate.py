@@ -167,6 +167,22 @@ def token_hash(global_pos: Int[Tensor, "..."], seed: int = 0) -> Int[Tensor, "..
     return (x ^ (x >> 16)) >> 2
 
 
+_last_batch_keys: tuple[Tensor, int, int, int, Tensor] | None = None
+
+
+def _batch_keys(seq_ids: Tensor, ctx: int, t: int, seed: int) -> Tensor:
+    """``token_hash`` of a batch's tokens ([b, t] int32), computed once for all the sources that
+    read the batch: the last batch's keys are kept (sources updated from several threads may each
+    compute them; they are the same)."""
+    global _last_batch_keys
+    last = _last_batch_keys
+    if last is not None and last[1:4] == (ctx, t, seed) and torch.equal(last[0], seq_ids):
+        return last[4]
+    keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t, device=seq_ids.device), seed).int()
+    _last_batch_keys = (seq_ids.clone(), ctx, t, seed, keys)
+    return keys
+
+
 def unit_salts(n_units: int, seed: int = 0) -> Int[Tensor, "units"]:
     """Per-unit 30-bit salts: a unit's key for a token is hash(token) XOR salt(unit)."""
     return token_hash(torch.arange(n_units, dtype=torch.long) + (1 << 33), seed + 1)
@@ -499,15 +515,15 @@ class UnitAccumulator:
         the batch row (-1: kept) and position of the token each sample slot took."""
         assert self.kernels is not None
         b, t, u = acts.shape
-        token_keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t), self.cfg.seed).int()
+        token_keys = _batch_keys(seq_ids, ctx, t, self.cfg.seed)
         smax, smin = torch.empty((b, u)), torch.empty((b, u))
         pmax, pmin = torch.empty((b, u), dtype=torch.long), torch.empty((b, u), dtype=torch.long)
         sums = torch.empty((4, u), dtype=torch.float64)
         occ_b, occ_t = torch.empty_like(self.sample["seq"]), torch.empty_like(self.sample["seq"])
-        gpos = _global_pos(self.sample, self.ctx)
         self.kernels.scan(
             acts.numpy(), first, token_keys.numpy(), self.salts.numpy(), seq_ids.numpy(), ctx,
-            self.bin_width.numpy(), self.hist.numpy(), self.sample["key"].numpy(), gpos.numpy(),
+            self.bin_width.numpy(), self.hist.numpy(),
+            self.sample["key"].numpy(), self.sample["seq"].numpy(), self.sample["pos"].numpy(),
             smax.numpy(), pmax.numpy(), smin.numpy(), pmin.numpy(), sums.numpy(), occ_b.numpy(), occ_t.numpy(),
         )  # fmt: skip
         if not bool(torch.isfinite(sums).all()):
@@ -553,14 +569,16 @@ class UnitAccumulator:
         self.bin_width = new_width
 
     def _sample_candidates(self, a: Tensor, seq_ids: Tensor, first: int, ctx: int):
-        """Firing tokens whose key is below their unit's current r-th key (few, after warm-up)."""
+        """Firing tokens whose key is at most their unit's current r-th key (few, after warm-up)."""
         if self.sample["key"].shape[1] == 0:
             return None
         b, t, u = a.shape
         global_pos = seq_ids[:, None] * ctx + torch.arange(t, device=self.device)
         token_keys = token_hash(global_pos, self.cfg.seed).int()[..., None]
         keys = torch.bitwise_xor(token_keys, self.salts, out=_scratch("keys", a, torch.int32))
-        open_ = torch.lt(keys, self.sample_bound, out=_scratch("open", a, torch.bool))
+        open_ = torch.le(
+            keys, self.sample_bound, out=_scratch("open", a, torch.bool)
+        )  # a tie: the merge ranks by token
         open_ &= torch.gt(a, 0, out=_scratch("firing", a, torch.bool))  # masked positions are 0
         bi, ti, ui = open_.nonzero(as_tuple=True)
         if len(ui) == 0:

@@ -65,11 +65,14 @@ def _needed_width(extent, h):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _worst(keys, gpos, u):
-    """Unit ``u``'s sample slot ranked last by (key, token)."""
+def _worst(keys, seq, pos, ctx, u):
+    """Unit ``u``'s sample slot ranked last by (key, token): a token is ``seq * ctx + pos`` in the
+    whole pass (an empty slot's, -ctx, before all)."""
     j = 0
     for i in range(1, keys.shape[1]):
-        if keys[u, i] > keys[u, j] or (keys[u, i] == keys[u, j] and gpos[u, i] > gpos[u, j]):
+        if keys[u, i] > keys[u, j] or (
+            keys[u, i] == keys[u, j] and seq[u, i] * ctx + pos[u, i] > seq[u, j] * ctx + pos[u, j]
+        ):
             j = i
     return j
 
@@ -109,13 +112,13 @@ def _scan_blocks_serial(size, *args):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _scan_block(
     u0, u1, acts, first, token_keys, salts, seq_ids, ctx,  # in
-    width, hist, skeys, sgpos,  # updated in place
+    width, hist, skeys, sseq, spos,  # updated in place
     smax, pmax, smin, pmin, sums, occ_b, occ_t,  # out
 ):  # fmt: skip
     """One pass over a batch for units ``u0`` to ``u1``: ``acts`` [b, t, u] float32; ``token_keys``
     [b, t] int32; ``salts`` [u] int32; ``seq_ids`` [b]. ``width`` [u] float64 and ``hist`` [2h, u]
-    int64: the histogram; ``skeys`` [u, r] int32 and ``sgpos`` [u, r] int64: the sample's keys and
-    tokens. Out: ``smax``/``smin`` [b, u] float32 and their positions ``pmax``/``pmin`` [b, u] int64,
+    int64: the histogram; ``skeys`` [u, r] int32, ``sseq`` and ``spos`` [u, r] int64: the sample's
+    keys and tokens. Out: ``smax``/``smin`` [b, u] float32 and their positions ``pmax``/``pmin`` [b, u] int64,
     ``sums`` [4, u] float64, ``occ_b`` and ``occ_t`` [u, r] int64: the batch row and position of the
     token now in a sample slot (``occ_b`` -1 where the slot kept its occupant).
 
@@ -135,7 +138,7 @@ def _scan_block(
     enter, lanes = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
     for i in range(n):
         u = u0 + i
-        worst[i] = _worst(skeys, sgpos, u) if skeys.shape[1] else 0
+        worst[i] = _worst(skeys, sseq, spos, ctx, u) if skeys.shape[1] else 0
         bound[i] = skeys[u, worst[i]] if skeys.shape[1] else -1  # -1: no sample kept
         occ_b[u, :], occ_t[u, :] = -1, 0
     _widen_once(acts, first, u0, u1, width, hist)
@@ -167,13 +170,13 @@ def _scan_block(
             enters = 0
             for i in range(n):
                 a = row[i]
-                enters |= (a > 0) & ((key ^ salt[i]) < bound[i])
+                enters |= (a > 0) & ((key ^ salt[i]) <= bound[i])
                 cols[i] = _column(a, inv[i], h)
             for i in range(n):
                 counts[cols[i], i] += 1
             if enters:  # the token takes the sample slot of its units' worst-ranked one
                 for i in range(n):
-                    enter[i] = (row[i] > 0) & ((key ^ salt[i]) < bound[i])
+                    enter[i] = (row[i] > 0) & ((key ^ salt[i]) <= bound[i])
                 m = 0
                 for i in range(n):  # the entering units, without a branch per unit (early on, half enter)
                     lanes[m] = i
@@ -182,9 +185,10 @@ def _scan_block(
                 for e in range(m):
                     i = lanes[e]
                     u, j, k = u0 + i, worst[i], key ^ salt[i]
-                    if k < skeys[u, j] or (k == skeys[u, j] and g < sgpos[u, j]):
-                        skeys[u, j], sgpos[u, j], occ_b[u, j], occ_t[u, j] = k, g, b, t
-                        worst[i] = _worst(skeys, sgpos, u)
+                    if k < skeys[u, j] or (k == skeys[u, j] and g < sseq[u, j] * ctx + spos[u, j]):
+                        skeys[u, j], sseq[u, j], spos[u, j] = k, seq_ids[b], t
+                        occ_b[u, j], occ_t[u, j] = b, t
+                        worst[i] = _worst(skeys, sseq, spos, ctx, u)
                         bound[i] = skeys[u, worst[i]]
         smax[b, u0:u1], pmax[b, u0:u1], smin[b, u0:u1], pmin[b, u0:u1] = mx, px, mn, pn
     sums[0, u0:u1], sums[1, u0:u1], sums[2, u0:u1], sums[3, u0:u1] = s0, s1, s2, s3

@@ -346,3 +346,24 @@ def test_the_kernels_rank_examples_as_rank_key_does():
 
 def test_a_source_without_units_has_blocks_too():
     assert fused_kernels.block_size(0, 2) == fused_kernels.BLOCK
+
+
+def test_a_sampled_token_whose_key_ties_goes_to_the_earlier_token_in_any_order():
+    """Two tokens whose hashes collide (found by search): the sample keeps the earlier one, whether
+    it comes first or last, in the kernels as in torch's sort."""
+    cfg = AccumulatorConfig(top_k=1, bottom_k=0, quantile_groups=1, per_group=1, window=2, window_before=0)
+    pos = torch.arange(400_000)
+    keys = token_hash(pos, cfg.seed)
+    order = torch.argsort(keys, stable=True)
+    i = int(torch.nonzero(keys[order][1:] == keys[order][:-1])[0, 0])
+    early, late = sorted((int(order[i]), int(order[i + 1])))
+    ctx = 20
+    for seqs in ([early // ctx, late // ctx], [late // ctx, early // ctx]):
+        for fused in (True, False):
+            acc = UnitAccumulator(1, ctx, cfg, fused=fused)
+            for s in seqs:
+                x = torch.zeros((1, ctx, 1))
+                x[0, (early if s == early // ctx else late) % ctx, 0] = 1.0  # the one firing token
+                acc.update(x, torch.tensor([s]), first=0, ctx=ctx)
+            sample = acc.result().sample
+            assert int(sample.seq[0, 0]) * ctx + int(sample.pos[0, 0]) == early, (seqs, fused)
