@@ -3,10 +3,10 @@ reads a dozen times with separate torch operations.
 
 ``scan`` gives, per unit, each sequence's max and min with their first positions, the batch's sums
 of the first four powers (float64, added in token order: deterministic), and updates the histogram
-(widening a unit's bins exactly, as ``rebinned``, when a value falls outside them) and the quantile
-sample (a firing token whose key ranks before the unit's worst kept one takes its slot). ``enter``
-picks the top/bottom entrants per unit by their rank keys, and ``place`` writes them with their
-windows.
+(widening a unit's bins exactly, as ``rebinned``, once a batch, to hold its largest value) and the
+quantile sample (a firing token whose (key, token) ranks before the unit's worst kept one takes its
+slot). ``enter`` picks the top/bottom entrants per unit by their rank keys, ``place`` writes them
+with their windows, and ``take`` copies what entrants keep at their token.
 
 Units are split in blocks across threads; every unit is read and written by one thread, in token
 order, so the results do not depend on the number of threads.
