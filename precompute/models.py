@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -131,7 +131,9 @@ class LoadedModel:
 
             return hook
 
-        added = [(self._hook_points[h], keep(h)) for h in dict.fromkeys(hooks)]
+        added: list[tuple[HookPoint, Callable[..., None]]] = [
+            (self._hook_points[h], keep(h)) for h in dict.fromkeys(hooks)
+        ]
         if stop_at in self._hook_points:
             added.append((self._hook_points[stop_at], _stop_here))
         try:
