@@ -43,13 +43,15 @@ from precompute.pipeline.polysemanticity import (
     n_covering,
 )
 from precompute.pipeline.shard import WHOLE, shard_batches
-from precompute.pipeline.stream import Contexts, NeuronBridge, PhaseClock, Tracked, stream
+from precompute.pipeline.stream import Chunked, Contexts, NeuronBridge, PhaseClock, Tracked, stream
 
 if TYPE_CHECKING:  # imported where SAEs load (importing SAELens takes seconds) or heads are written
     from precompute.heads import BridgeAttention
     from precompute.sae import LoadedSAE
 
 __all__ = ["PrecomputeConfig", "run_precompute"]
+
+_SEQUENCES_A_CHUNK = 8192  # sequences inserted at once: ~1M tokens of 128, 4 MB of token ids
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -62,6 +64,7 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     load_seconds = time.perf_counter() - load_started
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
+        sequences = Chunked(writer, rows=_SEQUENCES_A_CHUNK)
         n_tokens, phase_seconds = stream(
             run.model,
             run.dataset,
@@ -69,11 +72,12 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             run.tracked,
             run.hooks,
             run.first,
-            writer,
+            sequences,
             progress,
             run.contexts,
             batches,
         )
+        sequences.flush()
         phase_seconds["load"] = load_seconds
         write_store(writer, run, cfg, n_tokens, phase_seconds, progress)
         return writer.commit()
