@@ -240,8 +240,13 @@ def _copy_at(
         for name, v in values.items():
             lead = 3 if own else 2  # [b, t, u] or [b, t]
             dst = _slot_array(slots, name, v.shape[lead:], v)
-            src = v.reshape(*v.shape[:lead], *([] if own else [1]), -1)  # [b, t, u or 1, d]
-            fused_kernels.take(b, t, bits(src), own, bits(dst.view(*dst.shape[:2], -1)))
+            if dst.dtype != v.dtype or dst.shape[2:] != v.shape[lead:]:  # the kernel copies bits unchecked
+                raise ValueError(
+                    f"{name}: {v.dtype} {tuple(v.shape[lead:])} into {dst.dtype} {tuple(dst.shape[2:])}"
+                )
+            if dst.numel() and v.numel():  # (no slots, no units: nothing to copy)
+                src = v.reshape(*v.shape[:lead], *([] if own else [1]), -1)  # [b, t, u or 1, d]
+                fused_kernels.take(b, t, bits(src), own, bits(dst.view(*dst.shape[:2], -1)))
 
 
 class _Extremes:
@@ -560,7 +565,7 @@ class UnitAccumulator:
         else:  # bins narrower than 2**-127 (a unit of float32 subnormals): in float64
             scaled = a.double() * inv_width
         scaled.ceil_().add_(h - 1)  # in [0, 2h - 1]: |a| <= extent < h * width
-        idx = _scratch("idx", a, torch.long).copy_(scaled).view(-1, self.n_units)
+        idx = _scratch("idx", a, torch.long).copy_(scaled).view(a.shape[0] * a.shape[1], self.n_units)
         self.hist.scatter_add_(0, idx, self._ones.expand_as(idx))
         self.hist[h - 1] -= a.shape[0] * first  # the masked (zeroed) first positions
 

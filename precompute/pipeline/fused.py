@@ -123,7 +123,8 @@ def _scan_block(
     token now in a sample slot (``occ_b`` -1 where the slot kept its occupant).
 
     A first read of the block finds each unit's largest |a|, so its bins widen at most once, before
-    any is counted (the same bins as widening value by value: ``rebinned`` is exact). Then each row
+    any is counted (for finite values the same bins as widening value by value: ``rebinned`` is
+    exact; a batch with NaN or inf stops the run anyway). Then each row
     goes through loops the compiler vectorises (extremes, sums, bins) into block-local arrays; a
     token that enters the sample is flagged there and handled for its units alone."""
     n_b, n_t, n_u = acts.shape

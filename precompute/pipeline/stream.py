@@ -44,11 +44,12 @@ class Chunked:
     def __init__(self, into: Appender, rows: int):
         self.into, self.rows = into, rows
         self.pending: dict[str, list[dict[str, np.ndarray]]] = {}
+        self.pending_rows: dict[str, int] = {}
 
     def append(self, table: str, columns: dict[str, np.ndarray]) -> None:
-        chunks = self.pending.setdefault(table, [])
-        chunks.append(columns)
-        if sum(len(next(iter(c.values()))) for c in chunks) >= self.rows:
+        self.pending.setdefault(table, []).append(columns)
+        self.pending_rows[table] = self.pending_rows.get(table, 0) + len(next(iter(columns.values())))
+        if self.pending_rows[table] >= self.rows:
             self._hand_on(table)
 
     def flush(self) -> None:
@@ -57,6 +58,7 @@ class Chunked:
 
     def _hand_on(self, table: str) -> None:
         chunks = self.pending.pop(table, [])
+        self.pending_rows.pop(table, None)
         if chunks:
             self.into.append(table, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
 

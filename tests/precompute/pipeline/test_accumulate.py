@@ -367,3 +367,34 @@ def test_a_sampled_token_whose_key_ties_goes_to_the_earlier_token_in_any_order()
                 acc.update(x, torch.tensor([s]), first=0, ctx=ctx)
             sample = acc.result().sample
             assert int(sample.seq[0, 0]) * ctx + int(sample.pos[0, 0]) == early, (seqs, fused)
+
+
+def test_copies_with_no_sample_slots_or_no_units_and_a_mismatched_slot_refused():
+    """``per_group=0`` keeps no sample slot, and a source may have no units: the copies have nothing
+    to do. A value whose dtype or shape differs from its slots' is refused, not copied bit by bit."""
+    cfg = AccumulatorConfig(top_k=2, bottom_k=1, quantile_groups=2, per_group=0, window=4, window_before=1)
+    g = np.random.default_rng(4)
+    for units in (3, 0):
+        acts = torch.from_numpy(g.standard_normal((2, 6, units)).astype(np.float32))
+        results = []
+        for fused in (True, False):
+            acc = UnitAccumulator(units, 6, cfg, fused=fused)
+            acc.update(
+                acts.clone(),
+                torch.arange(2),
+                first=1,
+                at_token={"tok": torch.arange(12, dtype=torch.int32).view(2, 6)},
+                at_unit={"attn": torch.ones((2, 6, units, 6))},
+            )
+            results.append(acc.result())
+        fused_result, plain = results
+        assert fused_result.sample.val.shape == (units, 0)
+        np.testing.assert_array_equal(fused_result.top.tok, plain.top.tok)
+        np.testing.assert_array_equal(fused_result.top.attn, plain.top.attn)
+    acc = UnitAccumulator(3, 6, cfg, fused=True)
+    x = torch.from_numpy(g.standard_normal((2, 6, 3)).astype(np.float32))
+    acc.update(x, torch.arange(2), first=1, at_token={"rep": torch.zeros((2, 6, 4), dtype=torch.float16)})
+    with pytest.raises(ValueError, match="rep"):
+        acc.update(
+            x, torch.arange(2, 4), first=1, at_token={"rep": torch.zeros((2, 6, 5), dtype=torch.float16)}
+        )
