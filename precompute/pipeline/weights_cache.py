@@ -37,7 +37,7 @@ def fingerprint(*parts: Part | Callable | ModuleType) -> str:
         if isinstance(part, Tensor):
             t = part.detach().contiguous().cpu()
             h.update(f"{t.dtype} {tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's own memory, not a copy
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # its own memory, not a copy
         elif callable(part) or isinstance(part, ModuleType):
             h.update(inspect.getsource(part).encode())
         else:
