@@ -110,9 +110,11 @@ def test_sigkill_then_resume(single, tiny_model_dir, docs_jsonl, untrained_sae):
     # checkpoints seen (of 10, one per block), then a random moment; on a busy machine the run can
     # outpace the polling: then again, killed at the first checkpoint seen
     for kill_after, delay in [(rng.randint(1, 4), rng.uniform(0.0, 0.3)), (1, 0.0), (1, 0.0)]:
-        if kill_run(folder, args, checkpoint, kill_after, delay) == -signal.SIGKILL:
+        killed = kill_run(folder, args, checkpoint, kill_after, delay) == -signal.SIGKILL
+        if killed and checkpoint.exists() and not (folder / STORE).exists():
             break
-        (folder / STORE).unlink(missing_ok=True)
+        (folder / STORE).unlink(missing_ok=True)  # it finished (or was killed once its store was in place)
+        checkpoint.unlink(missing_ok=True)
     else:
         pytest.fail("the run ended three times before it was killed")
     assert checkpoint.exists() and not (folder / STORE).exists()
@@ -153,9 +155,12 @@ def killed_torchrun(single, tiny_model_dir, docs_jsonl, untrained_sae) -> tuple[
     checkpoints = [folder / f"{STORE}.rank{i}-of-2.checkpoint" for i in range(2)]
     rng = random.Random(time.time_ns())
     for kill_after, delay in [(rng.randint(1, 3), rng.uniform(0.0, 0.3)), (1, 0.0), (1, 0.0)]:
-        if kill_job(folder, [*TORCHRUN, *args], checkpoints, kill_after, delay) == -signal.SIGKILL:
+        killed = kill_job(folder, [*TORCHRUN, *args], checkpoints, kill_after, delay) == -signal.SIGKILL
+        if killed and all(c.exists() for c in checkpoints) and not (folder / STORE).exists():
             break
-        (folder / STORE).unlink(missing_ok=True)
+        (folder / STORE).unlink(missing_ok=True)  # it finished (or was killed once its store was in place)
+        for c in checkpoints:
+            c.unlink(missing_ok=True)
     else:
         pytest.fail("the torchrun job ended three times before it was killed")
     assert all(c.exists() for c in checkpoints) and not (folder / STORE).exists()
