@@ -176,8 +176,9 @@ def _batch_keys(seq_ids: Tensor, ctx: int, t: int, seed: int) -> Tensor:
     compute them; they are the same)."""
     global _last_batch_keys
     last = _last_batch_keys
-    if last is not None and last[1:4] == (ctx, t, seed) and torch.equal(last[0], seq_ids):
-        return last[4]
+    if last is not None and last[1:4] == (ctx, t, seed) and last[0].device == seq_ids.device:
+        if torch.equal(last[0], seq_ids):
+            return last[4]
     keys = token_hash(seq_ids[:, None] * ctx + torch.arange(t, device=seq_ids.device), seed).int()
     _last_batch_keys = (seq_ids.clone(), ctx, t, seed, keys)
     return keys
@@ -231,10 +232,6 @@ def _copy_at(
     own unit ([b, t, u, ...])."""
     assert fused_kernels is not None
 
-    def bits(t: Tensor) -> np.ndarray:  # numba copies 2-byte floats as int16 (the same bits)
-        a = t.numpy()
-        return a.view(np.int16) if a.dtype == np.float16 else a
-
     b, t = occ_b.numpy(), occ_t.numpy()
     for own, values in ((False, per_token), (True, per_unit)):
         for name, v in values.items():
@@ -246,7 +243,13 @@ def _copy_at(
                 )
             if dst.numel() and v.numel():  # (no slots, no units: nothing to copy)
                 src = v.reshape(*v.shape[:lead], *([] if own else [1]), -1)  # [b, t, u or 1, d]
-                fused_kernels.take(b, t, bits(src), own, bits(dst.view(*dst.shape[:2], -1)))
+                fused_kernels.take(b, t, _bits(src), own, _bits(dst.view(*dst.shape[:2], -1)))
+
+
+def _bits(t: Tensor) -> np.ndarray:
+    """``t``'s memory for numba, which copies 2-byte floats as int16 (the same bits)."""
+    a = t.numpy()
+    return a.view(np.int16) if a.dtype == np.float16 else a
 
 
 class _Extremes:
@@ -414,7 +417,6 @@ class UnitAccumulator:
             "start": torch.zeros((u, r), dtype=torch.long, device=dev),
             "win": torch.zeros((u, r, self.window), device=dev),
         }
-        self.sample_bound = torch.full((u,), NO_KEY, dtype=torch.int32, device=dev)  # r-th smallest key
         self.salts = unit_salts(u, cfg.seed).to(dev, torch.int32)
         self.ctx = ctx
         self.count = 0
@@ -578,12 +580,10 @@ class UnitAccumulator:
         if self.sample["key"].shape[1] == 0:
             return None
         b, t, u = a.shape
-        global_pos = seq_ids[:, None] * ctx + torch.arange(t, device=self.device)
-        token_keys = token_hash(global_pos, self.cfg.seed).int()[..., None]
+        token_keys = _batch_keys(seq_ids, ctx, t, self.cfg.seed)[..., None]
         keys = torch.bitwise_xor(token_keys, self.salts, out=_scratch("keys", a, torch.int32))
-        open_ = torch.le(
-            keys, self.sample_bound, out=_scratch("open", a, torch.bool)
-        )  # a tie: the merge ranks by token
+        bound = self.sample["key"].max(1).values  # the r-th smallest key; a tie: the merge ranks by token
+        open_ = torch.le(keys, bound, out=_scratch("open", a, torch.bool))
         open_ &= torch.gt(a, 0, out=_scratch("firing", a, torch.bool))  # masked positions are 0
         bi, ti, ui = open_.nonzero(as_tuple=True)
         if len(ui) == 0:
@@ -621,7 +621,6 @@ class UnitAccumulator:
         if copy is not None:
             incoming |= copy(bi[c], ui[c], ti[c])
         _fill(state, (~chosen[: u * r].view(u, r)).nonzero(as_tuple=True), incoming)
-        self.sample_bound = state["key"].max(1).values
 
     def flush(self) -> None:
         """End a block of batches: its float64 sums join the exact totals (``ExactSum``)."""
@@ -653,7 +652,6 @@ class UnitAccumulator:
         self.top.slots, self.bottom.slots, self.sample = (
             _part(state, p, dev) for p in ("top", "bottom", "sample")
         )
-        self.sample_bound = self.sample["key"].max(1).values
         self.moments.load(state["moments"])
         self.count = int(state["count"])
         self.max, self.min = state["max"].to(dev), state["min"].to(dev)
@@ -667,7 +665,6 @@ class UnitAccumulator:
         both = _concat_slots(self.sample, _part(other, "sample", dev))
         order = _lex_order(both["key"], _global_pos(both, self.ctx))[:, : self.sample["key"].shape[1]]
         self.sample = {name: _take(v, order) for name, v in both.items()}
-        self.sample_bound = self.sample["key"].max(1).values
         merged_sum = ExactSum(self.moments.shape, dev)
         merged_sum.load(other["moments"])
         self.moments.merge(merged_sum)

@@ -124,9 +124,9 @@ def _scan_block(
 
     A first read of the block finds each unit's largest |a|, so its bins widen at most once, before
     any is counted (for finite values the same bins as widening value by value: ``rebinned`` is
-    exact; a batch with NaN or inf stops the run anyway). Then each row
-    goes through loops the compiler vectorises (extremes, sums, bins) into block-local arrays; a
-    token that enters the sample is flagged there and handled for its units alone."""
+    exact; a batch with NaN or inf stops the run anyway). Then each row goes through loops the
+    compiler vectorises (extremes, sums, bins) into block-local arrays; a token that enters the
+    sample is flagged there and handled for its units alone."""
     n_b, n_t, n_u = acts.shape
     h = hist.shape[0] // 2
     n = u1 - u0
