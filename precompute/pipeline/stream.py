@@ -36,33 +36,6 @@ class Appender(Protocol):
     def append(self, table: str, columns: dict[str, np.ndarray]) -> None: ...
 
 
-class Chunked:
-    """An ``Appender`` that hands rows on to ``into`` in chunks of at least ``rows`` (and the rest
-    at ``flush``): one insert a chunk, not one a batch. DuckDB's small inserts, on the writer's
-    thread during the pass, took ~8% of the forward's time on two cores."""
-
-    def __init__(self, into: Appender, rows: int):
-        self.into, self.rows = into, rows
-        self.pending: dict[str, list[dict[str, np.ndarray]]] = {}
-        self.pending_rows: dict[str, int] = {}
-
-    def append(self, table: str, columns: dict[str, np.ndarray]) -> None:
-        self.pending.setdefault(table, []).append(columns)
-        self.pending_rows[table] = self.pending_rows.get(table, 0) + len(next(iter(columns.values())))
-        if self.pending_rows[table] >= self.rows:
-            self._hand_on(table)
-
-    def flush(self) -> None:
-        for table in list(self.pending):
-            self._hand_on(table)
-
-    def _hand_on(self, table: str) -> None:
-        chunks = self.pending.pop(table, [])
-        self.pending_rows.pop(table, None)
-        if chunks:
-            self.into.append(table, {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
-
-
 @dataclass
 class Tracked:
     """A source being accumulated: its metadata, the hook it reads, its directions, its state."""

@@ -224,6 +224,70 @@ def test_the_writer_thread_keeps_the_order_of_statements(tmp_path):
     assert values == list(range(20))
 
 
+def test_appends_are_inserted_in_whole_row_groups_in_their_order(tmp_path, monkeypatch):
+    """A table's appends wait until they fill a row group (``_ROW_GROUP`` rows), then go in as the
+    whole groups they fill, the rest at ``flush``: every row arrives, in the order appended, whatever
+    its columns' integer widths."""
+    from neurodash.storage import writer
+
+    monkeypatch.setattr(writer, "_ROW_GROUP", 5)
+    inserted: list[int] = []  # the rows of each insert queued (on the caller's thread, in order)
+    submit = StoreWriter._submit
+
+    def record(self, fn, *args):
+        if args[:1] == ("scores",):
+            inserted.append(sum(part.num_rows for part in args[1:]))
+        submit(self, fn, *args)
+
+    monkeypatch.setattr(StoreWriter, "_submit", record)
+    path = tmp_path / "s.duckdb"
+    with StoreWriter(path) as w:
+        for start in range(0, 12, 2):  # appends of two rows, their unit ids int32 or int64 in turn
+            ids = np.arange(start, start + 2, dtype=np.int32 if start % 4 else np.int64)
+            w.append(
+                "scores", {"source_id": ["L0.mlp"] * 2, "unit": ids, "metric": ["m"] * 2, "value": ids * 0.5}
+            )
+        assert inserted == [5, 5]
+        w.append("scores", {"source_id": ["L0.mlp"], "unit": np.array([12]), "metric": ["m"], "value": [6.0]})
+        w.flush(wait=False)  # queued, not waited for
+        w.flush()  # nothing pending: no insert
+        assert inserted == [5, 5, 3]
+        w.commit()
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute("SELECT unit, value FROM scores").fetchall()
+    assert rows == [(u, u * 0.5) for u in range(13)]
+
+
+def test_whole_row_groups_bypass_the_log(tmp_path):
+    """DuckDB writes an insert's whole row groups straight into the file: what ``_ROW_GROUP`` counts
+    on (a DuckDB with other row groups would log them, and check them again at commit)."""
+    from neurodash.storage.writer import _ROW_GROUP
+
+    path = tmp_path / "s.duckdb"
+    n = 2 * _ROW_GROUP + 7
+    with StoreWriter(path) as w:
+        for part in np.array_split(np.arange(n), 3):
+            w.append(
+                "scores",
+                {
+                    "source_id": ["L0.mlp"] * len(part),
+                    "unit": part,
+                    "metric": ["m"] * len(part),
+                    "value": part * 0.5,
+                },
+            )
+        w.flush()
+        log = w.partial.with_name(w.partial.name + ".wal")
+        assert log.stat().st_size < 64 << 10  # ~8 MB of rows went in, a few kB were logged
+        w.commit()
+    with duckdb.connect(str(path), read_only=True) as con:
+        units = [u for (u,) in con.execute("SELECT unit FROM scores").fetchall()]
+        groups = "SELECT sum(count) FROM pragma_storage_info('scores') WHERE column_path = '[1]' GROUP BY row_group_id"
+        sizes = sorted(int(size) for (size,) in con.execute(groups).fetchall())
+    assert units == list(range(n))
+    assert sizes == [7, _ROW_GROUP, _ROW_GROUP]  # whole groups, none rewritten at the commit
+
+
 def test_unknown_table(tmp_path):
     with StoreWriter(tmp_path / "s.duckdb") as w, pytest.raises(ValueError, match="unknown table"):
         w.append("intruder", {"a": [1]})
@@ -266,3 +330,24 @@ def test_release_cache_hands_back_blocks_and_keeps_the_limit(store_path):
         store.release_cache()
         assert store.sql("SELECT current_setting('memory_limit')").fetchall() == limit
         assert len(store.units_frame()) > 0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [np.array([1.5, 2.0], np.float32), np.array([], np.float32), np.array([3.0], np.float32)],
+        [np.array([1, 2]), np.array([5])],
+        ["L0.mlp"] * 5,
+        ["a", "b", "a"],
+        ["a", None],
+        [None, "a"],
+        [np.array([1.0]), None],
+        [1, 2, 3],
+        [],
+        np.arange(4),
+    ],
+)
+def test_arrow_columns_equal_arrows_own_conversion(values):
+    from neurodash.storage.writer import _arrow_column
+
+    assert _arrow_column(values).equals(pa.array(values))

@@ -269,28 +269,3 @@ def test_strong_links_are_the_activation_weighted_bridge(store, untrained_sae, f
         differ += not np.allclose([link.share for link in links], np.sort(whole[neuron])[::-1][: len(links)])
     assert differ, "the strong bridge is not the whole-mass one"
     assert store.links(UnitRef("L1.sae", 5), strong=True) == []
-
-
-def test_sequences_reach_the_writer_in_chunks_in_order():
-    """``Chunked`` hands rows on once at least ``rows`` are pending, and the rest at ``flush``: the
-    rows arrive whole and in their order."""
-    from precompute.pipeline.stream import Chunked
-
-    got: list[dict[str, np.ndarray]] = []
-
-    class Recorder:
-        def append(self, table: str, columns: dict[str, np.ndarray]) -> None:
-            assert table == "sequences"
-            got.append(columns)
-
-    chunked = Chunked(Recorder(), rows=5)
-    for start in range(0, 12, 2):  # batches of two sequences
-        ids = np.arange(start, start + 2)
-        chunked.append("sequences", {"seq_id": ids, "token_ids": np.stack([ids, ids + 100], 1)})
-    assert [len(c["seq_id"]) for c in got] == [6, 6]
-    chunked.append("sequences", {"seq_id": np.array([12]), "token_ids": np.array([[12, 112]])})
-    chunked.flush()
-    chunked.flush()  # nothing pending: nothing handed on
-    assert [len(c["seq_id"]) for c in got] == [6, 6, 1]
-    np.testing.assert_array_equal(np.concatenate([c["seq_id"] for c in got]), np.arange(13))
-    np.testing.assert_array_equal(np.concatenate([c["token_ids"] for c in got])[:, 1], np.arange(13) + 100)
