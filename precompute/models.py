@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -100,6 +100,16 @@ class LoadedModel:
         if not isinstance(text, str):  # a batch of sequences decodes to a list; one sequence never does
             raise TypeError(f"decoding one sequence gave {type(text).__name__}")
         return text
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        """Each token decoded alone, as ``tokenizer.batch_decode`` gives it: through the fast
+        tokenizer's own batch decode where nothing is cleaned up after it (what ``batch_decode``
+        adds; a whole vocabulary in 0.03 s against 0.35 s)."""
+        rows = [[int(i)] for i in ids]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or self.tokenizer.clean_up_tokenization_spaces:
+            return self.tokenizer.batch_decode(rows)
+        return backend.decode_batch(rows, skip_special_tokens=False)
 
     def has_hook(self, hook: str) -> bool:
         return hook in self.bridge.hook_dict

@@ -192,7 +192,7 @@ class Lab:
         return self._words
 
     def _pieces(self, ids: tuple[int, ...]) -> tuple[str, ...]:
-        return tuple(self.model.tokenizer.batch_decode([[i] for i in ids]))
+        return tuple(self.model.token_strings(ids))
 
     def _decode(self, token_id: int) -> str:
         return self.model.decode([token_id])

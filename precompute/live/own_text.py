@@ -56,7 +56,7 @@ def unit_on_text(
         else:
             acts = hook_acts[0, :, unit]
     first = 1 if bos is not None and not keep_bos else 0
-    tokens = model.tokenizer.batch_decode([[i] for i in ids[first:]])
+    tokens = model.token_strings(ids[first:])
     return UnitOnText(tuple(tokens), tuple(float(a) for a in acts[first:].float().cpu()))
 
 

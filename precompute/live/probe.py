@@ -61,7 +61,7 @@ def probe_text(
     ids = ids[: max_tokens + (bos is not None)]
     acts = model.activations(torch.tensor([ids], dtype=torch.long), wanted) if wanted else {}
     first = 1 if bos is not None and not keep_bos else 0
-    tokens = model.tokenizer.batch_decode([[i] for i in ids[first:]])
+    tokens = model.token_strings(ids[first:])
     out = {hook: acts[hook][0, first:].float().cpu().numpy() for hook in hooks}
     with torch.inference_mode():
         for source in saes:

@@ -63,3 +63,8 @@ def test_a_gguf_file_is_parsed_once_in_memory_with_the_same_fields_and_tensors(t
     assert first.fields["tokenizer.ggml.tokens"].contents() == ["<s>", "a", "b"]
     assert [t.name for t in first.tensors] == ["w"]
     assert np.array_equal(first.tensors[0].data, expected.tensors[0].data)
+
+
+def test_token_strings_equal_batch_decode(tiny_model):
+    ids = range(len(tiny_model.tokenizer))
+    assert tiny_model.token_strings(ids) == tiny_model.tokenizer.batch_decode([[i] for i in ids])

@@ -66,3 +66,18 @@ def test_python_api_frames(store):
     n_sequences = 2048 // 128
     assert len(frame) == min(20, n_sequences) and frame["value"].is_monotonic_decreasing
     assert all(len(t) == len(a) for t, a in zip(frame["tokens"], frame["acts"]))
+
+
+def test_token_strings_equal_batch_decode_over_the_whole_vocabulary(model, monkeypatch):
+    """The fast tokenizer's own batch decode gives what ``batch_decode`` gives, token by token; a
+    tokenizer that cleans up after decoding goes through ``batch_decode`` itself."""
+    ids = range(len(model.tokenizer))
+    expected = model.tokenizer.batch_decode([[i] for i in ids])
+    assert model.token_strings(ids) == expected
+    assert model.token_strings(np.array([5, 42], dtype=np.int64)) == expected[5:6] + expected[42:43]
+    monkeypatch.setattr(model.tokenizer, "clean_up_tokenization_spaces", True)
+    called = []
+    monkeypatch.setattr(
+        model.tokenizer, "batch_decode", lambda rows: called.append(rows) or ["x"] * len(rows)
+    )
+    assert model.token_strings([7]) == ["x"] and called == [[[7]]]
