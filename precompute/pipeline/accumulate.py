@@ -74,17 +74,6 @@ class Examples:
     def from_slots(cls, slots: dict[str, np.ndarray]) -> Examples:
         return cls(**{name: slots[name] for name in _EXAMPLE_FIELDS if name in slots})
 
-    def take(self, order: np.ndarray) -> Examples:
-        """The slots reordered per unit: slot j of unit u becomes slot ``order[u, j]``."""
-
-        def t(v: np.ndarray) -> np.ndarray:
-            return np.take_along_axis(v, order.reshape(*order.shape, *[1] * (v.ndim - 2)), 1)
-
-        tok = None if self.tok is None else t(self.tok)
-        rep = None if self.rep is None else t(self.rep)
-        attn = None if self.attn is None else t(self.attn)
-        return Examples(t(self.val), t(self.seq), t(self.pos), t(self.start), t(self.win), tok, rep, attn)
-
     def context(self, dims: int) -> tuple[np.ndarray, np.ndarray]:
         """``(tok, rep)``, zero-filled where no example ever entered (nothing was copied)."""
         shape = self.val.shape

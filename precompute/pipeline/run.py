@@ -43,15 +43,13 @@ from precompute.pipeline.polysemanticity import (
     n_covering,
 )
 from precompute.pipeline.shard import WHOLE, shard_batches
-from precompute.pipeline.stream import Chunked, Contexts, NeuronBridge, PhaseClock, Tracked, stream
+from precompute.pipeline.stream import Contexts, NeuronBridge, PhaseClock, Tracked, stream
 
 if TYPE_CHECKING:  # imported where SAEs load (importing SAELens takes seconds) or heads are written
     from precompute.heads import BridgeAttention
     from precompute.sae import LoadedSAE
 
 __all__ = ["PrecomputeConfig", "run_precompute"]
-
-_SEQUENCES_A_CHUNK = 8192  # sequences inserted at once: ~1M tokens of 128, 4 MB of token ids
 
 
 def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
@@ -64,7 +62,6 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     load_seconds = time.perf_counter() - load_started
     with StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
-        sequences = Chunked(writer, rows=_SEQUENCES_A_CHUNK)
         n_tokens, phase_seconds = stream(
             run.model,
             run.dataset,
@@ -72,12 +69,12 @@ def run_precompute(cfg: PrecomputeConfig, progress: bool = True) -> Path:
             run.tracked,
             run.hooks,
             run.first,
-            sequences,
+            writer,
             progress,
             run.contexts,
             batches,
         )
-        sequences.flush()
+        writer.flush(wait=False)  # the pass's sequences go in while the tables are computed
         phase_seconds["load"] = load_seconds
         write_store(writer, run, cfg, n_tokens, phase_seconds, progress)
         return writer.commit()
@@ -354,7 +351,7 @@ def _config_dict(cfg: PrecomputeConfig) -> dict:
 
 def _vocab(model: LoadedModel) -> tables.Columns:
     n = len(model.tokenizer)
-    tokens = model.tokenizer.batch_decode([[i] for i in range(n)])
+    tokens = model.token_strings(range(n))
     return {"model": [model.name] * n, "token_id": np.arange(n, dtype=np.int32), "token": tokens}
 
 
@@ -390,6 +387,13 @@ def _logit_effects(directions: Tensor, unembed: Unembedding, k: int) -> dict[str
         fused,
     )
     return weights_cache.cached_arrays(key, lambda: tables.logit_arrays(directions, unembed.matrix, k))
+
+
+def _neighbors(directions: Tensor, k: int) -> dict[str, np.ndarray]:
+    """``tables.neighbor_arrays``, read from the weights cache where an earlier run computed them."""
+    device = weights_cache.device_kind(directions.device)
+    key = weights_cache.fingerprint("neighbors", device, directions, k, tables.neighbor_arrays)
+    return weights_cache.cached_arrays(key, lambda: tables.neighbor_arrays(directions, k))
 
 
 def _ov_logit_effects(
@@ -441,7 +445,7 @@ def _write_source(
     similar = directions if t.decoder is None else t.decoder.to(cfg.device)  # features: decoder cosine
     logits = clock.measure("logit effects", _logit_effects, directions, unembed, cfg.n_logits)
     writer.append("logits", tables.effects_columns(sid, logits))
-    writer.append("neighbors", tables.neighbors_table(sid, similar, cfg.n_neighbors))
+    writer.append("neighbors", tables.neighbors_columns(sid, _neighbors(similar, cfg.n_neighbors)))
 
 
 def _write_heads(

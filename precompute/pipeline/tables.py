@@ -4,7 +4,7 @@
 - ``units_table``: statistics and the histogram, trimmed to its non-empty bins;
 - ``examples_table``: top, bottom and quantile-group examples;
 - ``polysemanticity_tables``: the scores (long format) and each kept example's context cluster;
-- ``logits_table``, ``neighbors_table``: the output directions through W_U, and nearest units;
+- ``logits_table``, ``neighbor_arrays``: the output directions through W_U, and nearest units;
 - ``links_table``, ``unit_scores_table``: the bridge between a layer's neurons and an SAE's features.
 """
 
@@ -33,13 +33,19 @@ DIVERSITY_METRICS = (
 
 
 def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
+    """Each unit's statistics, and its histogram trimmed to the bins from its first non-empty one to
+    its last (a unit that never fired: the bin below zero)."""
     n, m, h = res.n_units, res.moments, res.hist
-    edges, counts = [], []
-    for w, unit_counts in zip(h.bin_width, h.counts):
-        nz = np.flatnonzero(unit_counts)
-        lo, hi = (nz[0], nz[-1] + 1) if len(nz) else (n_bins - 1, n_bins)
-        edges.append(hist_edges(w if w > 0 else 1.0, n_bins)[lo : hi + 1].astype(np.float32))
-        counts.append(unit_counts[lo:hi])
+    filled = h.counts > 0  # [units, 2 * n_bins]
+    fired = filled.any(1)
+    lo = np.where(fired, filled.argmax(1), n_bins - 1)
+    hi = np.where(fired, 2 * n_bins - filled[:, ::-1].argmax(1), n_bins)
+    width = np.where(h.bin_width > 0, h.bin_width, 1.0)
+    every_edge = (hist_edges(1.0, n_bins)[None, :] * width[:, None]).astype(np.float32)  # hist_edges(w)
+    j = np.arange(2 * n_bins + 1)[None, :]
+    edges = _rows(every_edge[(j >= lo[:, None]) & (j <= hi[:, None])], hi - lo + 1)
+    bins = j[:, :-1]
+    counts = _rows(h.counts[(bins >= lo[:, None]) & (bins < hi[:, None])], hi - lo)
     return {
         "source_id": [sid] * n,
         "unit": np.arange(n, dtype=np.int32),
@@ -54,6 +60,11 @@ def units_table(sid: str, res: AccumulatorResult, n_bins: int) -> Columns:
         "hist_edges": edges,
         "hist_counts": counts,
     }
+
+
+def _rows(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """``flat`` cut into consecutive rows of ``lengths``."""
+    return np.split(flat, np.cumsum(lengths)[:-1])[: len(lengths)]
 
 
 RELATIVE_FREQUENCIES = {"freq_10": 0.1, "freq_50": 0.5}  # metric: the fraction of its own max
@@ -114,10 +125,13 @@ def attention_table(sid: str, res: AccumulatorResult, cfg: AccumulatorConfig) ->
 def _example_columns(res: AccumulatorResult, cfg: AccumulatorConfig) -> dict[str, np.ndarray]:
     """Every kept example's slots (and attention rows, for heads), ordered by unit, bucket, rank."""
     top, bottom = res.top, res.bottom
+    groups = [f"q{g / cfg.quantile_groups:.2f}" for g in range(cfg.quantile_groups)]
+    names = np.array(sorted({"top", "bottom", *groups}), dtype=object)  # codes sort as their names
+    code = {name: i for i, name in enumerate(names)}
     parts = [
-        _bucket_rows(top, top.val > 0, np.full(top.val.shape, "top", dtype=object)),
-        _bucket_rows(bottom, bottom.val > 0, np.full(bottom.val.shape, "bottom", dtype=object)),
-        _quantile_rows(res.sample, res.sample_keys < NO_KEY, cfg.quantile_groups),
+        _bucket_rows(top, top.val > 0, np.full(top.val.shape, code["top"])),
+        _bucket_rows(bottom, bottom.val > 0, np.full(bottom.val.shape, code["bottom"])),
+        _quantile_rows(res.sample, res.sample_keys < NO_KEY, np.array([code[g] for g in groups])),
     ]
     widths = {p["attn"].shape[-1] for p in parts if "attn" in p}
     for p in parts:  # a bucket that copied no row (heads' bottom: norms are never negative) gets zeros
@@ -125,45 +139,54 @@ def _example_columns(res: AccumulatorResult, cfg: AccumulatorConfig) -> dict[str
             p["attn"] = np.zeros((len(p["unit"]), max(widths)), dtype=np.float32)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.lexsort((cols["rank"], cols["bucket"], cols["unit"]))
-    return {k: v[order] for k, v in cols.items()}
+    cols = {k: v[order] for k, v in cols.items()}
+    cols["bucket"] = names[cols["bucket"]]
+    return cols
 
 
 def _bucket_rows(
-    e: Examples, keep: np.ndarray, bucket: np.ndarray, rank: np.ndarray | None = None
+    e: Examples,
+    keep: np.ndarray,
+    bucket: np.ndarray,
+    rank: np.ndarray | None = None,
+    slot: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
+    """The slots where ``keep``, with their ``bucket`` and ``rank`` (default: the slot); ``slot``
+    (default: itself) names the slot of ``e`` each one reads."""
     units, slots = np.nonzero(keep)
+    at = slots if slot is None else slot[units, slots]
     rows = {
         "unit": units,
         "bucket": bucket[units, slots],
         "rank": (slots if rank is None else rank[units, slots]),
-        "seq": e.seq[units, slots],
-        "pos": e.pos[units, slots],
-        "start": e.start[units, slots],
-        "win": e.win[units, slots],
+        "seq": e.seq[units, at],
+        "pos": e.pos[units, at],
+        "start": e.start[units, at],
+        "win": e.win[units, at],
     }
     if e.attn is not None:
-        rows["attn"] = e.attn[units, slots]
+        rows["attn"] = e.attn[units, at]
     return rows
 
 
-def _quantile_rows(sample: Examples, valid: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
-    """Sort each unit's sample by value; the i-th of n goes to group floor(i * G / n).
+def _quantile_rows(sample: Examples, valid: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Sort each unit's sample by value; the i-th of n goes to group floor(i * G / n) of the G
+    groups, whose bucket ``codes`` are given.
 
     Group j holds the sample's quantiles [j / G, (j + 1) / G) and is named by its lower bound
     (``q0.00``, ``q0.20``, ...); rank 0 is the group's strongest example.
     """
-    vals = np.where(valid, sample.val, np.inf)
-    by_value = sample.take(np.argsort(vals, axis=1, kind="stable"))
+    n_groups = len(codes)
+    by_value = np.argsort(np.where(valid, sample.val, np.inf), axis=1, kind="stable")
     n = valid.sum(1, keepdims=True)
-    i = np.arange(vals.shape[1])[None, :]
+    i = np.arange(valid.shape[1])[None, :]
     group = (i * n_groups) // np.maximum(n, 1)
     keep = i < n
     in_group_from_top = np.zeros_like(group)
     for g in range(n_groups):  # rank within a group counts down from its strongest member
         members = (group == g) & keep
         in_group_from_top = np.where(members, np.cumsum(members[:, ::-1], 1)[:, ::-1] - 1, in_group_from_top)
-    names = np.array([f"q{g / n_groups:.2f}" for g in range(n_groups)], dtype=object)
-    return _bucket_rows(by_value, keep, names[np.minimum(group, n_groups - 1)], in_group_from_top)
+    return _bucket_rows(sample, keep, codes[np.minimum(group, n_groups - 1)], in_group_from_top, by_value)
 
 
 def polysemanticity_tables(
@@ -391,31 +414,35 @@ def effects_columns(sid: str, arrays: dict[str, np.ndarray]) -> Columns:
     }
 
 
-def neighbors_table(sid: str, directions: Tensor, k: int) -> Columns:
-    """Each unit's ``k`` nearest units of the same source by cosine similarity of ``directions``.
+def neighbor_arrays(directions: Tensor, k: int) -> dict[str, np.ndarray]:
+    """Each unit's ``k`` nearest units of the same source by cosine similarity of ``directions``:
+    ``neighbor`` (int32) and ``cosine`` (float32), ``[units, k]`` each, nearest first.
 
     Neurons: their output directions (rows of W_out); SAE features: their decoder rows.
     """
     unit_dirs = torch.nn.functional.normalize(directions.float(), dim=1)
-    k = min(k, unit_dirs.shape[0] - 1)
-    units, ranks, neighbors, cosines = [], [], [], []
+    k = max(min(k, unit_dirs.shape[0] - 1), 0)
+    neighbors, cosines = [np.zeros((0, k), np.int32)], [np.zeros((0, k), np.float32)]
     for chunk_start in range(0, unit_dirs.shape[0], 1024):
         sims = unit_dirs[chunk_start : chunk_start + 1024] @ unit_dirs.T
         rows = torch.arange(sims.shape[0], device=sims.device)
         sims[rows, rows + chunk_start] = -torch.inf  # not its own neighbor
         vals, ids = sims.topk(k, dim=1)
-        n = vals.shape[0]
-        units.append(np.repeat(np.arange(chunk_start, chunk_start + n), k))
-        ranks.append(np.tile(np.arange(k), n))
-        neighbors.append(ids.reshape(-1).cpu().numpy())
-        cosines.append(vals.reshape(-1).cpu().numpy())
-    units_np = np.concatenate(units)
+        neighbors.append(ids.cpu().numpy().astype(np.int32))
+        cosines.append(vals.cpu().numpy().astype(np.float32))
+    return {"neighbor": np.concatenate(neighbors), "cosine": np.concatenate(cosines)}
+
+
+def neighbors_columns(sid: str, arrays: dict[str, np.ndarray]) -> Columns:
+    """The ``neighbors`` table's rows of ``neighbor_arrays``: ordered by unit, then rank."""
+    neighbor, cosine = arrays["neighbor"], arrays["cosine"]
+    n, k = neighbor.shape
     return {
-        "source_id": [sid] * len(units_np),
-        "unit": units_np.astype(np.int32),
-        "rank": np.concatenate(ranks).astype(np.int32),
-        "neighbor": np.concatenate(neighbors).astype(np.int32),
-        "cosine": np.concatenate(cosines).astype(np.float32),
+        "source_id": [sid] * neighbor.size,
+        "unit": np.repeat(np.arange(n, dtype=np.int32), k),
+        "rank": np.tile(np.arange(k, dtype=np.int32), n),
+        "neighbor": neighbor.reshape(-1),
+        "cosine": cosine.reshape(-1),
     }
 
 

@@ -1,7 +1,7 @@
-"""What the store holds that depends on the weights alone (logit effects, probe scores), kept under
-``$NEURODASH_HOME/cache/weights`` by a fingerprint of exactly what it is computed from, so that a
-repeat run over the same weights (a rebuild, another corpus, each run of a merge) reads it instead
-of computing it again.
+"""What the store holds that depends on the weights alone (logit effects, nearest units, probe
+scores), kept under ``$NEURODASH_HOME/cache/weights`` by a fingerprint of exactly what it is
+computed from, so that a repeat run over the same weights (a rebuild, another corpus, each run of a
+merge) reads it instead of computing it again.
 
 A fingerprint covers the input tensors' bytes (dtype and shape included), the settings, the device
 kind and float32 matmul precision, the torch version and the source of the code that computes it;

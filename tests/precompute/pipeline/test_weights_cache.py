@@ -1,5 +1,5 @@
-"""The weights cache: a repeat run reads logit effects and probe scores instead of computing them,
-and writes the very same store; entries are keyed by what they are computed from."""
+"""The weights cache: a repeat run reads logit effects, nearest units and probe scores instead of
+computing them, and writes the very same store; entries are keyed by what they are computed from."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def test_warm_run_writes_the_same_store_without_computing(
     cold = write_pipeline_store(out, tiny_model_dir, docs_jsonl, untrained_sae).rename(
         tmp_path / "cold.duckdb"
     )
-    assert len(list(cache.glob("*.npz"))) == 6  # 3 sources' logits (2 layers, the SAE), 2 layers' OV, probes
+    # 3 sources' logits and neighbours (2 layers, the SAE), 2 layers' OV, the probes
+    assert len(list(cache.glob("*.npz"))) == 9
 
     def not_again() -> dict[str, np.ndarray]:
         raise AssertionError("computed again on a warm run")
