@@ -112,10 +112,10 @@ class LoadedModel:
         return backend.decode_batch(rows, skip_special_tokens=False)
 
     def has_hook(self, hook: str) -> bool:
-        return hook in self.bridge.hook_dict
+        return hook in self._hook_points
 
     def check_hooks(self, hooks: list[str]) -> None:
-        unknown = [h for h in hooks if h not in self.bridge.hook_dict]
+        unknown = [h for h in hooks if h not in self._hook_points]
         if unknown:
             raise NeurodashError(f"model {self.name} has no hook {unknown[0]!r}")
 
