@@ -263,7 +263,12 @@ def _arrow_column(values: Sequence | np.ndarray) -> pa.Array:
         np.cumsum([len(v) for v in values], out=offsets[1:])
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(values)))
     if isinstance(values[0], str) and values.count(values[0]) == len(values):  # one string repeated
-        return pa.array(values[:1]).take(np.zeros(len(values), dtype=np.int32))
+        one = values[0].encode()
+        if len(one) * len(values) < 2**31:  # the offsets' range
+            offsets = np.arange(len(values) + 1, dtype=np.int32) * np.int32(len(one))
+            return pa.StringArray.from_buffers(
+                len(values), pa.py_buffer(offsets), pa.py_buffer(one * len(values))
+            )
     return pa.array(values)
 
 

@@ -17,6 +17,7 @@ import inspect
 import os
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -47,8 +48,9 @@ def fingerprint(*parts: Part | Callable | ModuleType) -> str:
 
 
 def module_fingerprint(module: torch.nn.Module, device: str | torch.device) -> str:
-    """A model's: every named parameter and buffer, its Hugging Face config where it has one, the
-    versions of the libraries that run it, and what decides the device's float32 results."""
+    """A model's: every named parameter and buffer (each hashed on its own, on the threads torch
+    uses), its Hugging Face config where it has one, the versions of the libraries that run it, and
+    what decides the device's float32 results."""
     from importlib.metadata import version
 
     config = getattr(getattr(module, "original_model", module), "config", None)
@@ -58,8 +60,11 @@ def module_fingerprint(module: torch.nn.Module, device: str | torch.device) -> s
         *(f"{lib} {version(lib)}" for lib in ("transformers", "transformer-lens")),
         device_kind(device),
     ]
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        parts += [name, tensor]
+    named = [*module.named_parameters(), *module.named_buffers()]
+    with ThreadPoolExecutor(torch.get_num_threads()) as pool:  # hashlib lets go of the GIL
+        digests = pool.map(fingerprint, [tensor for _, tensor in named])
+        for (name, _), digest in zip(named, digests):
+            parts += [name, digest]
     return fingerprint(*parts)
 
 

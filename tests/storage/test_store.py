@@ -338,6 +338,8 @@ def test_release_cache_hands_back_blocks_and_keeps_the_limit(store_path):
         [np.array([1.5, 2.0], np.float32), np.array([], np.float32), np.array([3.0], np.float32)],
         [np.array([1, 2]), np.array([5])],
         ["L0.mlp"] * 5,
+        ["é"] * 3,
+        [""] * 2,
         ["a", "b", "a"],
         ["a", None],
         [None, "a"],
