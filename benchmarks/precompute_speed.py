@@ -333,9 +333,20 @@ def main() -> None:
         )
         if args.warm:
             warm_phases, warm = precompute_seconds(args, args.tokens, Path(tmp) / "warm.duckdb")
+            bare_warm = (bare_after + bare_forward_seconds(*forward)) / 2  # the forwards beside it
+            p = warm_phases
+            parts = {
+                "load": p["load"],
+                "tokenize": p["tokenize"],
+                "pass": p["forward"] + p["accumulate"],
+                "tables": p["tables"],
+            }
+            parts["commit and the rest"] = warm - sum(parts.values())
             print(
-                f"  whole run again, weights cache warm (logit effects {warm_phases.get('logit effects', 0):.2f} s, "
-                f"probe scores {warm_phases.get('probe scores', 0):.2f} s): {warm:.2f} s = {warm / bare:.2f}x"
+                f"  whole run again, weights cache warm (logit effects {p.get('logit effects', 0):.2f} s, "
+                f"probe scores {p.get('probe scores', 0):.2f} s): {warm:.2f} s = {warm / bare_warm:.2f}x "
+                f"the bare forward beside it ({bare_warm:.2f} s); "
+                + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts.items())
             )
         if args.only_pass:
             return

@@ -25,7 +25,7 @@ from neurodash.errors import NeurodashError
 from neurodash.storage import StoreWriter, check_writable
 from precompute.device import check_device
 from precompute.pipeline import state
-from precompute.pipeline.run import PreparedPass, prepare, write_store
+from precompute.pipeline.run import PreparedPass, frozen_heap, prepare, write_store
 from precompute.pipeline.shard import WHOLE, Shard, shard_batches
 from precompute.pipeline.state import Sequences, StateHeader
 from precompute.pipeline.stream import stream
@@ -132,9 +132,19 @@ def run_shard(
     batches = counted(
         shard_batches(run.batches(), shard, cfg.block_batches, on_block_end, first_block=header.next_block)
     )
-    _, seconds = stream(
-        run.model, None, cfg, run.tracked, run.hooks, run.first, sequences, progress, run.contexts, batches
-    )
+    with frozen_heap():
+        _, seconds = stream(
+            run.model,
+            None,
+            cfg,
+            run.tracked,
+            run.hooks,
+            run.first,
+            sequences,
+            progress,
+            run.contexts,
+            batches,
+        )
     run.flush()
     phases = {
         k: header.phase_seconds.get(k, 0.0) + seconds.get(k, 0.0) for k in {*seconds, *header.phase_seconds}
@@ -209,7 +219,7 @@ def write_merged(
             phases[k] = phases.get(k, 0.0) + v
     columns = sequences.columns()
     order = np.argsort(columns["seq_id"], kind="stable")
-    with StoreWriter(Path(cfg.out), overwrite=cfg.overwrite) as writer:
+    with frozen_heap(), StoreWriter(Path(cfg.out), overwrite=cfg.overwrite) as writer:
         writer.append("sequences", {k: v[order] for k, v in columns.items()})
         write_store(writer, run, cfg, n_tokens, phases, progress)
         return writer.commit()

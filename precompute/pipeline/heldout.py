@@ -15,7 +15,7 @@ from neurodash.config import PrecomputeConfig
 from neurodash.storage import StoreWriter, check_writable
 from precompute.device import check_device
 from precompute.pipeline import tables
-from precompute.pipeline.run import _vocab, prepare, write_meta
+from precompute.pipeline.run import _vocab, frozen_heap, prepare, write_meta
 from precompute.pipeline.shard import WHOLE, shard_batches
 from precompute.pipeline.stream import stream
 
@@ -29,7 +29,7 @@ def run_heldout(cfg: PrecomputeConfig, progress: bool = True) -> Path:
     run = prepare(cfg)
     for t in run.tracked:
         t.bridge = None  # no links: their sums are not gathered
-    with StoreWriter(out, overwrite=cfg.overwrite) as writer:
+    with frozen_heap(), StoreWriter(out, overwrite=cfg.overwrite) as writer:
         batches = shard_batches(run.batches(), WHOLE, cfg.block_batches, on_block_end=lambda _: run.flush())
         n_tokens, seconds = stream(
             run.model, run.dataset, cfg, run.tracked, run.hooks, run.first, writer, progress, None, batches

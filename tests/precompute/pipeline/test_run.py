@@ -269,3 +269,15 @@ def test_strong_links_are_the_activation_weighted_bridge(store, untrained_sae, f
         differ += not np.allclose([link.share for link in links], np.sort(whole[neuron])[::-1][: len(links)])
     assert differ, "the strong bridge is not the whole-mass one"
     assert store.links(UnitRef("L1.sae", 5), strong=True) == []
+
+
+def test_frozen_heap_lets_go_of_the_heap_when_the_block_ends_even_by_an_error():
+    import gc
+
+    from precompute.pipeline.run import frozen_heap
+
+    before = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), frozen_heap():
+        assert gc.get_freeze_count() > before
+        raise RuntimeError("a run that fails")
+    assert gc.get_freeze_count() == before
