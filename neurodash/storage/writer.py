@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +40,7 @@ _QUEUED = 4  # statements waiting for the writer's thread at most
 # long inserted one by one, and each batch's sequences inserted during the pass slowed the forward
 # by ~8% on two cores.)
 _ROW_GROUP = 122_880
+_PENDING_BYTES = 64 << 20  # a table's appends waiting hold at most about this much, whole groups or not
 _DUCKDB_VECTOR = 2048  # DuckDB reads Arrow in vectors of up to this many rows, one chunk at a time
 # DuckDB checkpoints its write-ahead log into the file every 16 MiB by default: a run's hundreds of
 # small inserts then rewrite the tables' last row groups again and again (a run of every layer spent
@@ -67,8 +69,7 @@ class StoreWriter:
         # (DuckDB lets go of the GIL): a run computes its next table while the last one is inserted.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="neurodash-writer")
         self._queued: deque[Future] = deque()
-        self._pending: dict[str, list[pa.Table]] = {}  # each table's appends not yet inserted
-        self._pending_rows: dict[str, int] = {}
+        self._pending: dict[str, _Pending] = {}  # each table's appends not yet inserted
         self.con.execute(STORE.ddl)
         self.set_meta(schema_version=STORE.version)
 
@@ -114,19 +115,25 @@ class StoreWriter:
         )
         if not data.num_rows:
             return
-        self._pending.setdefault(table, []).append(data)
-        self._pending_rows[table] = self._pending_rows.get(table, 0) + data.num_rows
-        if self._pending_rows[table] >= _ROW_GROUP:
+        pending = self._pending.setdefault(table, _Pending())
+        if pending.parts and data.column_names != pending.parts[0].column_names:  # joined by name
+            raise ValueError(f"{table}: columns {data.column_names} after {pending.parts[0].column_names}")
+        pending.add(data)
+        if pending.rows >= _ROW_GROUP:
             self._send(table, whole_groups=True)
+        elif pending.nbytes >= _PENDING_BYTES:  # wide rows (long windows' token ids): not GBs held
+            self._send(table)
 
     def _send(self, table: str, whole_groups: bool = False) -> None:
         """Queue the insert of ``table``'s pending appends: all of them, or (``whole_groups``) the
         rows that fill whole row groups, the rest left pending."""
-        parts, rows = self._pending.pop(table), self._pending_rows.pop(table)
-        sent = rows - rows % _ROW_GROUP if whole_groups else rows
-        head, rest = _split(parts, sent)
+        pending = self._pending.pop(table)
+        sent = pending.rows - pending.rows % _ROW_GROUP if whole_groups else pending.rows
+        head, rest = _split(pending.parts, sent)
         if rest:
-            self._pending[table], self._pending_rows[table] = rest, rows - sent
+            self._pending[table] = _Pending()
+            for part in rest:
+                self._pending[table].add(part)
         self._submit(self._insert, table, *head)
 
     def _insert(self, table: str, *parts: pa.Table) -> None:
@@ -170,7 +177,6 @@ class StoreWriter:
         self._thread.shutdown(cancel_futures=True)  # waits for the statement under way
         self._queued.clear()
         self._pending.clear()
-        self._pending_rows.clear()
         try:
             self.con.close()
         finally:
@@ -180,6 +186,20 @@ class StoreWriter:
     def _remove_partial(self) -> None:
         self.partial.unlink(missing_ok=True)
         Path(str(self.partial) + ".wal").unlink(missing_ok=True)
+
+
+@dataclass
+class _Pending:
+    """A table's appends not inserted yet, and their rows and bytes."""
+
+    parts: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+
+    def add(self, data: pa.Table) -> None:
+        self.parts.append(data)
+        self.rows += data.num_rows
+        self.nbytes += data.nbytes
 
 
 def _split(parts: list[pa.Table], rows: int) -> tuple[list[pa.Table], list[pa.Table]]:
@@ -259,9 +279,10 @@ def _arrow_column(values: Sequence | np.ndarray) -> pa.Array:
     if not isinstance(values, list) or not values:
         return pa.array(values)
     if all(isinstance(v, np.ndarray) and v.ndim == 1 for v in values):  # rows of any width -> list column
-        offsets = np.zeros(len(values) + 1, dtype=np.int32)
-        np.cumsum([len(v) for v in values], out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(values)))
+        offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])])
+        if offsets[-1] < 2**31:  # the offsets' range
+            flat = pa.array(np.concatenate(values))
+            return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
     if isinstance(values[0], str) and values.count(values[0]) == len(values):  # one string repeated
         one = values[0].encode()
         if len(one) * len(values) < 2**31:  # the offsets' range

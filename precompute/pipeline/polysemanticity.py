@@ -136,7 +136,7 @@ def group_sums(labels: np.ndarray, valid: np.ndarray, weights: np.ndarray | None
     group = np.cumsum(new & ok, axis=1) - 1
     r, c = np.nonzero(ok)
     sums = np.bincount(r * n + group[r, c], weights=w[r, c], minlength=n_rows * n)  # in order, as add.at
-    return sums.reshape(n_rows, n)
+    return sums.reshape(n_rows, n).astype(np.float64, copy=False)  # bincount of nothing: int64
 
 
 def evidence(valid: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

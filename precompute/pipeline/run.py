@@ -88,6 +88,7 @@ def frozen_heap() -> Iterator[None]:
     passes until the block ends: each pass over them took ~0.25 s, a few times a run. (Inside
     another such block, the outer one lets go.)"""
     outermost = gc.get_freeze_count() == 0
+    gc.collect()  # what is garbage now (loading's leftovers) would be kept for good
     gc.freeze()
     try:
         yield

@@ -48,8 +48,8 @@ def fingerprint(*parts: Part | Callable | ModuleType) -> str:
 
 
 def module_fingerprint(module: torch.nn.Module, device: str | torch.device) -> str:
-    """A model's: every named parameter and buffer (each hashed on its own, on the threads torch
-    uses), its Hugging Face config where it has one, the versions of the libraries that run it, and
+    """A model's: every named parameter and buffer (each hashed on its own, on up to 4 of the threads
+    torch uses: each thread copies a device's tensor to the host), its Hugging Face config where it has one, the versions of the libraries that run it, and
     what decides the device's float32 results."""
     from importlib.metadata import version
 
@@ -61,7 +61,7 @@ def module_fingerprint(module: torch.nn.Module, device: str | torch.device) -> s
         device_kind(device),
     ]
     named = [*module.named_parameters(), *module.named_buffers()]
-    with ThreadPoolExecutor(torch.get_num_threads()) as pool:  # hashlib lets go of the GIL
+    with ThreadPoolExecutor(min(4, torch.get_num_threads())) as pool:  # hashlib lets go of the GIL
         digests = pool.map(fingerprint, [tensor for _, tensor in named])
         for (name, _), digest in zip(named, digests):
             parts += [name, digest]

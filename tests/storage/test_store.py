@@ -353,3 +353,21 @@ def test_arrow_columns_equal_arrows_own_conversion(values):
     from neurodash.storage.writer import _arrow_column
 
     assert _arrow_column(values).equals(pa.array(values))
+
+
+def test_wide_rows_go_in_before_a_whole_group_and_mismatched_columns_are_refused(tmp_path, monkeypatch):
+    """Appends that hold ``_PENDING_BYTES`` go in before they fill a row group (long windows' token
+    ids would hold GBs); an append whose columns differ from the table's pending ones is refused."""
+    from neurodash.storage import writer
+
+    monkeypatch.setattr(writer, "_PENDING_BYTES", 3000)
+    with StoreWriter(tmp_path / "s.duckdb") as w:
+        row = {"seq_id": np.arange(2), "doc_id": np.arange(2), "start": np.zeros(2, np.int32)}
+        w.append("sequences", {**row, "token_ids": np.ones((2, 100), np.int32)})  # 800 bytes of ids
+        assert "sequences" in w._pending
+        w.append("sequences", {**row, "token_ids": np.ones((2, 400), np.int32)})
+        assert "sequences" not in w._pending  # sent, far below a row group
+        w.append("scores", {"source_id": ["L0.mlp"], "unit": [0], "metric": ["m"], "value": [1.0]})
+        with pytest.raises(ValueError, match="scores: columns"):
+            w.append("scores", {"source_id": ["L0.mlp"], "unit": [1], "value": [1.0]})
+        w.commit()
