@@ -49,8 +49,8 @@ def fingerprint(*parts: Part | Callable | ModuleType) -> str:
 
 def module_fingerprint(module: torch.nn.Module, device: str | torch.device) -> str:
     """A model's: every named parameter and buffer (each hashed on its own, on up to 4 of the threads
-    torch uses: each thread copies a device's tensor to the host), its Hugging Face config where it has one, the versions of the libraries that run it, and
-    what decides the device's float32 results."""
+    torch uses: each thread copies a device's tensor to the host), its Hugging Face config where it
+    has one, the versions of the libraries that run it, and what decides the device's float32 results."""
     from importlib.metadata import version
 
     config = getattr(getattr(module, "original_model", module), "config", None)
