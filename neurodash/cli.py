@@ -369,6 +369,7 @@ def precompute_config(args: argparse.Namespace, out: Path, overwrite: bool) -> P
 
 def cmd_precompute(args: argparse.Namespace) -> None:
     cfg = precompute_config(args, args.out, args.overwrite)  # bad settings fail before torch loads
+    _note_emulated_bf16(cfg)
     shard = Shard.parse(args.shard) if args.shard else None
     if os.environ.get("RANK") is not None and os.environ.get("WORLD_SIZE") is not None:
         _precompute_torchrun(args, cfg)
@@ -415,6 +416,17 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from precompute.scale import merge_states
 
     print(f"wrote {merge_states(args.states, args.out, args.overwrite, device=args.device)}")
+
+
+def _note_emulated_bf16(cfg: PrecomputeConfig) -> None:
+    """Say so on stderr when ``--dtype bfloat16`` would run emulated on this CPU (slower, not faster)."""
+    if cfg.dtype == "float32":
+        return
+    from precompute.device import emulated_bf16_note
+
+    note = emulated_bf16_note(cfg.device, cfg.dtype)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _remove_leftovers(out: Path) -> None:

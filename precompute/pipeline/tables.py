@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from neurodash.config import AccumulatorConfig
+from precompute.device import cpu_computes_bf16
 from precompute.pipeline import fused
 from precompute.pipeline.accumulate import NO_KEY, AccumulatorResult, Examples, NotFinite, hist_edges
 from precompute.pipeline.polysemanticity import bimodality, combined, example_scores, kept_examples
@@ -310,8 +311,7 @@ def screens(unembed: Tensor) -> bool:
     return (
         unembed.device.type == "cpu"
         and unembed.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        and cpu_computes_bf16()
         and _sums_in_float32()
     )
 

@@ -138,6 +138,17 @@ def test_precompute_without_heads(tiny_model_dir, docs_jsonl, tmp_path):
         assert [s.source_id for s in store.sources()] == ["L1.mlp"]
 
 
+def test_a_bf16_forward_says_where_the_cpu_would_emulate_it(capsys, tiny_model_dir, docs_jsonl, tmp_path):
+    from precompute.device import cpu_computes_bf16
+
+    out = tmp_path / "s.duckdb"
+    args = precompute_args(tiny_model_dir, out, "--dataset", str(docs_jsonl), "--layers", "1", "--no-heads")
+    code, err = run_cli(capsys, *args, "--dtype", "bfloat16")
+    assert code == 0 and out.is_file()
+    noted = "--dtype bfloat16 is emulated here, several times slower than float32" in err
+    assert noted != cpu_computes_bf16()
+
+
 def _start_precompute(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [
         sys.executable,

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from precompute.device import cpu_computes_bf16, emulated_bf16_note
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A batch's worth of activations: 30 tensors of 6 MiB, freed together, then allocated again.
@@ -39,3 +43,22 @@ def test_freed_activations_come_back_without_page_faults():
     default, kept = page_faults("default"), page_faults("keep")
     assert default > 3 * 40_000  # 4 KiB pages of 180 MiB, three rounds
     assert kept * 50 < default
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return next((set(line.split(":")[1].split()) for line in f if line.startswith("flags")), set())
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or platform.system() != "Linux", reason="x86 Linux flags")
+def test_bf16_kernels_follow_the_cpu_flags():
+    """oneDNN's bfloat16 kernels need AVX-512 (or AMX): an AVX2 CPU emulates bf16, one with them does not."""
+    flags = cpu_flags()
+    if not any(f.startswith("avx512") for f in flags):
+        assert not cpu_computes_bf16()
+        assert emulated_bf16_note("cpu", "bfloat16") is not None
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        assert cpu_computes_bf16()
+        assert emulated_bf16_note("cpu", "bfloat16") is None
+    assert emulated_bf16_note("cpu", "float32") is None
+    assert emulated_bf16_note("cuda", "bfloat16") is None
