@@ -420,7 +420,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def _note_emulated_bf16(cfg: PrecomputeConfig) -> None:
     """Say so on stderr when ``--dtype bfloat16`` would run emulated on this CPU (slower, not faster)."""
-    if cfg.dtype == "float32":
+    if cfg.dtype == "float32":  # the usual case: no torch import here (a bad --shard still fails fast)
         return
     from precompute.device import emulated_bf16_note
 

@@ -50,7 +50,10 @@ def cpu_flags() -> set[str]:
         return next((set(line.split(":")[1].split()) for line in f if line.startswith("flags")), set())
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or platform.system() != "Linux", reason="x86 Linux flags")
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or platform.system() != "Linux",
+    reason="reads the x86 flags in /proc/cpuinfo",
+)
 def test_bf16_kernels_follow_the_cpu_flags():
     """oneDNN's bfloat16 kernels need AVX-512 (or AMX): an AVX2 CPU emulates bf16, one with them does not."""
     flags = cpu_flags()
